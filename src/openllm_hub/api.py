@@ -1,0 +1,277 @@
+"""The public entry points: load, detect, convert, quantize, merge_lora, model names."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from openllm_hub.core.convert import Converter, ConvertRequest, VerifyReport, verify_models
+from openllm_hub.core.detect import Probe
+from openllm_hub.core.device import parse_device, plan_placement
+from openllm_hub.core.family import Detection, Family, LoadRequest
+from openllm_hub.core.io import atomic_output, check_destination, write_json
+from openllm_hub.core.lora import MergeRequest
+from openllm_hub.core.model import Model
+from openllm_hub.core.paths import config_dir
+from openllm_hub.core.progress import progress_enabled
+from openllm_hub.core.quantize import QuantizeRequest
+from openllm_hub.core.registry import get_registry
+from openllm_hub.errors import (
+    ConversionError,
+    CorruptFileError,
+    InvalidParameterError,
+    NotFoundError,
+    UnknownFormatError,
+)
+
+#: Confidences closer than this between two families make a detection ambiguous.
+AMBIGUITY_MARGIN = 0.05
+DEVICE_OPTIONS = ("dtype", "gpu_layers", "threads")
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """A source resolved to a path, with options a model name brings along."""
+
+    path: Path
+    family: str | None = None
+    options: Mapping[str, Any] | None = None
+    name: str | None = None
+
+
+# ---- model names -----------------------------------------------------------------------
+def _user_names_file() -> Path:
+    return config_dir() / "models.json"
+
+
+def user_model_names() -> dict[str, dict[str, Any]]:
+    """Names the user gave to paths (``openllm-hub models add``)."""
+    path = _user_names_file()
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise CorruptFileError(f"invalid JSON: {exc}", where=path, fix="fix or delete the file") from exc
+    if not isinstance(data, dict):
+        raise CorruptFileError("expected an object of name -> {path, family, options}", where=path)
+    return data
+
+
+def add_model_name(name: str, path: str | Path, *, family: str | None = None,
+                   options: Mapping[str, Any] | None = None, force: bool = False) -> None:
+    """Give ``path`` a name usable as ``load(name)``."""
+    p = Path(path).expanduser().resolve()
+    if not p.exists():
+        raise NotFoundError("path not found", where=p)
+    names = user_model_names()
+    if name in names and not force:
+        raise InvalidParameterError(f"the name {name!r} is already taken", where=str(_user_names_file()),
+                                    fix="pass --force to replace it, or pick another name")
+    names[name] = {"path": str(p), **({"family": family} if family else {}), **({"options": dict(options)}
+                                                                                 if options else {})}
+    _save_names(names)
+
+
+def remove_model_name(name: str) -> None:
+    names = user_model_names()
+    if name not in names:
+        raise NotFoundError(f"no user model named {name!r}", where=str(_user_names_file()))
+    del names[name]
+    _save_names(names)
+
+
+def _save_names(names: dict[str, Any]) -> None:
+    path = _user_names_file()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_output(path, force=True) as tmp:
+        write_json(tmp, names)
+
+
+def resolve_source(source: str | Path) -> Resolved:
+    """A path as given, else a user model name, else a plugin's built-in name."""
+    p = Path(source).expanduser()
+    if p.exists():
+        return Resolved(p)
+    name = str(source)
+    user = user_model_names()
+    if name in user:
+        entry = user[name]
+        return Resolved(Path(entry["path"]), entry.get("family"), entry.get("options"), name)
+    reg = get_registry()
+    for fam, mn in reg.model_names():
+        if mn.name == name:
+            return Resolved(mn.resolve(), fam.name, mn.options, name)
+    known = sorted({*user, *(mn.name for _, mn in reg.model_names())})
+    raise NotFoundError(
+        f"{name!r} is neither an existing path nor a model name",
+        where=str(p.resolve()),
+        fix=("check the path; known model names: " + ", ".join(known)) if known else "check the path",
+    )
+
+
+# ---- detection ---------------------------------------------------------------------------
+def detect(path: str | Path, *, family: str | None = None) -> tuple[Family, Detection]:
+    """Which family and format ``path`` holds, judged from its content."""
+    probe = Probe(path)
+    if not probe.path.exists():
+        raise NotFoundError("path not found", where=probe.path)
+    reg = get_registry()
+    candidates = [reg.family(family)] if family else list(reg.families.values())
+    scored: list[tuple[Family, Detection]] = []
+    for fam in candidates:
+        det = fam.detect(probe)
+        if det is not None and det.confidence > 0:
+            scored.append((fam, det))
+    if not scored:
+        accepted = "; ".join(f"{f.name}: {', '.join(f.formats)}" for f in candidates) or "no families installed"
+        broken = ", ".join(f"{r.name} ({r.error})" for r in reg.broken())
+        raise UnknownFormatError(
+            f"no installed family recognises this input (examined: {probe.describe()})",
+            where=probe.path,
+            fix=f"accepted formats are {accepted}" + (f"; broken plugins: {broken}" if broken else "")
+            + ("" if family else "; or name the family with family=..."),
+        )
+    scored.sort(key=lambda fd: fd[1].confidence, reverse=True)
+    best = scored[0]
+    rivals = [fd for fd in scored[1:] if best[1].confidence - fd[1].confidence < AMBIGUITY_MARGIN]
+    if rivals:
+        names = ", ".join(f"{f.name} ({d.format}: {d.reason})" for f, d in [best, *rivals])
+        raise UnknownFormatError(f"ambiguous input: {names}", where=probe.path,
+                                 fix="name the family, e.g. family=" + repr(best[0].name))
+    return best
+
+
+# ---- load ------------------------------------------------------------------------------------
+def load(source: str | Path, *, family: str | None = None, device: str = "auto", **options: Any) -> Model:
+    """Load a model from a file, a folder or a model name.
+
+    The family and format are detected from the content. ``device`` is ``auto``, ``cpu``,
+    ``cpu:blas``, ``cuda``, ``cuda:N`` or ``cuda:N,M``; ``dtype``, ``gpu_layers`` and
+    ``threads`` refine it. Other keyword options are the family's (rejected by name when
+    unknown).
+    """
+    resolved = resolve_source(source)
+    opts = {**(resolved.options or {}), **options}
+    fam, det = detect(resolved.path, family=family or resolved.family)
+    if not fam.can_load(det.format):
+        hint = fam.not_loadable_hint(resolved.path, det.format) if fam.not_loadable_hint else \
+            f"convert it first (openllm-hub convert {resolved.path} OUT --to ...)"
+        raise InvalidParameterError(f"{fam.name} {det.format} checkpoints cannot be run directly",
+                                    where=resolved.path, fix=hint)
+    dev_opts = {k: opts.pop(k) for k in DEVICE_OPTIONS if k in opts}
+    spec = parse_device(device, **dev_opts)
+    placement = plan_placement(spec, fam.devices, det.format)
+    try:
+        validated = fam.options(**opts)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise InvalidParameterError(
+            f"invalid load options for {fam.name}: {problems}",
+            where=str(resolved.path),
+            fix="valid options: " + (", ".join([*fam.options.model_fields, *DEVICE_OPTIONS])),
+        ) from None
+    return fam.load(LoadRequest(path=resolved.path, format=det.format, detection=det, placement=placement,
+                                options=validated))
+
+
+# ---- convert / quantize / merge -------------------------------------------------------------
+def find_converter(fam: Family, source_format: str, target: str) -> Converter:
+    for conv in fam.converters:
+        if conv.source == source_format and conv.target == target:
+            return conv
+    offered = ", ".join(f"{c.source}->{c.target}" for c in fam.converters) or "none"
+    raise InvalidParameterError(f"{fam.name} has no converter from {source_format} to {target}",
+                                where=f"family {fam.name}", fix=f"available conversions: {offered}")
+
+
+@dataclass(frozen=True)
+class ConversionResult:
+    path: Path
+    family: str
+    source_format: str
+    target: str
+    outtype: str | None
+    verify: VerifyReport | None
+
+
+def convert(src: str | Path, dst: str | Path, *, to: str, outtype: str | None = None, verify: bool = False,
+            force: bool = False, family: str | None = None, progress: bool | None = None,
+            options: Mapping[str, Any] | None = None) -> ConversionResult:
+    """Convert ``src`` to format ``to`` at ``dst``; with ``verify`` compare both sides' logits
+    and refuse to write the output when they differ beyond the converter's bound."""
+    src_path = resolve_source(src).path
+    fam, det = detect(src_path, family=family)
+    conv = find_converter(fam, det.format, to)
+    otype = outtype or conv.default_outtype
+    if conv.outtypes and otype not in conv.outtypes:
+        raise InvalidParameterError(f"unknown outtype {otype!r} for {det.format}->{to}", where="outtype",
+                                    fix=f"use one of: {', '.join(conv.outtypes)}")
+    out = check_destination(dst, sources=[src_path], force=force)
+    show = progress_enabled() if progress is None else progress
+    report: VerifyReport | None = None
+    with atomic_output(out, force=force, is_dir=conv.output_is_dir) as tmp:
+        conv.run(ConvertRequest(src=src_path, dst=tmp, source_format=det.format, outtype=otype, progress=show,
+                                options=dict(options or {})))
+        if verify:
+            bound = conv.verify_bounds.get(otype or "", None)
+            with load(src_path, family=fam.name, device="cpu", **conv.source_load_options) as a, \
+                    load(tmp, family=fam.name, device="cpu", **conv.target_load_options) as b:
+                report = verify_models(a, b, bound=bound)
+            if not report.passed:
+                raise ConversionError(f"verification failed: {report.summary()}", where=out,
+                                      fix="nothing was written; report this with the checkpoint's config")
+    return ConversionResult(out, fam.name, det.format, to, otype, report)
+
+
+def quantize(src: str | Path, dst: str | Path, scheme: str, *, force: bool = False, family: str | None = None,
+             threads: int | None = None, progress: bool | None = None) -> Path:
+    """Quantize the checkpoint at ``src`` with ``scheme`` (e.g. q4_0) into ``dst``."""
+    src_path = resolve_source(src).path
+    fam, det = detect(src_path, family=family)
+    quants = [q for q in fam.quantizers if q.format == det.format]
+    if not quants:
+        raise InvalidParameterError(f"{fam.name} cannot quantize {det.format} files", where=src_path,
+                                    fix="formats it quantizes: " + (", ".join(q.format for q in fam.quantizers)
+                                                                     or "none"))
+    q = next((q for q in quants if scheme in q.schemes), None)
+    if q is None:
+        valid = sorted({s for q in quants for s in q.schemes})
+        raise InvalidParameterError(f"unknown quantization type {scheme!r}", where="quantize",
+                                    fix=f"valid types: {', '.join(valid)}")
+    out = check_destination(dst, sources=[src_path], force=force)
+    with atomic_output(out, force=force, is_dir=q.output_is_dir) as tmp:
+        q.run(QuantizeRequest(src=src_path, dst=tmp, scheme=scheme, threads=threads,
+                              progress=progress_enabled() if progress is None else progress))
+    return out
+
+
+def merge_lora(base: str | Path, adapters: Sequence[str | Path], dst: str | Path, *, output_type: str = "hf",
+               force: bool = False, family: str | None = None, progress: bool | None = None) -> Path:
+    """Merge LoRA ``adapters`` (in order) into ``base``; write the merged checkpoint to ``dst``."""
+    base_path = resolve_source(base).path
+    fam, det = detect(base_path, family=family)
+    merger = fam.lora_merger
+    if merger is None or det.format not in merger.base_formats:
+        raise InvalidParameterError(f"{fam.name} cannot merge LoRA adapters into {det.format} checkpoints",
+                                    where=base_path)
+    if output_type not in merger.output_types:
+        raise InvalidParameterError(f"unknown output type {output_type!r}", where="merge-lora",
+                                    fix=f"use one of: {', '.join(merger.output_types)}")
+    if not adapters:
+        raise InvalidParameterError("no adapters given", where="merge-lora")
+    paths = tuple(Path(a) for a in adapters)
+    for a in paths:
+        if not a.exists():
+            raise NotFoundError("adapter not found", where=a)
+    out = check_destination(dst, sources=[base_path, *paths], force=force)
+    with atomic_output(out, force=force, is_dir=True) as tmp:
+        merger.run(MergeRequest(base=base_path, base_format=det.format, adapters=paths, dst=tmp,
+                                output_type=output_type,
+                                progress=progress_enabled() if progress is None else progress))
+    return out

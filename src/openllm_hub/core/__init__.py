@@ -1,0 +1,1 @@
+"""Interfaces and shared mechanics of openllm_hub; engines are imported lazily by plugins."""

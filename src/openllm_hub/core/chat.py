@@ -1,0 +1,144 @@
+"""Chat templates: how a conversation becomes one prompt string, as data.
+
+A :class:`ChatTemplate` names the text around each role and the stop strings that end an
+answer. Plugins add templates through the ``register_chat_templates`` hook; a model names its
+default and a caller may pick another by name. Layouts that plain formats cannot express
+(ChatGLM's round counters are covered; anything stranger) give a ``render`` function instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Literal, TypedDict
+
+from openllm_hub.errors import InvalidParameterError, NotFoundError
+
+Role = Literal["system", "user", "assistant"]
+
+
+class Message(TypedDict):
+    """One chat turn, OpenAI-shaped."""
+
+    role: Role
+    content: str
+
+
+@dataclass(frozen=True)
+class ChatTemplate:
+    """A chat layout.
+
+    ``user`` and ``assistant`` are format strings with ``{content}``, ``{round}`` (1-based
+    count of user turns) and ``{round0}`` (0-based). ``user`` should end with the cue that
+    makes the model answer (e.g. ``"### Response:\\n"``); ``assistant`` closes a past answer.
+    ``system`` formats the system prompt (the caller's, else ``default_system``).
+    """
+
+    name: str
+    user: str = "{content}"
+    assistant: str = "{content}\n"
+    system: str = "{content}\n\n"
+    prefix: str = ""
+    default_system: str | None = None
+    stop: tuple[str, ...] = ()
+    description: str = ""
+    render_fn: Callable[[ChatTemplate, Sequence[Message]], str] | None = field(default=None, compare=False)
+
+    def render(self, messages: Sequence[Message]) -> str:
+        """Lay out ``messages`` (ending with a user turn) as the prompt for the next answer."""
+        msgs = validate_messages(messages)
+        if self.render_fn is not None:
+            return self.render_fn(self, msgs)
+        parts = [self.prefix]
+        system = next((m["content"] for m in msgs if m["role"] == "system"), self.default_system)
+        if system:
+            parts.append(self.system.format(content=system))
+        rounds = 0
+        for m in msgs:
+            if m["role"] == "user":
+                rounds += 1
+                parts.append(self.user.format(content=m["content"], round=rounds, round0=rounds - 1))
+            elif m["role"] == "assistant":
+                parts.append(self.assistant.format(content=m["content"], round=rounds, round0=rounds - 1))
+        return "".join(parts)
+
+
+def validate_messages(messages: Iterable[Mapping[str, str]]) -> list[Message]:
+    """Check roles and order: optional system first, then alternating turns ending with user."""
+    out: list[Message] = []
+    for i, m in enumerate(messages):
+        role, content = m.get("role"), m.get("content")
+        if role not in ("system", "user", "assistant") or not isinstance(content, str):
+            raise InvalidParameterError(
+                f"message {i} must be {{'role': 'system'|'user'|'assistant', 'content': str}}, got {dict(m)!r}",
+                where="chat messages",
+            )
+        if role == "system" and i != 0:
+            raise InvalidParameterError("a system message may only come first", where=f"chat messages[{i}]")
+        out.append(Message(role=role, content=content))
+    turns = [m for m in out if m["role"] != "system"]
+    if not turns or turns[-1]["role"] != "user":
+        raise InvalidParameterError("the conversation must end with a user message", where="chat messages")
+    for a, b in zip(turns, turns[1:], strict=False):
+        if a["role"] == b["role"]:
+            raise InvalidParameterError("user and assistant turns must alternate", where="chat messages")
+    return out
+
+
+_TEMPLATES: dict[str, ChatTemplate] = {}
+
+
+def register_template(template: ChatTemplate, *, replace: bool = False) -> None:
+    """Add a template to the registry (plugins call this through their hook)."""
+    if template.name in _TEMPLATES and not replace and _TEMPLATES[template.name] != template:
+        raise InvalidParameterError(f"chat template {template.name!r} is already registered", where="chat templates")
+    _TEMPLATES[template.name] = template
+
+
+def unregister_template(name: str) -> None:
+    _TEMPLATES.pop(name, None)
+
+
+def get_template(name: str) -> ChatTemplate:
+    """Look a template up by name; the error lists the known names."""
+    from openllm_hub.core.registry import get_registry
+
+    get_registry()  # make sure plugin templates are in
+    try:
+        return _TEMPLATES[name]
+    except KeyError:
+        raise NotFoundError(
+            f"unknown chat template {name!r}",
+            where="chat templates",
+            fix=f"use one of: {', '.join(sorted(_TEMPLATES))}",
+        ) from None
+
+
+def template_names() -> list[str]:
+    from openllm_hub.core.registry import get_registry
+
+    get_registry()
+    return sorted(_TEMPLATES)
+
+
+#: Templates every installation has.
+BUILTIN_TEMPLATES = (
+    ChatTemplate(
+        name="plain",
+        user="User: {content}\nAssistant:",
+        assistant=" {content}\n",
+        system="{content}\n",
+        stop=("\nUser:",),
+        description="Generic 'User:/Assistant:' turns, for base models with no chat training",
+    ),
+    ChatTemplate(
+        name="chatml",
+        user="<|im_start|>user\n{content}<|im_end|>\n<|im_start|>assistant\n",
+        assistant="{content}<|im_end|>\n",
+        system="<|im_start|>system\n{content}<|im_end|>\n",
+        stop=("<|im_end|>",),
+        description="ChatML (<|im_start|>role ... <|im_end|>)",
+    ),
+)
+for _t in BUILTIN_TEMPLATES:
+    register_template(_t)

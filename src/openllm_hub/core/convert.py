@@ -1,0 +1,100 @@
+"""Converter: the interface a family implements to turn one on-disk format into another,
+and :func:`verify_models`, the check that ``--verify`` runs on every conversion.
+
+The core finds the converter for (detected source format, requested target), writes to a
+temporary path that is renamed into place only when the converter (and verification, when
+asked) succeeded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pragma: no cover
+    from openllm_hub.core.model import Model
+
+#: The fixed prompt both sides of a conversion are compared on.
+VERIFY_PROMPT = "Building a website can be done in 10 simple steps:\n1."
+
+
+@dataclass(frozen=True)
+class ConvertRequest:
+    src: Path
+    dst: Path
+    source_format: str
+    outtype: str | None
+    progress: bool
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Converter:
+    """Converts ``source`` format to ``target`` format for one family.
+
+    ``run`` writes the complete output at ``request.dst`` (a temporary path: a file, or an
+    existing empty folder when ``output_is_dir``). ``verify_bounds`` maps each outtype to
+    the largest max-abs logit difference (relative to the source's logit range) that
+    ``--verify`` accepts. ``source_load_options`` are passed to ``load()`` when the source
+    side is loaded for verification.
+    """
+
+    source: str
+    target: str
+    run: Callable[[ConvertRequest], None]
+    outtypes: tuple[str, ...] = ()
+    default_outtype: str | None = None
+    output_is_dir: bool = False
+    verify_bounds: Mapping[str, float] = field(default_factory=dict)
+    source_load_options: Mapping[str, Any] = field(default_factory=dict)
+    target_load_options: Mapping[str, Any] = field(default_factory=dict)
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    """Result of comparing two models on the same ids."""
+
+    max_abs_diff: float
+    logit_scale: float
+    relative_diff: float
+    argmax_agree: float
+    greedy_equal: bool
+    greedy_a: tuple[int, ...]
+    greedy_b: tuple[int, ...]
+    bound: float | None = None
+
+    @property
+    def passed(self) -> bool:
+        return self.bound is None or (self.relative_diff <= self.bound and self.greedy_equal)
+
+    def summary(self) -> str:
+        verdict = "" if self.bound is None else (" PASS" if self.passed else " FAIL")
+        return (f"max |logit diff| {self.max_abs_diff:.3g} ({self.relative_diff:.3g} of logit range "
+                f"{self.logit_scale:.3g}{'' if self.bound is None else f', bound {self.bound:.3g}'}); "
+                f"argmax agreement {self.argmax_agree:.0%}; greedy tokens "
+                f"{'identical' if self.greedy_equal else 'differ'}{verdict}")
+
+
+def verify_models(a: Model, b: Model, *, prompt: str = VERIFY_PROMPT, greedy_tokens: int = 16,
+                  bound: float | None = None, ids: Sequence[int] | None = None) -> VerifyReport:
+    """Compare ``b`` against reference ``a``: logits on the same ids (tokenized by ``a``) and
+    greedy continuations of ``prompt``."""
+    import numpy as np
+
+    ids = list(ids) if ids is not None else a.tokenize(prompt)
+    la = np.asarray(a.logits(ids), dtype=np.float64)
+    lb = np.asarray(b.logits(ids), dtype=np.float64)
+    if la.shape != lb.shape:
+        from openllm_hub.errors import ConversionError
+
+        raise ConversionError(f"logit shapes differ: {la.shape} vs {lb.shape}", where="verify")
+    diff = float(np.max(np.abs(la - lb)))
+    scale = float(np.max(la) - np.min(la)) or 1.0
+    agree = float(np.mean(np.argmax(la, axis=-1) == np.argmax(lb, axis=-1)))
+    params: dict[str, Any] = {"max_new_tokens": greedy_tokens, "temperature": 0.0, "repeat_penalty": 1.0, "seed": 0}
+    ga = a._collect(a._stream_ids(list(ids), a.generation_defaults.build(**params))).token_ids
+    gb = b._collect(b._stream_ids(list(ids), b.generation_defaults.build(**params))).token_ids
+    return VerifyReport(diff, scale, diff / scale, agree, ga == gb, ga, gb, bound)

@@ -1,0 +1,89 @@
+"""Family: what a plugin registers for one model family, as data.
+
+The core never branches on a family's name: it asks each registered :class:`Family` to score
+a path (``detect``), validates load options against the family's pydantic ``options`` model,
+plans a placement from its ``devices`` rows, and calls its ``load``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, ConfigDict
+
+from openllm_hub.core.device import DeviceSupport, Placement
+from openllm_hub.core.detect import Probe
+
+if TYPE_CHECKING:  # pragma: no cover
+    from openllm_hub.core.convert import Converter
+    from openllm_hub.core.lora import LoraMerger
+    from openllm_hub.core.model import Model
+    from openllm_hub.core.quantize import Quantizer
+
+
+@dataclass(frozen=True)
+class Detection:
+    """A family's verdict on a path: which of its formats, how sure (0..1), and why."""
+
+    format: str
+    confidence: float
+    reason: str
+    details: Mapping[str, Any] = field(default_factory=dict)
+
+
+class NoOptions(BaseModel):
+    """Load options of a family that takes none: every unknown name is rejected."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+@dataclass(frozen=True)
+class LoadRequest:
+    """Everything a family's loader gets: validated, placed, ready to build an engine."""
+
+    path: Path
+    format: str
+    detection: Detection
+    placement: Placement
+    options: BaseModel
+
+
+@dataclass(frozen=True)
+class ModelName:
+    """A built-in model name a plugin offers (e.g. ``demo``): resolves to a path on demand."""
+
+    name: str
+    description: str
+    resolve: Callable[[], Path]
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Family:
+    """One model family.
+
+    ``detect`` must be cheap and import no engine; ``load`` may import anything.
+    ``formats`` lists every format the family recognises (including ones it only converts
+    from); ``loadable`` those ``load`` can run (default: all).
+    """
+
+    name: str
+    formats: tuple[str, ...]
+    detect: Callable[[Probe], Detection | None]
+    load: Callable[[LoadRequest], Model]
+    devices: tuple[DeviceSupport, ...]
+    description: str = ""
+    aliases: tuple[str, ...] = ()
+    options: type[BaseModel] = NoOptions
+    loadable: tuple[str, ...] | None = None
+    converters: tuple[Converter, ...] = ()
+    quantizers: tuple[Quantizer, ...] = ()
+    lora_merger: LoraMerger | None = None
+    model_names: tuple[ModelName, ...] = ()
+    not_loadable_hint: Callable[[Path, str], str] | None = field(default=None, compare=False)
+
+    def can_load(self, fmt: str) -> bool:
+        return fmt in (self.loadable if self.loadable is not None else self.formats)

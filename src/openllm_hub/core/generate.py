@@ -1,0 +1,50 @@
+"""The KV-cache generation loop shared by engines that compute one step at a time.
+
+An engine supplies ``step(new_ids) -> logits of the last position`` that appends ``new_ids``
+to its own cache; this loop feeds the prompt once, then one sampled token per step. It knows
+nothing of torch, so it serves the torch engines and numpy ones alike.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING
+
+from openllm_hub.core.config import GenerationConfig
+from openllm_hub.core.sampling import Sampler
+
+if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
+    import numpy.typing as npt
+
+StepFn = Callable[[Sequence[int]], "npt.NDArray[np.float32]"]
+
+
+def generate_tokens(
+    step: StepFn,
+    prompt_ids: Sequence[int],
+    config: GenerationConfig,
+    *,
+    context_length: int | None = None,
+    prompt_chunk: int = 512,
+) -> Iterator[int]:
+    """Yield sampled ids until the caller stops iterating or the context is full.
+
+    The prompt is fed in chunks of ``prompt_chunk`` ids. End-of-sequence and stop strings
+    are the caller's business (see :class:`openllm_hub.core.model.Model`).
+    """
+    if not prompt_ids:
+        raise ValueError("generation needs at least one prompt id (e.g. BOS)")
+    sample = Sampler(config.with_seed())
+    history = list(prompt_ids)
+    logits = None
+    for start in range(0, len(prompt_ids), prompt_chunk):
+        logits = step(prompt_ids[start : start + prompt_chunk])
+    assert logits is not None
+    while context_length is None or len(history) < context_length:
+        token = sample(logits, history)
+        history.append(token)
+        yield token
+        if context_length is not None and len(history) >= context_length:
+            return
+        logits = step([token])

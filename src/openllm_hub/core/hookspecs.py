@@ -1,0 +1,74 @@
+"""The hooks a plugin may implement: the whole plugin API, documented for plugin authors.
+
+A plugin is a module registered under the ``openllm_hub`` entry-point group, e.g. in its
+``pyproject.toml``::
+
+    [project.entry-points.openllm_hub]
+    mything = "openllm_hub_mything.plugin"
+
+The module sets ``OPENLLM_HUB_API_VERSION = 1`` (the core refuses other values, and says so
+in ``openllm-hub plugins``) and implements any of the hooks below with ``@hookimpl``::
+
+    from openllm_hub import hookimpl
+
+    @hookimpl
+    def register_families(register):
+        register(Family(name="mything", ...))
+
+Keep the module light: import engines (torch, llama_cpp, ...) inside your loaders, never at
+module level; ``import openllm_hub`` and ``openllm-hub --help`` load every plugin.
+Each hook is called once per plugin; an exception in one plugin's hook marks that plugin as
+broken (shown by ``openllm-hub plugins``) and leaves the others working.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+if TYPE_CHECKING:  # pragma: no cover
+    from openllm_hub.core.chat import ChatTemplate
+    from openllm_hub.core.family import Family
+
+hookspec = pluggy.HookspecMarker("openllm_hub")
+hookimpl = pluggy.HookimplMarker("openllm_hub")
+
+
+@hookspec
+def register_families(register: Callable[[Family], None]) -> None:
+    """Register model families by calling ``register(Family(...))`` once per family.
+
+    A :class:`~openllm_hub.core.family.Family` bundles its ``detect`` (score a path, cheap,
+    no engine imports), ``load`` (build a Model), supported devices, load options
+    (a pydantic model; unknown options are rejected by name), converters, quantizers,
+    LoRA merger and built-in model names. Family names and aliases must be unique.
+    """
+
+
+@hookspec
+def register_chat_templates(register: Callable[[ChatTemplate], None]) -> None:
+    """Register chat templates by calling ``register(ChatTemplate(...))``.
+
+    Names are global; a model's ``default_chat_template`` should name one of them.
+    """
+
+
+@hookspec
+def register_commands(cli: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add CLI subcommands: ``p = cli.add_parser("name", help=...)``, then
+    ``p.set_defaults(handler=fn)`` where ``fn(args) -> int | None`` runs the command.
+
+    Raise :class:`~openllm_hub.errors.OpenLLMHubError` for bad input; the CLI prints it as
+    one line and exits non-zero.
+    """
+
+
+@hookspec
+def report_engines() -> dict[str, dict[str, Any]] | None:
+    """Describe the engines this plugin uses, for ``openllm-hub devices``: a mapping from
+    engine name to facts such as version, BLAS, GPU offload and CPU features. May import
+    the engine (only ``devices`` calls it). Return None when there is nothing to report.
+    """

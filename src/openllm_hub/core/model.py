@@ -1,0 +1,286 @@
+"""Model: the one interface users touch, and the result types it returns.
+
+An engine subclasses :class:`Model` and implements five small methods (``_tokenize``,
+``_detokenize``, ``_token_stream``, ``_logits`` and optionally ``_close``). Everything users
+see, generate/stream/chat, stop strings, UTF-8-safe streaming, usage and timings, is built
+here once, so every plugin behaves the same.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Literal
+
+from openllm_hub.core.chat import ChatTemplate, get_template
+from openllm_hub.core.config import GenerationConfig
+from openllm_hub.core.streaming import IncrementalDetokenizer, StopMatcher
+from openllm_hub.errors import InvalidParameterError, ModelClosedError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
+    import numpy.typing as npt
+
+FinishReason = Literal["stop", "length"]
+
+
+@dataclass(frozen=True)
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass(frozen=True)
+class Timings:
+    """Wall-clock speeds of one call: prompt processing and generation."""
+
+    prompt_seconds: float
+    generation_seconds: float
+    prompt_tokens_per_second: float
+    generation_tokens_per_second: float
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """A piece of streamed output. The last chunk has ``finish_reason`` set, plus usage."""
+
+    text: str
+    token_ids: tuple[int, ...] = ()
+    finish_reason: FinishReason | None = None
+    usage: Usage | None = None
+    timings: Timings | None = None
+
+
+@dataclass(frozen=True)
+class Completion:
+    """The result of :meth:`Model.generate` or :meth:`Model.chat`."""
+
+    text: str
+    token_ids: tuple[int, ...]
+    finish_reason: FinishReason
+    usage: Usage
+    timings: Timings
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a loaded model is and where it runs (``openllm-hub info`` prints this)."""
+
+    family: str
+    format: str
+    engine: str
+    path: str
+    device: str
+    parameters: int | None = None
+    quantization: str | None = None
+    context_length: int | None = None
+    vocab_size: int | None = None
+    dtype: str | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        from dataclasses import asdict
+
+        d = asdict(self)
+        d["extra"] = dict(self.extra)
+        return d
+
+
+class Model(ABC):
+    """A loaded model. Use it as a context manager, or call :meth:`close` when done.
+
+    Calls are serialised by a lock: a model holds one KV cache, so one generation at a time.
+    """
+
+    #: Chat template used when ``chat(template=None)``.
+    default_chat_template: str = "plain"
+    #: Parameter defaults of this model (e.g. a chat model's lower temperature).
+    generation_defaults: GenerationConfig = GenerationConfig()
+
+    def __init__(self, info: ModelInfo, *, eos_token_ids: Iterable[int] = ()) -> None:
+        self.info = info
+        self.eos_token_ids = frozenset(eos_token_ids)
+        self._closed = False
+        self._lock = threading.RLock()
+
+    # ---- what an engine implements -------------------------------------------------
+    @abstractmethod
+    def _tokenize(self, text: str, add_special: bool) -> list[int]:
+        """Ids of ``text``; with ``add_special`` the model's prompt prefix (e.g. BOS)."""
+
+    @abstractmethod
+    def _detokenize(self, ids: Sequence[int]) -> str:
+        """Text of ``ids``, skipping special tokens; invalid UTF-8 becomes U+FFFD."""
+
+    @abstractmethod
+    def _token_stream(self, prompt_ids: list[int], config: GenerationConfig) -> Iterator[int]:
+        """Yield sampled ids after ``prompt_ids``; the config's seed is always set.
+
+        The caller stops iterating at an end-of-sequence id, a stop string or
+        ``max_new_tokens``; the engine stops when its context is full.
+        """
+
+    @abstractmethod
+    def _logits(self, ids: list[int]) -> npt.NDArray[np.float32]:
+        """Logits of shape ``(len(ids), vocab)``: row i predicts the id after ``ids[: i + 1]``."""
+
+    def _close(self) -> None:
+        """Free engine resources (called once)."""
+
+    # ---- public API ------------------------------------------------------------------
+    def tokenize(self, text: str, *, add_special: bool = True) -> list[int]:
+        self._check_open()
+        return self._tokenize(text, add_special)
+
+    def detokenize(self, ids: Sequence[int]) -> str:
+        self._check_open()
+        return self._detokenize(list(ids))
+
+    def logits(self, ids: Sequence[int]) -> npt.NDArray[np.float32]:
+        """One row of vocabulary logits per position (for verification and perplexity)."""
+        self._check_open()
+        if not ids:
+            raise InvalidParameterError("logits() needs at least one token id", where="Model.logits")
+        with self._lock:
+            return self._logits(list(ids))
+
+    def generate(self, prompt: str, **params: Any) -> Completion:
+        """Complete ``prompt``. ``params`` are :class:`GenerationConfig` fields."""
+        return self._collect(self.stream(prompt, **params))
+
+    def stream(self, prompt: str, **params: Any) -> Iterator[Chunk]:
+        """Like :meth:`generate`, yielding text as it is produced; the last chunk has usage."""
+        config = GenerationConfig.build(self.generation_defaults, **params)
+        self._check_open()
+        ids = self._tokenize(prompt, True)
+        return self._stream_ids(ids, config)
+
+    def chat(self, messages: Sequence[Mapping[str, str]], *, template: str | None = None, **params: Any) -> Completion:
+        """Answer the last user message of ``messages`` through a chat template."""
+        return self._collect(self.stream_chat(messages, template=template, **params))
+
+    def stream_chat(
+        self, messages: Sequence[Mapping[str, str]], *, template: str | None = None, **params: Any
+    ) -> Iterator[Chunk]:
+        tpl = self.chat_template(template)
+        prompt = tpl.render(messages)  # type: ignore[arg-type]
+        user_stop = params.pop("stop", None) or ()
+        if isinstance(user_stop, str):
+            user_stop = (user_stop,)
+        stops = tuple(dict.fromkeys((*user_stop, *tpl.stop)))
+        return self.stream(prompt, stop=stops, **params)
+
+    def chat_template(self, name: str | None = None) -> ChatTemplate:
+        return get_template(name or self.default_chat_template)
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._close()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __enter__(self) -> Model:
+        return self
+
+    def __exit__(self, *exc: object | TracebackType | None) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        i = self.info
+        return f"<{type(self).__name__} family={i.family} format={i.format} engine={i.engine} device={i.device}>"
+
+    # ---- shared mechanics --------------------------------------------------------------
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ModelClosedError("the model is closed", where=self.info.path, fix="load it again")
+
+    def _stream_ids(self, prompt_ids: list[int], config: GenerationConfig) -> Iterator[Chunk]:
+        config = config.with_seed()
+        ctx = self.info.context_length
+        if ctx is not None and len(prompt_ids) >= ctx:
+            raise InvalidParameterError(
+                f"the prompt is {len(prompt_ids)} tokens; the context holds {ctx}",
+                where="prompt",
+                fix="shorten the prompt or load with a larger context length",
+            )
+        return self._run(prompt_ids, config)
+
+    def _run(self, prompt_ids: list[int], config: GenerationConfig) -> Iterator[Chunk]:
+        with self._lock:
+            self._check_open()
+            detok = IncrementalDetokenizer(self._detokenize, prompt_ids)
+            stopper = StopMatcher(config.stop)
+            generated: list[int] = []
+            pending: list[int] = []
+            finish: FinishReason = "length"
+            t0 = time.perf_counter()
+            t_first: float | None = None
+            stream = self._token_stream(prompt_ids, config)
+            try:
+                for token in stream:
+                    if t_first is None:
+                        t_first = time.perf_counter()
+                    if token in self.eos_token_ids:
+                        finish = "stop"
+                        break
+                    generated.append(token)
+                    pending.append(token)
+                    text = stopper.push(detok.push(token))
+                    if stopper.stopped:
+                        finish = "stop"
+                        yield Chunk(text, tuple(pending))
+                        pending = []
+                        break
+                    if text:
+                        yield Chunk(text, tuple(pending))
+                        pending = []
+                    if len(generated) >= config.max_new_tokens:
+                        break
+            finally:
+                close = getattr(stream, "close", None)
+                if close is not None:
+                    close()
+            tail = "" if stopper.stopped else stopper.push(detok.flush())
+            tail += stopper.flush()
+            if stopper.stopped:
+                finish = "stop"
+            t_end = time.perf_counter()
+            t_first = t_first or t_end
+            gen_s = max(t_end - t_first, 1e-9)
+            prompt_s = max(t_first - t0, 1e-9)
+            timings = Timings(
+                prompt_seconds=prompt_s,
+                generation_seconds=gen_s,
+                prompt_tokens_per_second=len(prompt_ids) / prompt_s,
+                generation_tokens_per_second=max(len(generated) - 1, 0) / gen_s,
+            )
+            yield Chunk(
+                tail,
+                tuple(pending),
+                finish_reason=finish,
+                usage=Usage(len(prompt_ids), len(generated)),
+                timings=timings,
+            )
+
+    @staticmethod
+    def _collect(chunks: Iterator[Chunk]) -> Completion:
+        texts: list[str] = []
+        ids: list[int] = []
+        last: Chunk | None = None
+        for chunk in chunks:
+            texts.append(chunk.text)
+            ids.extend(chunk.token_ids)
+            last = chunk
+        assert last is not None and last.finish_reason is not None and last.usage and last.timings
+        return Completion("".join(texts), tuple(ids), last.finish_reason, last.usage, last.timings)

@@ -1,0 +1,31 @@
+"""Quantizer: the interface a family implements to quantize a checkpoint on disk."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class QuantizeRequest:
+    src: Path
+    dst: Path
+    scheme: str
+    progress: bool
+    threads: int | None = None
+
+
+@dataclass(frozen=True)
+class Quantizer:
+    """Quantizes files of ``format`` into ``schemes`` (e.g. q4_0, q4_K_M, int8).
+
+    ``run`` writes the complete output at ``request.dst`` (a temporary file, or an existing
+    empty folder when ``output_is_dir``). ``bits_per_weight`` documents each scheme's size.
+    """
+
+    format: str
+    schemes: tuple[str, ...]
+    run: Callable[[QuantizeRequest], None]
+    output_is_dir: bool = False
+    description: str = ""
