@@ -1,0 +1,168 @@
+"""Hook implementations of the LLaMA plugin: registers the ``llama`` family.
+
+Nothing heavy is imported here: engines, converters and the quantizer are imported inside
+the functions that run them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from openllm_hub import hookimpl
+from openllm_hub.core.convert import Converter, ConvertRequest
+from openllm_hub.core.detect import Probe
+from openllm_hub.core.device import DeviceSupport
+from openllm_hub.core.family import Detection, Family, LoadRequest
+from openllm_hub.core.model import Model
+from openllm_hub.core.quantize import Quantizer, QuantizeRequest
+
+OPENLLM_HUB_API_VERSION = 1
+
+#: llama.cpp quantization types offered by ``openllm-hub quantize`` (name -> llama.cpp ftype name).
+QUANT_TYPES: tuple[str, ...] = (
+    "q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "q2_K", "q3_K_S", "q3_K_M", "q3_K_L", "q4_K_S", "q4_K_M",
+    "q5_K_S", "q5_K_M", "q6_K", "f16", "bf16",
+)
+GGUF_OUTTYPES: tuple[str, ...] = ("f32", "f16", "bf16", "q8_0")
+
+
+class LlamaOptions(BaseModel):
+    """Load options of the llama family (device options dtype/gpu_layers/threads are the core's)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    engine: Literal["auto", "llama.cpp", "transformers"] = Field(
+        "auto", description="auto: llama.cpp for GGUF files, transformers for HF folders")
+    n_ctx: int | None = Field(None, ge=16, description="context length (default: the model's, at most 4096)")
+    n_batch: int = Field(512, ge=1, description="prompt tokens evaluated per batch (llama.cpp)")
+    use_mmap: bool = Field(True, description="memory-map the GGUF file (llama.cpp)")
+    kv_cache_type: Literal["f16", "f32"] = Field("f16", description="llama.cpp KV cache type (f32 for exactness)")
+    convert: bool = Field(False, description="Meta checkpoints: convert to HF in the cache and load that")
+    lora: list[tuple[str, float]] = Field(default_factory=list, description="GGUF LoRA adapters (path, scale)")
+    chat_template: str | None = Field(None, description="default chat template name")
+
+
+def _detect(probe: Probe) -> Detection | None:
+    meta = probe.gguf
+    if meta is not None:
+        arch = meta.get("general.architecture")
+        if arch == "llama" and meta.get("general.type", "model") == "model":
+            return Detection("gguf", 0.95, "GGUF with general.architecture=llama")
+        return None
+    cfg = probe.config
+    if cfg is not None:
+        archs = cfg.get("architectures") or []
+        if cfg.get("model_type") == "llama" or "LlamaForCausalLM" in archs:
+            return Detection("hf", 0.9, "config.json model_type=llama")
+        return None
+    params = probe.json("params.json")
+    if params is not None and any(f.startswith("consolidated.") and f.endswith(".pth") for f in probe.files):
+        return Detection("meta", 0.9, "params.json with consolidated.NN.pth shards")
+    return None
+
+
+def _load(req: LoadRequest) -> Model:
+    opts = req.options
+    assert isinstance(opts, LlamaOptions)
+    if req.format == "meta":
+        from openllm_hub_llama.convert_meta import meta_to_hf_cached
+
+        hf_dir = meta_to_hf_cached(req.path)
+        req = LoadRequest(path=hf_dir, format="hf", detection=req.detection, placement=req.placement, options=opts)
+    if req.format == "gguf":
+        if opts.engine == "transformers":
+            from openllm_hub.errors import InvalidParameterError
+
+            raise InvalidParameterError("GGUF files run on llama.cpp only", where=req.path,
+                                        fix="use engine='llama.cpp' (or 'auto'), or load the HF checkpoint")
+        from openllm_hub_llama.engine_gguf import load_gguf
+
+        return load_gguf(req)
+    if opts.engine == "llama.cpp":
+        from openllm_hub_llama.engine_gguf import load_hf_via_gguf
+
+        return load_hf_via_gguf(req)
+    from openllm_hub_llama.engine_hf import load_hf
+
+    return load_hf(req)
+
+
+def _meta_hint(path: Path, fmt: str) -> str:
+    return (f"pass convert=True to load() (converts into the cache), or run "
+            f"`openllm-hub convert {path} OUT --to hf` (or --to gguf after that)")
+
+
+def _lazy(module: str, func: str) -> Callable[..., None]:
+    def run(req: ConvertRequest | QuantizeRequest) -> None:
+        import importlib
+
+        getattr(importlib.import_module(f"openllm_hub_llama.{module}"), func)(req)
+
+    run.__name__ = func
+    return run
+
+
+def _gguf_available(kind: str) -> Callable[[], tuple[bool, str]]:
+    def check() -> tuple[bool, str]:
+        from openllm_hub_llama.engine_gguf import capabilities
+
+        caps = capabilities()
+        if kind == "blas":
+            return bool(caps.get("blas")), "the installed llama-cpp-python has no BLAS (see README: build with OpenBLAS)"
+        return bool(caps.get("gpu_offload")), "the installed llama-cpp-python has no GPU offload (build with -DGGML_CUDA=on)"
+
+    return check
+
+
+FAMILY = Family(
+    name="llama",
+    aliases=("alpaca", "vicuna", "llama2", "chinese-llama", "belle"),
+    description="LLaMA 1/2 and fine-tunes: GGUF on llama.cpp, HF folders on transformers, Meta .pth shards",
+    formats=("gguf", "hf", "meta"),
+    loadable=("gguf", "hf", "meta"),
+    detect=_detect,
+    load=_load,
+    options=LlamaOptions,
+    not_loadable_hint=_meta_hint,
+    devices=(
+        DeviceSupport("cuda", ("file",), formats=("gguf",), partial_offload=True, available=_gguf_available("gpu")),
+        DeviceSupport("cpu", ("file",), formats=("gguf",), blas=True, available=_gguf_available("blas")),
+        DeviceSupport("cpu", ("file",), formats=("gguf",)),
+        DeviceSupport("cuda", ("fp16", "bf16", "fp32"), formats=("hf", "meta"), multi_gpu=True),
+        DeviceSupport("cpu", ("fp32", "bf16"), formats=("hf", "meta")),
+    ),
+    converters=(
+        Converter("meta", "hf", _lazy("convert_meta", "convert_meta_to_hf"), output_is_dir=True,
+                  outtypes=("f32", "f16", "bf16", "auto"), default_outtype="auto",
+                  verify_bounds={"f32": 1e-5, "auto": 1e-2, "f16": 1e-2, "bf16": 5e-2},
+                  source_load_options={"convert": True},
+                  description="Meta consolidated.NN.pth shards -> HuggingFace folder (sharded safetensors)"),
+        Converter("hf", "meta", _lazy("convert_meta", "convert_hf_to_meta"), output_is_dir=True,
+                  outtypes=("auto",), default_outtype="auto", verify_bounds={"auto": 1e-5},
+                  target_load_options={"convert": True},
+                  description="HuggingFace folder -> Meta layout (params.json, consolidated.NN.pth)"),
+        Converter("hf", "gguf", _lazy("convert_gguf", "convert_hf_to_gguf"), outtypes=GGUF_OUTTYPES,
+                  default_outtype="f16",
+                  verify_bounds={"f32": 2e-2, "f16": 5e-2, "bf16": 1e-1, "q8_0": 1e-1},
+                  target_load_options={"kv_cache_type": "f32"},
+                  description="HuggingFace folder -> GGUF (f32, f16, bf16, q8_0) with tokenizer"),
+        Converter("meta", "gguf", _lazy("convert_gguf", "convert_meta_to_gguf"), outtypes=GGUF_OUTTYPES,
+                  default_outtype="f16", source_load_options={"convert": True},
+                  verify_bounds={"f32": 2e-2, "f16": 5e-2, "bf16": 1e-1, "q8_0": 1e-1},
+                  target_load_options={"kv_cache_type": "f32"},
+                  description="Meta shards -> GGUF (through an HF folder in a temporary directory)"),
+    ),
+    quantizers=(
+        Quantizer("gguf", QUANT_TYPES, _lazy("quantize", "quantize_gguf"),
+                  description="llama.cpp's quantizer (llama_model_quantize)"),
+    ),
+)
+
+
+@hookimpl
+def register_families(register: Callable[[Family], None]) -> None:
+    register(FAMILY)
