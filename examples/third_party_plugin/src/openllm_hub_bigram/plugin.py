@@ -1,0 +1,55 @@
+"""Hook implementations: one family, one built-in model name. This is all a plugin needs."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from openllm_hub import hookimpl
+from openllm_hub.core.detect import Probe
+from openllm_hub.core.device import DeviceSupport
+from openllm_hub.core.family import Detection, Family, LoadRequest, ModelName
+from openllm_hub.core.model import Model
+
+OPENLLM_HUB_API_VERSION = 1
+
+
+def detect(probe: Probe) -> Detection | None:
+    if not probe.path.is_file() or probe.head[:8] == b"":
+        return None
+    from openllm_hub.core.io import read_safetensors_header
+    from openllm_hub.errors import CorruptFileError
+
+    try:
+        meta = read_safetensors_header(probe.path).get("__metadata__", {})
+    except CorruptFileError:
+        return None
+    if meta.get("format") == "openllm-hub-bigram":
+        return Detection("bigram", 1.0, "safetensors with format=openllm-hub-bigram")
+    return None
+
+
+def load(req: LoadRequest) -> Model:
+    from openllm_hub_bigram.model import BigramModel
+
+    return BigramModel(req.path, device=str(req.placement))
+
+
+def _builtin() -> Path:
+    from openllm_hub_bigram import BUILTIN_MODEL
+
+    return BUILTIN_MODEL
+
+
+@hookimpl
+def register_families(register: Callable[[Family], None]) -> None:
+    register(Family(
+        name="bigram",
+        formats=("bigram",),
+        detect=detect,
+        load=load,
+        devices=(DeviceSupport("cpu", ("fp32",)),),
+        description="Example plugin: byte-level bigram language model (numpy)",
+        model_names=(ModelName("bigram-stories", "bigram model trained on generated stories",
+                               resolve=_builtin),),
+    ))

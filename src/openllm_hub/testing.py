@@ -1,0 +1,218 @@
+"""Conformance kit: the contract every :class:`~openllm_hub.core.model.Model` must keep.
+
+A plugin author subclasses :class:`ModelConformance` in a test module and says how to load
+a small model of the plugin's own::
+
+    from openllm_hub.testing import ModelConformance
+
+    class TestMyModel(ModelConformance):
+        def load_model(self):
+            return openllm_hub.load(MY_TINY_MODEL, device="cpu")
+
+pytest then runs every ``test_*`` below against it. Each check is also a plain function
+(``check_*``) for use outside pytest. Class attributes tune prompts for models whose
+tokenizers cannot encode everything.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any, ClassVar
+
+from openllm_hub.core.model import Completion, Model
+from openllm_hub.errors import InvalidParameterError, ModelClosedError, OpenLLMHubError
+
+
+def _params(**extra: Any) -> dict[str, Any]:
+    return {"max_new_tokens": 12, "temperature": 0.9, "top_k": 40, "top_p": 0.95, **extra}
+
+
+def check_seeded_determinism(model: Model, prompt: str) -> None:
+    """Same seed and parameters give the same text and ids; sampling is really seeded."""
+    a = model.generate(prompt, **_params(seed=1234))
+    b = model.generate(prompt, **_params(seed=1234))
+    assert a.text == b.text and a.token_ids == b.token_ids, "same seed must give the same output"
+    outs = {model.generate(prompt, **_params(seed=s, max_new_tokens=16, temperature=1.5, top_k=0,
+                                               top_p=1.0)).token_ids for s in range(1, 7)}
+    assert len(outs) > 1, "different seeds never changed the output: is sampling seeded at all?"
+
+
+def check_stream_equals_generate(model: Model, prompt: str) -> None:
+    """Concatenated stream chunks equal generate(): text, ids, finish reason, usage."""
+    full = model.generate(prompt, **_params(seed=7))
+    chunks = list(model.stream(prompt, **_params(seed=7)))
+    assert chunks and chunks[-1].finish_reason is not None
+    assert all(c.finish_reason is None for c in chunks[:-1])
+    assert "".join(c.text for c in chunks) == full.text
+    assert tuple(i for c in chunks for i in c.token_ids) == full.token_ids
+    assert chunks[-1].finish_reason == full.finish_reason and chunks[-1].usage == full.usage
+
+
+def check_max_new_tokens(model: Model, prompt: str) -> None:
+    """max_new_tokens bounds the output; a run that hits it says finish_reason=length."""
+    for n in (1, 5):
+        out = model.generate(prompt, max_new_tokens=n, temperature=0.0, repeat_penalty=1.0)
+        assert len(out.token_ids) <= n
+        if out.finish_reason == "length":
+            assert len(out.token_ids) == n
+
+
+def check_stop_strings(model: Model, prompt: str) -> None:
+    """A stop string taken from the model's own greedy output ends generation before it."""
+    ref = model.generate(prompt, max_new_tokens=24, temperature=0.0, repeat_penalty=1.0)
+    text = ref.text
+    if len(text.strip()) < 4:
+        raise AssertionError(f"greedy output too short to test stop strings: {text!r}")
+    mid = len(text) // 2
+    stop = text[mid : mid + 2] if text[mid : mid + 2].strip() else text[mid - 1 : mid + 1]
+    cut = text.find(stop)
+    out = model.generate(prompt, max_new_tokens=24, temperature=0.0, repeat_penalty=1.0, stop=[stop])
+    assert out.finish_reason == "stop"
+    assert out.text == text[:cut], f"expected {text[:cut]!r}, got {out.text!r} (stop {stop!r})"
+    streamed = "".join(c.text for c in model.stream(prompt, max_new_tokens=24, temperature=0.0,
+                                                    repeat_penalty=1.0, stop=[stop]))
+    assert streamed == out.text
+
+
+def check_usage(model: Model, prompt: str) -> None:
+    """usage.prompt_tokens is the prompt's length in ids; completion_tokens the ids returned."""
+    out = model.generate(prompt, **_params(seed=3))
+    assert out.usage.prompt_tokens == len(model.tokenize(prompt))
+    assert out.usage.completion_tokens == len(out.token_ids)
+    assert out.usage.total_tokens == out.usage.prompt_tokens + out.usage.completion_tokens
+    assert out.timings.generation_tokens_per_second >= 0 and out.timings.prompt_tokens_per_second > 0
+
+
+def check_roundtrip(model: Model, texts: tuple[str, ...]) -> None:
+    """detokenize(tokenize(text)) gives the text back."""
+    for text in texts:
+        ids = model.tokenize(text)
+        assert all(isinstance(i, int) for i in ids)
+        assert model.detokenize(ids) == text, f"round trip changed {text!r} into {model.detokenize(ids)!r}"
+
+
+def check_logits(model: Model, prompt: str) -> None:
+    """logits() has one vocabulary row per position, and its last row drives greedy decoding."""
+    import numpy as np
+
+    ids = model.tokenize(prompt)
+    rows = model.logits(ids)
+    assert rows.ndim == 2 and rows.shape[0] == len(ids)
+    assert np.isfinite(rows).all()
+    greedy = model.generate(prompt, max_new_tokens=1, temperature=0.0, repeat_penalty=1.0)
+    if greedy.token_ids:
+        assert int(np.argmax(rows[-1])) == greedy.token_ids[0]
+
+
+def check_chat_template(model: Model, messages: list[dict[str, str]]) -> None:
+    """chat() equals generate() on the prompt its template renders, with its stop strings."""
+    tpl = model.chat_template()
+    prompt = tpl.render(messages)  # type: ignore[arg-type]
+    a = model.chat(messages, max_new_tokens=10, temperature=0.0, seed=5)
+    b = model.generate(prompt, max_new_tokens=10, temperature=0.0, seed=5, stop=list(tpl.stop))
+    assert a.text == b.text and a.token_ids == b.token_ids
+    assert "".join(c.text for c in model.stream_chat(messages, max_new_tokens=10, temperature=0.0, seed=5)) == a.text
+
+
+def check_invalid_parameters(model: Model, prompt: str) -> None:
+    """Unknown or out-of-range parameters raise InvalidParameterError before any work."""
+    for bad in ({"temprature": 0.5}, {"top_p": 0.0}, {"max_new_tokens": 0}):
+        try:
+            model.generate(prompt, **bad)
+        except InvalidParameterError:
+            continue
+        raise AssertionError(f"{bad} was accepted")
+
+
+def check_closed_refuses(model: Model, prompt: str) -> None:
+    """After close(), every call raises ModelClosedError; close() twice is fine."""
+    model.close()
+    model.close()
+    for call in (lambda: model.generate(prompt), lambda: model.tokenize(prompt), lambda: model.logits([1])):
+        try:
+            call()
+        except ModelClosedError:
+            continue
+        raise AssertionError("a closed model did work")
+
+
+class ModelConformance:
+    """Subclass and implement :meth:`load_model`; pytest runs the contract checks."""
+
+    prompt: ClassVar[str] = "Once upon a time"
+    roundtrip_texts: ClassVar[tuple[str, ...]] = (
+        "Hello world", "  leading spaces", "中文测试，你好！", "emoji 🦙🚀 ok", "tabs\tand\nnewlines\n\n", "x = f(1) + 2",
+    )
+    chat_messages: ClassVar[list[dict[str, str]]] = [
+        {"role": "user", "content": "Tell me a story."},
+        {"role": "assistant", "content": "Once there was a cat."},
+        {"role": "user", "content": "And then?"},
+    ]
+
+    def load_model(self) -> Model:  # pragma: no cover - the subclass's job
+        raise NotImplementedError
+
+    # one model for the class; pytest's fixture machinery without requiring a conftest
+    _model: ClassVar[Model | None] = None
+
+    @classmethod
+    def _shared(cls, self: ModelConformance) -> Model:
+        if cls._model is None or cls._model.closed:
+            cls._model = self.load_model()
+        return cls._model
+
+    @classmethod
+    def teardown_class(cls) -> None:
+        if cls._model is not None:
+            cls._model.close()
+            cls._model = None
+
+    def test_seeded_determinism(self) -> None:
+        check_seeded_determinism(self._shared(self), self.prompt)
+
+    def test_stream_equals_generate(self) -> None:
+        check_stream_equals_generate(self._shared(self), self.prompt)
+
+    def test_max_new_tokens(self) -> None:
+        check_max_new_tokens(self._shared(self), self.prompt)
+
+    def test_stop_strings(self) -> None:
+        check_stop_strings(self._shared(self), self.prompt)
+
+    def test_usage(self) -> None:
+        check_usage(self._shared(self), self.prompt)
+
+    def test_roundtrip(self) -> None:
+        check_roundtrip(self._shared(self), self.roundtrip_texts)
+
+    def test_logits(self) -> None:
+        check_logits(self._shared(self), self.prompt)
+
+    def test_chat_template(self) -> None:
+        check_chat_template(self._shared(self), self.chat_messages)
+
+    def test_invalid_parameters(self) -> None:
+        check_invalid_parameters(self._shared(self), self.prompt)
+
+    def test_closed_model_refuses_work(self) -> None:
+        check_closed_refuses(self.load_model(), self.prompt)
+
+    def test_info(self) -> None:
+        info = self._shared(self).info
+        assert info.family and info.format and info.engine and info.device
+
+
+def run_conformance(model_factory: Any) -> Iterator[tuple[str, OpenLLMHubError | AssertionError | None]]:
+    """Run every check outside pytest: yields (check name, failure or None)."""
+    kit = ModelConformance()
+    kit.load_model = model_factory  # type: ignore[method-assign]
+    for name in sorted(n for n in dir(ModelConformance) if n.startswith("test_")):
+        try:
+            getattr(kit, name)()
+            yield name, None
+        except (AssertionError, OpenLLMHubError) as exc:
+            yield name, exc
+    ModelConformance.teardown_class()
+
+
+__all__ = ["Completion", "ModelConformance", "run_conformance"]
