@@ -141,7 +141,8 @@ class ModelConformance:
 
     prompt: ClassVar[str] = "Once upon a time"
     roundtrip_texts: ClassVar[tuple[str, ...]] = (
-        "Hello world", "  leading spaces", "中文测试，你好！", "emoji 🦙🚀 ok", "tabs\tand\nnewlines\n\n", "x = f(1) + 2",
+        "Hello world", "  leading spaces", "中文测试，你好！", "emoji 🦙🚀 ok",
+        "tabs\tand\nnewlines\n\n", "x = f(1) + 2",
     )
     chat_messages: ClassVar[list[dict[str, str]]] = [
         {"role": "user", "content": "Tell me a story."},

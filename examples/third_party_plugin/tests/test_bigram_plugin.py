@@ -5,13 +5,13 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from openllm_hub_bigram import BUILTIN_MODEL
+from openllm_hub_bigram.model import BOS, EOS, train
+from openllm_hub_bigram.train import corpus
 
 import openllm_hub
 from openllm_hub.core.registry import get_registry
 from openllm_hub.testing import ModelConformance
-from openllm_hub_bigram import BUILTIN_MODEL
-from openllm_hub_bigram.model import BOS, EOS, train
-from openllm_hub_bigram.train import corpus
 
 
 class TestBigramConformance(ModelConformance):
@@ -36,7 +36,7 @@ def test_shipped_model_is_trained_on_its_corpus() -> None:
     fresh = train(corpus())
     with openllm_hub.load(BUILTIN_MODEL) as m:
         text = "Once upon a time, Lily had a little cat."
-        ids = m.tokenize(text) + [EOS]
+        ids = [*m.tokenize(text), EOS]
         rows = m.logits(ids[:-1])
         np.testing.assert_array_equal(rows, fresh[ids[:-1]])
         nll = -float(np.mean([rows[i, ids[i + 1]] for i in range(len(ids) - 1)]))

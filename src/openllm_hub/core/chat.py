@@ -8,6 +8,8 @@ default and a caller may pick another by name. Layouts that plain formats cannot
 
 from __future__ import annotations
 
+import itertools
+
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, TypedDict
@@ -46,7 +48,7 @@ class ChatTemplate:
 
     def render(self, messages: Sequence[Message]) -> str:
         """Lay out ``messages`` (ending with a user turn) as the prompt for the next answer."""
-        msgs = validate_messages(messages)
+        msgs = validate_messages(messages)  # type: ignore[arg-type]
         if self.render_fn is not None:
             return self.render_fn(self, msgs)
         parts = [self.prefix]
@@ -75,11 +77,11 @@ def validate_messages(messages: Iterable[Mapping[str, str]]) -> list[Message]:
             )
         if role == "system" and i != 0:
             raise InvalidParameterError("a system message may only come first", where=f"chat messages[{i}]")
-        out.append(Message(role=role, content=content))
+        out.append(Message(role=role, content=content))  # type: ignore[typeddict-item]
     turns = [m for m in out if m["role"] != "system"]
     if not turns or turns[-1]["role"] != "user":
         raise InvalidParameterError("the conversation must end with a user message", where="chat messages")
-    for a, b in zip(turns, turns[1:], strict=False):
+    for a, b in itertools.pairwise(turns):
         if a["role"] == b["role"]:
             raise InvalidParameterError("user and assistant turns must alternate", where="chat messages")
     return out

@@ -169,7 +169,10 @@ class Placement:
     reason: str = ""
 
     def __str__(self) -> str:
-        dev = "cuda:" + ",".join(map(str, self.gpu_ids)) if self.kind == "cuda" else ("cpu:blas" if self.blas else "cpu")
+        if self.kind == "cuda":
+            dev = "cuda:" + ",".join(map(str, self.gpu_ids))
+        else:
+            dev = "cpu:blas" if self.blas else "cpu"
         return f"{dev} {self.dtype}"
 
 

@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict
 
-from openllm_hub.core.device import DeviceSupport, Placement
 from openllm_hub.core.detect import Probe
+from openllm_hub.core.device import DeviceSupport, Placement
 
 if TYPE_CHECKING:  # pragma: no cover
     from openllm_hub.core.convert import Converter

@@ -132,7 +132,7 @@ class Model(ABC):
     def _logits(self, ids: list[int]) -> npt.NDArray[np.float32]:
         """Logits of shape ``(len(ids), vocab)``: row i predicts the id after ``ids[: i + 1]``."""
 
-    def _close(self) -> None:
+    def _close(self) -> None:  # noqa: B027 - optional hook, not abstract
         """Free engine resources (called once)."""
 
     # ---- public API ------------------------------------------------------------------

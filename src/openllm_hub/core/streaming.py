@@ -48,7 +48,9 @@ class IncrementalDetokenizer:
         held = len(self._ids) - self._read
         if not final and after.endswith(REPLACEMENT) and held < MAX_HELD_TOKENS:
             return ""
-        text = after[len(before) :] if after.startswith(before) else after[len(before) :]
+        # tokenizers decode a window's prefix identically with or without what follows it, so
+        # the new text is what the longer window adds
+        text = after[len(before) :]
         self._prefix = self._read
         self._read = len(self._ids)
         # keep the window short: only the last few ids are needed as context

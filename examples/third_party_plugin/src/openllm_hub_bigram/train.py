@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 
 from openllm_hub.core.io import atomic_output
-
 from openllm_hub_bigram import BUILTIN_MODEL
 from openllm_hub_bigram.model import save, train
 

@@ -1,0 +1,418 @@
+"""``openllm-hub``: a thin command line over the public API.
+
+It parses, calls the API, prints. Bad input ends with one line on stderr and exit code 1
+(``--debug`` shows the traceback). Plugins add subcommands through ``register_commands``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from openllm_hub.errors import InvalidParameterError, OpenLLMHubError
+
+PROG = "openllm-hub"
+
+
+# ---- helpers -------------------------------------------------------------------------------
+def _options(pairs: Sequence[str] | None) -> dict[str, Any]:
+    """``-o key=value`` pairs; values parse as JSON when they can (numbers, booleans, lists)."""
+    out: dict[str, Any] = {}
+    for pair in pairs or ():
+        if "=" not in pair:
+            raise InvalidParameterError(f"option {pair!r} is not key=value", where="-o/--option")
+        key, value = pair.split("=", 1)
+        try:
+            out[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.strip()] = value
+    return out
+
+
+def _load_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="a file, folder or model name (see `openllm-hub models`)")
+    p.add_argument("--family", help="skip detection and use this family")
+    p.add_argument("--device", default="auto", help="auto, cpu, cpu:blas, cuda, cuda:N or cuda:N,M (default auto)")
+    p.add_argument("--dtype", help="fp32, fp16 or bf16 (engines that choose a dtype)")
+    p.add_argument("-ngl", "--gpu-layers", type=int, dest="gpu_layers", help="layers to keep on the GPU (-1 = all)")
+    p.add_argument("-t", "--threads", type=int, help="CPU threads")
+    p.add_argument("-c", "--ctx-size", type=int, dest="n_ctx", help="context length (families that take n_ctx)")
+    p.add_argument("-o", "--option", action="append", metavar="KEY=VALUE", help="a family load option (repeatable)")
+
+
+def _load(args: argparse.Namespace) -> Any:
+    from openllm_hub.api import load
+
+    opts = _options(args.option)
+    for key in ("dtype", "gpu_layers", "threads", "n_ctx"):
+        if getattr(args, key, None) is not None:
+            opts[key] = getattr(args, key)
+    return load(args.model, family=args.family, device=args.device, **opts)
+
+
+def _gen_args(p: argparse.ArgumentParser, *, n_default: int = 128) -> None:
+    g = p.add_argument_group("sampling (llama.cpp's names)")
+    g.add_argument("-n", "--n-predict", type=int, default=n_default, dest="max_new_tokens", help="tokens to generate")
+    g.add_argument("--temp", type=float, dest="temperature", help="temperature (0 = greedy)")
+    g.add_argument("--top-k", type=int, dest="top_k")
+    g.add_argument("--top-p", type=float, dest="top_p")
+    g.add_argument("--repeat-penalty", type=float, dest="repeat_penalty")
+    g.add_argument("--repeat-last-n", type=int, dest="repeat_last_n")
+    g.add_argument("--seed", type=int)
+    g.add_argument("--stop", action="append", help="stop string (repeatable)")
+    g.add_argument("--color", action="store_true", help="colour the prompt and the output on a terminal")
+
+
+def _gen_params(args: argparse.Namespace) -> dict[str, Any]:
+    keys = ("max_new_tokens", "temperature", "top_k", "top_p", "repeat_penalty", "repeat_last_n", "seed", "stop")
+    return {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
+
+
+def _colors(args: argparse.Namespace) -> tuple[str, str, str]:
+    if getattr(args, "color", False) and sys.stdout.isatty():
+        return "\033[33m", "\033[0m", "\033[1;32m"
+    return "", "", ""
+
+
+def _print_json(obj: Any) -> None:
+    print(json.dumps(obj, indent=2, ensure_ascii=False, default=str))
+
+
+# ---- commands --------------------------------------------------------------------------------
+def cmd_plugins(args: argparse.Namespace) -> int:
+    from openllm_hub.core.registry import API_VERSION, get_registry
+
+    reg = get_registry()
+    records = [r.as_dict() for r in reg.plugins.values()]
+    if args.json:
+        _print_json({"api_version": API_VERSION, "plugins": records})
+        return 0
+    if not records:
+        print("no plugins installed (pip install openllm-hub-llama, ...)")
+    for r in records:
+        status = f"BROKEN: {r['error']}" if r["error"] else "ok"
+        print(f"{r['name']} {r['version'] or ''}  [{status}]")
+        if r["families"]:
+            print(f"  families: {', '.join(r['families'])}")
+        if r["templates"]:
+            print(f"  chat templates: {', '.join(r['templates'])}")
+        if r["hooks"]:
+            print(f"  hooks: {', '.join(r['hooks'])}")
+    return 0
+
+
+def cmd_devices(args: argparse.Namespace) -> int:
+    from openllm_hub.core.device import probe_machine
+    from openllm_hub.core.registry import get_registry
+
+    m = probe_machine()
+    engines: dict[str, Any] = {}
+    for record, result in get_registry().call_each("report_engines"):
+        if isinstance(result, Exception):
+            engines[record.name] = {"error": f"{type(result).__name__}: {result}"}
+        elif result:
+            engines.update(result)
+    data = {"cpu_threads": m.cpu_threads, "gpus": [g.__dict__ for g in m.gpus], "gpu_note": m.gpu_note,
+            "engines": engines}
+    if args.json:
+        _print_json(data)
+        return 0
+    print(f"CPU threads: {m.cpu_threads}")
+    print(f"CUDA GPUs: {m.gpu_note}")
+    for g in m.gpus:
+        print(f"  cuda:{g.index} {g.name}: {g.free_mib} MiB free of {g.total_mib} MiB")
+    for name, facts in engines.items():
+        print(f"{name}:")
+        for k, v in facts.items():
+            print(f"  {k}: {v}")
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    if args.detect_only:
+        from openllm_hub.api import detect, resolve_source
+
+        fam, det = detect(resolve_source(args.model).path, family=args.family)
+        data: dict[str, Any] = {"family": fam.name, "format": det.format, "confidence": det.confidence,
+                                "reason": det.reason}
+    else:
+        with _load(args) as model:
+            data = model.info.as_dict()
+    if args.json:
+        _print_json(data)
+    else:
+        for k, v in data.items():
+            if v not in (None, {}, ""):
+                print(f"{k}: {v}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    if args.file:
+        prompt = Path(args.file).read_text(encoding="utf-8")
+    elif args.prompt is not None:
+        prompt = args.prompt
+    else:
+        raise InvalidParameterError("no prompt", where="run", fix="pass -p PROMPT or -f FILE")
+    c_prompt, c_reset, c_out = _colors(args)
+    with _load(args) as model:
+        params = _gen_params(args)
+        if args.echo:
+            print(f"{c_prompt}{prompt}{c_reset}", end="", flush=True)
+        final = None
+        for chunk in model.stream(prompt, **params):
+            print(f"{c_out}{chunk.text}{c_reset}" if chunk.text else "", end="", flush=True)
+            final = chunk
+        print()
+        if args.verbose and final is not None and final.usage and final.timings:
+            t = final.timings
+            print(f"[{final.usage.prompt_tokens} prompt tokens at {t.prompt_tokens_per_second:.1f} tok/s, "
+                  f"{final.usage.completion_tokens} generated at {t.generation_tokens_per_second:.1f} tok/s, "
+                  f"finish: {final.finish_reason}]", file=sys.stderr)
+    return 0
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    c_prompt, c_reset, c_out = _colors(args)
+    with _load(args) as model:
+        template = args.template or model.default_chat_template
+        model.chat_template(template)  # fail early on an unknown name
+        history: list[dict[str, str]] = []
+        system = Path(args.system_file).read_text(encoding="utf-8") if args.system_file else args.system
+        interactive = sys.stdin.isatty()
+        if interactive:
+            print(f"chatting with {model.info.family} ({template} template). Ctrl-C stops an answer, "
+                  "Ctrl-D or /exit quits, /reset clears the history.", file=sys.stderr)
+        while True:
+            try:
+                if interactive:
+                    print(f"{c_prompt}> {c_reset}", end="", flush=True)
+                line = sys.stdin.readline()
+            except KeyboardInterrupt:
+                print(file=sys.stderr)
+                return 0
+            if not line:
+                return 0
+            text = line.rstrip("\n")
+            if text.strip() in ("/exit", "/quit"):
+                return 0
+            if text.strip() == "/reset":
+                history.clear()
+                continue
+            if not text.strip():
+                continue
+            messages = ([{"role": "system", "content": system}] if system else []) + history
+            messages.append({"role": "user", "content": text})
+            answer: list[str] = []
+            try:
+                for chunk in model.stream_chat(messages, template=template, **_gen_params(args)):
+                    answer.append(chunk.text)
+                    print(f"{c_out}{chunk.text}{c_reset}" if chunk.text else "", end="", flush=True)
+            except KeyboardInterrupt:
+                print(" [stopped]", end="", file=sys.stderr)
+            print(flush=True)
+            history += [{"role": "user", "content": text}, {"role": "assistant", "content": "".join(answer).strip()}]
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from openllm_hub.api import convert
+
+    result = convert(args.src, args.dst, to=args.to, outtype=args.outtype, verify=args.verify, force=args.force,
+                     family=args.family, options=_options(args.option))
+    print(f"wrote {result.path} ({result.family} {result.source_format} -> {result.target}"
+          f"{', ' + result.outtype if result.outtype else ''})")
+    if result.verify is not None:
+        print(f"verify: {result.verify.summary()}")
+    return 0
+
+
+def cmd_quantize(args: argparse.Namespace) -> int:
+    from openllm_hub.api import quantize
+
+    out = quantize(args.src, args.dst, args.type, force=args.force, family=args.family, threads=args.threads)
+    print(f"wrote {out} ({args.type}, {out.stat().st_size / 1e6:.1f} MB)")
+    return 0
+
+
+def cmd_merge_lora(args: argparse.Namespace) -> int:
+    from openllm_hub.api import merge_lora
+
+    out = merge_lora(args.base, args.adapters, args.output, output_type=args.output_type, force=args.force,
+                     family=args.family)
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from openllm_hub.api import add_model_name, remove_model_name, user_model_names
+    from openllm_hub.core.registry import get_registry
+
+    if args.action == "add":
+        if not args.name or not args.path:
+            raise InvalidParameterError("usage: openllm-hub models add NAME PATH", where="models")
+        add_model_name(args.name, args.path, family=args.family, force=args.force)
+        print(f"added {args.name} -> {Path(args.path).resolve()}")
+        return 0
+    if args.action == "remove":
+        if not args.name:
+            raise InvalidParameterError("usage: openllm-hub models remove NAME", where="models")
+        remove_model_name(args.name)
+        print(f"removed {args.name}")
+        return 0
+    rows: list[dict[str, Any]] = [
+        {"name": mn.name, "family": fam.name, "source": "built-in", "description": mn.description}
+        for fam, mn in get_registry().model_names()
+    ]
+    rows += [{"name": n, "family": e.get("family"), "source": "user", "description": e["path"]}
+             for n, e in user_model_names().items()]
+    if args.json:
+        _print_json(rows)
+    else:
+        for r in rows:
+            print(f"{r['name']:<20} {r['family'] or '?':<10} {r['source']:<9} {r['description']}")
+    return 0
+
+
+def cmd_perplexity(args: argparse.Namespace) -> int:
+    from openllm_hub.core.perplexity import perplexity
+
+    text = Path(args.file).read_text(encoding="utf-8")
+    with _load(args) as model:
+        r = perplexity(model, text, window=args.window, stride=args.stride)
+    if args.json:
+        _print_json(r.__dict__)
+    else:
+        print(f"perplexity {r.perplexity:.4f} over {r.tokens_scored} tokens (window {r.window}, stride {r.stride})")
+    return 0
+
+
+# ---- parser ------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    from openllm_hub import __version__
+
+    parser = argparse.ArgumentParser(prog=PROG, description="Run, convert and quantize open LLMs of many families.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("plugins", help="list installed plugins, their families and load errors")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=cmd_plugins)
+
+    p = sub.add_parser("devices", help="CPU threads, CUDA GPUs and what each engine was built with")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=cmd_devices)
+
+    p = sub.add_parser("info", help="load a model and describe it")
+    _load_args(p)
+    p.add_argument("--detect-only", action="store_true", help="only say which family and format it is")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=cmd_info)
+
+    p = sub.add_parser("run", help="generate text from a prompt (flags after llama.cpp's main)")
+    _load_args(p)
+    p.add_argument("-p", "--prompt")
+    p.add_argument("-f", "--file", help="read the prompt from a file")
+    p.add_argument("--no-echo", dest="echo", action="store_false", help="do not print the prompt first")
+    p.add_argument("-v", "--verbose", action="store_true", help="print token counts and speeds to stderr")
+    _gen_args(p)
+    p.set_defaults(handler=cmd_run)
+
+    p = sub.add_parser("chat", help="interactive chat (instruction mode, like llama.cpp -ins)")
+    _load_args(p)
+    p.add_argument("--template", help="chat template name (default: the model's)")
+    p.add_argument("--system", help="system prompt")
+    p.add_argument("--system-file", help="read the system prompt from a file (like -f prompts/alpaca.txt)")
+    _gen_args(p, n_default=256)
+    p.set_defaults(handler=cmd_chat)
+
+    p = sub.add_parser("convert", help="convert a checkpoint between formats")
+    p.add_argument("src")
+    p.add_argument("dst")
+    p.add_argument("--to", required=True, help="target format, e.g. gguf, hf, meta")
+    p.add_argument("--outtype", help="output type, e.g. f32, f16, bf16, q8_0")
+    p.add_argument("--verify", action="store_true", help="compare logits of source and result before writing")
+    p.add_argument("--force", action="store_true", help="replace an existing destination")
+    p.add_argument("--family")
+    p.add_argument("-o", "--option", action="append", metavar="KEY=VALUE", help="converter option (repeatable)")
+    p.set_defaults(handler=cmd_convert)
+
+    p = sub.add_parser("quantize", help="quantize a checkpoint (e.g. GGUF q4_0)")
+    p.add_argument("src")
+    p.add_argument("dst")
+    p.add_argument("type", help="quantization type, e.g. q4_0, q8_0, q4_K_M")
+    p.add_argument("--force", action="store_true")
+    p.add_argument("--family")
+    p.add_argument("-t", "--threads", type=int)
+    p.set_defaults(handler=cmd_quantize)
+
+    p = sub.add_parser("merge-lora", help="merge LoRA adapters into a base checkpoint")
+    p.add_argument("base")
+    p.add_argument("adapters", nargs="+")
+    p.add_argument("-o", "--output", required=True)
+    p.add_argument("--output-type", default="hf", help="hf or pth")
+    p.add_argument("--force", action="store_true")
+    p.add_argument("--family")
+    p.set_defaults(handler=cmd_merge_lora)
+
+    p = sub.add_parser("models", help="list model names; add or remove your own")
+    p.add_argument("action", nargs="?", choices=("list", "add", "remove"), default="list")
+    p.add_argument("name", nargs="?")
+    p.add_argument("path", nargs="?")
+    p.add_argument("--family")
+    p.add_argument("--force", action="store_true")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=cmd_models)
+
+    p = sub.add_parser("perplexity", help="perplexity of a model over a text file (sliding window)")
+    _load_args(p)
+    p.add_argument("file")
+    p.add_argument("--window", type=int, default=512)
+    p.add_argument("--stride", type=int)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=cmd_perplexity)
+
+    _plugin_commands(sub)
+    return parser
+
+
+_PLUGIN_COMMAND_ERRORS: list[str] = []
+
+
+def _plugin_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    from openllm_hub.core.registry import get_registry
+
+    for record, result in get_registry().call_each("register_commands", cli=sub):
+        if isinstance(result, Exception):
+            _PLUGIN_COMMAND_ERRORS.append(f"plugin {record.name}: register_commands failed: {result}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or bool(os.environ.get("OPENLLM_HUB_DEBUG"))
+    try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if not getattr(args, "handler", None):
+            parser.print_help()
+            return 2
+        return int(args.handler(args) or 0)
+    except OpenLLMHubError as exc:
+        if debug:
+            raise
+        print(f"{PROG}: error: {exc.render()}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

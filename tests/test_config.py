@@ -1,0 +1,29 @@
+from __future__ import annotations
+
+import pytest
+
+from openllm_hub import GenerationConfig
+from openllm_hub.errors import InvalidParameterError
+
+
+def test_defaults_and_greedy() -> None:
+    c = GenerationConfig()
+    assert (c.temperature, c.top_k, c.top_p, c.repeat_penalty, c.repeat_last_n) == (0.8, 40, 0.95, 1.1, 64)
+    assert GenerationConfig.build(temperature=0).greedy
+
+
+@pytest.mark.parametrize("bad", [{"temprature": 1}, {"top_p": 0}, {"top_p": 1.5}, {"max_new_tokens": 0},
+                                 {"stop": [""]}, {"seed": -1}, {"repeat_penalty": 0}])
+def test_rejects_by_name(bad: dict[str, object]) -> None:
+    with pytest.raises(InvalidParameterError) as err:
+        GenerationConfig.build(**bad)
+    assert next(iter(bad)) in str(err.value)
+
+
+def test_stop_accepts_a_string() -> None:
+    assert GenerationConfig.build(stop="\n").stop == ("\n",)
+
+
+def test_with_seed_fixes_a_seed() -> None:
+    c = GenerationConfig().with_seed()
+    assert c.seed is not None and c.with_seed().seed == c.seed
