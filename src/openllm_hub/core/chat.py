@@ -9,7 +9,6 @@ default and a caller may pick another by name. Layouts that plain formats cannot
 from __future__ import annotations
 
 import itertools
-
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, TypedDict
