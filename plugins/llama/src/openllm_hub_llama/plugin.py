@@ -8,11 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from openllm_hub import hookimpl
+from openllm_hub.core.chat import ChatTemplate
 from openllm_hub.core.convert import Converter, ConvertRequest
 from openllm_hub.core.detect import Probe
 from openllm_hub.core.device import DeviceSupport
@@ -44,6 +45,10 @@ class LlamaOptions(BaseModel):
     convert: bool = Field(False, description="Meta checkpoints: convert to HF in the cache and load that")
     lora: list[tuple[str, float]] = Field(default_factory=list, description="GGUF LoRA adapters (path, scale)")
     chat_template: str | None = Field(None, description="default chat template name")
+    repack: bool | None = Field(
+        None, description="llama.cpp's repacked CPU weight buffers (its --no-repack turns them off); "
+                          "None: on, except on CPUs with AMX, where llama.cpp's AMX path is known to crash")
+    seed: int | None = Field(None, ge=0, lt=2**32, description="default sampling seed (per call: generate(seed=...))")
 
 
 def _detect(probe: Probe) -> Detection | None:
@@ -112,8 +117,10 @@ def _gguf_available(kind: str) -> Callable[[], tuple[bool, str]]:
 
         caps = capabilities()
         if kind == "blas":
-            return bool(caps.get("blas")), "the installed llama-cpp-python has no BLAS (see README: build with OpenBLAS)"
-        return bool(caps.get("gpu_offload")), "the installed llama-cpp-python has no GPU offload (build with -DGGML_CUDA=on)"
+            return bool(caps.get("blas")), ("the installed llama-cpp-python has no BLAS "
+                                            "(see README: build with OpenBLAS)")
+        return bool(caps.get("gpu_offload")), ("the installed llama-cpp-python has no GPU offload "
+                                               "(build with -DGGML_CUDA=on)")
 
     return check
 
@@ -166,3 +173,35 @@ FAMILY = Family(
 @hookimpl
 def register_families(register: Callable[[Family], None]) -> None:
     register(FAMILY)
+
+
+@hookimpl
+def register_chat_templates(register: Callable[[ChatTemplate], None]) -> None:
+    from openllm_hub_llama.templates import TEMPLATES
+
+    for template in TEMPLATES:
+        register(template)
+
+
+@hookimpl
+def report_engines() -> dict[str, dict[str, Any]] | None:
+    """What ``openllm-hub devices`` shows about llama.cpp and transformers/torch here."""
+    from importlib import metadata
+
+    from openllm_hub_llama.engine_gguf import capabilities
+
+    report: dict[str, dict[str, Any]] = {"llama.cpp": capabilities()}
+    hf: dict[str, Any] = {}
+    for dist in ("transformers", "torch"):
+        try:
+            hf[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            hf[dist] = None
+    if hf["torch"] is not None:
+        import torch
+
+        hf["cuda"] = bool(torch.cuda.is_available())
+        hf["cuda_version"] = torch.version.cuda
+    report["transformers"] = {"version": hf["transformers"], "torch": hf["torch"], "cuda": hf.get("cuda", False),
+                              "cuda_version": hf.get("cuda_version")}
+    return report

@@ -1,0 +1,245 @@
+"""Transformers engine: HuggingFace LLaMA folders on torch (``LlamaForCausalLM``).
+
+Weights load with ``local_files_only`` and ``weights_only`` (no network, no code from the
+checkpoint, never ``trust_remote_code``); grouped-query attention, tied embeddings and rope
+settings come from ``config.json`` through transformers. Tokens come from the folder's
+``tokenizer.model`` through sentencepiece, which is what the GGUF side reproduces, so both
+engines give the same ids for the same text. Generation is the core's KV-cache loop
+(:func:`openllm_hub.core.generate.generate_tokens`) over a ``DynamicCache``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import json
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from openllm_hub.core.config import GenerationConfig
+from openllm_hub.core.family import LoadRequest
+from openllm_hub.core.generate import generate_tokens
+from openllm_hub.core.io import read_safetensors_header
+from openllm_hub.core.model import Model, ModelInfo
+from openllm_hub.core.progress import progress_enabled
+from openllm_hub.errors import CorruptFileError, NotFoundError, UnsafeCheckpointError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
+    import numpy.typing as npt
+    import torch
+
+TORCH_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+
+class SentencePieceTokenizer:
+    """The folder's ``tokenizer.model`` with the BOS/EOS policy of ``tokenizer_config.json``."""
+
+    def __init__(self, folder: Path) -> None:
+        import sentencepiece as spm
+
+        path = folder / "tokenizer.model"
+        if not path.is_file():
+            raise NotFoundError("tokenizer.model is missing", where=folder,
+                                fix="copy the model's sentencepiece tokenizer.model into the folder")
+        try:
+            self.sp = spm.SentencePieceProcessor(model_file=str(path))
+        except (OSError, RuntimeError) as exc:
+            raise CorruptFileError(f"cannot read the sentencepiece model: {exc}", where=path) from exc
+        cfg = _read_json(folder / "tokenizer_config.json") or {}
+        self.add_bos = bool(cfg.get("add_bos_token", True))
+        self.add_eos = bool(cfg.get("add_eos_token", False))
+        self.size = int(self.sp.get_piece_size())
+
+    def encode(self, text: str, add_special: bool) -> list[int]:
+        ids: list[int] = list(self.sp.encode(text))
+        if add_special:
+            if self.add_bos and self.sp.bos_id() >= 0:
+                ids.insert(0, self.sp.bos_id())
+            if self.add_eos and self.sp.eos_id() >= 0:
+                ids.append(self.sp.eos_id())
+        return ids
+
+    def decode(self, ids: Sequence[int]) -> str:
+        # ids past the sentencepiece vocabulary are added tokens (e.g. a <pad>): special, skipped
+        text: str = self.sp.decode([int(i) for i in ids if 0 <= i < self.size])
+        return text
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CorruptFileError(f"invalid JSON: {exc}", where=path) from exc
+    return data if isinstance(data, dict) else None
+
+
+def _eos_ids(folder: Path, tok: SentencePieceTokenizer, config: Any) -> set[int]:
+    ids: set[int] = set()
+    for value in (config.eos_token_id, (_read_json(folder / "generation_config.json") or {}).get("eos_token_id")):
+        if isinstance(value, int):
+            ids.add(value)
+        elif isinstance(value, list):
+            ids.update(int(v) for v in value)
+    if tok.sp.eos_id() >= 0:
+        ids.add(tok.sp.eos_id())
+    return ids
+
+
+def _check_weights(folder: Path) -> None:
+    """Fail early and clearly on truncated safetensors shards or a folder without weights."""
+    st = sorted(folder.glob("*.safetensors"))
+    for f in st:
+        read_safetensors_header(f)
+    if not st and not any(folder.glob("pytorch_model*.bin")):
+        raise NotFoundError("no weights (*.safetensors or pytorch_model*.bin) in the folder", where=folder)
+
+
+class HFModel(Model):
+    """A LLaMA checkpoint on transformers/torch."""
+
+    def __init__(self, model: Any, tok: SentencePieceTokenizer, info: ModelInfo, *, eos_token_ids: Sequence[int],
+                 device: torch.device, default_template: str | None, seed: int | None) -> None:
+        super().__init__(info, eos_token_ids=eos_token_ids)
+        self._model = model
+        self._tok = tok
+        self._device = device
+        # transformers 5 renamed forward()'s ``past_key_values`` to ``cache``
+        params = inspect.signature(model.forward).parameters
+        self._cache_kw = "cache" if "cache" in params else "past_key_values"
+        if default_template:
+            self.default_chat_template = default_template
+        if seed is not None:
+            self.generation_defaults = GenerationConfig(seed=seed)
+
+    @property
+    def torch_model(self) -> Any:
+        """The underlying ``LlamaForCausalLM``."""
+        self._check_open()
+        return self._model
+
+    def _tokenize(self, text: str, add_special: bool) -> list[int]:
+        return self._tok.encode(text, add_special)
+
+    def _detokenize(self, ids: Sequence[int]) -> str:
+        return self._tok.decode(ids)
+
+    def _token_stream(self, prompt_ids: list[int], config: GenerationConfig) -> Iterator[int]:
+        import torch
+        from transformers import DynamicCache
+
+        cache = DynamicCache(config=self._model.config)
+        model = self._model
+        device = self._device
+        cache_kw = self._cache_kw
+
+        def step(new_ids: Sequence[int]) -> npt.NDArray[np.float32]:
+            with torch.inference_mode():
+                x = torch.tensor([list(new_ids)], dtype=torch.long, device=device)
+                out = model(input_ids=x, use_cache=True, logits_to_keep=1, **{cache_kw: cache})
+                result: npt.NDArray[np.float32] = out.logits[0, -1].float().cpu().numpy()
+                return result
+
+        return generate_tokens(step, prompt_ids, config, context_length=self.info.context_length)
+
+    def _logits(self, ids: list[int]) -> npt.NDArray[np.float32]:
+        import torch
+
+        with torch.inference_mode():
+            x = torch.tensor([ids], dtype=torch.long, device=self._device)
+            out = self._model(input_ids=x, use_cache=False)
+            result: npt.NDArray[np.float32] = out.logits[0].float().cpu().numpy()
+            return result
+
+    def _close(self) -> None:
+        self._model = None
+        if self._device.type == "cuda":
+            import torch
+
+            torch.cuda.empty_cache()
+
+
+def load_hf(req: LoadRequest) -> HFModel:
+    """Load an HF LLaMA folder with transformers on the request's placement."""
+    import pickle
+
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    folder = Path(req.path)
+    opts: Any = req.options
+    p = req.placement
+    if not (folder / "config.json").is_file():
+        raise NotFoundError("config.json is missing", where=folder)
+    tok = SentencePieceTokenizer(folder)
+    _check_weights(folder)
+    try:
+        config = LlamaConfig.from_pretrained(folder, local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise CorruptFileError(f"cannot read config.json: {exc}", where=folder / "config.json") from exc
+    if tok.size > config.vocab_size:
+        raise CorruptFileError(
+            f"tokenizer.model has {tok.size} pieces but the embedding has {config.vocab_size} rows",
+            where=folder, fix="use the tokenizer that belongs to these weights")
+    if p.threads:
+        torch.set_num_threads(p.threads)
+    dtype = getattr(torch, TORCH_DTYPES[p.dtype])
+    kwargs: dict[str, Any] = {"dtype": dtype, "local_files_only": True, "trust_remote_code": False,
+                              "weights_only": True}
+    multi = p.kind == "cuda" and len(p.gpu_ids) > 1
+    if multi:  # layers spread over the GPUs by free memory (accelerate's device map)
+        kwargs["device_map"] = "auto"
+        kwargs["max_memory"] = {i: f"{g}MiB" for i, g in _free_mib(p.gpu_ids).items()}
+    elif p.kind == "cuda":  # straight onto the GPU, never a full copy in host memory
+        kwargs["device_map"] = {"": f"cuda:{p.gpu_ids[0] if p.gpu_ids else 0}"}
+    try:
+        with _transformers_progress(progress_enabled()):
+            model: Any = LlamaForCausalLM.from_pretrained(folder, **kwargs)
+    except pickle.UnpicklingError as exc:
+        raise UnsafeCheckpointError("refusing to load: the checkpoint needs code execution to unpickle",
+                                    where=folder, fix="convert it to safetensors from a source you trust") from exc
+    except (OSError, RuntimeError, ValueError, KeyError, EOFError) as exc:
+        raise CorruptFileError(f"cannot load the weights: {exc}", where=folder,
+                               fix="check that every shard is complete") from exc
+    model.eval()
+    device = model.get_input_embeddings().weight.device
+    n_params = sum(t.numel() for t in model.parameters())
+    dev = ("cuda:" + ",".join(map(str, p.gpu_ids or (0,)))) if p.kind == "cuda" else "cpu"
+    info = ModelInfo(
+        family="llama", format="hf", engine="transformers", path=str(folder), device=dev, parameters=n_params,
+        context_length=int(config.max_position_embeddings), vocab_size=int(config.vocab_size), dtype=p.dtype,
+        extra={"n_layers": config.num_hidden_layers, "n_heads": config.num_attention_heads,
+               "n_kv_heads": config.num_key_value_heads, "tied_embeddings": bool(config.tie_word_embeddings),
+               "rope_parameters": getattr(config, "rope_parameters", None),
+               "torch": torch.__version__},
+    )
+    return HFModel(model, tok, info, eos_token_ids=sorted(_eos_ids(folder, tok, config)), device=device,
+                   default_template=opts.chat_template, seed=getattr(opts, "seed", None))
+
+
+@contextlib.contextmanager
+def _transformers_progress(enabled: bool) -> Iterator[None]:
+    """Show transformers' weight-loading bar only where the SDK shows progress (a terminal)."""
+    from transformers.utils import logging as hf_logging_module
+
+    hf_logging: Any = hf_logging_module
+
+    was = hf_logging.is_progress_bar_enabled()
+    (hf_logging.enable_progress_bar if enabled else hf_logging.disable_progress_bar)()
+    try:
+        yield
+    finally:
+        (hf_logging.enable_progress_bar if was else hf_logging.disable_progress_bar)()
+
+
+def _free_mib(gpu_ids: Sequence[int]) -> dict[int, int]:
+    from openllm_hub.core.device import probe_machine
+
+    gpus = {g.index: g for g in probe_machine().gpus}
+    return {i: max(gpus[i].free_mib - 1024, 0) if i in gpus else 0 for i in gpu_ids}
+
+
+__all__ = ["HFModel", "SentencePieceTokenizer", "load_hf"]

@@ -1,0 +1,69 @@
+"""Quantizing GGUF files with llama.cpp's own quantizer (``llama_model_quantize``).
+
+The core has already checked the scheme name against :data:`QUANT_FTYPES` (through the
+plugin's ``QUANT_TYPES``), the source's format and the destination; this module maps the
+name onto llama.cpp's file type and runs the quantizer into the core's temporary path.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from typing import Any
+
+from openllm_hub.core.detect import read_gguf_metadata
+from openllm_hub.core.quantize import QuantizeRequest
+from openllm_hub.errors import ConversionError, InvalidParameterError
+
+#: Scheme name -> llama.cpp ``LLAMA_FTYPE_*`` constant name.
+QUANT_FTYPES: dict[str, str] = {
+    "q4_0": "LLAMA_FTYPE_MOSTLY_Q4_0",
+    "q4_1": "LLAMA_FTYPE_MOSTLY_Q4_1",
+    "q5_0": "LLAMA_FTYPE_MOSTLY_Q5_0",
+    "q5_1": "LLAMA_FTYPE_MOSTLY_Q5_1",
+    "q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0",
+    "q2_K": "LLAMA_FTYPE_MOSTLY_Q2_K",
+    "q3_K_S": "LLAMA_FTYPE_MOSTLY_Q3_K_S",
+    "q3_K_M": "LLAMA_FTYPE_MOSTLY_Q3_K_M",
+    "q3_K_L": "LLAMA_FTYPE_MOSTLY_Q3_K_L",
+    "q4_K_S": "LLAMA_FTYPE_MOSTLY_Q4_K_S",
+    "q4_K_M": "LLAMA_FTYPE_MOSTLY_Q4_K_M",
+    "q5_K_S": "LLAMA_FTYPE_MOSTLY_Q5_K_S",
+    "q5_K_M": "LLAMA_FTYPE_MOSTLY_Q5_K_M",
+    "q6_K": "LLAMA_FTYPE_MOSTLY_Q6_K",
+    "f16": "LLAMA_FTYPE_MOSTLY_F16",
+    "bf16": "LLAMA_FTYPE_MOSTLY_BF16",
+}
+
+#: GGUF ``general.file_type`` values of unquantized files (F32, F16, BF16): the only sources
+#: llama.cpp quantizes without re-quantizing already rounded weights.
+UNQUANTIZED_FILE_TYPES = {0: "f32", 1: "f16", 32: "bf16"}
+
+
+def quantize_gguf(req: QuantizeRequest) -> None:
+    """Write ``req.src`` quantized with ``req.scheme`` to ``req.dst`` (a temporary path)."""
+    import llama_cpp
+
+    from openllm_hub_llama.engine_gguf import _capture_llama_log, _log_error, ftype_names
+
+    if req.scheme not in QUANT_FTYPES:  # the core checks too; this guards direct callers
+        raise InvalidParameterError(f"unknown quantization type {req.scheme!r}", where="quantize",
+                                    fix=f"valid types: {', '.join(QUANT_FTYPES)}")
+    meta = read_gguf_metadata(req.src)
+    file_type = meta.get("general.file_type")
+    if isinstance(file_type, int) and file_type not in UNQUANTIZED_FILE_TYPES:
+        name = ftype_names().get(file_type, str(file_type))
+        raise InvalidParameterError(
+            f"the source is already quantized ({name}); quantizing it again would compound the rounding",
+            where=req.src, fix="quantize from the f32, f16 or bf16 GGUF file")
+    params: Any = llama_cpp.llama_model_quantize_default_params()
+    params.nthread = int(req.threads or 0)  # 0: llama.cpp uses every hardware thread
+    params.ftype = int(getattr(llama_cpp, QUANT_FTYPES[req.scheme]))
+    with _capture_llama_log() as log:
+        rc = llama_cpp.llama_model_quantize(str(req.src).encode("utf-8"), str(req.dst).encode("utf-8"),
+                                            ctypes.byref(params))
+    if rc != 0:
+        raise ConversionError(f"llama.cpp could not quantize to {req.scheme}: {_log_error(log)}", where=req.src,
+                              fix="check that the source is a complete f32/f16/bf16 GGUF file")
+
+
+__all__ = ["QUANT_FTYPES", "quantize_gguf"]

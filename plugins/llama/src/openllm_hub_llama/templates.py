@@ -1,0 +1,111 @@
+"""Chat templates of the LLaMA fine-tunes, as their authors publish them.
+
+* ``alpaca``: Stanford Alpaca's instruction format, with the trailing newline after
+  ``### Response:`` that alpaca-lora's ``templates/alpaca.json`` uses. Chat renders every user
+  turn as an instruction; :func:`alpaca_prompt` writes the with-input variant for completion.
+* ``chinese-alpaca``: Chinese-Alpaca (v1) as its ``scripts/inference/inference_hf.py`` prompts:
+  Alpaca's system sentence, then ``### Instruction:\\n\\n...\\n\\n### Response:\\n\\n``.
+* ``chinese-alpaca-2``: Chinese-Alpaca-2, the Llama-2 layout with its bilingual system prompt.
+* ``belle``: BELLE's model-card prompt ``Human: {input} \\n\\nAssistant: ``.
+* ``vicuna``: FastChat's ``vicuna_v1.1`` (system sentence, ``USER: ... ASSISTANT:``).
+* ``llama-2``: Meta's Llama-2-chat layout (``[INST] <<SYS>>\\n...\\n<</SYS>>\\n\\n... [/INST]``).
+
+Prompts are tokenized as text (special tokens are not parsed from a prompt, so user text can
+never inject one). Where a format separates past turns with the end-of-sequence/beginning-of-
+sequence *tokens* (Vicuna's ``</s>``, Llama-2's ``</s><s>``), the rendered history therefore
+carries no marker there; the current turn is laid out exactly as the authors do.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from openllm_hub.core.chat import ChatTemplate, Message
+
+ALPACA_SYSTEM = ("Below is an instruction that describes a task. "
+                 "Write a response that appropriately completes the request.")
+ALPACA_INPUT_SYSTEM = ("Below is an instruction that describes a task, paired with an input that provides further "
+                       "context. Write a response that appropriately completes the request.")
+VICUNA_SYSTEM = ("A chat between a curious user and an artificial intelligence assistant. "
+                 "The assistant gives helpful, detailed, and polite answers to the user's questions.")
+CHINESE_ALPACA_2_SYSTEM = "You are a helpful assistant. 你是一个乐于助人的助手。"
+
+
+def alpaca_prompt(instruction: str, input: str | None = None) -> str:
+    """Stanford Alpaca's single-turn prompt, with or without an input paragraph."""
+    if input:
+        return (f"{ALPACA_INPUT_SYSTEM}\n\n### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n"
+                "### Response:\n")
+    return f"{ALPACA_SYSTEM}\n\n### Instruction:\n{instruction}\n\n### Response:\n"
+
+
+def _render_llama2(tpl: ChatTemplate, messages: Sequence[Message]) -> str:
+    """Meta's Llama-2-chat layout: the system prompt goes inside the first [INST] block."""
+    system = next((m["content"] for m in messages if m["role"] == "system"), tpl.default_system)
+    turns = [m for m in messages if m["role"] != "system"]
+    parts: list[str] = []
+    first = True
+    for m in turns:
+        content = m["content"].strip()
+        if m["role"] == "user":
+            if first and system:
+                content = f"<<SYS>>\n{system.strip()}\n<</SYS>>\n\n{content}"
+            first = False
+            parts.append(f"[INST] {content} [/INST]")
+        else:
+            parts.append(f" {content} ")
+    return "".join(parts)
+
+
+TEMPLATES: tuple[ChatTemplate, ...] = (
+    ChatTemplate(
+        name="alpaca",
+        system="{content}\n\n",
+        default_system=ALPACA_SYSTEM,
+        user="### Instruction:\n{content}\n\n### Response:\n",
+        assistant="{content}\n\n",
+        stop=("### Instruction:",),
+        description="Stanford Alpaca / alpaca-lora instruction format",
+    ),
+    ChatTemplate(
+        name="chinese-alpaca",
+        system="{content}\n\n",
+        default_system=ALPACA_SYSTEM,
+        user="### Instruction:\n\n{content}\n\n### Response:\n\n",
+        assistant="{content}\n\n",
+        stop=("### Instruction:",),
+        description="Chinese-Alpaca (Chinese-LLaMA-Alpaca v1)",
+    ),
+    ChatTemplate(
+        name="chinese-alpaca-2",
+        default_system=CHINESE_ALPACA_2_SYSTEM,
+        stop=("[INST]",),
+        render_fn=_render_llama2,
+        description="Chinese-Alpaca-2 (Llama-2 layout with its bilingual system prompt)",
+    ),
+    ChatTemplate(
+        name="belle",
+        user="Human: {content} \n\nAssistant: ",
+        assistant="{content}\n",
+        system="{content}\n",
+        stop=("\nHuman:",),
+        description="BELLE (Human: ... Assistant:)",
+    ),
+    ChatTemplate(
+        name="vicuna",
+        system="{content} ",
+        default_system=VICUNA_SYSTEM,
+        user="USER: {content} ASSISTANT:",
+        assistant=" {content} ",
+        stop=("USER:",),
+        description="Vicuna v1.1 (FastChat vicuna_v1.1)",
+    ),
+    ChatTemplate(
+        name="llama-2",
+        stop=("[INST]",),
+        render_fn=_render_llama2,
+        description="Llama-2-chat ([INST] <<SYS>> ... <</SYS>> ... [/INST])",
+    ),
+)
+
+__all__ = ["ALPACA_SYSTEM", "TEMPLATES", "VICUNA_SYSTEM", "alpaca_prompt"]
