@@ -61,6 +61,26 @@ def tiny_meta_factory(tmp_path_factory: pytest.TempPathFactory,
 
 
 @pytest.fixture(scope="session")
+def tiny_gguf_factory(tmp_path_factory: pytest.TempPathFactory,
+                      tiny_hf_factory: Callable[..., Path]) -> Callable[..., Path]:
+    """``factory(outtype="f32", **make_tiny_hf kwargs) -> .gguf`` converted by our hf -> gguf
+    converter (cached per arguments)."""
+    from openllm_hub_llama.convert_gguf import write_gguf
+
+    made: dict[str, Path] = {}
+
+    def factory(outtype: str = "f32", **kwargs: Any) -> Path:
+        key = outtype + _key(kwargs)
+        if key not in made:
+            out = tmp_path_factory.mktemp("tiny-gguf") / f"tiny-{outtype}.gguf"
+            write_gguf(tiny_hf_factory(**kwargs), out, outtype)
+            made[key] = out
+        return made[key]
+
+    return factory
+
+
+@pytest.fixture(scope="session")
 def tiny_hf(tiny_hf_factory: Callable[..., Path]) -> Path:
     """The default tiny LLaMA (MHA, untied, f32, one safetensors file)."""
     return tiny_hf_factory()

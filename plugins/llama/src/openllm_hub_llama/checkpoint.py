@@ -1,0 +1,588 @@
+"""Reading LLaMA checkpoints lazily, tensor by tensor, for the converters.
+
+* :class:`LlamaHParams` — the architecture numbers, from a HuggingFace ``config.json`` or a
+  Meta ``params.json`` (+ tensor shapes), and back.
+* :class:`HFCheckpoint` — a HuggingFace folder: one or sharded safetensors / ``.bin`` files
+  (with their index), validated up front (missing shard, index disagreeing with the shards,
+  truncated file, unsupported dtype, missing tensor) and read by row ranges. Safetensors data
+  is read with ``pread`` into small buffers, not memory-mapped, so peak memory stays at the
+  chunk being converted.
+* :class:`MetaCheckpoint` — ``params.json`` + ``consolidated.NN.pth`` model-parallel shards
+  (memory-mapped with ``torch.load(weights_only=True)``), merged one tensor at a time.
+* The rotary q/k row permutations between Meta's interleaved layout (also GGUF's) and
+  HuggingFace's half-split layout, and the tensor name maps between the three formats.
+
+torch is imported inside the functions that need it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, BinaryIO
+
+from openllm_hub.core.io import load_torch_checkpoint, read_json, read_safetensors_header
+from openllm_hub.errors import ConversionError, CorruptFileError, NotFoundError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+#: safetensors dtype names the converters accept, with their item size.
+SUPPORTED_DTYPES: dict[str, int] = {"F32": 4, "F16": 2, "BF16": 2}
+DEFAULT_ROPE_THETA = 10000.0
+
+
+# ---- hyper-parameters ----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class LlamaHParams:
+    """What the converters need to know about a LLaMA architecture."""
+
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    rms_norm_eps: float
+    rope_theta: float = DEFAULT_ROPE_THETA
+    max_position_embeddings: int = 2048
+    tie_word_embeddings: bool = False
+    rope_linear_factor: float | None = None
+    bos_token_id: int | None = 1
+    eos_token_id: int | None = 2
+    pad_token_id: int | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+    @classmethod
+    def from_hf_config(cls, cfg: Mapping[str, Any], where: str | Path) -> LlamaHParams:
+        """Parse a LLaMA ``config.json`` (classic or transformers-5 ``rope_parameters`` layout)."""
+        def need(key: str) -> Any:
+            if key not in cfg:
+                raise CorruptFileError(f"config.json lacks {key!r}", where=where,
+                                       fix="restore config.json from the model's source")
+            return cfg[key]
+
+        if cfg.get("model_type") not in (None, "llama") and "LlamaForCausalLM" not in (cfg.get("architectures") or []):
+            raise ConversionError(f"not a LLaMA config (model_type={cfg.get('model_type')!r})", where=where)
+        heads = int(need("num_attention_heads"))
+        hidden = int(need("hidden_size"))
+        kv = int(cfg.get("num_key_value_heads") or heads)
+        if hidden % heads or (hidden // heads) % 2 or heads % kv:
+            raise CorruptFileError(f"inconsistent head counts: hidden {hidden}, heads {heads}, kv heads {kv}",
+                                   where=where)
+        head_dim = cfg.get("head_dim")
+        if head_dim is not None and int(head_dim) != hidden // heads:
+            raise ConversionError(f"head_dim {head_dim} != hidden_size / num_attention_heads is not supported",
+                                  where=where)
+        if cfg.get("attention_bias") or cfg.get("mlp_bias"):
+            raise ConversionError("LLaMA variants with attention/MLP biases are not supported", where=where)
+        if cfg.get("hidden_act", "silu") != "silu":
+            raise ConversionError(f"hidden_act {cfg.get('hidden_act')!r} is not LLaMA's silu", where=where)
+        rope = cfg.get("rope_parameters") or {}
+        scaling = cfg.get("rope_scaling") or {}
+        theta = rope.get("rope_theta", cfg.get("rope_theta", DEFAULT_ROPE_THETA))
+        rope_type = scaling.get("rope_type", scaling.get("type")) or rope.get("rope_type", "default")
+        factor: float | None = None
+        if rope_type == "linear":
+            factor = float(scaling.get("factor", rope.get("factor", 1.0)))
+        elif rope_type != "default":
+            raise ConversionError(f"rope scaling {rope_type!r} is not supported (only linear)", where=where)
+
+        def token_id(key: str) -> int | None:
+            v = cfg.get(key)
+            if isinstance(v, list):
+                v = v[0] if v else None
+            return int(v) if isinstance(v, int) and v >= 0 else None
+
+        return cls(
+            vocab_size=int(need("vocab_size")), hidden_size=hidden, intermediate_size=int(need("intermediate_size")),
+            num_layers=int(need("num_hidden_layers")), num_heads=heads, num_kv_heads=kv,
+            rms_norm_eps=float(need("rms_norm_eps")), rope_theta=float(theta),
+            max_position_embeddings=int(cfg.get("max_position_embeddings") or 2048),
+            tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)), rope_linear_factor=factor,
+            bos_token_id=token_id("bos_token_id"), eos_token_id=token_id("eos_token_id"),
+            pad_token_id=token_id("pad_token_id"),
+        )
+
+    def hf_config(self, torch_dtype: str) -> dict[str, Any]:
+        """``config.json`` in the classic layout of Llama-2 repositories (transformers reads it)."""
+        return {
+            "architectures": ["LlamaForCausalLM"],
+            "bos_token_id": self.bos_token_id,
+            "eos_token_id": self.eos_token_id,
+            "hidden_act": "silu",
+            "hidden_size": self.hidden_size,
+            "initializer_range": 0.02,
+            "intermediate_size": self.intermediate_size,
+            "max_position_embeddings": self.max_position_embeddings,
+            "model_type": "llama",
+            "num_attention_heads": self.num_heads,
+            "num_hidden_layers": self.num_layers,
+            "num_key_value_heads": self.num_kv_heads,
+            "pad_token_id": self.pad_token_id,
+            "pretraining_tp": 1,
+            "rms_norm_eps": self.rms_norm_eps,
+            "rope_scaling": None if self.rope_linear_factor is None else {"type": "linear",
+                                                                          "factor": self.rope_linear_factor},
+            "rope_theta": self.rope_theta,
+            "tie_word_embeddings": self.tie_word_embeddings,
+            "torch_dtype": torch_dtype,
+            "use_cache": True,
+            "vocab_size": self.vocab_size,
+        }
+
+    def meta_params(self) -> dict[str, Any]:
+        """``params.json`` as Meta writes it (vocab_size -1; n_kv_heads / rope_theta only when set)."""
+        ffn = meta_ffn_params(self.hidden_size, self.intermediate_size)
+        params: dict[str, Any] = {"dim": self.hidden_size, "multiple_of": ffn["multiple_of"]}
+        if "ffn_dim_multiplier" in ffn:
+            params["ffn_dim_multiplier"] = ffn["ffn_dim_multiplier"]
+        params["n_heads"] = self.num_heads
+        if self.num_kv_heads != self.num_heads:
+            params["n_kv_heads"] = self.num_kv_heads
+        params["n_layers"] = self.num_layers
+        params["norm_eps"] = self.rms_norm_eps
+        if self.rope_theta != DEFAULT_ROPE_THETA:
+            params["rope_theta"] = self.rope_theta
+        params["vocab_size"] = -1
+        return params
+
+
+def meta_ffn_params(dim: int, hidden: int) -> dict[str, Any]:
+    """``multiple_of`` (and ``ffn_dim_multiplier`` when needed) for which Meta's FFN-size rule
+    (``h = int(8*dim/3)``, ``h = int(mult*h)``, round ``h`` up to ``multiple_of``) gives
+    ``hidden``: the plain rule with the usual multiples first (LLaMA-1/2 7B-34B), then the
+    multipliers Meta used (Llama-2 70B: 1.3 with 4096), then an exact fallback."""
+    base = int(2 * 4 * dim / 3)
+
+    def size(multiple_of: int, mult: float | None) -> int:
+        h = int(mult * base) if mult is not None else base
+        return multiple_of * ((h + multiple_of - 1) // multiple_of)
+
+    multiples = [4096, 2048, 1024, 512, 256, 128, 64, 32, 16, 8, 4, 2, 1]
+    for m in multiples[4:]:
+        if size(m, None) == hidden:
+            return {"multiple_of": m}
+    for mult in (1.3, 1.5, 2.0, 1.0):
+        for m in multiples:
+            if size(m, mult) == hidden:
+                return {"multiple_of": m, "ffn_dim_multiplier": mult}
+    return {"multiple_of": hidden, "ffn_dim_multiplier": hidden / base}
+
+
+# ---- rotary permutation and names ---------------------------------------------------------------
+def permute_meta_to_hf(w: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """Rows of a q/k projection from Meta's interleaved rotary pairs to HF's half-split layout."""
+    rows = w.shape[0]
+    return w.reshape(n_heads, rows // n_heads // 2, 2, *w.shape[1:]).transpose(1, 2).reshape(w.shape)
+
+
+def permute_hf_to_meta(w: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """Inverse of :func:`permute_meta_to_hf` (GGUF's llama layout is Meta's)."""
+    rows = w.shape[0]
+    return w.reshape(n_heads, 2, rows // n_heads // 2, *w.shape[1:]).transpose(1, 2).reshape(w.shape)
+
+
+# per-layer parts: HF suffix, Meta suffix, GGUF suffix
+LAYER_PARTS: tuple[tuple[str, str, str], ...] = (
+    ("self_attn.q_proj", "attention.wq", "attn_q"),
+    ("self_attn.k_proj", "attention.wk", "attn_k"),
+    ("self_attn.v_proj", "attention.wv", "attn_v"),
+    ("self_attn.o_proj", "attention.wo", "attn_output"),
+    ("mlp.gate_proj", "feed_forward.w1", "ffn_gate"),
+    ("mlp.down_proj", "feed_forward.w2", "ffn_down"),
+    ("mlp.up_proj", "feed_forward.w3", "ffn_up"),
+    ("input_layernorm", "attention_norm", "attn_norm"),
+    ("post_attention_layernorm", "ffn_norm", "ffn_norm"),
+)
+GLOBAL_PARTS: tuple[tuple[str, str, str], ...] = (
+    ("model.embed_tokens", "tok_embeddings", "token_embd"),
+    ("model.norm", "norm", "output_norm"),
+    ("lm_head", "output", "output"),
+)
+
+#: Meta model-parallel split dimension by Meta suffix (None: replicated on every shard).
+META_SPLIT_DIM: dict[str, int | None] = {
+    "tok_embeddings": 1, "attention.wo": 1, "feed_forward.w2": 1,
+    "attention.wq": 0, "attention.wk": 0, "attention.wv": 0, "feed_forward.w1": 0, "feed_forward.w3": 0,
+    "output": 0, "attention_norm": None, "ffn_norm": None, "norm": None,
+}
+
+
+@dataclass(frozen=True)
+class TensorName:
+    """One LLaMA tensor under its three names, with its expected shape."""
+
+    hf: str
+    meta: str
+    gguf: str
+    shape: tuple[int, ...]
+    meta_split: int | None
+    qk_heads: int | None = None  # rotary-permuted rows: number of heads (kv heads for k)
+
+
+def llama_tensors(hp: LlamaHParams) -> list[TensorName]:
+    """Every weight of a LLaMA with ``hp``, in checkpoint order (embeddings, layers, norm, head)."""
+    h, f, kv = hp.hidden_size, hp.intermediate_size, hp.num_kv_heads * hp.head_dim
+    shapes = {"self_attn.q_proj": (h, h), "self_attn.k_proj": (kv, h), "self_attn.v_proj": (kv, h),
+              "self_attn.o_proj": (h, h), "mlp.gate_proj": (f, h), "mlp.down_proj": (h, f), "mlp.up_proj": (f, h),
+              "input_layernorm": (h,), "post_attention_layernorm": (h,)}
+    heads = {"self_attn.q_proj": hp.num_heads, "self_attn.k_proj": hp.num_kv_heads}
+    emb, norm, head = GLOBAL_PARTS
+    out = [TensorName(f"{emb[0]}.weight", f"{emb[1]}.weight", f"{emb[2]}.weight", (hp.vocab_size, h), 1)]
+    for i in range(hp.num_layers):
+        for hf, meta, gg in LAYER_PARTS:
+            out.append(TensorName(f"model.layers.{i}.{hf}.weight", f"layers.{i}.{meta}.weight",
+                                  f"blk.{i}.{gg}.weight", shapes[hf], META_SPLIT_DIM[meta], heads.get(hf)))
+    out.append(TensorName(f"{norm[0]}.weight", f"{norm[1]}.weight", f"{norm[2]}.weight", (h,), None))
+    if not hp.tie_word_embeddings:
+        out.append(TensorName(f"{head[0]}.weight", f"{head[1]}.weight", f"{head[2]}.weight", (hp.vocab_size, h), 0))
+    return out
+
+
+#: tensors that old checkpoints carry and the converters drop (recomputed from config).
+IGNORED_TENSOR = re.compile(r"(^|\.)rotary_emb\.inv_freq$|^rope\.freqs$")
+
+
+# ---- HuggingFace folders -------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TensorInfo:
+    shape: tuple[int, ...]
+    dtype: str  # safetensors name: F32, F16, BF16
+    file: Path
+    offset: int = 0  # safetensors: absolute offset of the data in the file
+
+
+def torch_dtype_of(name: str) -> torch.dtype:
+    import torch
+
+    return {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}[name]
+
+
+def dtype_name(dt: torch.dtype) -> str | None:
+    import torch
+
+    return {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16"}.get(dt)
+
+
+def _unsupported_dtype(dtype: str, name: str, where: Path) -> ConversionError:
+    return ConversionError(f"tensor {name!r} has dtype {dtype}; the LLaMA converters read F32, F16 and BF16",
+                           where=where, fix="dequantize or cast the checkpoint to float16/bfloat16/float32 first")
+
+
+class HFCheckpoint:
+    """A HuggingFace LLaMA folder, validated when opened and read tensor by tensor."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        if not self.path.is_dir():
+            raise NotFoundError("HuggingFace checkpoint folder not found", where=self.path)
+        self.config: dict[str, Any] = read_json(self.path / "config.json")
+        self.hparams = LlamaHParams.from_hf_config(self.config, self.path / "config.json")
+        self.files, self.format = self._weight_files()
+        self.infos: dict[str, TensorInfo] = {}
+        self._bin_cache: tuple[Path, dict[str, torch.Tensor]] | None = None
+        index = self._index()
+        for file in self.files:
+            names = self._scan(file)
+            if index is not None:
+                listed = {n for n, f in index.items() if f == file.name}
+                if set(names) != listed:
+                    extra, missing = sorted(set(names) - listed), sorted(listed - set(names))
+                    raise CorruptFileError(
+                        f"shard disagrees with the index (in the shard only: {extra[:3]}, in the index only: "
+                        f"{missing[:3]})", where=file, fix="download the shard and its index again")
+        self.tensors = self._check_tensors()
+
+    def _weight_files(self) -> tuple[list[Path], str]:
+        for stem, ext, fmt in (("model", "safetensors", "safetensors"), ("pytorch_model", "bin", "bin")):
+            index = self.path / f"{stem}.{ext}.index.json"
+            if index.is_file():
+                data = read_json(index)
+                wmap = data.get("weight_map") if isinstance(data, dict) else None
+                if not isinstance(wmap, dict) or not wmap:
+                    raise CorruptFileError("index file has no weight_map", where=index)
+                files = []
+                for fname in dict.fromkeys(wmap.values()):
+                    f = self.path / str(fname)
+                    if not f.is_file():
+                        raise NotFoundError(f"shard {fname} listed in the index is missing", where=f,
+                                            fix="download the missing shard")
+                    files.append(f)
+                return files, fmt
+            single = self.path / f"{stem}.{ext}"
+            if single.is_file():
+                return [single], fmt
+        raise NotFoundError("no weights (model*.safetensors or pytorch_model*.bin) in the folder", where=self.path)
+
+    def _index(self) -> dict[str, str] | None:
+        stem = "model.safetensors" if self.format == "safetensors" else "pytorch_model.bin"
+        index = self.path / f"{stem}.index.json"
+        if not index.is_file():
+            return None
+        return {str(k): str(v) for k, v in read_json(index)["weight_map"].items()}
+
+    def _scan(self, file: Path) -> list[str]:
+        names: list[str] = []
+        if self.format == "safetensors":
+            header = read_safetensors_header(file)
+            with file.open("rb") as fh:
+                n = int.from_bytes(fh.read(8), "little")
+            for name, meta in header.items():
+                if name == "__metadata__":
+                    continue
+                shape = tuple(int(x) for x in meta["shape"])
+                begin, end = (int(x) for x in meta["data_offsets"])
+                dtype = str(meta["dtype"])
+                names.append(name)
+                if IGNORED_TENSOR.search(name):
+                    continue
+                if dtype not in SUPPORTED_DTYPES:
+                    raise _unsupported_dtype(dtype, name, file)
+                count = 1
+                for d in shape:
+                    count *= d
+                if end - begin != count * SUPPORTED_DTYPES[dtype]:
+                    raise CorruptFileError(f"tensor {name!r}: data size does not match its shape", where=file,
+                                           fix="download or convert the file again")
+                self.infos[name] = TensorInfo(shape, dtype, file, 8 + n + begin)
+        else:
+            state = load_torch_checkpoint(file, mmap=True)
+            for name, t in state.items():
+                names.append(name)
+                if IGNORED_TENSOR.search(name):
+                    continue
+                dt = dtype_name(t.dtype)
+                if dt is None:
+                    raise _unsupported_dtype(str(t.dtype), name, file)
+                self.infos[name] = TensorInfo(tuple(t.shape), dt, file)
+            del state
+        return names
+
+    def _check_tensors(self) -> list[TensorName]:
+        hp = self.hparams
+        emb = self.infos.get("model.embed_tokens.weight")
+        if emb is not None and len(emb.shape) == 2 and emb.shape[0] != hp.vocab_size:
+            raise CorruptFileError(f"config.json says vocab_size {hp.vocab_size} but the embedding has "
+                                   f"{emb.shape[0]} rows", where=self.path, fix="fix vocab_size in config.json")
+        expected = llama_tensors(hp)
+        known = {t.hf for t in expected}
+        for t in expected:
+            info = self.infos.get(t.hf)
+            if info is None:
+                raise CorruptFileError(f"tensor {t.hf!r} is missing from the checkpoint", where=self.path)
+            if info.shape != t.shape:
+                raise CorruptFileError(f"tensor {t.hf!r} has shape {list(info.shape)}, config.json implies "
+                                       f"{list(t.shape)}", where=info.file)
+        extra = sorted(set(self.infos) - known - ({"lm_head.weight"} if hp.tie_word_embeddings else set()))
+        if extra:
+            raise ConversionError(f"unexpected tensors for a LLaMA checkpoint: {extra[:5]}", where=self.path)
+        return expected
+
+    @property
+    def source_dtype(self) -> str:
+        """The dtype most weights have (F32, F16 or BF16)."""
+        counts: dict[str, int] = {}
+        for t in self.tensors:
+            info = self.infos[t.hf]
+            counts[info.dtype] = counts.get(info.dtype, 0) + 1
+        return max(counts, key=lambda k: counts[k])
+
+    def read(self, name: str, start: int = 0, stop: int | None = None) -> torch.Tensor:
+        """Rows ``start:stop`` (dim 0) of tensor ``name``, in its stored dtype."""
+        import torch
+
+        info = self.infos[name]
+        rows = info.shape[0] if info.shape else 1
+        stop = rows if stop is None else min(stop, rows)
+        if self.format == "bin":
+            if self._bin_cache is None or self._bin_cache[0] != info.file:
+                self._bin_cache = None
+                self._bin_cache = (info.file, load_torch_checkpoint(info.file, mmap=True))
+            t = self._bin_cache[1][name]
+            return t[start:stop] if t.dim() else t
+        row_elems = 1
+        for d in info.shape[1:]:
+            row_elems *= d
+        item = SUPPORTED_DTYPES[info.dtype]
+        nbytes = (stop - start) * row_elems * item
+        buf = bytearray(nbytes)
+        with info.file.open("rb", buffering=0) as fh:
+            _read_into(fh, buf, info.offset + start * row_elems * item, info.file)
+        t = torch.frombuffer(buf, dtype=torch_dtype_of(info.dtype)) if nbytes else \
+            torch.empty(0, dtype=torch_dtype_of(info.dtype))
+        return t.reshape((stop - start, *info.shape[1:]) if info.shape else ())
+
+    def release(self) -> None:
+        """Drop the memory-mapped ``.bin`` shard held for reading."""
+        self._bin_cache = None
+
+
+def _read_into(fh: BinaryIO, buf: bytearray, offset: int, where: Path) -> None:
+    view = memoryview(buf)
+    done = 0
+    fd = fh.fileno()
+    while done < len(buf):
+        n = os.preadv(fd, [view[done:]], offset + done)
+        if n <= 0:
+            raise CorruptFileError("file ends inside tensor data (truncated?)", where=where,
+                                   fix="download or convert the file again")
+        done += n
+
+
+def row_chunks(shape: Sequence[int], itemsize: int, budget: int = 32 << 20) -> Iterator[tuple[int, int]]:
+    """Row ranges of a tensor, each about ``budget`` bytes (at least one row)."""
+    rows = shape[0] if shape else 1
+    row_bytes = itemsize
+    for d in shape[1:]:
+        row_bytes *= d
+    step = max(1, budget // max(1, row_bytes))
+    for s in range(0, rows, step):
+        yield s, min(rows, s + step)
+
+
+# ---- Meta checkpoints ------------------------------------------------------------------------------
+_SHARD = re.compile(r"^consolidated\.(\d+)\.pth$")
+
+
+class MetaCheckpoint:
+    """An original Meta checkpoint: ``params.json`` + ``consolidated.NN.pth`` shards."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        if not self.path.is_dir():
+            raise NotFoundError("Meta checkpoint folder not found", where=self.path)
+        self.params: dict[str, Any] = read_json(self.path / "params.json")
+        found = sorted((int(m.group(1)), p) for p in self.path.iterdir() if (m := _SHARD.match(p.name)))
+        if not found:
+            raise NotFoundError("no consolidated.NN.pth shards", where=self.path)
+        numbers = [n for n, _ in found]
+        if numbers != list(range(len(found))):
+            missing = sorted(set(range(max(numbers) + 1)) - set(numbers))
+            raise NotFoundError(f"model-parallel shard(s) missing: {[f'consolidated.{i:02d}.pth' for i in missing]}",
+                                where=self.path, fix="download every consolidated.NN.pth shard")
+        self.shard_files = [p for _, p in found]
+        self.shards = [load_torch_checkpoint(p, mmap=True) for p in self.shard_files]
+        names = [sorted(n for n in s if not IGNORED_TENSOR.search(n)) for s in self.shards]
+        for i, n in enumerate(names[1:], 1):
+            if n != names[0]:
+                raise CorruptFileError("shards hold different tensor names", where=self.shard_files[i],
+                                       fix="all shards must come from the same checkpoint")
+        self.hparams = self._hparams()
+        self.tensors = llama_tensors(self.hparams)
+        for t in self.tensors:
+            if t.meta not in self.shards[0]:
+                raise CorruptFileError(f"tensor {t.meta!r} is missing", where=self.shard_files[0])
+            if self.merged_shape(t) != t.shape:
+                raise CorruptFileError(f"tensor {t.meta!r} merges to shape {list(self.merged_shape(t))}, params.json "
+                                       f"implies {list(t.shape)}", where=self.path,
+                                       fix="check that every consolidated.NN.pth shard is present and complete")
+
+    def _piece_shapes(self, meta_name: str) -> list[tuple[int, ...]]:
+        return [tuple(s[meta_name].shape) for s in self.shards]
+
+    def merged_shape(self, t: TensorName) -> tuple[int, ...]:
+        shapes = self._piece_shapes(t.meta)
+        if t.meta_split is None:
+            if len(set(shapes)) != 1:
+                raise CorruptFileError(f"replicated tensor {t.meta!r} differs in shape between shards", where=self.path)
+            return shapes[0]
+        d = t.meta_split
+        others = {s[:d] + s[d + 1:] for s in shapes}
+        if len(others) != 1:
+            raise CorruptFileError(f"shards of {t.meta!r} do not fit together: {shapes}", where=self.path)
+        first = shapes[0]
+        return (*first[:d], sum(s[d] for s in shapes), *first[d + 1:])
+
+    def _hparams(self) -> LlamaHParams:
+        p = self.params
+        where = self.path / "params.json"
+        for key in ("dim", "n_heads", "n_layers", "norm_eps"):
+            if key not in p:
+                raise CorruptFileError(f"params.json lacks {key!r}", where=where)
+        s0 = self.shards[0]
+        if "tok_embeddings.weight" not in s0 or "layers.0.feed_forward.w1.weight" not in s0:
+            raise CorruptFileError("shards lack tok_embeddings / feed_forward weights", where=self.shard_files[0])
+        vocab = int(s0["tok_embeddings.weight"].shape[0])
+        if int(p.get("vocab_size", -1)) not in (-1, vocab):
+            raise CorruptFileError(f"params.json vocab_size {p['vocab_size']} disagrees with the embedding's "
+                                   f"{vocab} rows", where=where)
+        ffn = sum(int(s["layers.0.feed_forward.w1.weight"].shape[0]) for s in self.shards)
+        heads = int(p["n_heads"])
+        eps = float(p["norm_eps"])
+        # Meta's code takes the context length at run time; LLaMA-1 (norm_eps 1e-6) was trained on
+        # 2048 tokens, Llama-2 (1e-5) on 4096, as HuggingFace's conversion script records.
+        ctx = int(p.get("max_seq_len") or (4096 if eps >= 1e-5 else 2048))
+        return LlamaHParams(vocab_size=vocab, hidden_size=int(p["dim"]), intermediate_size=ffn,
+                            num_layers=int(p["n_layers"]), num_heads=heads,
+                            num_kv_heads=int(p.get("n_kv_heads") or heads), rms_norm_eps=eps,
+                            rope_theta=float(p.get("rope_theta", DEFAULT_ROPE_THETA)), max_position_embeddings=ctx)
+
+    def merged(self, t: TensorName) -> torch.Tensor:
+        """The full tensor, concatenated from the model-parallel pieces."""
+        import torch
+
+        pieces = [s[t.meta] for s in self.shards]
+        if t.meta_split is None:
+            for i, piece in enumerate(pieces[1:], 1):
+                if not torch.equal(piece, pieces[0]):
+                    raise CorruptFileError(f"replicated tensor {t.meta!r} differs between shards",
+                                           where=self.shard_files[i])
+            return pieces[0]
+        return torch.cat(pieces, dim=t.meta_split)
+
+    @property
+    def source_dtype(self) -> torch.dtype:
+        return self.shards[0]["tok_embeddings.weight"].dtype
+
+    def with_context(self, ctx: int | None) -> None:
+        if ctx:
+            self.hparams = replace(self.hparams, max_position_embeddings=int(ctx))
+
+
+# ---- streaming safetensors writer ------------------------------------------------------------------
+class SafetensorsWriter:
+    """Writes a .safetensors file tensor by tensor: the header (names, dtypes, shapes, offsets)
+    first, then each tensor's bytes in the announced order."""
+
+    def __init__(self, path: Path, entries: Sequence[tuple[str, str, tuple[int, ...]]],
+                 metadata: Mapping[str, str] | None = None) -> None:
+        header: dict[str, Any] = {"__metadata__": dict(metadata or {"format": "pt"})}
+        offset = 0
+        self._order: list[tuple[str, int]] = []
+        for name, dtype, shape in entries:
+            n = SUPPORTED_DTYPES[dtype]
+            for d in shape:
+                n *= d
+            header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + n]}
+            self._order.append((name, n))
+            offset += n
+        raw = json.dumps(header, separators=(",", ":")).encode()
+        raw += b" " * (-len(raw) % 8)
+        self._fh = path.open("wb")
+        self._fh.write(len(raw).to_bytes(8, "little") + raw)
+        self._next = 0
+
+    def write(self, name: str, tensor: torch.Tensor) -> None:
+        import torch
+
+        want, nbytes = self._order[self._next]
+        data = tensor.contiguous().reshape(-1).view(torch.uint8)
+        if name != want or data.numel() != nbytes:
+            raise ConversionError(f"internal: wrote {name!r} ({data.numel()} bytes), expected {want!r} ({nbytes})")
+        self._fh.write(data.numpy().data)
+        self._next += 1
+
+    def close(self) -> None:
+        complete = self._next == len(self._order)
+        self._fh.close()
+        if not complete:
+            raise ConversionError("internal: safetensors file closed before every tensor was written")
