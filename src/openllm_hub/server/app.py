@@ -1,0 +1,242 @@
+"""The FastAPI application: OpenAI's endpoints for one loaded model, plus the chat page.
+
+``create_app(model)`` builds it; ``openllm-hub serve`` (see :mod:`openllm_hub.server.cli`)
+runs it with uvicorn. Routes:
+
+* ``GET /v1/models``, ``GET /v1/models/{id}``: the one model served, with its limits in ``meta``;
+* ``POST /v1/completions`` and ``POST /v1/chat/completions``: whole or streamed (SSE,
+  ending with ``data: [DONE]``), through the model's chat template;
+* ``GET /health``: up/shutting down and the queue's state (no key needed);
+* ``GET /``: the chat page (static files, no key needed; the page asks for one).
+
+The ``model`` field of a request is echoed, not checked: whatever name a client uses, the
+answer comes from the served model and says which one it is.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, Response
+from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from openllm_hub import __version__
+from openllm_hub.core.model import Chunk, Model
+from openllm_hub.errors import InvalidParameterError
+from openllm_hub.server.auth import BearerAuthMiddleware
+from openllm_hub.server.errors import APIError, from_exception
+from openllm_hub.server.formats import ChatFormat, CompletionFormat, ResponseFormat
+from openllm_hub.server.limits import BodySizeLimitMiddleware
+from openllm_hub.server.responses import JobResponse, error_response
+from openllm_hub.server.scheduler import QueueFullError, Scheduler, ShuttingDownError
+from openllm_hub.server.schemas import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    Health,
+    ModelCard,
+    ModelList,
+)
+from openllm_hub.server.translate import chat_params, completion_params
+
+STATIC_DIR = Path(__file__).parent / "static"
+DEFAULT_QUEUE_SIZE = 8
+DEFAULT_MAX_TOKENS_LIMIT = 2048
+DEFAULT_MAX_REQUEST_BYTES = 1_000_000
+#: The page loads nothing from elsewhere; the policy makes the browser enforce it.
+CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+       "base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+
+
+@dataclass
+class ServerState:
+    model: Model
+    model_id: str
+    scheduler: Scheduler
+    max_tokens_limit: int
+    shutdown_grace: float
+    started: int = field(default_factory=lambda: int(time.time()))
+    closing: bool = False
+
+
+class SecurityHeadersMiddleware:
+    """Adds a content security policy and ``nosniff`` to every response."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []),
+                                      (b"content-security-policy", CSP.encode()),
+                                      (b"x-content-type-options", b"nosniff")]
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+def _positive(name: str, value: int, minimum: int = 1) -> None:
+    if value < minimum:
+        raise InvalidParameterError(f"{name} must be at least {minimum}, got {value}", where=f"create_app({name}=)")
+
+
+def create_app(
+    model: Model,
+    *,
+    api_key: str | None = None,
+    queue_size: int = DEFAULT_QUEUE_SIZE,
+    max_tokens_limit: int = DEFAULT_MAX_TOKENS_LIMIT,
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+    model_id: str | None = None,
+    shutdown_grace: float = 10.0,
+) -> FastAPI:
+    """An app serving ``model`` (which it does not close: its owner does).
+
+    ``queue_size`` requests may wait behind the running one; more get 429. ``max_tokens``
+    above ``max_tokens_limit`` and bodies over ``max_request_bytes`` are refused. With
+    ``api_key``, every API call needs ``Authorization: Bearer <api_key>``.
+    ``shutdown_grace`` is how long shutdown lets a running generation finish.
+    """
+    _positive("queue_size", queue_size, 0)
+    _positive("max_tokens_limit", max_tokens_limit)
+    _positive("max_request_bytes", max_request_bytes)
+    if api_key is not None and not api_key.strip():
+        raise InvalidParameterError("the API key is empty", where="create_app(api_key=)",
+                                    fix="pass a non-empty key, or None for no authentication")
+    state = ServerState(model=model, model_id=model_id or Path(model.info.path).name or model.info.family,
+                        scheduler=Scheduler(queue_size), max_tokens_limit=max_tokens_limit,
+                        shutdown_grace=shutdown_grace)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        state.closing = True
+        state.scheduler.close(state.shutdown_grace)
+
+    app = FastAPI(title="openllm-hub", version=__version__, docs_url=None, redoc_url=None, lifespan=lifespan)
+    app.state.server = state
+    _add_error_handlers(app)
+    _add_routes(app, state)
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=max_request_bytes)
+    if api_key is not None:
+        app.add_middleware(BearerAuthMiddleware, api_key=api_key)
+    app.add_middleware(SecurityHeadersMiddleware)
+    return app
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    async def on_api_error(request: Request, exc: Exception) -> Response:
+        return error_response(from_exception(exc))
+
+    async def on_validation(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestValidationError)
+        problems = []
+        param = None
+        for err in exc.errors():
+            loc = [str(p) for p in err.get("loc", ()) if p != "body"]
+            if err.get("type") == "json_invalid":
+                problems.append(f"the body is not valid JSON ({err.get('ctx', {}).get('error', 'parse error')})")
+                continue
+            where = ".".join(loc)
+            param = param or where or None
+            problems.append(f"{where}: {err.get('msg')}" if where else str(err.get("msg")))
+        return error_response(APIError(400, "invalid request: " + "; ".join(problems), param=param,
+                                       code="invalid_request"))
+
+    async def on_http(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StarletteHTTPException)
+        kind = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        message = f"{request.method} {request.url.path}: {exc.detail}"
+        return error_response(APIError(exc.status_code, message, code=kind, headers=exc.headers))
+
+    async def on_any(request: Request, exc: Exception) -> Response:
+        return error_response(from_exception(exc))
+
+    app.add_exception_handler(APIError, on_api_error)
+    app.add_exception_handler(RequestValidationError, on_validation)
+    app.add_exception_handler(StarletteHTTPException, on_http)
+    app.add_exception_handler(Exception, on_any)
+
+
+def _submit(state: ServerState, start: Callable[[], Iterator[Chunk]], fmt: ResponseFormat, *, stream: bool,
+            include_usage: bool) -> JobResponse:
+    try:
+        job = state.scheduler.submit(start)
+    except QueueFullError as exc:
+        raise APIError(429, f"{exc}; retry in about {exc.retry_after} s", type="rate_limit_error",
+                       code="queue_full", headers={"Retry-After": str(exc.retry_after)}) from None
+    except ShuttingDownError as exc:
+        raise APIError(503, str(exc), type="server_error", code="shutting_down") from None
+    return JobResponse(job, fmt, stream=stream, include_usage=include_usage)
+
+
+def _add_routes(app: FastAPI, state: ServerState) -> None:
+    model = state.model
+
+    def card() -> ModelCard:
+        info = model.info
+        defaults = model.generation_defaults
+        return ModelCard(id=state.model_id, created=state.started, meta={
+            "family": info.family, "format": info.format, "engine": info.engine, "device": info.device,
+            "parameters": info.parameters, "context_length": info.context_length,
+            "chat_template": model.default_chat_template, "max_tokens_limit": state.max_tokens_limit,
+            "queue_capacity": state.scheduler.capacity,
+            "defaults": {"temperature": defaults.temperature, "top_p": defaults.top_p,
+                         "top_k": defaults.top_k, "repeat_penalty": defaults.repeat_penalty},
+        })
+
+    @app.get("/health")
+    async def health() -> Health:
+        s = state.scheduler.stats()
+        return Health(status="shutting_down" if state.closing else "ok", running=s.running, waiting=s.waiting,
+                      capacity=s.capacity, completed=s.completed)
+
+    @app.get("/v1/models")
+    async def list_models() -> ModelList:
+        return ModelList(data=[card()])
+
+    @app.get("/v1/models/{model_id:path}")
+    async def get_model(model_id: str) -> ModelCard:
+        if model_id != state.model_id:
+            raise APIError(404, f"the model {model_id!r} does not exist; this server serves {state.model_id!r}",
+                           param="model", code="model_not_found")
+        return card()
+
+    @app.post("/v1/completions", response_model=None)
+    async def completions(body: CompletionRequest) -> Response:
+        prompt, params = completion_params(model, body, limit=state.max_tokens_limit)
+        return _submit(state, lambda: model.stream(prompt, **params), CompletionFormat(state.model_id),
+                       stream=bool(body.stream), include_usage=bool(body.stream_options and
+                                                                   body.stream_options.include_usage))
+
+    @app.post("/v1/chat/completions", response_model=None)
+    async def chat_completions(body: ChatCompletionRequest) -> Response:
+        messages, template, params = chat_params(model, body, limit=state.max_tokens_limit)
+        return _submit(state, lambda: model.stream_chat(messages, template=template, **params),
+                       ChatFormat(state.model_id), stream=bool(body.stream),
+                       include_usage=bool(body.stream_options and body.stream_options.include_usage))
+
+    @app.get("/", include_in_schema=False)
+    async def index() -> FileResponse:
+        return FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
+
+    @app.get("/favicon.ico", include_in_schema=False)
+    async def favicon() -> Response:
+        return Response(status_code=204)
+
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+
+
+__all__ = ["DEFAULT_MAX_REQUEST_BYTES", "DEFAULT_MAX_TOKENS_LIMIT", "DEFAULT_QUEUE_SIZE", "create_app"]

@@ -1,0 +1,102 @@
+"""From an OpenAI request to the SDK's generation parameters and chat messages.
+
+Only what the caller set is passed on, so a model's own ``generation_defaults`` apply to
+the rest. Everything is validated here, on the event loop and before the request takes a
+queue slot: a bad request costs no generation time.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from openllm_hub.core.chat import validate_messages
+from openllm_hub.core.config import GenerationConfig
+from openllm_hub.core.model import Model
+from openllm_hub.errors import OpenLLMHubError
+from openllm_hub.server.errors import APIError, from_exception, invalid_request
+from openllm_hub.server.schemas import ChatCompletionRequest, CompletionRequest, _Request
+
+
+def _unsupported(param: str, why: str) -> APIError:
+    return APIError(400, f"{param} is not supported by this server: {why}", param=param, code="unsupported_parameter")
+
+
+def _common(req: _Request, max_tokens: int | None, *, default_max: int, limit: int) -> dict[str, Any]:
+    if req.n not in (None, 1):
+        raise _unsupported("n", "one choice per request (send several requests instead)")
+    for name in ("presence_penalty", "frequency_penalty"):
+        if getattr(req, name) not in (None, 0.0):
+            raise _unsupported(name, "only 0 is accepted; use the repeat_penalty extension")
+    if req.logit_bias:
+        raise _unsupported("logit_bias", "not implemented")
+    if req.stream_options is not None and not req.stream:
+        raise invalid_request("stream_options is only allowed with stream=true", param="stream_options")
+    wanted = default_max if max_tokens is None else max_tokens
+    if wanted > limit:
+        raise invalid_request(f"max_tokens is {wanted}; this server allows at most {limit}", param="max_tokens",
+                              code="max_tokens_too_large")
+    params: dict[str, Any] = {"max_new_tokens": wanted}
+    for ours, theirs in (("temperature", "temperature"), ("top_p", "top_p"), ("seed", "seed"),
+                         ("top_k", "top_k"), ("repeat_penalty", "repeat_penalty")):
+        value = getattr(req, theirs)
+        if value is not None:
+            params[ours] = value
+    if req.stop is not None:
+        params["stop"] = [req.stop] if isinstance(req.stop, str) else list(req.stop)
+    return params
+
+
+def check_params(model: Model, params: dict[str, Any]) -> None:
+    """Validate the parameters now, as the model will (so errors are 400s before queueing)."""
+    try:
+        GenerationConfig.build(model.generation_defaults, **params)
+    except OpenLLMHubError as exc:
+        raise from_exception(exc) from None
+
+
+def completion_params(model: Model, req: CompletionRequest, *, limit: int) -> tuple[str, dict[str, Any]]:
+    """The prompt and generation parameters of a ``/v1/completions`` request."""
+    if req.echo:
+        raise _unsupported("echo", "the answer never repeats the prompt")
+    if req.logprobs is not None:
+        raise _unsupported("logprobs", "not implemented")
+    if req.best_of not in (None, 1):
+        raise _unsupported("best_of", "one candidate per request")
+    if req.suffix is not None:
+        raise _unsupported("suffix", "no fill-in-the-middle")
+    if isinstance(req.prompt, list):
+        if len(req.prompt) != 1:
+            raise _unsupported("prompt", "exactly one prompt string per request")
+        prompt = req.prompt[0]
+    else:
+        prompt = req.prompt
+    # OpenAI's default for completions is 16 tokens
+    params = _common(req, req.max_tokens, default_max=min(16, limit), limit=limit)
+    check_params(model, params)
+    return prompt, params
+
+
+def chat_params(
+    model: Model, req: ChatCompletionRequest, *, limit: int
+) -> tuple[list[dict[str, str]], str | None, dict[str, Any]]:
+    """The messages, template name and generation parameters of a ``/v1/chat/completions`` request."""
+    if req.logprobs or req.top_logprobs is not None:
+        raise _unsupported("logprobs", "not implemented")
+    if req.tools or req.tool_choice not in (None, "none"):
+        raise _unsupported("tools", "no function calling")
+    if req.response_format is not None and req.response_format.get("type") != "text":
+        raise _unsupported("response_format", "only plain text answers")
+    if req.max_tokens is not None and req.max_completion_tokens is not None \
+            and req.max_tokens != req.max_completion_tokens:
+        raise invalid_request("max_tokens and max_completion_tokens disagree", param="max_completion_tokens")
+    max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
+    params = _common(req, max_tokens, default_max=limit, limit=limit)
+    raw = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in req.messages]
+    try:
+        messages = [{"role": m["role"], "content": m["content"]} for m in validate_messages(raw)]
+        if req.chat_template is not None:
+            model.chat_template(req.chat_template)
+    except OpenLLMHubError as exc:
+        raise from_exception(exc) from None
+    check_params(model, params)
+    return messages, req.chat_template, params
