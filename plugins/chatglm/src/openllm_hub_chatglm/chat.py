@@ -1,0 +1,60 @@
+"""The chat formats of the three ChatGLM versions, as core chat templates.
+
+* ``chatglm`` (ChatGLM-6B's ``chat()``): the bare query when there is no history; otherwise
+  ``[Round i]\\n问：{query}\\n答：{response}\\n`` per past turn with i counted from 0, then
+  ``[Round n]\\n问：{query}\\n答：``. The tokenizer appends ``[gMASK] <sop>``.
+* ``chatglm2`` (ChatGLM2-6B's ``build_prompt``): rounds counted from 1,
+  ``[Round i]\\n\\n问：{query}\\n\\n答：{response}\\n\\n``, last ``[Round n]\\n\\n问：{query}\\n\\n答：``.
+  The tokenizer prepends ``[gMASK] sop``.
+* ``chatglm3`` (ChatGLM3-6B's ``build_chat_input``): ``<|system|>\\n{system}`` then
+  ``<|user|>\\n{query}`` and ``<|assistant|>\\n{response}`` per turn, ending with
+  ``<|assistant|>``; the model stops at ``<|user|>`` / ``<|observation|>`` (eos ids of the
+  v3 engine). The v3 tokenizer encodes each role's metadata line apart from its content, as
+  the official one does, so these strings tokenize to the official ids.
+
+Neither ChatGLM-6B nor ChatGLM2-6B has a system role; a system message is put before the
+first round followed by a blank line (an extension; the originals have no such input).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from openllm_hub.core.chat import ChatTemplate, Message
+
+
+def _render_v1(tpl: ChatTemplate, msgs: Sequence[Message]) -> str:
+    system = next((m["content"] for m in msgs if m["role"] == "system"), None)
+    turns = [m for m in msgs if m["role"] != "system"]
+    head = tpl.system.format(content=system) if system else ""
+    if len(turns) == 1:
+        return head + turns[0]["content"]
+    text = head
+    pairs = list(zip(turns[0:-1:2], turns[1:-1:2], strict=True))
+    for i, (q, a) in enumerate(pairs):
+        text += f"[Round {i}]\n问：{q['content']}\n答：{a['content']}\n"
+    return text + f"[Round {len(pairs)}]\n问：{turns[-1]['content']}\n答："
+
+
+TEMPLATES = (
+    ChatTemplate(
+        name="chatglm",
+        system="{content}\n\n",
+        render_fn=_render_v1,
+        description="ChatGLM-6B: bare query, or [Round i] 问：/答： rounds counted from 0",
+    ),
+    ChatTemplate(
+        name="chatglm2",
+        user="[Round {round}]\n\n问：{content}\n\n答：",
+        assistant="{content}\n\n",
+        system="{content}\n\n",
+        description="ChatGLM2-6B: [Round i] 问：/答： rounds counted from 1, blank lines between",
+    ),
+    ChatTemplate(
+        name="chatglm3",
+        user="<|user|>\n{content}<|assistant|>",
+        assistant="\n{content}",
+        system="<|system|>\n{content}",
+        description="ChatGLM3-6B: <|system|>/<|user|>/<|assistant|> role tokens",
+    ),
+)

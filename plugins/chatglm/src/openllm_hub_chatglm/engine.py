@@ -1,0 +1,171 @@
+"""The ChatGLM engine: a :class:`Model` over this package's torch networks.
+
+Loading reads config.json (variant and shapes), the tokenizer, and the weights shard by
+shard into the network, converting to the placement's dtype or quantizing on the way.
+Generation runs the core KV-cache loop; ChatGLM-6B feeds its prompt in one piece because
+its prompt attends bidirectionally, and builds its 2D position ids as the reference does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from openllm_hub.core.config import GenerationConfig
+from openllm_hub.core.generate import generate_tokens
+from openllm_hub.core.io import read_json
+from openllm_hub.core.model import Model, ModelInfo
+from openllm_hub.errors import IncompatibleDeviceError, InvalidParameterError, NotFoundError
+from openllm_hub_chatglm.checkpoint import iter_tensors
+from openllm_hub_chatglm.model import GLMNetwork, QuantPlan, build_network
+from openllm_hub_chatglm.model.glm1 import position_ids
+from openllm_hub_chatglm.quant import resident_bytes
+from openllm_hub_chatglm.spec import GLMSpec, read_spec
+from openllm_hub_chatglm.tokenizer import ChatGLMTokenizer, load_tokenizer
+
+if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
+    import numpy.typing as npt
+
+    from openllm_hub.core.family import LoadRequest
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+#: Sampling defaults of the official chat() of each version (HF's top_k=50 default applied there too).
+CHAT_DEFAULTS = {
+    "chatglm": GenerationConfig(temperature=0.95, top_p=0.7, top_k=50, repeat_penalty=1.0),
+    "chatglm2": GenerationConfig(temperature=0.8, top_p=0.8, top_k=50, repeat_penalty=1.0),
+    "chatglm3": GenerationConfig(temperature=0.8, top_p=0.8, top_k=50, repeat_penalty=1.0),
+}
+
+
+class ChatGLMModel(Model):
+    """A loaded ChatGLM checkpoint (v1, v2 or v3)."""
+
+    def __init__(self, info: ModelInfo, net: GLMNetwork, tokenizer: ChatGLMTokenizer, spec: GLMSpec,
+                 context_length: int, chat_template: str) -> None:
+        eos = set(tokenizer.eos_ids)
+        if spec.eos_token_id is not None and spec.version > 1:
+            eos.add(spec.eos_token_id)
+        super().__init__(info, eos_token_ids=eos)
+        self.net, self.tokenizer, self.spec = net, tokenizer, spec
+        self.context_length = context_length
+        self.default_chat_template = chat_template
+        self.generation_defaults = CHAT_DEFAULTS[spec.variant]
+
+    # ---- engine methods ----------------------------------------------------------------
+    def _tokenize(self, text: str, add_special: bool) -> list[int]:
+        return self.tokenizer.encode(text, add_special)
+
+    def _detokenize(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(ids)
+
+    def _positions(self, prompt: list[int], start: int, count: int, total: int | None = None) -> dict[str, Any]:
+        if self.spec.version != 1:
+            return {}
+        pos, block, ctx = position_ids(prompt, self.spec, total)
+        dev = self.net.device
+        return {"position_ids": torch.tensor(pos[start:start + count], device=dev),
+                "block_position_ids": torch.tensor(block[start:start + count], device=dev), "context_length": ctx}
+
+    def _check_ids(self, ids: Sequence[int]) -> None:
+        bad = [i for i in ids if not 0 <= i < self.spec.vocab_size]
+        if bad:
+            raise InvalidParameterError(f"token id {bad[0]} is outside the vocabulary (0..{self.spec.vocab_size - 1})",
+                                        where="token ids")
+
+    def _token_stream(self, prompt_ids: list[int], config: GenerationConfig) -> Iterator[int]:
+        self._check_ids(prompt_ids)
+        prompt = list(prompt_ids)
+        cache = self.net.new_cache(self.context_length)
+        seq: list[int] = list(prompt)
+
+        def step(new_ids: Sequence[int]) -> npt.NDArray[np.float32]:
+            start = cache.length
+            if start >= len(prompt):
+                seq.extend(new_ids)
+            ids = torch.tensor(list(new_ids), dtype=torch.long, device=self.net.device)
+            with torch.inference_mode():
+                hidden = self.net.forward_hidden(ids, cache, **self._positions(prompt, start, len(new_ids), len(seq)))
+                return self.net.logits(hidden[-1:])[0].float().cpu().numpy()
+
+        # ChatGLM-6B's prompt attends both ways, so it must be fed as one chunk
+        chunk = max(len(prompt), 1) if self.spec.version == 1 else 512
+        yield from generate_tokens(step, prompt, config, context_length=self.context_length, prompt_chunk=chunk)
+
+    def _logits(self, ids: list[int]) -> npt.NDArray[np.float32]:
+        self._check_ids(ids)
+        if len(ids) > self.context_length:
+            raise InvalidParameterError(f"{len(ids)} ids exceed the context ({self.context_length})", where="logits")
+        t = torch.tensor(ids, dtype=torch.long, device=self.net.device)
+        with torch.inference_mode():
+            hidden = self.net.forward_hidden(t, None, **self._positions(ids, 0, len(ids)))
+            return self.net.logits(hidden).float().cpu().numpy()
+
+    def _close(self) -> None:
+        self.net = None  # type: ignore[assignment]
+
+    # ---- extras --------------------------------------------------------------------------
+    def weight_bytes(self) -> int:
+        """Resident bytes of the network's parameters and buffers."""
+        return resident_bytes(self.net)
+
+
+def _device(kind: str, gpu_ids: tuple[int, ...]) -> torch.device:
+    if kind == "cuda":
+        if not torch.cuda.is_available():
+            raise IncompatibleDeviceError("this torch build has no CUDA", where="device", fix="use device='cpu'")
+        return torch.device(f"cuda:{gpu_ids[0] if gpu_ids else 0}")
+    return torch.device("cpu")
+
+
+def load_chatglm(req: LoadRequest) -> ChatGLMModel:
+    """Build a :class:`ChatGLMModel` from a LoadRequest (see plugin.ChatGLMOptions)."""
+    opts = req.options
+    folder = Path(req.path)
+    if not (folder / "config.json").is_file():
+        raise NotFoundError("config.json is missing", where=folder, fix="a ChatGLM checkpoint folder holds config.json")
+    cfg = read_json(folder / "config.json")
+    spec = read_spec(folder, cfg, getattr(opts, "variant", "auto"))
+    tokenizer = load_tokenizer(folder, spec.variant)
+    if tokenizer.vocab_size > spec.vocab_size:
+        raise InvalidParameterError(f"the tokenizer has {tokenizer.vocab_size} tokens but the model only "
+                                    f"{spec.vocab_size} embeddings", where=folder,
+                                    fix="the tokenizer belongs to another checkpoint")
+    placement = req.placement
+    dtype = DTYPES[placement.dtype]
+    device = _device(placement.kind, placement.gpu_ids)
+    if placement.threads and placement.kind == "cpu":
+        torch.set_num_threads(placement.threads)
+    plan = quant_plan(spec, getattr(opts, "quantize", None), getattr(opts, "quantize_embeddings", True), dtype)
+    net = build_network(spec, dtype, plan, device)
+    net.load_tensors(iter_tensors(folder))
+    net.eval()
+    cap = getattr(opts, "context_length", None)
+    ctx = spec.max_length if cap is None else min(cap, spec.max_length)
+    quant = f"int{plan.bits}" if plan.bits else None
+    n_params = spec.parameter_count()
+    info = ModelInfo(
+        family="chatglm", format=req.format, engine="torch (openllm_hub_chatglm)", path=str(folder),
+        device=str(device), parameters=n_params, quantization=quant, context_length=ctx,
+        vocab_size=spec.vocab_size, dtype=placement.dtype,
+        extra={"variant": spec.variant, "checkpoint_quantization_bit": spec.quantization_bit,
+               "quantized_embeddings": bool(plan.bits and plan.embeddings),
+               "weight_bytes": resident_bytes(net), "placement": placement.reason},
+    )
+    template = getattr(opts, "chat_template", None) or spec.variant
+    return ChatGLMModel(info, net, tokenizer, spec, ctx, template)
+
+
+def quant_plan(spec: GLMSpec, quantize: str | None, embeddings: bool, dtype: torch.dtype) -> QuantPlan:
+    """What to quantize: the checkpoint's own INT8/INT4 layers, or what ``quantize`` asks."""
+    asked = {"int8": 8, "int4": 4}.get(quantize or "", 0)
+    if spec.quantization_bit:
+        if asked and asked != spec.quantization_bit:
+            raise InvalidParameterError(
+                f"this checkpoint is already INT{spec.quantization_bit}; it cannot be loaded as int{asked}",
+                where="quantize", fix=f"omit quantize, or pass quantize='int{spec.quantization_bit}'")
+        return QuantPlan(bits=spec.quantization_bit, embeddings=embeddings)
+    return QuantPlan(bits=asked, embeddings=embeddings and bool(asked))

@@ -1,0 +1,165 @@
+"""Weight-only INT8/INT4 quantization in the layout of the official ChatGLM checkpoints.
+
+Symmetric, one scale per output row: ``scale = max|w_row| / (2**(bits-1) - 1)`` and
+``q = round(w / scale)``. INT8 stores ``q`` as an int8 ``weight`` tensor; INT4 packs two
+values per byte, the even column in the high nibble and the odd column in the low nibble
+(``byte = (q[2j] << 4) | (q[2j+1] & 0xF)``, as the official ``compress_int4_weight``
+kernel), so its ``weight`` is int8 of shape ``(rows, cols / 2)``. The per-row scale is
+stored as ``weight_scale`` (float16 in the official checkpoints). Matrix products
+dequantize the weight block by block in the activation dtype, so only a bounded slice of a
+float weight exists at any time.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from openllm_hub.errors import ConversionError, CorruptFileError
+
+BITS = (4, 8)
+#: Rows dequantized at once in a matrix product (bounds the temporary float weight).
+BLOCK_ELEMENTS = 1 << 22
+
+
+def qmax(bits: int) -> int:
+    return (1 << (bits - 1)) - 1
+
+
+def quantize_rows(weight: torch.Tensor, bits: int, scale_dtype: torch.dtype = torch.float16
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Quantize a 2-D float weight; returns (int8 weight, packed for INT4; per-row scale).
+
+    The scale is rounded to ``scale_dtype`` first and the weight divided by that rounded
+    scale, so dequantizing with the stored scale is exactly what was quantized.
+    """
+    if bits not in BITS:
+        raise ConversionError(f"unsupported bit width {bits}", where="quantize", fix="use 4 or 8")
+    if weight.ndim != 2:
+        raise ConversionError(f"can only quantize 2-D weights, got shape {tuple(weight.shape)}", where="quantize")
+    if bits == 4 and weight.shape[1] % 2:
+        raise ConversionError(f"INT4 packs two values per byte: the input dimension {weight.shape[1]} is odd",
+                              where="quantize", fix="use int8 for this model")
+    w = weight.detach().float()
+    scale = (w.abs().amax(dim=1) / qmax(bits)).to(scale_dtype)
+    safe = torch.where(scale == 0, torch.ones_like(scale), scale).float()
+    q = torch.round(w / safe[:, None]).clamp_(-qmax(bits), qmax(bits)).to(torch.int8)
+    return (pack_int4(q) if bits == 4 else q), scale
+
+
+def pack_int4(q: torch.Tensor) -> torch.Tensor:
+    """Pack int8 values in [-8, 7] two per byte: even column high nibble, odd column low."""
+    if q.shape[-1] % 2:
+        raise ConversionError("INT4 packing needs an even number of columns", where="pack_int4")
+    hi = q[..., 0::2].to(torch.int16)
+    lo = q[..., 1::2].to(torch.int16)
+    packed = ((hi & 0xF) << 4) | (lo & 0xF)
+    return packed.to(torch.uint8).view(torch.int8)
+
+
+def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`pack_int4`: int8 values, sign-extended from each nibble."""
+    hi = packed >> 4  # arithmetic shift on int8 keeps the sign of the high nibble
+    lo = (packed << 4) >> 4
+    return torch.stack((hi, lo), dim=-1).flatten(-2)
+
+
+def dequantize(weight: torch.Tensor, scale: torch.Tensor, bits: int, dtype: torch.dtype) -> torch.Tensor:
+    """Float weight of a quantized one (whole tensor or a block of rows)."""
+    q = unpack_int4(weight) if bits == 4 else weight
+    return q.to(dtype) * scale.to(dtype)[:, None]
+
+
+class QuantLinear(nn.Module):
+    """A linear layer holding an INT8/INT4 weight; state dict keys are the official ones
+    (``weight``, ``weight_scale``, ``bias``)."""
+
+    weight: torch.Tensor
+    weight_scale: torch.Tensor
+
+    def __init__(self, in_features: int, out_features: int, bits: int, *, bias: bool,
+                 scale_dtype: torch.dtype = torch.float16, device: torch.device | str | None = None,
+                 bias_dtype: torch.dtype = torch.float32) -> None:
+        super().__init__()
+        if bits not in BITS:
+            raise ConversionError(f"unsupported bit width {bits}", where="QuantLinear")
+        if bits == 4 and in_features % 2:
+            raise CorruptFileError(f"an INT4 layer needs an even input dimension, got {in_features}",
+                                   where="QuantLinear", fix="quantize this model to int8 instead")
+        self.in_features, self.out_features, self.bits = in_features, out_features, bits
+        cols = in_features // 2 if bits == 4 else in_features
+        self.register_buffer("weight", torch.zeros(out_features, cols, dtype=torch.int8, device=device))
+        self.register_buffer("weight_scale", torch.zeros(out_features, dtype=scale_dtype, device=device))
+        self.bias: nn.Parameter | None = (
+            nn.Parameter(torch.zeros(out_features, dtype=bias_dtype, device=device), requires_grad=False)
+            if bias else None)
+
+    def set_quantized(self, weight: torch.Tensor, scale: torch.Tensor) -> None:
+        """Install an already quantized weight (e.g. from an official INT4/INT8 checkpoint)."""
+        want = tuple(self.weight.shape)
+        if tuple(weight.shape) != want or weight.dtype != torch.int8:
+            raise CorruptFileError(
+                f"quantized weight has shape {tuple(weight.shape)} {weight.dtype}, expected {want} int8 for "
+                f"INT{self.bits} with input dimension {self.in_features}", where="QuantLinear",
+                fix="the checkpoint's quantization_bit or shapes do not match its config")
+        if tuple(scale.shape) != (self.out_features,):
+            raise CorruptFileError(f"weight_scale has shape {tuple(scale.shape)}, expected ({self.out_features},)",
+                                   where="QuantLinear")
+        self.weight = weight.to(self.weight.device)
+        self.weight_scale = scale.to(self.weight.device)
+
+    def set_float(self, weight: torch.Tensor) -> None:
+        """Quantize a float weight into this layer."""
+        if tuple(weight.shape) != (self.out_features, self.in_features):
+            raise CorruptFileError(f"weight has shape {tuple(weight.shape)}, expected "
+                                   f"{(self.out_features, self.in_features)}", where="QuantLinear")
+        q, s = quantize_rows(weight, self.bits, self.weight_scale.dtype)
+        self.set_quantized(q, s)
+
+    def float_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        return dequantize(self.weight, self.weight_scale, self.bits, dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = max(1, BLOCK_ELEMENTS // max(1, self.in_features))
+        if rows >= self.out_features:
+            return F.linear(x, dequantize(self.weight, self.weight_scale, self.bits, x.dtype), self._bias(x))
+        outs = []
+        for start in range(0, self.out_features, rows):
+            w = dequantize(self.weight[start:start + rows], self.weight_scale[start:start + rows], self.bits, x.dtype)
+            outs.append(F.linear(x, w))
+        y = torch.cat(outs, dim=-1)
+        b = self._bias(x)
+        return y if b is None else y + b
+
+    def _bias(self, x: torch.Tensor) -> torch.Tensor | None:
+        return None if self.bias is None else self.bias.to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"in={self.in_features}, out={self.out_features}, int{self.bits}, bias={self.bias is not None}"
+
+
+class QuantEmbedding(nn.Module):
+    """An embedding table with one INT8/INT4 row per token (dequantized per lookup)."""
+
+    def __init__(self, num: int, dim: int, bits: int, *, scale_dtype: torch.dtype = torch.float16,
+                 device: torch.device | str | None = None) -> None:
+        super().__init__()
+        self.inner = QuantLinear(dim, num, bits, bias=False, scale_dtype=scale_dtype, device=device)
+        self.num_embeddings, self.embedding_dim, self.bits = num, dim, bits
+
+    def forward(self, ids: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        return dequantize(self.inner.weight[ids], self.inner.weight_scale[ids], self.bits, dtype)
+
+
+def resident_bytes(module: nn.Module) -> int:
+    """Bytes held by a module's parameters and buffers (what a quantized load saves)."""
+    seen: set[int] = set()
+    total = 0
+    for t in [*module.parameters(), *module.buffers()]:
+        if id(t) in seen:
+            continue
+        seen.add(id(t))
+        total += t.numel() * t.element_size()
+    return total
+
