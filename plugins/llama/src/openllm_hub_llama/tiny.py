@@ -279,41 +279,23 @@ def make_tiny_hf(path: str | Path, *, vocab_size: int = 32000, hidden_size: int 
 
 
 # ---- Meta layout -------------------------------------------------------------------------------
-def meta_ffn_params(dim: int, hidden: int) -> dict[str, Any]:
-    """``multiple_of`` (and ``ffn_dim_multiplier`` when needed) that make Meta's FFN-size rule
-
-        h = int(2 * 4 * dim / 3); h = int(mult * h) if mult; h = multiple_of * ceil(h / multiple_of)
-
-    give ``hidden``. Tries the plain rule with the usual multiples first (LLaMA-1/2 7B-34B),
-    then Llama-2 70B's ``ffn_dim_multiplier=1.3``, then an exact fallback.
-    """
-    base = int(2 * 4 * dim / 3)
-
-    def size(multiple_of: int, mult: float | None) -> int:
-        h = int(mult * base) if mult is not None else base
-        return multiple_of * ((h + multiple_of - 1) // multiple_of)
-
-    multiples = [4096, 2048, 1024, 512, 256, 128, 64, 32, 16, 8, 4, 2, 1]
-    for m in multiples[4:]:
-        if size(m, None) == hidden:
-            return {"multiple_of": m}
-    for mult in (1.3, 1.5, 2.0, 1.0):
-        for m in multiples:
-            if size(m, mult) == hidden:
-                return {"multiple_of": m, "ffn_dim_multiplier": mult}
-    mult = hidden / base
-    return {"multiple_of": hidden, "ffn_dim_multiplier": mult}
-
-
 def meta_params(spec: TinySpec) -> dict[str, Any]:
-    """params.json of a Meta checkpoint with these dimensions (vocab_size -1, as Meta ships it)."""
-    params: dict[str, Any] = {"dim": spec.hidden_size, **meta_ffn_params(spec.hidden_size, spec.intermediate_size),
-                              "n_heads": spec.num_heads, "n_layers": spec.num_layers, "norm_eps": spec.rms_norm_eps,
-                              "vocab_size": -1}
+    """params.json of a Meta checkpoint with these dimensions, keys in Meta's order (vocab_size -1,
+    n_kv_heads only for GQA, rope_theta only when not the default)."""
+    from openllm_hub_llama.checkpoint import meta_ffn_params
+
+    ffn = meta_ffn_params(spec.hidden_size, spec.intermediate_size)
+    params: dict[str, Any] = {"dim": spec.hidden_size, "multiple_of": ffn["multiple_of"]}
+    if "ffn_dim_multiplier" in ffn:
+        params["ffn_dim_multiplier"] = ffn["ffn_dim_multiplier"]
+    params["n_heads"] = spec.num_heads
     if spec.kv_heads != spec.num_heads:
         params["n_kv_heads"] = spec.kv_heads
+    params["n_layers"] = spec.num_layers
+    params["norm_eps"] = spec.rms_norm_eps
     if spec.rope_theta != 10000.0:
         params["rope_theta"] = spec.rope_theta
+    params["vocab_size"] = -1
     return params
 
 
