@@ -29,6 +29,7 @@ from openllm_hub.errors import (
     InvalidParameterError,
     NotFoundError,
 )
+from openllm_hub_llama.detok import join_pieces
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
@@ -201,7 +202,7 @@ class GGUFModel(Model):
         self._n_vocab = llm.n_vocab()
         self._n_ctx = llm.n_ctx()
         self._vocab = llm._model.vocab
-        self._pieces: dict[int, bytes] = {}
+        self._pieces: dict[int, tuple[bytes, bool]] = {}
         self._add_space_prefix = add_space_prefix
         if default_template:
             self.default_chat_template = default_template
@@ -218,7 +219,8 @@ class GGUFModel(Model):
     def _tokenize(self, text: str, add_special: bool) -> list[int]:
         return list(self._llm.tokenize(text.encode("utf-8"), add_bos=add_special, special=False))
 
-    def _piece(self, token: int) -> bytes:
+    def _piece(self, token: int) -> tuple[bytes, bool]:
+        """(bytes, is a text piece) of a token; control and unknown tokens give no bytes."""
         piece = self._pieces.get(token)
         if piece is None:
             import llama_cpp
@@ -231,18 +233,14 @@ class GGUFModel(Model):
             if n < 0:
                 buf = ctypes.create_string_buffer(-n)
                 n = llama_cpp.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, False)
-            piece = buf.raw[:n]
+            attr = int(llama_cpp.llama_vocab_get_attr(self._vocab, token))
+            piece = (buf.raw[:n], bool(attr & llama_cpp.LLAMA_TOKEN_ATTR_NORMAL))
             self._pieces[token] = piece
         return piece
 
     def _detokenize(self, ids: Sequence[int]) -> str:
-        # Control tokens render as nothing (special=False). Like sentencepiece's decode, the
-        # space that tokenization puts before the first word is dropped: a pure function of
-        # ``ids``, so the core's windowed incremental decoding sees consistent prefixes.
-        data = b"".join(self._piece(int(t)) for t in ids)
-        if self._add_space_prefix and data.startswith(b" "):
-            data = data[1:]
-        return data.decode("utf-8", errors="replace")
+        # special=False above renders control/unknown tokens as nothing; see detok.join_pieces
+        return join_pieces((self._piece(int(t)) for t in ids), strip_first_space=self._add_space_prefix)
 
     # -- generation
     def _sampler(self, config: GenerationConfig, prompt_ids: Sequence[int]) -> Any:

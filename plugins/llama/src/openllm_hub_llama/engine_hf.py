@@ -24,6 +24,7 @@ from openllm_hub.core.io import read_safetensors_header
 from openllm_hub.core.model import Model, ModelInfo
 from openllm_hub.core.progress import progress_enabled
 from openllm_hub.errors import CorruptFileError, NotFoundError, UnsafeCheckpointError
+from openllm_hub_llama.detok import join_pieces
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
@@ -51,6 +52,7 @@ class SentencePieceTokenizer:
         self.add_bos = bool(cfg.get("add_bos_token", True))
         self.add_eos = bool(cfg.get("add_eos_token", False))
         self.size = int(self.sp.get_piece_size())
+        self._pieces: dict[int, tuple[bytes, bool]] = {}
 
     def encode(self, text: str, add_special: bool) -> list[int]:
         ids: list[int] = list(self.sp.encode(text))
@@ -61,10 +63,24 @@ class SentencePieceTokenizer:
                 ids.append(self.sp.eos_id())
         return ids
 
+    def _piece(self, token: int) -> tuple[bytes, bool]:
+        piece = self._pieces.get(token)
+        if piece is None:
+            sp = self.sp
+            if not 0 <= token < self.size or sp.IsControl(token) or sp.IsUnknown(token) or sp.IsUnused(token):
+                # special tokens, and ids past the vocabulary (added tokens such as <pad>), are skipped
+                piece = (b"", False)
+            elif sp.IsByte(token):
+                piece = (bytes([int(sp.IdToPiece(token)[3:5], 16)]), False)  # "<0xAB>"
+            else:
+                piece = (sp.IdToPiece(token).replace("\u2581", " ").encode("utf-8"), True)
+            self._pieces[token] = piece
+        return piece
+
     def decode(self, ids: Sequence[int]) -> str:
-        # ids past the sentencepiece vocabulary are added tokens (e.g. a <pad>): special, skipped
-        text: str = self.sp.decode([int(i) for i in ids if 0 <= i < self.size])
-        return text
+        """sentencepiece's pieces joined by :func:`~openllm_hub_llama.detok.join_pieces`: what
+        ``sp.decode`` gives, without special tokens and with Python's U+FFFD policy."""
+        return join_pieces(self._piece(int(i)) for i in ids)
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
