@@ -18,6 +18,7 @@ from openllm_hub.core.convert import Converter, ConvertRequest
 from openllm_hub.core.detect import Probe
 from openllm_hub.core.device import DeviceSupport
 from openllm_hub.core.family import Detection, Family, LoadRequest
+from openllm_hub.core.lora import LoraMerger
 from openllm_hub.core.model import Model
 from openllm_hub.core.quantize import Quantizer, QuantizeRequest
 
@@ -167,6 +168,9 @@ FAMILY = Family(
         Quantizer("gguf", QUANT_TYPES, _lazy("quantize", "quantize_gguf"),
                   description="llama.cpp's quantizer (llama_model_quantize)"),
     ),
+    lora_merger=LoraMerger(("hf", "meta"), ("hf", "pth"), _lazy("lora_merge", "run_merge"),
+                           description="PEFT LoRA adapters (in order; extended vocabularies) -> HF folder or "
+                                       "Meta consolidated.NN.pth"),
 )
 
 
@@ -181,6 +185,14 @@ def register_chat_templates(register: Callable[[ChatTemplate], None]) -> None:
 
     for template in TEMPLATES:
         register(template)
+
+
+@hookimpl
+def register_commands(cli: Any) -> None:
+    """``openllm-hub lora train`` and ``openllm-hub lora gguf`` (see :mod:`openllm_hub_llama.lora_cli`)."""
+    from openllm_hub_llama.lora_cli import add_lora_commands
+
+    add_lora_commands(cli)
 
 
 @hookimpl
