@@ -1,0 +1,1 @@
+"""openllm_hub plugin for RWKV models (RWKV-4, 5.x, 6 and 7) on the ``rwkv`` package."""

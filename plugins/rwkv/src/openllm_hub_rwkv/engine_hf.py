@@ -1,0 +1,147 @@
+"""The second engine: transformers' ``RwkvForCausalLM`` (RWKV-4 only).
+
+Runs transformers folders (format ``hf``) and, with ``engine='transformers'``, RWKV-4 ``.pth``
+files renamed in memory (:mod:`openllm_hub_rwkv.convert`). Generation is the core loop over
+the RNN state that transformers returns with ``use_cache=True``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from openllm_hub.core.chat import get_template
+from openllm_hub.core.config import GenerationConfig
+from openllm_hub.core.family import LoadRequest
+from openllm_hub.core.generate import generate_tokens
+from openllm_hub.core.io import load_torch_checkpoint, read_json
+from openllm_hub.core.model import Model, ModelInfo
+from openllm_hub.errors import CorruptFileError, IncompatibleDeviceError, InvalidParameterError
+from openllm_hub_rwkv.layout import analyse
+from openllm_hub_rwkv.options import RwkvOptions
+from openllm_hub_rwkv.pth_index import read_pth_index
+from openllm_hub_rwkv.tokenizer import END_OF_TEXT, RwkvTokenizer, choose_tokenizer
+
+if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
+    import numpy.typing as npt
+    import torch
+
+_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+
+
+class TransformersRwkvModel(Model):
+    """RWKV-4 on transformers, with the same tokenizers and chat templates as the rwkv engine."""
+
+    def __init__(self, info: ModelInfo, *, model: Any, tokenizer: RwkvTokenizer, options: RwkvOptions,
+                 device: str) -> None:
+        super().__init__(info, eos_token_ids=(END_OF_TEXT,))
+        from openllm_hub_rwkv.model import default_template
+
+        self.tokenizer = tokenizer
+        self.options = options
+        self.default_chat_template = options.chat_template or default_template(tokenizer)
+        self._model = model
+        self._device = device
+
+    def _tokenize(self, text: str, add_special: bool) -> list[int]:
+        ids = self.tokenizer.encode(text)
+        return [END_OF_TEXT] if add_special and not ids else ids
+
+    def _detokenize(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(ids)
+
+    def _run_model(self, ids: Sequence[int], state: list[torch.Tensor] | None) -> tuple[torch.Tensor, Any]:
+        import torch
+
+        with torch.no_grad():
+            x = torch.tensor([list(ids)], dtype=torch.long, device=self._device)
+            out = self._model(input_ids=x, state=state, use_cache=True)
+        return out.logits[0].float().cpu(), out.state
+
+    def _logits(self, ids: list[int]) -> npt.NDArray[np.float32]:
+        import torch
+
+        rows, state = [], None
+        chunk = self.options.chunk_len
+        for start in range(0, len(ids), chunk):
+            logits, state = self._run_model(ids[start : start + chunk], state)
+            rows.append(logits)
+        return torch.cat(rows).numpy()
+
+    def _token_stream(self, prompt_ids: list[int], config: GenerationConfig) -> Iterator[int]:
+        box: dict[str, Any] = {}
+
+        def step(new_ids: Sequence[int]) -> npt.NDArray[np.float32]:
+            logits, box["state"] = self._run_model(new_ids, box.get("state"))
+            return logits[-1].numpy()
+
+        return generate_tokens(step, prompt_ids, config, prompt_chunk=self.options.chunk_len)
+
+    def _close(self) -> None:
+        self._model = None
+        import gc
+
+        gc.collect()
+
+
+def _device_and_dtype(req: LoadRequest) -> tuple[str, str]:
+    p = req.placement
+    if p.kind == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise IncompatibleDeviceError("torch sees no CUDA GPU", where="device", fix="use device='cpu'")
+        return f"cuda:{(p.gpu_ids or (0,))[0]}", p.dtype
+    return "cpu", p.dtype
+
+
+def load_transformers(req: LoadRequest) -> TransformersRwkvModel:
+    """Load an HF folder, or an RWKV-4 ``.pth`` converted in memory, on transformers."""
+    import torch
+    from transformers import RwkvConfig, RwkvForCausalLM
+
+    from openllm_hub_rwkv.convert import hf_config, pth_state_to_hf
+
+    opts = req.options
+    assert isinstance(opts, RwkvOptions)
+    if opts.strategy is not None or opts.int8 or opts.stream:
+        raise InvalidParameterError("strategy/int8/stream are rwkv-engine options", where="engine=transformers",
+                                    fix="use device=/dtype= with the transformers engine")
+    device, dtype = _device_and_dtype(req)
+    torch_dtype = getattr(torch, _DTYPES[dtype])
+    path = Path(req.path)
+    if req.format == "hf":
+        cfg = read_json(path / "config.json")
+        vocab = int(cfg.get("vocab_size", 0))
+        try:
+            model = RwkvForCausalLM.from_pretrained(str(path), dtype=torch_dtype, local_files_only=True)
+        except (OSError, ValueError, RuntimeError) as exc:
+            raise CorruptFileError(f"transformers cannot load this RWKV folder: {exc}", where=path) from None
+        parameters = sum(p.numel() for p in model.parameters())
+        version = "4"
+    else:
+        index = read_pth_index(path)
+        arch = analyse(index.tensors, where=path, extras=index.extras)
+        if arch.version != "4":
+            raise InvalidParameterError(f"transformers runs RWKV-4 only; this is RWKV-{arch.version}", where=path,
+                                        fix="use engine='rwkv' (the default)")
+        sd = pth_state_to_hf(load_torch_checkpoint(path))
+        # clone: transformers rescales weights in place; never write into a memory-mapped file
+        sd = {k: v.to(torch_dtype).clone() for k, v in sd.items()}
+        config = RwkvConfig.from_dict(hf_config(arch, context_length=1024, dtype=_DTYPES[dtype]))
+        with torch.device("meta"):
+            model = RwkvForCausalLM(config)
+        model.load_state_dict(sd, strict=True, assign=True)
+        vocab, parameters, version = arch.vocab_size, arch.parameters, arch.version
+    model.eval()
+    model.to(device)
+    tokenizer = choose_tokenizer(opts.tokenizer, vocab, path)
+    if opts.chat_template is not None:
+        get_template(opts.chat_template)
+    info = ModelInfo(family="rwkv", format=req.format, engine="transformers", path=str(path), device=device,
+                     parameters=parameters, context_length=None, vocab_size=vocab, dtype=dtype,
+                     extra={"rwkv_version": version, "tokenizer": tokenizer.name,
+                            "rescale_every": int(model.config.rescale_every)})
+    return TransformersRwkvModel(info, model=model, tokenizer=tokenizer, options=opts, device=device)
