@@ -51,7 +51,9 @@ class RotaryTable2D:
             n = max(need, 2 * self.cos.shape[0], 256)
             freqs = torch.outer(torch.arange(n, dtype=torch.float32, device=self.device), self.inv_freq)
             if self.dtype == torch.float16:
-                freqs = freqs.half().float()  # the reference's float16 product (exact emulation)
+                # the reference's float16 product (a product of two float16 values is exact in
+                # float32, so rounding it once equals float16 arithmetic) and float16 cos/sin
+                freqs = freqs.half()
             emb = torch.cat((freqs, freqs), dim=-1)
             self.cos, self.sin = emb.cos().to(self.dtype), emb.sin().to(self.dtype)
         return self.cos[positions], self.sin[positions]

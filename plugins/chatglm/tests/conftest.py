@@ -1,0 +1,55 @@
+"""Shared fixtures: tiny ChatGLM checkpoints in the real layout, built once per session.
+
+The released tokenizer files cannot be downloaded, so the tokenizers are trained here with
+the sentencepiece trainer under ChatGLM's conventions (see ``openllm_hub_chatglm.tiny``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from openllm_hub_chatglm.tiny import build_checkpoint, train_tokenizer
+
+DATA = Path(__file__).parent / "data"
+
+
+@pytest.fixture(scope="session")
+def tokenizer_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A trained ice_text.model (v1) and tokenizer.model (v2/v3)."""
+    root = tmp_path_factory.mktemp("tokenizers")
+    return {"chatglm": train_tokenizer(root / "ice_text.model", "chatglm"),
+            "chatglm2": train_tokenizer(root / "tokenizer.model", "chatglm2")}
+
+
+@pytest.fixture(scope="session")
+def make_ckpt(tmp_path_factory: pytest.TempPathFactory, tokenizer_files: dict[str, Path]) -> Callable[..., Path]:
+    """Build (and cache) a tiny checkpoint: make_ckpt(variant, **build_checkpoint options)."""
+    cache: dict[tuple[object, ...], Path] = {}
+
+    def make(variant: str, **kw: object) -> Path:
+        key = (variant, *sorted(kw.items()))
+        if key not in cache:
+            folder = tmp_path_factory.mktemp(variant)
+            tok = tokenizer_files["chatglm" if variant == "chatglm" else "chatglm2"]
+            cache[key] = build_checkpoint(folder, variant, tokenizer=tok, **kw)  # type: ignore[arg-type]
+        return cache[key]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def v1_dir(make_ckpt: Callable[..., Path]) -> Path:
+    return make_ckpt("chatglm", seed=1, shards=2, fmt="bin")
+
+
+@pytest.fixture(scope="session")
+def v2_dir(make_ckpt: Callable[..., Path]) -> Path:
+    return make_ckpt("chatglm2", seed=2, shards=3)
+
+
+@pytest.fixture(scope="session")
+def v3_dir(make_ckpt: Callable[..., Path]) -> Path:
+    return make_ckpt("chatglm3", seed=3, shards=2, fmt="bin")
