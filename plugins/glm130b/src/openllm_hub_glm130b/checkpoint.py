@@ -1,0 +1,275 @@
+"""SwissArmyTransformer checkpoints of GLM-130B: read, validate, slice per rank, write, repartition.
+
+Layout (as GLM-130B's release and ``tools/convert_tp.py`` write it)::
+
+    CKPT/latest                                   # text: the iteration folder's name, e.g. 49300
+    CKPT/49300/mp_rank_00_model_states.pt         # torch.save({"module": state_dict}), one per TP rank
+    CKPT/49300/mp_rank_01_model_states.pt
+    CKPT/glm130b_config.json                      # this plugin's config (see config.py)
+
+Everything a rank needs is checked before any rank computes: the shard set (no missing or
+extra rank), every key and shape against the config and the declared TP degree, the same
+quantization in every shard, and that the requested world size divides the model. Shards are
+read with ``torch.load(weights_only=True, mmap=True)``, so checking reads no tensor data and a
+rank reads only the slices it keeps.
+
+Repartitioning quantized checkpoints is refused: row-parallel shards are scaled per shard, so
+they cannot be concatenated, and dequantizing would compound rounding errors; repartition the
+floating-point checkpoint and quantize while doing so (``--quantize``), as GLM-130B's tool does.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from openllm_hub.core.io import atomic_output, check_destination, load_torch_checkpoint, write_json
+from openllm_hub.core.progress import track
+from openllm_hub.errors import (
+    ConversionError,
+    CorruptFileError,
+    InvalidParameterError,
+    NotFoundError,
+)
+from openllm_hub_glm130b.config import CONFIG_NAME, GLMConfig, read_config
+from openllm_hub_glm130b.partition import OPTIONAL, expected_local, rule_of, take
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+SHARD_RE = re.compile(r"^mp_rank_(\d+)_model_states\.pt$")
+
+
+def shard_name(rank: int) -> str:
+    return f"mp_rank_{rank:02d}_model_states.pt"
+
+
+def find_iteration(root: Path) -> Path:
+    """The iteration folder named by ``root/latest``."""
+    latest = root / "latest"
+    if not latest.is_file():
+        raise NotFoundError("no 'latest' file: not a SwissArmyTransformer checkpoint folder", where=root,
+                            fix="point at the folder that holds 'latest' and the iteration folder")
+    name = latest.read_text(encoding="utf-8").strip()
+    if not name or "/" in name or name in (".", ".."):
+        raise CorruptFileError(f"'latest' names {name!r}, not an iteration folder", where=latest)
+    folder = root / name
+    if not folder.is_dir():
+        raise NotFoundError(f"'latest' names iteration {name!r} but that folder is missing", where=folder)
+    return folder
+
+
+def list_shards(folder: Path) -> dict[int, Path]:
+    out: dict[int, Path] = {}
+    for p in folder.iterdir():
+        m = SHARD_RE.match(p.name)
+        if m:
+            out[int(m.group(1))] = p
+    return out
+
+
+def describe_bits(bits: int | None) -> str:
+    return "floating point" if bits is None else f"INT{bits}"
+
+
+@dataclass
+class SatCheckpoint:
+    """An opened, validated SAT checkpoint (see the module docstring)."""
+
+    root: Path
+    config: GLMConfig
+    iteration: Path
+    files: list[Path]
+    _states: dict[int, dict[str, Any]] = field(default_factory=dict, repr=False)
+
+    @property
+    def tp(self) -> int:
+        return len(self.files)
+
+    @property
+    def bits(self) -> int | None:
+        return self.config.quantization_bit_width
+
+    # ---- opening and checking ------------------------------------------------------
+    @classmethod
+    def open(cls, path: str | Path, *, check_tensors: bool = True) -> SatCheckpoint:
+        root = Path(path)
+        if not root.is_dir():
+            raise NotFoundError("checkpoint folder not found", where=root)
+        iteration = find_iteration(root)
+        cfg = read_config(root)
+        shards = list_shards(iteration)
+        declared = cfg.model_parallel_size
+        missing = [r for r in range(declared) if r not in shards]
+        if missing:
+            raise NotFoundError(
+                f"missing shard(s) for rank {', '.join(map(str, missing))} of a TP={declared} checkpoint "
+                f"(found {len(shards)} of {declared})",
+                where=iteration / shard_name(missing[0]),
+                fix="copy every mp_rank_NN_model_states.pt of the checkpoint, or fix model_parallel_size in "
+                    f"{CONFIG_NAME}")
+        extra = sorted(r for r in shards if r >= declared)
+        if extra:
+            raise CorruptFileError(
+                f"found shard(s) for rank {', '.join(map(str, extra))} but {CONFIG_NAME} declares "
+                f"model_parallel_size={declared}",
+                where=shards[extra[0]], fix=f"set model_parallel_size to {max(shards) + 1} or remove the extra files")
+        ck = cls(root, cfg, iteration, [shards[r] for r in range(declared)])
+        if check_tensors:
+            ck.check_tensors()
+        return ck
+
+    def state(self, rank: int) -> dict[str, Any]:
+        """Shard ``rank``'s ``module`` dict, memory-mapped (cached)."""
+        if rank not in self._states:
+            path = self.files[rank]
+            obj = load_torch_checkpoint(path, mmap=True)
+            module = obj.get("module")
+            if not isinstance(module, dict):
+                raise CorruptFileError("the shard has no 'module' state dict", where=path,
+                                       fix="SAT shards are torch.save({'module': state_dict})")
+            self._states[rank] = module
+        return self._states[rank]
+
+    def shard_bits(self, rank: int) -> int | None:
+        """The quantization a shard actually holds, judged from its qkv weight."""
+        import torch
+
+        st = self.state(rank)
+        key = "transformer.layers.0.attention.query_key_value.weight"
+        w = st.get(key)
+        if w is None:
+            raise CorruptFileError(f"the shard lacks {key}", where=self.files[rank])
+        if w.dtype != torch.int8:
+            return None
+        if f"{key}_scale" not in st:
+            raise CorruptFileError(f"{key} is int8 but {key}_scale is missing", where=self.files[rank])
+        in_local = self.config.hidden_size
+        return 8 if w.shape[1] == in_local else 4 if w.shape[1] * 2 == in_local else -1
+
+    def check_tensors(self) -> None:
+        """Keys, shapes, dtypes and quantization of every shard against the config."""
+        import torch
+
+        bits_seen = [self.shard_bits(r) for r in range(self.tp)]
+        if len(set(bits_seen)) > 1:
+            desc = ", ".join(f"rank {r}: {describe_bits(b) if b != -1 else 'unknown packing'}"
+                             for r, b in enumerate(bits_seen))
+            raise CorruptFileError(f"mismatched quantization between shards ({desc})", where=self.iteration,
+                                   fix="re-create the shards from one source with one quantization")
+        if bits_seen[0] != self.bits:
+            raise CorruptFileError(
+                f"the shards hold {describe_bits(bits_seen[0])} linear weights but {CONFIG_NAME} declares "
+                f"quantization_bit_width={self.bits}", where=self.files[0],
+                fix=f"set quantization_bit_width to {bits_seen[0]}" if bits_seen[0] != -1 else None)
+        expected = expected_local(self.config, self.tp, self.bits)
+        for rank in range(self.tp):
+            st = self.state(rank)
+            where = self.files[rank]
+            missing = [k for k in expected if k not in st]
+            if missing:
+                raise CorruptFileError(f"the shard lacks {len(missing)} tensor(s), e.g. {missing[0]}", where=where,
+                                       fix=f"check num_layers and the shards against {CONFIG_NAME}")
+            unknown = [k for k in st if k not in expected and not any(k.endswith(o) for o in OPTIONAL)]
+            if unknown:
+                raise CorruptFileError(f"the shard has tensor(s) GLM-130B does not: {', '.join(unknown[:3])}",
+                                       where=where, fix=f"check num_layers in {CONFIG_NAME}")
+            for key, (shape, kind) in expected.items():
+                t = st[key]
+                if not isinstance(t, torch.Tensor):
+                    raise CorruptFileError(f"{key} is not a tensor", where=where)
+                if tuple(t.shape) != shape:
+                    hint = _tp_hint(tuple(t.shape), shape, self.tp)
+                    raise CorruptFileError(
+                        f"{key} has shape {tuple(t.shape)}, expected {shape} for TP={self.tp}{hint}",
+                        where=where, fix=f"check model_parallel_size and the shapes in {CONFIG_NAME}")
+                if (kind == "int8") != (t.dtype == torch.int8) or (kind == "float" and not t.is_floating_point()):
+                    raise CorruptFileError(f"{key} has dtype {t.dtype}, expected {kind}", where=where)
+
+    def check_world(self, world: int) -> None:
+        """Refuse a world size this checkpoint cannot run on (before any rank starts)."""
+        self.config.check_world(world, where=f"world size {world}")
+        if self.bits is not None and world != self.tp:
+            raise InvalidParameterError(
+                f"this INT{self.bits} checkpoint has TP={self.tp} shards and cannot run on {world} rank(s): "
+                "quantized shards are not repartitioned (row-parallel shards carry their own scales)",
+                where=self.root,
+                fix=f"run with {self.tp} rank(s), or repartition the floating-point checkpoint to TP={world} "
+                    "with --quantize")
+
+    # ---- slicing -------------------------------------------------------------------
+    def local_state(self, rank: int, world: int) -> dict[str, torch.Tensor]:
+        """The tensors rank ``rank`` of a ``world``-rank run keeps (copies, not mmap views)."""
+        self.check_world(world)
+        if world == self.tp:
+            return {k: v.clone() for k, v in self.state(rank).items()}
+        out: dict[str, torch.Tensor] = {}
+        for key in self.state(0):
+            rule = rule_of(key)
+            assert rule is not None
+            sources = range(self.tp) if rule.kind != "replicated" else range(1)
+            parts = [self.state(r)[key] for r in sources]
+            out[key] = take(parts, rule, rank, world) if rule.kind != "replicated" else parts[0].clone()
+        return out
+
+    def shard_states(self, world: int, bits: int | None = None) -> Iterator[dict[str, torch.Tensor]]:
+        """Every target rank's state for ``world`` ranks, one at a time (optionally quantized)."""
+        from openllm_hub_glm130b.quant import quantize_state
+
+        for rank in range(world):
+            st = self.local_state(rank, world)
+            yield quantize_state(st, bits) if bits is not None else st
+
+
+def _tp_hint(actual: tuple[int, ...], expected: tuple[int, ...], tp: int) -> str:
+    for a, e in zip(actual, expected):
+        if a != e and a and e and (e * tp) % a == 0:
+            return f" (it looks like a TP={e * tp // a} shard)"
+    return ""
+
+
+def write_sat(dst: Path, cfg: GLMConfig, states: Iterator[dict[str, torch.Tensor]] | list[dict[str, torch.Tensor]],
+              *, iteration: str = "1", progress: bool = False, total: int | None = None) -> None:
+    """Write a SAT checkpoint into the (existing, empty) folder ``dst``; ``cfg`` describes the shards."""
+    import torch
+
+    folder = dst / iteration
+    folder.mkdir(parents=True, exist_ok=True)
+    count = 0
+    for rank, state in enumerate(track(states, total=total, desc="shards", enabled=progress)):
+        torch.save({"module": state}, folder / shard_name(rank))
+        count += 1
+    if count != cfg.model_parallel_size:
+        raise ConversionError(f"wrote {count} shards, expected {cfg.model_parallel_size}", where=dst)
+    (dst / "latest").write_text(iteration, encoding="utf-8")
+    write_json(dst / CONFIG_NAME, cfg.to_json())
+
+
+def repartition(src: str | Path, dst: str | Path, tp: int, *, bits: int | None = None, force: bool = False,
+                progress: bool = False) -> Path:
+    """Write ``src`` re-split for ``tp`` ranks to ``dst`` (optionally INT8/INT4-quantized)."""
+    ck = SatCheckpoint.open(src)
+    ck.check_world(tp)
+    if ck.bits is not None:
+        raise InvalidParameterError("this checkpoint is already quantized", where=ck.root,
+                                    fix="repartition the floating-point checkpoint (with --quantize if wanted)")
+    out = check_destination(dst, sources=[ck.root], force=force)
+    with atomic_output(out, force=force, is_dir=True) as tmp:
+        write_into(ck, tmp, tp, bits=bits, progress=progress)
+    return out
+
+
+def write_into(ck: SatCheckpoint, tmp: Path, tp: int, *, bits: int | None = None, progress: bool = False) -> None:
+    """Write ``ck`` for ``tp`` ranks into the empty folder ``tmp`` (tokenizer file copied along)."""
+    import shutil
+
+    cfg = ck.config.with_(model_parallel_size=tp, quantization_bit_width=bits)
+    tok = cfg.tokenizer
+    if tok.path and not Path(tok.path).is_absolute() and (ck.root / tok.path).is_file():
+        target = tmp / tok.path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(ck.root / tok.path, target)
+    write_sat(tmp, cfg, ck.shard_states(tp, bits), iteration=ck.iteration.name, progress=progress, total=tp)

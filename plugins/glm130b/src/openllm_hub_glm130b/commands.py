@@ -1,0 +1,193 @@
+"""CLI subcommands of the plugin (added through the ``register_commands`` hook).
+
+* ``plan MODEL --gpus 8x40G [--quantize int8|int4] [--offload] [--batch B --seq S] [--json]``
+* ``glm130b-run MODEL [--nproc N] [-p PROMPT ...]`` (prompts from stdin when none is given)
+* ``glm130b-repartition SRC DST --tp N [--quantize int8|int4]``
+* ``glm130b-init-config CKPT`` (writes the published GLM-130B config next to ``latest``)
+
+Only ``plan`` stays torch-free; the others import the engine when they run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from openllm_hub.errors import InvalidParameterError
+
+
+# ---- plan ------------------------------------------------------------------------------------
+def add_plan(cli: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = cli.add_parser("plan", help="will a model fit on these GPUs? (TP degree, quantization, offload)",
+                       description="Memory per GPU for weights, KV cache and activations, and the layouts that fit. "
+                                   "MODEL: a built-in name (glm-130b, chatglm-6b, llama-7b/13b/30b/65b, "
+                                   "rwkv-4-raven-7b), a GLM-130B checkpoint folder or config, or a config.json.")
+    p.add_argument("model")
+    p.add_argument("--gpus", required=True, help="COUNTxMEMORY, e.g. 8x40G (nominal GiB per GPU) or 8xV100")
+    p.add_argument("--quantize", choices=("int8", "int4"), default=None)
+    p.add_argument("--offload", action="store_true", help="offload as few layers as needed to CPU memory")
+    p.add_argument("--offload-layers", type=int, default=None, help="offload exactly this many layers")
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--seq", type=int, default=None, help="sequence length (default: the model's context)")
+    p.add_argument("--json", action="store_true", help="print a JSON object (fits, per_gpu, proposals)")
+    p.set_defaults(handler=run_plan)
+
+
+def run_plan(args: argparse.Namespace) -> int:
+    from openllm_hub_glm130b.planner import parse_gpus, plan, resolve_spec
+    from openllm_hub_glm130b.quant import parse_bits
+
+    result = plan(resolve_spec(args.model), parse_gpus(args.gpus), quantize=parse_bits(args.quantize),
+                  offload=args.offload, offload_layers=args.offload_layers, batch=args.batch, seq=args.seq)
+    if args.json:
+        print(json.dumps(result.as_dict(), indent=2))
+    else:
+        print(result.render())
+    return 0 if result.fits else 1
+
+
+# ---- run -------------------------------------------------------------------------------------
+def add_run_arguments(p: argparse.ArgumentParser) -> None:
+    """Arguments shared by ``glm130b-run`` and ``python -m openllm_hub_glm130b``."""
+    p.add_argument("model", help="SAT checkpoint folder (latest + mp_rank_NN_model_states.pt + glm130b_config.json)")
+    p.add_argument("-p", "--prompt", action="append", default=None,
+                   help="a prompt (repeatable); may contain [MASK], [sMASK] or [gMASK]. Default: one per stdin line")
+    p.add_argument("--strategy", choices=("greedy", "sample", "beam"), default="sample")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--temperature", type=float, default=None)
+    p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--num-beams", type=int, default=4)
+    p.add_argument("--length-penalty", type=float, default=1.0)
+    p.add_argument("--no-repeat-ngram", type=int, default=0)
+    p.add_argument("--min-new-tokens", type=int, default=0)
+    p.add_argument("--dtype", choices=("fp16", "bf16", "fp32"), default=None,
+                   help="compute dtype (default: fp16 on CUDA, fp32 on CPU)")
+    p.add_argument("--quantize", choices=("int8", "int4"), default=None, help="quantize the linears on load")
+    p.add_argument("--offload-layers", default=None, help="'all' or comma-separated layer numbers kept in CPU memory")
+    p.add_argument("--tokenizer", default=None, help="a sentencepiece .model to use instead of the config's")
+
+
+def job_from_args(args: argparse.Namespace) -> Any:
+    from openllm_hub_glm130b.jobs import GenerateJob
+
+    prompts = args.prompt
+    if not prompts:
+        prompts = [line.rstrip("\n") for line in sys.stdin if line.strip()]
+    if not prompts:
+        raise InvalidParameterError("no prompt given", where="glm130b-run", fix="pass -p TEXT or lines on stdin")
+    params: dict[str, Any] = {"max_new_tokens": args.max_new_tokens}
+    if args.strategy == "greedy":
+        params["temperature"] = 0.0
+    for name in ("temperature", "top_k", "top_p", "seed"):
+        value = getattr(args, name)
+        if value is not None and not (name == "temperature" and args.strategy == "greedy"):
+            params[name] = value
+    return GenerateJob(tuple(prompts), num_beams=args.num_beams if args.strategy == "beam" else None,
+                       params=tuple(params.items()), length_penalty=args.length_penalty,
+                       no_repeat_ngram_size=args.no_repeat_ngram, min_new_tokens=args.min_new_tokens)
+
+
+def spec_from_args(args: argparse.Namespace, device_kind: str) -> Any:
+    from openllm_hub_glm130b.engine import EngineOptions
+    from openllm_hub_glm130b.launch import RunSpec
+    from openllm_hub_glm130b.quant import parse_bits
+
+    dtype = args.dtype or ("fp16" if device_kind == "cuda" else "fp32")
+    off: tuple[int, ...] | str = ()
+    if args.offload_layers:
+        if args.offload_layers == "all":
+            off = "all"
+        else:
+            try:
+                off = tuple(int(x) for x in args.offload_layers.split(","))
+            except ValueError:
+                raise InvalidParameterError(f"cannot parse --offload-layers {args.offload_layers!r}",
+                                            where="--offload-layers", fix="use 'all' or e.g. 0,1,2") from None
+    return RunSpec(str(args.model), EngineOptions(dtype=dtype, quantize=parse_bits(args.quantize),
+                                                  offload_layers=off), args.tokenizer)
+
+
+def add_run(cli: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = cli.add_parser("glm130b-run", help="run a GLM-130B checkpoint with tensor parallelism over N ranks",
+                       description="Spawns --nproc ranks (NCCL on GPUs, gloo on CPU); rank 0 streams the output. "
+                                   "For several machines use torchrun ... -m openllm_hub_glm130b MODEL.")
+    add_run_arguments(p)
+    p.add_argument("--nproc", type=int, default=1, help="tensor-parallel ranks to start on this machine")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.set_defaults(handler=run_run)
+
+
+def run_run(args: argparse.Namespace) -> int:
+    from openllm_hub_glm130b.launch import pick_device, rank_main, spawn
+
+    kind = pick_device(args.device, args.nproc)
+    spec = spec_from_args(args, kind)
+    job = job_from_args(args)
+    if args.nproc == 1:
+        from openllm_hub_glm130b.engine import preflight
+
+        preflight(spec.path, 1, spec.options)
+        rank_main(spec, 0, 1, kind, 0, job)
+    else:
+        spawn(spec, args.nproc, job, device=kind)
+    return 0
+
+
+# ---- repartition / init-config ----------------------------------------------------------------
+def add_repartition(cli: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = cli.add_parser("glm130b-repartition", help="re-split a GLM-130B SAT checkpoint for another TP degree",
+                       description="Writes SRC's shards for --tp ranks to DST (optionally INT8/INT4-quantized per "
+                                   "shard). Quantized checkpoints are refused: repartition the fp16 one.")
+    p.add_argument("src")
+    p.add_argument("dst")
+    p.add_argument("--tp", type=int, required=True)
+    p.add_argument("--quantize", choices=("int8", "int4"), default=None)
+    p.add_argument("--force", action="store_true")
+    p.set_defaults(handler=run_repartition)
+
+
+def run_repartition(args: argparse.Namespace) -> int:
+    from openllm_hub.core.progress import progress_enabled
+    from openllm_hub_glm130b.checkpoint import repartition
+    from openllm_hub_glm130b.quant import parse_bits
+
+    out = repartition(args.src, args.dst, args.tp, bits=parse_bits(args.quantize), force=args.force,
+                      progress=progress_enabled())
+    print(f"wrote a TP={args.tp} checkpoint to {out}")
+    return 0
+
+
+def add_init_config(cli: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = cli.add_parser("glm130b-init-config", help="write the published GLM-130B config into a SAT checkpoint")
+    p.add_argument("ckpt")
+    p.add_argument("--force", action="store_true")
+    p.set_defaults(handler=run_init_config)
+
+
+def run_init_config(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from openllm_hub.core.io import atomic_output, write_json
+    from openllm_hub_glm130b.checkpoint import find_iteration, list_shards
+    from openllm_hub_glm130b.config import CONFIG_NAME, GLM_130B
+
+    root = Path(args.ckpt)
+    shards = list_shards(find_iteration(root))
+    if not shards:
+        raise InvalidParameterError("no mp_rank_NN_model_states.pt in the iteration folder", where=root)
+    cfg = GLM_130B.with_(model_parallel_size=max(shards) + 1)
+    with atomic_output(root / CONFIG_NAME, force=args.force) as tmp:
+        write_json(tmp, cfg.to_json())
+    print(f"wrote {root / CONFIG_NAME} (TP={cfg.model_parallel_size}, icetk tokenizer)")
+    return 0
+
+
+def register(cli: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    add_plan(cli)
+    add_run(cli)
+    add_repartition(cli)
+    add_init_config(cli)

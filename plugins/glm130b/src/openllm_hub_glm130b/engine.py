@@ -1,0 +1,134 @@
+"""One rank's engine, and how rank 0 drives the others.
+
+Every rank holds a :class:`RankEngine` (its model slice and KV cache). Rank 0 runs the user
+API; each engine call it makes is first broadcast as a small ``(op, args)`` message on a gloo
+control group, so the other ranks (in :func:`follow`) make the same call and take part in its
+collectives. With one rank nothing is broadcast. Token choice (sampling, beam search) happens
+on rank 0 only and reaches the others as the next call's ids, so ranks never diverge.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from openllm_hub.errors import InvalidParameterError
+from openllm_hub_glm130b.checkpoint import SatCheckpoint
+from openllm_hub_glm130b.modeling import GLMShard, KVCache
+from openllm_hub_glm130b.parallel import TPGroup
+from openllm_hub_glm130b.quant import quantize_state
+
+if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
+    import numpy.typing as npt
+
+TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """How a rank builds its slice: compute dtype, on-load quantization, offloaded layers."""
+
+    dtype: str = "fp32"
+    quantize: int | None = None
+    offload_layers: tuple[int, ...] | str = ()
+
+
+def offload_set(spec: tuple[int, ...] | str, num_layers: int) -> frozenset[int]:
+    if spec == "all":
+        return frozenset(range(num_layers))
+    if isinstance(spec, str):
+        raise InvalidParameterError(f"offload_layers must be 'all' or layer numbers, got {spec!r}",
+                                    where="offload_layers")
+    bad = [n for n in spec if not 0 <= n < num_layers]
+    if bad:
+        raise InvalidParameterError(f"offload_layers names layer(s) {bad} of a {num_layers}-layer model",
+                                    where="offload_layers", fix=f"use layer numbers 0..{num_layers - 1} or 'all'")
+    return frozenset(spec)
+
+
+def preflight(path: str | Path, world: int, options: EngineOptions) -> SatCheckpoint:
+    """Every check that can fail on bad input, done before any rank starts."""
+    ck = SatCheckpoint.open(path)
+    ck.check_world(world)
+    if options.quantize is not None and ck.bits is not None:
+        raise InvalidParameterError(f"the checkpoint is already INT{ck.bits}", where=ck.root,
+                                    fix="drop the quantize option")
+    if options.dtype not in TORCH_DTYPES:
+        raise InvalidParameterError(f"unknown dtype {options.dtype!r}", where="dtype",
+                                    fix=f"use one of {', '.join(TORCH_DTYPES)}")
+    offload_set(options.offload_layers, ck.config.num_layers)
+    return ck
+
+
+class RankEngine:
+    """This rank's model slice plus the KV cache of the sequence(s) being generated."""
+
+    def __init__(self, ck: SatCheckpoint, tp: TPGroup, device: torch.device, options: EngineOptions) -> None:
+        state = ck.local_state(tp.rank, tp.world)
+        bits = ck.bits
+        if options.quantize is not None:
+            state = quantize_state(state, options.quantize)
+            bits = options.quantize
+        self.config = ck.config.with_(quantization_bit_width=bits, model_parallel_size=tp.world)
+        self.shard = GLMShard(self.config, state, tp, device=device, dtype=TORCH_DTYPES[options.dtype],
+                              offload_layers=offload_set(options.offload_layers, ck.config.num_layers))
+        del state
+        self.tp, self.device = tp, device
+        self.cache: KVCache = self.shard.new_cache(1)
+
+    def start(self, batch: int) -> None:
+        self.cache = self.shard.new_cache(batch)
+
+    @torch.inference_mode()
+    def forward(self, ids: Sequence[Sequence[int]], positions: Sequence[Sequence[int]], context: int,
+                last_only: bool) -> npt.NDArray[np.float32]:
+        t_ids = torch.tensor(ids, dtype=torch.long, device=self.device)
+        t_pos = torch.tensor(positions, dtype=torch.long, device=self.device)
+        return self.shard.forward(t_ids, t_pos, self.cache, context, last_only).cpu().numpy()
+
+    def reorder(self, index: Sequence[int]) -> None:
+        self.cache.reorder(torch.tensor(index, dtype=torch.long, device=self.device))
+
+    def weight_bytes(self) -> dict[str, int]:
+        return self.shard.weight_bytes()
+
+    def close(self) -> None:
+        self.cache = self.shard.new_cache(1)
+
+
+class Backend:
+    """Rank 0's handle on the engines: runs an op locally after telling the other ranks."""
+
+    def __init__(self, engine: RankEngine, control: Any = None, broadcast: bool = False) -> None:
+        self.engine, self.control, self.broadcast = engine, control, broadcast
+        self.closed = False
+
+    def __call__(self, op: str, *args: Any) -> Any:
+        if self.broadcast:
+            import torch.distributed as dist
+
+            dist.broadcast_object_list([(op, args)], src=0, group=self.control)
+        return getattr(self.engine, op)(*args)
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self("close")
+
+
+def follow(engine: RankEngine, control: Any) -> None:
+    """Ranks other than 0: repeat rank 0's engine calls until it closes."""
+    import torch.distributed as dist
+
+    while True:
+        box: list[Any] = [None]
+        dist.broadcast_object_list(box, src=0, group=control)
+        op, args = box[0]
+        getattr(engine, op)(*args)
+        if op == "close":
+            return

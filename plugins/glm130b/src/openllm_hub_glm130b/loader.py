@@ -1,0 +1,100 @@
+"""Building a GLM130BModel: in-process for ``load()`` (TP=1), or on rank 0 of a TP group."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from openllm_hub.core.family import LoadRequest
+from openllm_hub.core.model import ModelInfo
+from openllm_hub.errors import IncompatibleDeviceError
+from openllm_hub_glm130b.checkpoint import SatCheckpoint
+from openllm_hub_glm130b.engine import Backend, EngineOptions, RankEngine, preflight
+from openllm_hub_glm130b.model import GLM130BModel
+from openllm_hub_glm130b.parallel import TPGroup
+from openllm_hub_glm130b.tokenizer import GLMTokenizer, SentencePieceGLMTokenizer, build_tokenizer
+
+
+def make_tokenizer(ck: SatCheckpoint, override: str | Path | None = None) -> GLMTokenizer:
+    """The config's tokenizer, or a sentencepiece model at ``override`` with the config's commands."""
+    spec = ck.config.tokenizer
+    if override is not None:
+        return SentencePieceGLMTokenizer(override, spec.commands, spec.id_offset)
+    return build_tokenizer(spec, ck.root)
+
+
+def model_info(ck: SatCheckpoint, engine: RankEngine, device: str, dtype: str) -> ModelInfo:
+    cfg = engine.config
+    return ModelInfo(
+        family="glm130b", format="sat", engine="torch-tp", path=str(ck.root), device=device,
+        parameters=cfg.n_params(), quantization=None if cfg.quantization_bit_width is None
+        else f"int{cfg.quantization_bit_width}", context_length=cfg.max_sequence_length,
+        vocab_size=cfg.vocab_size, dtype=dtype,
+        extra={"tensor_parallel": engine.tp.world, "checkpoint_tp": ck.tp,
+               "offloaded_layers": sorted(engine.shard.offload_layers), "weight_bytes_rank0": engine.weight_bytes()})
+
+
+def build_model(ck: SatCheckpoint, engine: RankEngine, backend: Backend, device: str, dtype: str,
+                tokenizer: str | Path | None = None) -> GLM130BModel:
+    return GLM130BModel(model_info(ck, engine, device, dtype), backend, make_tokenizer(ck, tokenizer), engine.config)
+
+
+def refuse_if_too_big(ck: SatCheckpoint, options: EngineOptions, device: torch.device) -> None:
+    """Ask the planner whether this rank's slice fits where it is going; refuse early with numbers."""
+    from openllm_hub_glm130b.planner import GIB, RESERVE_GIB, estimate, spec_from_glm
+
+    offloaded = options.offload_layers
+    n_off = ck.config.num_layers if offloaded == "all" else len(offloaded)
+    bits = ck.bits or options.quantize
+    dtype_bytes = 4 if options.dtype == "fp32" else 2
+    est = estimate(spec_from_glm(ck.config), tp=1, bits=bits, offload_layers=n_off, dtype_bytes=dtype_bytes,
+                   reserve_gib=RESERVE_GIB if device.type == "cuda" else 0.0)
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        capacity, what = free, f"GPU {device.index} has {free / GIB:.1f} GiB free"
+    else:
+        capacity = _available_ram()
+        if capacity is None:
+            return
+        what = f"this machine has {capacity / GIB:.1f} GiB of memory available"
+    need = est.total_bytes
+    if need > capacity:
+        raise IncompatibleDeviceError(
+            f"the model needs about {need / GIB:.1f} GiB here ({est.describe()}) but {what}",
+            where=ck.root,
+            fix=f"run `openllm-hub plan {ck.root} --gpus NxMEM` for a layout that fits (tensor parallelism with "
+                "glm130b-run --nproc, quantize='int8'/'int4', offload_layers)")
+
+
+def _available_ram() -> int | None:
+    try:
+        with open("/proc/meminfo", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def load_sat(req: LoadRequest) -> GLM130BModel:
+    """The family's ``load``: one in-process rank (TP=1) on the planned device."""
+    from openllm_hub_glm130b.plugin import GLMOptions
+    from openllm_hub_glm130b.quant import parse_bits
+
+    opts = req.options
+    assert isinstance(opts, GLMOptions)
+    pl = req.placement
+    device = torch.device(f"cuda:{pl.gpu_ids[0]}" if pl.kind == "cuda" else "cpu")
+    offload: Any = opts.offload_layers if opts.offload_layers is not None else ()
+    options = EngineOptions(dtype=pl.dtype, quantize=parse_bits(opts.quantize),
+                            offload_layers=offload if offload == "all" else tuple(offload))
+    ck = preflight(req.path, 1, options)
+    if opts.check_memory:
+        refuse_if_too_big(ck, options, device)
+    if pl.threads:
+        torch.set_num_threads(pl.threads)
+    engine = RankEngine(ck, TPGroup(), device, options)
+    return build_model(ck, engine, Backend(engine), str(device), pl.dtype, opts.tokenizer)

@@ -1,0 +1,159 @@
+"""GLM130BModel: the common Model API over the rank engines, plus beam search and blank filling.
+
+``load()`` builds it with one in-process rank (TP=1); the launcher builds it on rank 0 of a
+tensor-parallel group, where each engine call is mirrored on the other ranks.
+
+Prompts: ``generate("text")`` continues the text left to right (``[gMASK]`` and ``<sop>`` are
+appended, as GLM-130B's ``generate.py`` does); a text with ``[MASK]``/``[sMASK]`` generates
+its first blank. :meth:`fill_blanks` fills every blank and returns the whole text.
+:meth:`logits` on ids that contain ``<sop>`` uses GLM's layout (bidirectional context up to
+``<sop>``, mask positions); ids without ``<sop>`` are read as plain causal text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from openllm_hub.core.config import GenerationConfig
+from openllm_hub.core.generate import generate_tokens
+from openllm_hub.core.model import Model, ModelInfo
+from openllm_hub.errors import InvalidParameterError
+from openllm_hub_glm130b.beam import Beam, beam_search, check_params
+from openllm_hub_glm130b.blanks import BlankFill, fill_blanks
+from openllm_hub_glm130b.config import GLMConfig
+from openllm_hub_glm130b.layout import layout_of
+from openllm_hub_glm130b.tokenizer import GLMTokenizer, encode_with_masks, generation_prompt
+
+if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
+    import numpy.typing as npt
+
+    from openllm_hub_glm130b.engine import Backend
+
+
+@dataclass(frozen=True)
+class BeamResult:
+    text: str
+    token_ids: tuple[int, ...]
+    score: float
+    normalized_score: float
+    finished: bool
+
+
+class GLM130BModel(Model):
+    """A GLM-130B-shaped model on one or more tensor-parallel ranks."""
+
+    default_chat_template = "plain"
+    #: GLM-130B's scripts/generate.sh: temperature 1.0, top-k off, top-p 0.7, no repetition penalty.
+    generation_defaults = GenerationConfig(temperature=1.0, top_k=0, top_p=0.7, repeat_penalty=1.0)
+
+    def __init__(self, info: ModelInfo, backend: Backend, tokenizer: GLMTokenizer, config: GLMConfig) -> None:
+        cmds = tokenizer.commands
+        super().__init__(info, eos_token_ids=(cmds["<eop>"], cmds["<eos>"]))
+        self.backend, self.tokenizer, self.config = backend, tokenizer, config
+
+    # ---- the engine contract -------------------------------------------------------
+    def _tokenize(self, text: str, add_special: bool) -> list[int]:
+        return generation_prompt(self.tokenizer, text) if add_special else encode_with_masks(self.tokenizer, text)
+
+    def _detokenize(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(ids))
+
+    def _check_ids(self, ids: Sequence[int]) -> None:
+        bad = [i for i in ids if not 0 <= i < self.config.vocab_size]
+        if bad:
+            raise InvalidParameterError(f"token id {bad[0]} is outside the vocabulary of {self.config.vocab_size}",
+                                        where="token ids")
+        if len(ids) > self.config.max_sequence_length:
+            raise InvalidParameterError(f"{len(ids)} ids exceed the context of {self.config.max_sequence_length}",
+                                        where="token ids")
+
+    def _logits(self, ids: list[int]) -> npt.NDArray[np.float32]:
+        self._check_ids(ids)
+        lay = layout_of(ids, self.tokenizer.commands)
+        self.backend("start", 1)
+        out = self.backend("forward", [ids], [lay.positions(0, len(ids))], lay.context, False)
+        return out[0]  # type: ignore[no-any-return]
+
+    def _token_stream(self, prompt_ids: list[int], config: GenerationConfig) -> Iterator[int]:
+        self._check_ids(prompt_ids)
+        lay = layout_of(prompt_ids, self.tokenizer.commands)
+        done = 0
+
+        def step(new_ids: Sequence[int]) -> npt.NDArray[np.float32]:
+            nonlocal done
+            out = self.backend("forward", [list(new_ids)], [lay.positions(done, len(new_ids))], lay.context, True)
+            done += len(new_ids)
+            return out[0, -1]  # type: ignore[no-any-return]
+
+        self.backend("start", 1)
+        ctx = self.config.max_sequence_length
+        yield from generate_tokens(step, prompt_ids, config, context_length=ctx, prompt_chunk=ctx)
+
+    def _close(self) -> None:
+        self.backend.close()
+
+    # ---- beam search and blank filling --------------------------------------------
+    def beam_search(self, prompt: str | Sequence[int], *, num_beams: int = 4, max_new_tokens: int = 32,
+                    length_penalty: float = 1.0, no_repeat_ngram_size: int = 0,
+                    min_new_tokens: int = 0) -> list[BeamResult]:
+        """The best ``num_beams`` continuations of ``prompt`` (text, or ids as :meth:`tokenize` gives)."""
+        self._check_open()
+        check_params(num_beams, max_new_tokens, min_new_tokens, no_repeat_ngram_size)
+        ids = self._tokenize(prompt, True) if isinstance(prompt, str) else list(prompt)
+        self._check_ids(ids)
+        max_new_tokens = min(max_new_tokens, self.config.max_sequence_length - len(ids))
+        if max_new_tokens < 1:
+            raise InvalidParameterError("the prompt fills the whole context", where="beam search")
+        lay = layout_of(ids, self.tokenizer.commands)
+        with self._lock:
+            self.backend("start", 1)
+            first = self.backend("forward", [ids], [lay.positions(0, len(ids))], lay.context, True)[0, -1]
+            done = len(ids)
+
+            def step(rows: list[int], tokens: list[int]) -> npt.NDArray[np.float32]:
+                nonlocal done
+                self.backend("reorder", rows)
+                out = self.backend("forward", [[t] for t in tokens], [[lay.position(done)]] * len(tokens),
+                                   lay.context, True)
+                done += 1
+                return out[:, -1]  # type: ignore[no-any-return]
+
+            beams = beam_search(first, step, num_beams=num_beams, max_new_tokens=max_new_tokens,
+                                end_ids=sorted(self.eos_token_ids), length_penalty=length_penalty,
+                                no_repeat_ngram_size=no_repeat_ngram_size, min_new_tokens=min_new_tokens)
+        return [self._beam_result(b) for b in beams]
+
+    def _beam_result(self, beam: Beam) -> BeamResult:
+        body = beam.tokens[:-1] if beam.finished else beam.tokens
+        return BeamResult(self._detokenize(body), beam.tokens, beam.score, beam.normalized, beam.finished)
+
+    def fill_blanks(self, text: str, *, num_beams: int | None = None, on_text: Callable[[str], None] | None = None,
+                    length_penalty: float = 1.0, no_repeat_ngram_size: int = 0, min_new_tokens: int = 0,
+                    **params: Any) -> BlankFill:
+        """Fill every ``[MASK]``/``[sMASK]`` (or the appended ``[gMASK]``) of ``text``.
+
+        Sampling/greedy take :class:`GenerationConfig` fields; ``num_beams`` switches to beam
+        search (the best beam fills each blank). ``on_text`` receives text as it is produced.
+        """
+        self._check_open()
+        config = GenerationConfig.build(self.generation_defaults, **params)
+
+        def complete(ids: list[int]) -> list[int]:
+            if num_beams:
+                best = self.beam_search(ids, num_beams=num_beams, max_new_tokens=config.max_new_tokens,
+                                        length_penalty=length_penalty, no_repeat_ngram_size=no_repeat_ngram_size,
+                                        min_new_tokens=min_new_tokens)[0]
+                if on_text is not None:
+                    on_text(best.text)
+                return list(best.token_ids)
+            out: list[int] = []
+            for chunk in self._stream_ids(ids, config):
+                out.extend(chunk.token_ids)
+                if on_text is not None and chunk.text:
+                    on_text(chunk.text)
+            return out
+
+        return fill_blanks(self.tokenizer, text, complete)

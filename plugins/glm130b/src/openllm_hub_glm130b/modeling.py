@@ -1,0 +1,219 @@
+"""The GLM-130B transformer on one tensor-parallel rank (own torch implementation).
+
+Architecture (SwissArmyTransformer's ``GLM130B`` model, ``--layernorm-order post``):
+
+* word embeddings, vocab-parallel; no position embedding; output logits from the same
+  (tied) embedding matrix after a final LayerNorm;
+* per layer, DeepNorm with ``alpha = (2 * num_layers) ** 0.5``::
+
+      a = LN1(h);  h = a * alpha + Attention(a)
+      m = LN2(h);  h = m * alpha + GeGLU-MLP(m)
+
+* attention: fused qkv (column-parallel, bias) laid out per head as ``[q k v]``; rotary
+  embeddings (GPT-NeoX "rotate half", base 10000) over the whole head on 1D position ids;
+  scores ``q k^T / sqrt(head_dim)`` with softmax in fp32; bidirectional over the context
+  prefix and causal after it; the output projection is row-parallel;
+* MLP: ``dense_h_to_4h`` (column-parallel, 2 x inner) -> ``x1 * gelu(x2)`` -> ``dense_4h_to_h``
+  (row-parallel).
+
+For fp16 the query is divided by ``layer + 1`` before the product and the fp32 scores
+multiplied back, as GLM-130B does to keep deep layers' scores from overflowing.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from openllm_hub_glm130b.config import GLMConfig
+from openllm_hub_glm130b.parallel import (
+    ColumnParallelLinear,
+    RowParallelLinear,
+    TPGroup,
+    VocabParallelEmbedding,
+    WeightStore,
+)
+
+MASKED = -10000.0  # the fill value GLM-130B uses for masked scores (exp underflows to 0 in fp32)
+
+
+@dataclass
+class Layer:
+    ln1_w: torch.Tensor
+    ln1_b: torch.Tensor
+    qkv: ColumnParallelLinear
+    dense: RowParallelLinear
+    ln2_w: torch.Tensor
+    ln2_b: torch.Tensor
+    h_to_4h: ColumnParallelLinear
+    four_h_to_h: RowParallelLinear
+
+
+class KVCache:
+    """Keys and values of every layer for a batch of sequences, grown by doubling."""
+
+    def __init__(self, layers: int, batch: int, heads: int, head_dim: int, dtype: torch.dtype,
+                 device: torch.device) -> None:
+        self.layers, self.batch, self.heads, self.head_dim = layers, batch, heads, head_dim
+        self.dtype, self.device = dtype, device
+        self.length = 0
+        self.k: list[torch.Tensor] = []
+        self.v: list[torch.Tensor] = []
+
+    def append(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store ``k, v`` ``[B, H, T, D]`` after the cached ones; return all of them so far."""
+        new = self.length + k.shape[2]
+        if layer == len(self.k):
+            cap = max(16, new)
+            shape = (self.batch, self.heads, cap, self.head_dim)
+            self.k.append(torch.empty(shape, dtype=self.dtype, device=self.device))
+            self.v.append(torch.empty(shape, dtype=self.dtype, device=self.device))
+        if new > self.k[layer].shape[2]:
+            cap = max(new, 2 * self.k[layer].shape[2])
+            for store in (self.k, self.v):
+                old = store[layer]
+                grown = torch.empty((self.batch, self.heads, cap, self.head_dim), dtype=self.dtype,
+                                    device=self.device)
+                grown[:, :, : self.length] = old[:, :, : self.length]
+                store[layer] = grown
+        self.k[layer][:, :, self.length : new] = k
+        self.v[layer][:, :, self.length : new] = v
+        return self.k[layer][:, :, :new], self.v[layer][:, :, :new]
+
+    def advance(self, n: int) -> None:
+        self.length += n
+
+    def reorder(self, index: torch.Tensor) -> None:
+        """Keep/duplicate batch rows (beam search): row ``i`` becomes old row ``index[i]``."""
+        self.k = [t.index_select(0, index) for t in self.k]
+        self.v = [t.index_select(0, index) for t in self.v]
+        self.batch = int(index.shape[0])
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+class GLMShard:
+    """One rank's slice of the model, built from that rank's state dict."""
+
+    def __init__(self, cfg: GLMConfig, state: Mapping[str, torch.Tensor], tp: TPGroup, *, device: torch.device,
+                 dtype: torch.dtype, offload_layers: frozenset[int] = frozenset()) -> None:
+        cfg.check_world(tp.world)
+        self.cfg, self.tp, self.device, self.dtype = cfg, tp, device, dtype
+        self.heads = cfg.num_attention_heads // tp.world
+        self.head_dim = cfg.head_dim
+        self.alpha = (2.0 * cfg.num_layers) ** 0.5
+        self.offload_layers = offload_layers
+
+        def vec(key: str) -> torch.Tensor:
+            return state[key].to(device=device, dtype=dtype)
+
+        def store(key: str, offload: bool) -> WeightStore:
+            scale = state.get(key + "_scale")
+            bits = None
+            if scale is not None:
+                bits = 8 if state[key].shape[1] == _in_features(cfg, key, tp.world) else 4
+            return WeightStore(state[key], scale=scale, bits=bits, device=device, dtype=dtype, offload=offload)
+
+        self.embedding = VocabParallelEmbedding(vec("transformer.word_embeddings.weight"), tp)
+        self.final_w = vec("transformer.final_layernorm.weight")
+        self.final_b = vec("transformer.final_layernorm.bias")
+        self.layers: list[Layer] = []
+        for n in range(cfg.num_layers):
+            p = f"transformer.layers.{n}."
+            off = n in offload_layers
+            self.layers.append(Layer(
+                ln1_w=vec(p + "input_layernorm.weight"), ln1_b=vec(p + "input_layernorm.bias"),
+                qkv=ColumnParallelLinear(store(p + "attention.query_key_value.weight", off),
+                                         vec(p + "attention.query_key_value.bias")),
+                dense=RowParallelLinear(store(p + "attention.dense.weight", off), vec(p + "attention.dense.bias"), tp),
+                ln2_w=vec(p + "post_attention_layernorm.weight"), ln2_b=vec(p + "post_attention_layernorm.bias"),
+                h_to_4h=ColumnParallelLinear(store(p + "mlp.dense_h_to_4h.weight", off),
+                                             vec(p + "mlp.dense_h_to_4h.bias")),
+                four_h_to_h=RowParallelLinear(store(p + "mlp.dense_4h_to_h.weight", off),
+                                              vec(p + "mlp.dense_4h_to_h.bias"), tp),
+            ))
+        half = torch.arange(0, self.head_dim, 2, dtype=torch.float32, device=device) / self.head_dim
+        self.inv_freq = 1.0 / (10000.0 ** half)
+
+    # ---- memory accounting (benchmarks, info) ------------------------------------------
+    def weight_bytes(self) -> dict[str, int]:
+        """Bytes of weights held on the compute device and in CPU memory (offloaded)."""
+        dev = cpu = 0
+        small = [self.embedding.weight, self.final_w, self.final_b]
+        for layer in self.layers:
+            small += [layer.ln1_w, layer.ln1_b, layer.ln2_w, layer.ln2_b, layer.qkv.bias, layer.dense.bias,
+                      layer.h_to_4h.bias, layer.four_h_to_h.bias]
+            for lin in (layer.qkv, layer.dense, layer.h_to_4h, layer.four_h_to_h):
+                if lin.weight.offload:
+                    cpu += lin.weight.nbytes
+                else:
+                    dev += lin.weight.nbytes
+        dev += sum(t.numel() * t.element_size() for t in small)
+        return {"device": dev, "offloaded": cpu}
+
+    # ---- forward ---------------------------------------------------------------------
+    def new_cache(self, batch: int) -> KVCache:
+        return KVCache(self.cfg.num_layers, batch, self.heads, self.head_dim, self.dtype, self.device)
+
+    def _rotary(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        freqs = positions.to(torch.float32)[..., None] * self.inv_freq  # [B, T, D/2]
+        emb = torch.cat((freqs, freqs), dim=-1)[:, :, None, :]  # [B, T, 1, D]
+        return emb.cos().to(self.dtype), emb.sin().to(self.dtype)
+
+    def forward(self, ids: torch.Tensor, positions: torch.Tensor, cache: KVCache, context: int,
+                last_only: bool = True) -> torch.Tensor:
+        """Logits (float32, full vocabulary) of the new ``ids`` ``[B, T]`` appended to ``cache``.
+
+        ``context``: how many leading tokens of the whole sequence are attended bidirectionally.
+        With ``last_only`` only the last position's logits are computed (``[B, 1, V]``).
+        """
+        past, t = cache.length, ids.shape[1]
+        q_idx = torch.arange(past, past + t, device=self.device)
+        k_idx = torch.arange(past + t, device=self.device)
+        allowed = (k_idx[None, :] <= q_idx[:, None]) | (k_idx[None, :] < context)  # [T, S]
+        cos, sin = self._rotary(positions)
+        h = self.embedding(ids)
+        for n, layer in enumerate(self.layers):
+            h = self._layer(n, layer, h, cos, sin, allowed, cache)
+        cache.advance(t)
+        if last_only:
+            h = h[:, -1:]
+        h = F.layer_norm(h, (self.cfg.hidden_size,), self.final_w, self.final_b, self.cfg.layernorm_epsilon)
+        return self.embedding.logits(h).float()
+
+    def _layer(self, n: int, layer: Layer, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+               allowed: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        eps, size = self.cfg.layernorm_epsilon, (self.cfg.hidden_size,)
+        b, t, _ = h.shape
+        a = F.layer_norm(h, size, layer.ln1_w, layer.ln1_b, eps)
+        qkv = layer.qkv(a).view(b, t, self.heads, 3 * self.head_dim)
+        q, k, v = qkv.split(self.head_dim, dim=-1)  # each [B, T, H, D]
+        q = q * cos + rotate_half(q) * sin
+        k = k * cos + rotate_half(k) * sin
+        keys, values = cache.append(n, k.transpose(1, 2), v.transpose(1, 2))  # [B, H, S, D]
+        coeff = float(n + 1) if self.dtype == torch.float16 else 1.0
+        q = q.transpose(1, 2) / (math.sqrt(self.head_dim) * coeff)
+        scores = torch.matmul(q, keys.transpose(-1, -2)).float() * coeff
+        scores = scores.masked_fill(~allowed, MASKED)
+        probs = torch.softmax(scores, dim=-1).to(self.dtype)
+        ctx = torch.matmul(probs, values).transpose(1, 2).reshape(b, t, self.heads * self.head_dim)
+        h = a * self.alpha + layer.dense(ctx)
+        m = F.layer_norm(h, size, layer.ln2_w, layer.ln2_b, eps)
+        x1, x2 = layer.h_to_4h(m).chunk(2, dim=-1)
+        return m * self.alpha + layer.four_h_to_h(x1 * F.gelu(x2))
+
+
+def _in_features(cfg: GLMConfig, key: str, world: int) -> int:
+    """Input features of a linear layer's local weight (row-parallel ones are split)."""
+    if key.endswith("attention.dense.weight"):
+        return cfg.hidden_size // world
+    if key.endswith("mlp.dense_4h_to_h.weight"):
+        return cfg.inner_hidden_size // world
+    return cfg.hidden_size

@@ -1,0 +1,116 @@
+"""Hook implementations of the GLM-130B plugin: the ``glm130b`` family and its CLI commands.
+
+Nothing heavy is imported here; torch and the engine load inside the functions that run them.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from openllm_hub import hookimpl
+from openllm_hub.core.convert import Converter, ConvertRequest
+from openllm_hub.core.detect import Probe
+from openllm_hub.core.device import DeviceSupport
+from openllm_hub.core.family import Detection, Family, LoadRequest
+from openllm_hub.core.model import Model
+from openllm_hub.core.quantize import Quantizer, QuantizeRequest
+from openllm_hub_glm130b.config import CONFIG_NAME, MODEL_TYPE
+
+OPENLLM_HUB_API_VERSION = 1
+
+
+class GLMOptions(BaseModel):
+    """Load options of the glm130b family (device options dtype/threads are the core's)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    quantize: Literal["int8", "int4"] | None = Field(None, description="quantize the linear layers while loading")
+    offload_layers: list[int] | Literal["all"] | None = Field(
+        None, description="layers whose weights stay in CPU memory and move to the device per step")
+    tokenizer: str | None = Field(None, description="a sentencepiece .model replacing the config's tokenizer")
+    check_memory: bool = Field(True, description="refuse early (with the planner's numbers) when it will not fit")
+
+
+def _detect(probe: Probe) -> Detection | None:
+    if not probe.has("latest"):
+        return None
+    cfg = probe.json(CONFIG_NAME)
+    if cfg is not None and cfg.get("model_type") == MODEL_TYPE:
+        return Detection("sat", 0.95, f"SwissArmyTransformer checkpoint with {CONFIG_NAME} (model_type={MODEL_TYPE})")
+    name = (probe.path / "latest").read_text(encoding="utf-8", errors="replace").strip()
+    folder = probe.path / name
+    if name and folder.is_dir() and any(p.name.startswith("mp_rank_") for p in folder.iterdir()):
+        return Detection("sat", 0.4, f"SwissArmyTransformer checkpoint without {CONFIG_NAME}")
+    return None
+
+
+def _load(req: LoadRequest) -> Model:
+    from openllm_hub_glm130b.loader import load_sat
+
+    return load_sat(req)
+
+
+def _repartition(req: ConvertRequest) -> None:
+    from openllm_hub_glm130b.checkpoint import SatCheckpoint, write_into
+    from openllm_hub_glm130b.quant import parse_bits
+
+    ck = SatCheckpoint.open(req.src)
+    tp = int(req.options.get("tp", ck.tp))
+    ck.check_world(tp)
+    bits = None if req.outtype in (None, "auto") else parse_bits(req.outtype)
+    if ck.bits is not None:
+        from openllm_hub.errors import InvalidParameterError
+
+        raise InvalidParameterError("this checkpoint is already quantized", where=ck.root,
+                                    fix="repartition the floating-point checkpoint")
+    write_into(ck, req.dst, tp, bits=bits, progress=req.progress)
+
+
+def _quantize(req: QuantizeRequest) -> None:
+    from openllm_hub_glm130b.checkpoint import SatCheckpoint, write_into
+    from openllm_hub_glm130b.quant import parse_bits
+
+    ck = SatCheckpoint.open(req.src)
+    write_into(ck, req.dst, ck.tp, bits=parse_bits(req.scheme), progress=req.progress)
+
+
+FAMILY = Family(
+    name="glm130b",
+    aliases=("glm-130b",),
+    description="GLM-130B-shaped models from SwissArmyTransformer checkpoints, tensor-parallel on torch.distributed",
+    formats=("sat",),
+    detect=_detect,
+    load=_load,
+    options=GLMOptions,
+    devices=(
+        DeviceSupport("cuda", ("fp16", "bf16", "fp32")),
+        DeviceSupport("cpu", ("fp32", "bf16")),
+    ),
+    converters=(
+        Converter("sat", "sat", _repartition, outtypes=("auto", "int8", "int4"), default_outtype="auto",
+                  output_is_dir=True,
+                  # re-splitting moves values without changing them; only the all-reduce order differs
+                  verify_bounds={"auto": 1e-5},
+                  description="re-split for another TP degree (options: tp=N); int8/int4 quantize per shard"),
+    ),
+    quantizers=(
+        Quantizer("sat", ("int8", "int4"), _quantize, output_is_dir=True,
+                  description="INT8/INT4 weight-only quantization of the linear layers, per shard (per-row scales)"),
+    ),
+)
+
+
+@hookimpl
+def register_families(register: Callable[[Family], None]) -> None:
+    register(FAMILY)
+
+
+@hookimpl
+def register_commands(cli: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    from openllm_hub_glm130b.commands import register
+
+    register(cli)
