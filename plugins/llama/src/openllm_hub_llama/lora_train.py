@@ -358,7 +358,7 @@ class _Trainer:
                     for mb in group:
                         loss = self._loss(pad_batch(mb, self.pad_id)) / len(group)
                         loss.backward()
-                        total += float(loss)
+                        total += float(loss.detach())
                     torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad], 1.0)
                     self.optimizer.step()
                     self.scheduler.step()
