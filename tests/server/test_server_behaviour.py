@@ -242,6 +242,18 @@ def test_full_queue_gets_429_with_retry_after(model: Model, paced: Any, serve: C
     assert httpx.post(srv.url + "/v1/completions", json=body, timeout=60).status_code == 200
 
 
+def test_slot_is_free_when_the_answer_arrives(model: Model, serve: Callable[..., Any]) -> None:
+    """A client that sends its next request as soon as it has an answer never meets a full queue."""
+    srv = serve(create_app(model, queue_size=0))
+    with httpx.Client(base_url=srv.url, timeout=60) as c:
+        for i in range(40):
+            stream = i % 2 == 1
+            r = c.post("/v1/chat/completions", json=chat_body(max_tokens=4, seed=i, stream=stream))
+            assert r.status_code == 200, r.text
+            if stream:
+                assert r.text.endswith("data: [DONE]\n\n")
+
+
 def test_streaming_client_disconnect_cancels_generation(model: Model, paced: Any, serve: Callable[..., Any],
                                                         eventually: Callable[..., None],
                                                         long_answer_seed: Callable[..., int]) -> None:

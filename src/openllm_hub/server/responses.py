@@ -79,14 +79,8 @@ class JobResponse(Response):
                 return
 
     async def _events(self) -> list[Event]:
-        """The next event, plus any that are already waiting (sent in one write)."""
-        events = [await self.job.next_event()]
-        while isinstance(events[-1], Chunk) and events[-1].finish_reason is None:
-            try:
-                events.append(self.job._events.get_nowait())
-            except asyncio.QueueEmpty:
-                break
-        return events
+        """The events that arrived since the last look (sent in one write)."""
+        return await self.job.next_events()
 
     async def _send_whole(self, scope: Scope, receive: Receive, send: Send) -> None:
         texts: list[str] = []

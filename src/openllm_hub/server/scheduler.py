@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import math
 import threading
 import time
@@ -44,13 +45,20 @@ class ShuttingDownError(Exception):
 
 
 class Job:
-    """One admitted generation. Created by :meth:`Scheduler.submit`; read with :meth:`next_event`."""
+    """One admitted generation. Created by :meth:`Scheduler.submit`; read with :meth:`next_events`.
+
+    Events wait in a buffer; the worker wakes the event loop only when it is not already
+    due to look, so a fast model does not pay one cross-thread wake-up per token.
+    """
 
     def __init__(self, start: StartFn, loop: asyncio.AbstractEventLoop, scheduler: Scheduler) -> None:
         self._start = start
         self._loop = loop
         self._scheduler = scheduler
-        self._events: asyncio.Queue[Event] = asyncio.Queue()
+        self._buffer: deque[Event] = deque()
+        self._buffer_lock = threading.Lock()
+        self._wake_pending = False
+        self._ready = asyncio.Event()
         self._cancel = threading.Event()
         self.tokens = 0
 
@@ -65,35 +73,59 @@ class Job:
         self._cancel.set()
         self._scheduler._forget_waiting(self)
 
-    async def next_event(self) -> Event:
-        return await self._events.get()
+    async def next_events(self) -> list[Event]:
+        """Every event posted since the last call; waits for at least one."""
+        while True:
+            with self._buffer_lock:
+                if self._buffer:
+                    events = list(self._buffer)
+                    self._buffer.clear()
+                    return events
+                self._ready.clear()
+            await self._ready.wait()
+
+    def _wake(self) -> None:
+        with self._buffer_lock:
+            self._wake_pending = False
+        self._ready.set()
 
     def _post(self, event: Event) -> None:
+        with self._buffer_lock:
+            self._buffer.append(event)
+            if self._wake_pending:
+                return
+            self._wake_pending = True
         # The loop is gone when the server stopped without waiting for us; nobody listens then.
         with contextlib.suppress(RuntimeError):
-            self._loop.call_soon_threadsafe(self._events.put_nowait, event)
+            self._loop.call_soon_threadsafe(self._wake)
 
-    def _run(self) -> None:
-        """Worker thread: iterate the model's stream until it ends, fails or is cancelled."""
-        if self._cancel.is_set():
-            self._post(None)
-            return
-        try:
-            stream = self._start()
+    def _run(self, release: Callable[[], None]) -> None:
+        """Worker thread: iterate the model's stream until it ends, fails or is cancelled.
+
+        The slot is released *before* the last event is posted: a client that sends its next
+        request as soon as it has its answer must find the slot free.
+        """
+        final: Event = None
+        if not self._cancel.is_set():
             try:
-                for chunk in stream:
-                    self.tokens += len(chunk.token_ids)
-                    self._post(chunk)
-                    if self._cancel.is_set():
-                        break
-            finally:
-                close = getattr(stream, "close", None)
-                if close is not None:
-                    close()
-        except Exception as exc:  # noqa: BLE001 - reported to the one request that caused it
-            self._post(exc)
-            return
-        self._post(None)
+                stream = self._start()
+                try:
+                    for chunk in stream:
+                        self.tokens += len(chunk.token_ids)
+                        if chunk.finish_reason is not None:
+                            final = chunk
+                            break
+                        self._post(chunk)
+                        if self._cancel.is_set():
+                            break
+                finally:
+                    close = getattr(stream, "close", None)
+                    if close is not None:
+                        close()
+            except Exception as exc:  # noqa: BLE001 - reported to the one request that caused it
+                final = exc
+        release()
+        self._post(final)
 
 
 @dataclass(frozen=True)
@@ -177,11 +209,17 @@ class Scheduler:
                 if not self._waiting:
                     return
                 job = self._running = self._waiting.popleft()
-            t0 = time.perf_counter()
+            release = functools.partial(self._release, job, time.perf_counter())
             try:
-                job._run()
+                job._run(release)
             finally:
-                with self._cond:
-                    self._running = None
-                    self._completed += 1
-                    self._avg_seconds = 0.8 * self._avg_seconds + 0.2 * (time.perf_counter() - t0)
+                release()
+
+    def _release(self, job: Job, t0: float) -> None:
+        """Free the running slot (once per job)."""
+        with self._cond:
+            if self._running is not job:
+                return
+            self._running = None
+            self._completed += 1
+            self._avg_seconds = 0.8 * self._avg_seconds + 0.2 * (time.perf_counter() - t0)
