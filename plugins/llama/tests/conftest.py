@@ -7,6 +7,7 @@ written once per test session, whichever test asks first.
 from __future__ import annotations
 
 import json
+import struct
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -84,3 +85,62 @@ def tiny_gguf_factory(tmp_path_factory: pytest.TempPathFactory,
 def tiny_hf(tiny_hf_factory: Callable[..., Path]) -> Path:
     """The default tiny LLaMA (MHA, untied, f32, one safetensors file)."""
     return tiny_hf_factory()
+
+
+# ---- engines, quantizer (helper L2) --------------------------------------------------------------
+def _read_gguf_tensor_infos(path: Path) -> tuple[list[tuple[str, tuple[int, ...], int, int]], int, int]:
+    """(name, dims, ggml type, offset) of every tensor, the data section's start and the
+    alignment, read straight from the GGUF layout (independent of the plugin's readers)."""
+    data = path.read_bytes()
+    pos = 4
+    _version, n_tensors, n_kv = struct.unpack_from("<IQQ", data, pos)
+    pos += 20
+    fixed = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
+
+    def skip(vtype: int) -> None:
+        nonlocal pos
+        if vtype in fixed:
+            pos += fixed[vtype]
+        elif vtype == 8:
+            (n,) = struct.unpack_from("<Q", data, pos)
+            pos += 8 + n
+        elif vtype == 9:
+            etype, n = struct.unpack_from("<IQ", data, pos)
+            pos += 12
+            if etype in fixed:
+                pos += fixed[etype] * n
+            else:
+                for _ in range(n):
+                    skip(etype)
+        else:
+            raise AssertionError(f"unknown GGUF value type {vtype}")
+
+    alignment = 32
+    for _ in range(n_kv):
+        (n,) = struct.unpack_from("<Q", data, pos)
+        key = data[pos + 8 : pos + 8 + n].decode()
+        pos += 8 + n
+        (vtype,) = struct.unpack_from("<I", data, pos)
+        pos += 4
+        if key == "general.alignment":
+            (alignment,) = struct.unpack_from("<I", data, pos)
+        skip(vtype)
+    infos = []
+    for _ in range(n_tensors):
+        (n,) = struct.unpack_from("<Q", data, pos)
+        name = data[pos + 8 : pos + 8 + n].decode()
+        pos += 8 + n
+        (nd,) = struct.unpack_from("<I", data, pos)
+        dims = struct.unpack_from(f"<{nd}Q", data, pos + 4)
+        pos += 4 + 8 * nd
+        ttype, offset = struct.unpack_from("<IQ", data, pos)
+        pos += 12
+        infos.append((name, tuple(dims), ttype, offset))
+    start = (pos + alignment - 1) // alignment * alignment
+    return infos, start, alignment
+
+
+@pytest.fixture(scope="session")
+def gguf_tensor_infos() -> Callable[[Path], tuple[list[tuple[str, tuple[int, ...], int, int]], int, int]]:
+    """``f(path) -> ([(name, dims, ggml type, offset)], data start, alignment)`` of a GGUF file."""
+    return _read_gguf_tensor_infos

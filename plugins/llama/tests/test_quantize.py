@@ -8,9 +8,9 @@ every row; with narrower rows llama.cpp silently falls back to legacy types.
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import gguf
 import numpy as np
@@ -21,6 +21,8 @@ from openllm_hub_llama.quantize import QUANT_FTYPES
 import openllm_hub
 from openllm_hub.core.convert import VERIFY_PROMPT
 from openllm_hub.errors import InvalidParameterError
+
+TensorInfos = Callable[[Path], Any]
 
 KW = {"hidden_size": 256, "intermediate_size": 768, "num_heads": 4, "num_kv_heads": 2, "tie_word_embeddings": True}
 
@@ -58,58 +60,6 @@ EXPECTED: dict[str, tuple[set[str], float, float]] = {
 }
 
 
-def read_tensor_infos(path: Path) -> tuple[list[tuple[str, tuple[int, ...], int, int]], int, int]:
-    """(name, dims, ggml type, offset) of every tensor, the data section's start and the
-    alignment, read straight from the GGUF layout (independent of the plugin's readers)."""
-    data = path.read_bytes()
-    pos = 4
-    _version, n_tensors, n_kv = struct.unpack_from("<IQQ", data, pos)
-    pos += 20
-    fixed = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
-
-    def skip(vtype: int) -> None:
-        nonlocal pos
-        if vtype in fixed:
-            pos += fixed[vtype]
-        elif vtype == 8:
-            (n,) = struct.unpack_from("<Q", data, pos)
-            pos += 8 + n
-        elif vtype == 9:
-            etype, n = struct.unpack_from("<IQ", data, pos)
-            pos += 12
-            if etype in fixed:
-                pos += fixed[etype] * n
-            else:
-                for _ in range(n):
-                    skip(etype)
-        else:
-            raise AssertionError(f"unknown GGUF value type {vtype}")
-
-    alignment = 32
-    for _ in range(n_kv):
-        (n,) = struct.unpack_from("<Q", data, pos)
-        key = data[pos + 8 : pos + 8 + n].decode()
-        pos += 8 + n
-        (vtype,) = struct.unpack_from("<I", data, pos)
-        pos += 4
-        if key == "general.alignment":
-            (alignment,) = struct.unpack_from("<I", data, pos)
-        skip(vtype)
-    infos = []
-    for _ in range(n_tensors):
-        (n,) = struct.unpack_from("<Q", data, pos)
-        name = data[pos + 8 : pos + 8 + n].decode()
-        pos += 8 + n
-        (nd,) = struct.unpack_from("<I", data, pos)
-        dims = struct.unpack_from(f"<{nd}Q", data, pos + 4)
-        pos += 4 + 8 * nd
-        ttype, offset = struct.unpack_from("<IQ", data, pos)
-        pos += 12
-        infos.append((name, tuple(dims), ttype, offset))
-    start = (pos + alignment - 1) // alignment * alignment
-    return infos, start, alignment
-
-
 @pytest.fixture(scope="module")
 def source(tiny_gguf_factory: Callable[..., Path]) -> Path:
     return tiny_gguf_factory("f32", **KW)
@@ -130,9 +80,9 @@ def test_every_offered_type_maps_to_llama_cpp() -> None:
 
 
 @pytest.mark.parametrize("scheme", QUANT_TYPES)
-def test_sizes_fit_bits_per_weight(scheme: str, quantized: dict[str, Path]) -> None:
+def test_sizes_fit_bits_per_weight(scheme: str, quantized: dict[str, Path], gguf_tensor_infos: TensorInfos) -> None:
     path = quantized[scheme]
-    infos, start, alignment = read_tensor_infos(path)
+    infos, start, alignment = gguf_tensor_infos(path)
     size = path.stat().st_size
     infos.sort(key=lambda t: t[3])
     ends = [t[3] for t in infos[1:]] + [size - start]

@@ -139,14 +139,22 @@ def _quiet_llama() -> Iterator[None]:
         yield
 
 
+#: llama.cpp's summary lines, which say that something failed but not what.
+_GENERIC = ("failed to load model", "failed to read tensor data", "failed to quantize")
+
+
 def _log_error(lines: Sequence[str]) -> str:
-    """The most telling line of a llama.cpp log: the last one that reports an error."""
+    """The most telling line of a llama.cpp log: the first one naming a problem, skipping
+    the generic summaries llama.cpp adds on its way out."""
     text = "".join(lines)
     candidates = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    for key in ("error", "failed", "corrupt", "not within", "invalid"):
-        hits = [ln for ln in candidates if key in ln.lower()]
-        if hits:
-            return hits[-1]
+    keys = ("error", "failed", "corrupt", "not within", "invalid", "expected", "wrong", "unsupported", "cannot")
+    hits = [ln for ln in candidates if any(k in ln.lower() for k in keys)]
+    specific = [ln for ln in hits if not any(g in ln.lower() for g in _GENERIC)]
+    if specific:
+        return specific[0]
+    if hits:
+        return hits[-1]
     return candidates[-1] if candidates else "no message from llama.cpp"
 
 
