@@ -6,14 +6,25 @@ the sentencepiece trainer under ChatGLM's conventions (see ``openllm_hub_chatglm
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import torch
 
 from openllm_hub_chatglm.tiny import build_checkpoint, train_tokenizer
 
 DATA = Path(__file__).parent / "data"
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread() -> Iterator[None]:
+    """The tiny models run fastest on one thread; on a shared 2-core CI machine torch's
+    default (one thread per core) spends most of its time waiting for the other thread."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")

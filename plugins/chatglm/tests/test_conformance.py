@@ -1,0 +1,41 @@
+"""The core conformance kit against each ChatGLM version (and an INT4 load)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import openllm_hub
+from openllm_hub.core.model import Model
+from openllm_hub.testing import ModelConformance
+
+
+class _Tiny(ModelConformance):
+    fixture = ""
+    options: dict[str, object] = {}
+    folder: Path
+
+    @pytest.fixture(autouse=True)
+    def _folder(self, request: pytest.FixtureRequest) -> None:
+        type(self).folder = request.getfixturevalue(self.fixture)
+
+    def load_model(self) -> Model:
+        return openllm_hub.load(self.folder, device="cpu", **self.options)
+
+
+class TestChatGLM6B(_Tiny):
+    fixture = "v1_dir"
+
+
+class TestChatGLM2(_Tiny):
+    fixture = "v2_dir"
+
+
+class TestChatGLM3(_Tiny):
+    fixture = "v3_dir"
+
+
+class TestChatGLM2Int4(_Tiny):
+    fixture = "v2_dir"
+    options = {"quantize": "int4"}
