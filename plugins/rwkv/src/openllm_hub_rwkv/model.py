@@ -36,7 +36,7 @@ from openllm_hub_rwkv.options import RwkvOptions
 from openllm_hub_rwkv.penalties import PenaltyTracker, RwkvPenalty
 from openllm_hub_rwkv.pth_index import read_pth_index
 from openllm_hub_rwkv.runtime import Workdir, build_package_model
-from openllm_hub_rwkv.state import Snapshot, load_snapshot, save_snapshot
+from openllm_hub_rwkv.state import Snapshot, load_snapshots, save_snapshots
 from openllm_hub_rwkv.strategy import Strategy, parse_strategy, strategy_from_placement
 from openllm_hub_rwkv.templates import continuation_probe, render
 from openllm_hub_rwkv.tokenizer import END_OF_TEXT, RwkvTokenizer, choose_tokenizer
@@ -272,24 +272,28 @@ class RwkvModel(Model):
         return self._zero
 
     def save_state(self, path: str | Path, *, force: bool = False) -> Path:
-        """Write the state after the latest chat prompt (or loaded state) to ``path`` as
-        safetensors, with the token ids it has read, so ``load_state`` can continue it."""
+        """Write the latest chat state (after the last answer, with the prompt state it
+        extends) to ``path`` as safetensors, with the token ids read, so that ``load_state``
+        in another process continues the conversation exactly as this model would."""
         self._check_open()
         with self._lock:
-            if self._last is None:
+            last = self._last
+            if last is None:
                 raise InvalidParameterError("there is no chat state to save yet", where="save_state",
                                             fix="call chat(), stream_chat() or prefill_chat() first")
-            return save_snapshot(self._last, path, meta=self._state_meta(), sources=[Path(self.info.path)],
-                                 force=force)
+            chain = [s for s in self._cache.values() if len(s.ids) < len(last.ids) and last.ids[: len(s.ids)] == s.ids]
+            snaps = [*sorted(chain, key=lambda s: len(s.ids))[-1:], last]
+            return save_snapshots(snaps, path, meta=self._state_meta(), sources=[Path(self.info.path)], force=force)
 
     def load_state(self, path: str | Path) -> None:
-        """Restore a state saved by :meth:`save_state` (from this same checkpoint); the next
-        chat whose conversation extends it continues from it without re-reading."""
+        """Restore states saved by :meth:`save_state` (from this same checkpoint); the next
+        chat whose conversation extends them continues without re-reading."""
         self._check_open()
         with self._lock:
-            snap = load_snapshot(path, meta=self._state_meta(), like=self._zero_state())
-            self._remember(snap)
-            self._last = snap
+            snaps = load_snapshots(path, meta=self._state_meta(), like=self._zero_state())
+            for snap in snaps:
+                self._remember(snap)
+            self._last = snaps[-1]
 
 
 def _fingerprint(path: Path, arch: Arch) -> str:

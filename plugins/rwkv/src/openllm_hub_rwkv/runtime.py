@@ -33,6 +33,7 @@ import shutil
 import sys
 import tempfile
 import threading
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -89,7 +90,8 @@ def package_module(*, v7: bool, jit: bool, cuda_kernels: bool, v7_strategy: str 
         try:
             with _env(RWKV_V7_ON="1" if v7 else None, RWKV_JIT_ON="1" if jit else "0",
                       RWKV_CUDA_ON="1" if cuda_kernels else "0", RWKV_DML_ON=None, RWKV_DE_VERSION=None), \
-                    contextlib.redirect_stdout(io.StringIO()):
+                    contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit.script is deprecated
                 copy_spec.loader.exec_module(module)
         except BaseException:
             sys.modules.pop(name, None)
@@ -160,7 +162,8 @@ def build_package_model(path: Path, arch: Arch, tensors: dict[str, TensorMeta], 
     v7 = arch.version == "7"
     module = package_module(v7=v7, jit=jit, cuda_kernels=cuda_kernels, v7_strategy=str(strategy) if v7 else None)
     name = model_name_for_package(path, arch, tensors, workdir)
-    with _LOCK, contextlib.redirect_stdout(io.StringIO()):
+    with _LOCK, contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit.script_method is deprecated
         os.environ["RWKV_JIT_ON"] = "1" if jit else "0"
         if v7:
             return module.RWKV_x070(name, str(strategy))

@@ -5,9 +5,12 @@ matrices), the token ids read to reach it, and the logits after the last one, so
 continue from it without reading anything again. ``forward`` replaces list entries and, with
 CUDA kernels, writes into the tensors, so snapshots hold clones and hand out clones.
 
-File layout (safetensors): ``state.N`` tensors, ``ids`` (int64), ``logits`` (float32) and
-metadata naming the format, the model's fingerprint and architecture, so loading a state
-into another model fails with a clear error instead of producing nonsense.
+File layout (safetensors): per snapshot ``sJ.state.N`` tensors, ``sJ.ids`` (int64) and
+``sJ.logits`` (float32), plus metadata naming the format, the model's fingerprint and
+architecture, so loading a state into another model fails with a clear error instead of
+producing nonsense. A file holds the latest states of one conversation (the state after the
+last answer and the prompt state it extends), so that the restored model picks the same
+starting state for the next turn as the model that saved it.
 """
 
 from __future__ import annotations
@@ -45,25 +48,28 @@ class Snapshot:
         return [t.clone() for t in self.tensors]
 
 
-def save_snapshot(snap: Snapshot, path: str | Path, *, meta: dict[str, str], sources: list[Path],
-                  force: bool = False) -> Path:
-    """Write ``snap`` as safetensors at ``path`` (atomically; never over a model file)."""
+def save_snapshots(snaps: list[Snapshot], path: str | Path, *, meta: dict[str, str], sources: list[Path],
+                   force: bool = False) -> Path:
+    """Write ``snaps`` as one safetensors file at ``path`` (atomically; never over a model file)."""
     import torch
     from safetensors.torch import save_file
 
     out = check_destination(path, sources=sources, force=force)
-    tensors: dict[str, torch.Tensor] = {f"state.{i}": t.detach().cpu().contiguous() for i, t in enumerate(snap.tensors)}
-    tensors["ids"] = torch.tensor(snap.ids, dtype=torch.int64)
-    tensors["logits"] = snap.logits.float().cpu().contiguous()
-    metadata = {"format": FORMAT, "format_version": FORMAT_VERSION, "n_state": str(len(snap.tensors)),
-                "template": snap.template or "", **meta}
+    tensors: dict[str, torch.Tensor] = {}
+    for j, snap in enumerate(snaps):
+        for i, t in enumerate(snap.tensors):
+            tensors[f"s{j}.state.{i}"] = t.detach().cpu().contiguous()
+        tensors[f"s{j}.ids"] = torch.tensor(snap.ids, dtype=torch.int64)
+        tensors[f"s{j}.logits"] = snap.logits.float().cpu().contiguous()
+    metadata = {"format": FORMAT, "format_version": FORMAT_VERSION, "n_snapshots": str(len(snaps)),
+                "n_state": str(len(snaps[0].tensors)), "template": snaps[-1].template or "", **meta}
     with atomic_output(out, force=force) as tmp:
         save_file(tensors, str(tmp), metadata=metadata)
     return out
 
 
-def load_snapshot(path: str | Path, *, meta: dict[str, str], like: list[torch.Tensor]) -> Snapshot:
-    """Read a state file written by :func:`save_snapshot` for a model described by ``meta``;
+def load_snapshots(path: str | Path, *, meta: dict[str, str], like: list[torch.Tensor]) -> list[Snapshot]:
+    """Read a state file written by :func:`save_snapshots` for a model described by ``meta``;
     tensors are moved to the devices and dtypes of ``like`` (the model's zero state)."""
     from safetensors import safe_open
 
@@ -73,8 +79,7 @@ def load_snapshot(path: str | Path, *, meta: dict[str, str], like: list[torch.Te
     try:
         with safe_open(str(p), framework="pt") as fh:
             found: dict[str, Any] = dict(fh.metadata() or {})
-            keys = set(fh.keys())
-            tensors = {k: fh.get_tensor(k) for k in keys}
+            tensors = {k: fh.get_tensor(k) for k in fh.keys()}
     except Exception as exc:  # noqa: BLE001 - safetensors raises several exception types
         raise CorruptFileError(f"not a readable safetensors file: {exc}", where=p) from None
     if found.get("format") != FORMAT:
@@ -85,15 +90,24 @@ def load_snapshot(path: str | Path, *, meta: dict[str, str], like: list[torch.Te
             raise InvalidParameterError(
                 f"the state was saved from another model ({key} {found.get(key)!r}, this model has {meta.get(key)!r})",
                 where=p, fix="load a state saved from this same checkpoint")
-    n = int(found.get("n_state", "-1"))
-    if n != len(like) or any(f"state.{i}" not in keys for i in range(n)) or "ids" not in keys or "logits" not in keys:
-        raise CorruptFileError("the state file is incomplete", where=p)
-    state = []
-    for i, ref in enumerate(like):
-        t = tensors[f"state.{i}"]
-        if tuple(t.shape) != tuple(ref.shape):
-            raise InvalidParameterError(f"state tensor {i} has shape {tuple(t.shape)}, the model needs "
-                                        f"{tuple(ref.shape)}", where=p, fix="load a state saved from this model")
-        state.append(t.to(device=ref.device, dtype=ref.dtype))
-    ids = tuple(int(x) for x in tensors["ids"].tolist())
-    return Snapshot(ids, tuple(state), tensors["logits"].float(), found.get("template") or None)
+    try:
+        n_snaps, n_state = int(found["n_snapshots"]), int(found["n_state"])
+    except (KeyError, ValueError):
+        raise CorruptFileError("the state file's metadata is incomplete", where=p) from None
+    if n_state != len(like):
+        raise InvalidParameterError(f"the file holds {n_state} state tensors, the model needs {len(like)}", where=p)
+    snaps = []
+    for j in range(n_snaps):
+        names = [f"s{j}.state.{i}" for i in range(n_state)] + [f"s{j}.ids", f"s{j}.logits"]
+        if any(n not in tensors for n in names):
+            raise CorruptFileError(f"the state file is incomplete (snapshot {j})", where=p)
+        state = []
+        for i, ref in enumerate(like):
+            t = tensors[f"s{j}.state.{i}"]
+            if tuple(t.shape) != tuple(ref.shape):
+                raise InvalidParameterError(f"state tensor {i} has shape {tuple(t.shape)}, the model needs "
+                                            f"{tuple(ref.shape)}", where=p, fix="load a state saved from this model")
+            state.append(t.to(device=ref.device, dtype=ref.dtype))
+        ids = tuple(int(x) for x in tensors[f"s{j}.ids"].tolist())
+        snaps.append(Snapshot(ids, tuple(state), tensors[f"s{j}.logits"].float(), found.get("template") or None))
+    return snaps
