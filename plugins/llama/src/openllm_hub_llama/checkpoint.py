@@ -23,12 +23,13 @@ import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 
 from openllm_hub.core.io import load_torch_checkpoint, read_json, read_safetensors_header
 from openllm_hub.errors import ConversionError, CorruptFileError, NotFoundError
 
 if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
     import torch
 
 #: safetensors dtype names the converters accept, with their item size.
@@ -179,16 +180,20 @@ def meta_ffn_params(dim: int, hidden: int) -> dict[str, Any]:
 
 
 # ---- rotary permutation and names ---------------------------------------------------------------
-def permute_meta_to_hf(w: torch.Tensor, n_heads: int) -> torch.Tensor:
-    """Rows of a q/k projection from Meta's interleaved rotary pairs to HF's half-split layout."""
+ArrayT = TypeVar("ArrayT", "torch.Tensor", "np.ndarray")
+
+
+def permute_meta_to_hf(w: ArrayT, n_heads: int) -> ArrayT:
+    """Rows of a q/k projection from Meta's interleaved rotary pairs to HF's half-split layout
+    (torch tensor or numpy array)."""
     rows = w.shape[0]
-    return w.reshape(n_heads, rows // n_heads // 2, 2, *w.shape[1:]).transpose(1, 2).reshape(w.shape)
+    return w.reshape(n_heads, rows // n_heads // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def permute_hf_to_meta(w: torch.Tensor, n_heads: int) -> torch.Tensor:
+def permute_hf_to_meta(w: ArrayT, n_heads: int) -> ArrayT:
     """Inverse of :func:`permute_meta_to_hf` (GGUF's llama layout is Meta's)."""
     rows = w.shape[0]
-    return w.reshape(n_heads, 2, rows // n_heads // 2, *w.shape[1:]).transpose(1, 2).reshape(w.shape)
+    return w.reshape(n_heads, 2, rows // n_heads // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
 # per-layer parts: HF suffix, Meta suffix, GGUF suffix
@@ -416,21 +421,45 @@ class HFCheckpoint:
         nbytes = (stop - start) * row_elems * item
         buf = bytearray(nbytes)
         with info.file.open("rb", buffering=0) as fh:
-            _read_into(fh, buf, info.offset + start * row_elems * item, info.file)
+            _read_into(fh, memoryview(buf), info.offset + start * row_elems * item, info.file)
         t = torch.frombuffer(buf, dtype=torch_dtype_of(info.dtype)) if nbytes else \
             torch.empty(0, dtype=torch_dtype_of(info.dtype))
         return t.reshape((stop - start, *info.shape[1:]) if info.shape else ())
+
+    def read_numpy(self, name: str, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Rows ``start:stop`` of tensor ``name`` as a numpy array: float32 / float16, or the raw
+        ``uint16`` bits of bfloat16 (numpy has no bfloat16). Safetensors sources are read
+        without importing torch."""
+        import numpy as np
+
+        info = self.infos[name]
+        if self.format == "bin":
+            import torch
+
+            t = self.read(name, start, stop).contiguous()
+            return t.view(torch.int16).numpy().view(np.uint16) if info.dtype == "BF16" else t.numpy()
+        rows = info.shape[0] if info.shape else 1
+        stop = rows if stop is None else min(stop, rows)
+        row_elems = 1
+        for d in info.shape[1:]:
+            row_elems *= d
+        item = SUPPORTED_DTYPES[info.dtype]
+        np_dtype = {"F32": np.float32, "F16": np.float16, "BF16": np.uint16}[info.dtype]
+        out = np.empty((stop - start) * row_elems, dtype=np_dtype)
+        if out.size:
+            with info.file.open("rb", buffering=0) as fh:
+                _read_into(fh, out.view(np.uint8).data, info.offset + start * row_elems * item, info.file)
+        return out.reshape((stop - start, *info.shape[1:]) if info.shape else ())
 
     def release(self) -> None:
         """Drop the memory-mapped ``.bin`` shard held for reading."""
         self._bin_cache = None
 
 
-def _read_into(fh: BinaryIO, buf: bytearray, offset: int, where: Path) -> None:
-    view = memoryview(buf)
+def _read_into(fh: BinaryIO, view: memoryview, offset: int, where: Path) -> None:
     done = 0
     fd = fh.fileno()
-    while done < len(buf):
+    while done < len(view):
         n = os.preadv(fd, [view[done:]], offset + done)
         if n <= 0:
             raise CorruptFileError("file ends inside tensor data (truncated?)", where=where,

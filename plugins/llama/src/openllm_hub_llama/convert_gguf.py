@@ -28,10 +28,11 @@ from openllm_hub_llama.tokenizer import add_vocab_to_gguf, load_vocab
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
-    import torch
 
 OUTTYPES = ("f32", "f16", "bf16", "q8_0")
 Q8_0_BLOCK = 32
+#: float32 bytes converted per step: bounds the converter's working memory (a few such buffers)
+CHUNK_BYTES = 16 << 20
 
 
 @dataclass(frozen=True)
@@ -61,19 +62,32 @@ def tensor_qtype(outtype: str, shape: tuple[int, ...]) -> Any:
     return {"f16": T.F16, "bf16": T.BF16}[outtype]
 
 
-def _encode(chunk: torch.Tensor, qtype: Any, src_dtype: str) -> np.ndarray:
-    """Convert rows of a tensor to the bytes of ``qtype`` (numpy array ready for ``tofile``)."""
+def bf16_bits_to_f32(bits: np.ndarray) -> np.ndarray:
+    """bfloat16 (raw uint16 bits) to float32, exactly."""
+    import numpy as np
+
+    return (bits.astype(np.uint32) << 16).view(np.float32)
+
+
+def _encode(chunk: np.ndarray, qtype: Any, src_dtype: str) -> np.ndarray:
+    """Convert rows of a tensor (numpy; bf16 as raw bits) to the bytes of ``qtype``.
+
+    Like llama.cpp's converter, values go through float32 (exact for every source dtype)
+    and are rounded to the target type once."""
     import gguf
-    import torch
+    import numpy as np
 
     T = gguf.GGMLQuantizationType
-    if qtype == T.F32:
-        return chunk.to(torch.float32).numpy()
-    if qtype == T.F16:
-        return chunk.to(torch.float16).numpy()
     if qtype == T.BF16 and src_dtype == "BF16":
-        return chunk.contiguous().view(torch.int16).numpy()
-    return gguf.quants.quantize(chunk.to(torch.float32).numpy(), qtype)
+        return chunk
+    if qtype == T.F16 and src_dtype == "F16":
+        return chunk
+    f32 = bf16_bits_to_f32(chunk) if src_dtype == "BF16" else chunk.astype(np.float32, copy=False)
+    if qtype == T.F32:
+        return f32
+    if qtype == T.F16:
+        return f32.astype(np.float16)
+    return gguf.quants.quantize(f32, qtype)
 
 
 def _write_chunk(fh: BinaryIO, arr: np.ndarray) -> int:
@@ -160,13 +174,13 @@ def _write_tensor(ck: HFCheckpoint, fh: BinaryIO, p: _Plan, permute_qk: bool) ->
     info = ck.infos[t.hf]
     written = 0
     if t.qk_heads is not None:
-        w = ck.read(t.hf)
+        w = ck.read_numpy(t.hf)
         if permute_qk:
             w = permute_hf_to_meta(w, t.qk_heads)
         written += _write_chunk(fh, _encode(w, p.qtype, info.dtype))
     else:
-        for start, stop in row_chunks(info.shape, 4):
-            written += _write_chunk(fh, _encode(ck.read(t.hf, start, stop), p.qtype, info.dtype))
+        for start, stop in row_chunks(info.shape, 4, CHUNK_BYTES):
+            written += _write_chunk(fh, _encode(ck.read_numpy(t.hf, start, stop), p.qtype, info.dtype))
     if written != p.nbytes:
         raise ConversionError(f"internal: {t.gguf} wrote {written} bytes, planned {p.nbytes}")
 
