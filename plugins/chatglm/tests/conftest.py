@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from openllm_hub_chatglm.tiny import build_checkpoint, train_tokenizer
 
 DATA = Path(__file__).parent / "data"

@@ -41,15 +41,18 @@ def test_prompt_strings_match_each_version() -> None:
 def test_chat_token_ids_match_official_construction(v1_dir: Path, v2_dir: Path, v3_dir: Path) -> None:
     with openllm_hub.load(v1_dir, device="cpu") as m:
         sp = spm.SentencePieceProcessor(model_file=str(v1_dir / "ice_text.model"))
-        text = ("[Round 0]<n>问：你好<n>答：Hello! How can I help?<n>[Round 1]<n>问：Tell me a story<n>about a cat.<n>答：")
+        text = ("[Round 0]<n>问：你好<n>答：Hello! How can I help?<n>"
+                "[Round 1]<n>问：Tell me a story<n>about a cat.<n>答：")
         want = [*sp.encode(text), sp.piece_to_id("[gMASK]"), sp.piece_to_id("<sop>")]  # num_image_tokens=0
         assert m.tokenize(m.chat_template().render(HISTORY)) == want  # type: ignore[arg-type]
         assert m.default_chat_template == "chatglm"
     with openllm_hub.load(v2_dir, device="cpu") as m:
         sp = spm.SentencePieceProcessor(model_file=str(v2_dir / "tokenizer.model"))
         n = sp.get_piece_size()
-        prompt = "[Round 1]\n\n问：你好\n\n答：Hello! How can I help?\n\n[Round 2]\n\n问：Tell me a story\nabout a cat.\n\n答："
-        assert m.tokenize(m.chat_template().render(HISTORY)) == [n + 1, n + 3, *sp.encode(prompt)]  # type: ignore[arg-type]
+        prompt = ("[Round 1]\n\n问：你好\n\n答：Hello! How can I help?\n\n"
+                  "[Round 2]\n\n问：Tell me a story\nabout a cat.\n\n答：")
+        ids = m.tokenize(m.chat_template().render(HISTORY))  # type: ignore[arg-type]
+        assert ids == [n + 1, n + 3, *sp.encode(prompt)]
     with openllm_hub.load(v3_dir, device="cpu") as m:
         sp = spm.SentencePieceProcessor(model_file=str(v3_dir / "tokenizer.model"))
         n = sp.get_piece_size()

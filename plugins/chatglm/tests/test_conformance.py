@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
@@ -13,7 +14,7 @@ from openllm_hub.testing import ModelConformance
 
 class _Tiny(ModelConformance):
     fixture = ""
-    options: dict[str, object] = {}
+    options: ClassVar[dict[str, object]] = {}
     folder: Path
 
     @pytest.fixture(autouse=True)
@@ -38,4 +39,4 @@ class TestChatGLM3(_Tiny):
 
 class TestChatGLM2Int4(_Tiny):
     fixture = "v2_dir"
-    options = {"quantize": "int4"}
+    options: ClassVar[dict[str, object]] = {"quantize": "int4"}

@@ -18,7 +18,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from openllm_hub_chatglm.checkpoint import iter_tensors
 from openllm_hub_chatglm.model import QuantPlan, build_network
 from openllm_hub_chatglm.model.glm1 import position_ids
@@ -37,7 +36,8 @@ V1_LAYOUT = [
     ("transformer.layers.0.attention.dense.weight", (H, H)), ("transformer.layers.0.attention.dense.bias", (H,)),
     ("transformer.layers.0.post_attention_layernorm.weight", (H,)),
     ("transformer.layers.0.post_attention_layernorm.bias", (H,)),
-    ("transformer.layers.0.mlp.dense_h_to_4h.weight", (128, H)), ("transformer.layers.0.mlp.dense_h_to_4h.bias", (128,)),
+    ("transformer.layers.0.mlp.dense_h_to_4h.weight", (128, H)),
+    ("transformer.layers.0.mlp.dense_h_to_4h.bias", (128,)),
     ("transformer.layers.0.mlp.dense_4h_to_h.weight", (H, 128)), ("transformer.layers.0.mlp.dense_4h_to_h.bias", (H,)),
     ("transformer.final_layernorm.weight", (H,)), ("transformer.final_layernorm.bias", (H,)),
 ]
@@ -135,7 +135,7 @@ def test_golden_check_can_fail(tmp_path: Path) -> None:
     config's 1 layer instead of the reference's effective 28) is far off the golden data."""
     from openllm_hub_chatglm.model import glm1
 
-    spec, net, steps = load_golden_network(tmp_path, "glm_model.data", V1_LAYOUT, V1_CONFIG, "lm_head.weight")
+    _, net, steps = load_golden_network(tmp_path, "glm_model.data", V1_LAYOUT, V1_CONFIG, "lm_head.weight")
     for layer in net.transformer.layers:  # type: ignore[attr-defined]
         assert isinstance(layer, glm1.GLMBlock)
         layer.alpha = 2 ** 0.5

@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
-import openllm_hub
 from openllm_hub_chatglm.engine import ChatGLMModel
 from openllm_hub_chatglm.model.glm1 import RotaryTable2D, position_ids
 from openllm_hub_chatglm.reference import load_transformers_glm
 from openllm_hub_chatglm.spec import GLMSpec
+
+import openllm_hub
 
 PROMPT = "Once upon a time there was a model 你好, and   it told\ta story:\n1."
 
