@@ -377,6 +377,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=cmd_perplexity)
 
+    from openllm_hub.server.cli import add_serve_command
+
+    add_serve_command(sub)
+
     _plugin_commands(sub)
     return parser
 

@@ -182,6 +182,23 @@ def test_api_key_required_on_the_api_only(model: Model) -> None:
         assert c.get("/health").status_code == 200
 
 
+def test_host_check_refuses_other_names(model: Model) -> None:
+    """DNS rebinding: a page on evil.example resolving to 127.0.0.1 sends Host: evil.example."""
+    with TestClient(create_app(model, allowed_hosts=["localhost", "127.0.0.1", "::1"])) as c:
+        assert_openai_error(c.get("/v1/models", headers={"Host": "evil.example"}), 400, "invalid_host")
+        assert_openai_error(c.get("/", headers={"Host": "evil.example:8000"}), 400, "invalid_host")
+        for host in ("localhost:8000", "127.0.0.1", "[::1]:8000"):
+            assert c.get("/v1/models", headers={"Host": host}).status_code == 200
+
+
+def test_non_json_content_type_is_refused(client: TestClient) -> None:
+    """A form or text/plain POST (what another site's page can send without CORS) starts nothing."""
+    body = json.dumps({"model": "m", "prompt": "a", "max_tokens": 3}).encode()
+    err = assert_openai_error(client.post("/v1/completions", content=body, headers={"content-type": "text/plain"}),
+                              400)
+    assert "application/json" in err["message"]
+
+
 # ---- errors inside a generation ---------------------------------------------------------------------
 def test_fault_in_one_generation_is_reported_and_server_keeps_serving(
         model: Model, paced: Any, serve: Callable[..., Any]) -> None:
@@ -356,7 +373,7 @@ def _free_port() -> int:
 def test_serve_command_runs_and_stops_on_sigterm(bigram_path: Path, eventually: Callable[..., None]) -> None:
     port = _free_port()
     env = {**os.environ, "OPENLLM_HUB_API_KEY": "k3y"}
-    proc = subprocess.Popen([sys.executable, "-m", "openllm_hub.server", str(bigram_path), "--port", str(port),
+    proc = subprocess.Popen([sys.executable, "-m", "openllm_hub.cli", "serve", str(bigram_path), "--port", str(port),
                              "--queue-size", "2", "--log-level", "warning"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
@@ -373,6 +390,7 @@ def test_serve_command_runs_and_stops_on_sigterm(bigram_path: Path, eventually: 
         r = httpx.get(url + "/v1/models", headers={"Authorization": "Bearer k3y"})
         assert r.json()["data"][0]["id"] == bigram_path.name
         assert _health(url)["capacity"] == 3
+        assert httpx.get(url + "/health", headers={"Host": "evil.example"}).status_code == 400
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=30)
     finally:

@@ -31,7 +31,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from openllm_hub import __version__
 from openllm_hub.core.model import Chunk, Model
 from openllm_hub.errors import InvalidParameterError
-from openllm_hub.server.auth import BearerAuthMiddleware
+from openllm_hub.server.auth import BearerAuthMiddleware, HostCheckMiddleware
 from openllm_hub.server.errors import APIError, from_exception
 from openllm_hub.server.formats import ChatFormat, CompletionFormat, ResponseFormat
 from openllm_hub.server.limits import BodySizeLimitMiddleware
@@ -101,13 +101,16 @@ def create_app(
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
     model_id: str | None = None,
     shutdown_grace: float = 10.0,
+    allowed_hosts: list[str] | None = None,
 ) -> FastAPI:
     """An app serving ``model`` (which it does not close: its owner does).
 
     ``queue_size`` requests may wait behind the running one; more get 429. ``max_tokens``
     above ``max_tokens_limit`` and bodies over ``max_request_bytes`` are refused. With
     ``api_key``, every API call needs ``Authorization: Bearer <api_key>``.
-    ``shutdown_grace`` is how long shutdown lets a running generation finish.
+    ``shutdown_grace`` is how long shutdown lets a running generation finish. With
+    ``allowed_hosts``, requests whose Host header names another host get 400 (a defence
+    against DNS rebinding for servers on loopback).
     """
     _positive("queue_size", queue_size, 0)
     _positive("max_tokens_limit", max_tokens_limit)
@@ -132,6 +135,8 @@ def create_app(
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=max_request_bytes)
     if api_key is not None:
         app.add_middleware(BearerAuthMiddleware, api_key=api_key)
+    if allowed_hosts is not None:
+        app.add_middleware(HostCheckMiddleware, allowed=allowed_hosts)
     app.add_middleware(SecurityHeadersMiddleware)
     return app
 
@@ -148,6 +153,9 @@ def _add_error_handlers(app: FastAPI) -> None:
             loc = [str(p) for p in err.get("loc", ()) if p != "body"]
             if err.get("type") == "json_invalid":
                 problems.append(f"the body is not valid JSON ({err.get('ctx', {}).get('error', 'parse error')})")
+                continue
+            if not loc and err.get("type") == "model_attributes_type":
+                problems.append("the body must be a JSON object sent with Content-Type: application/json")
                 continue
             where = ".".join(loc)
             param = param or where or None

@@ -19,6 +19,7 @@ from types import FrameType
 from openllm_hub.errors import InvalidParameterError, NotFoundError
 
 API_KEY_ENV = "OPENLLM_HUB_API_KEY"
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 
 
 class _Terminated(Exception):
@@ -50,6 +51,11 @@ def add_serve_command(subparsers: argparse._SubParsersAction) -> argparse.Argume
                    help="largest max_tokens a request may ask for (default 2048)")
     p.add_argument("--max-request-bytes", type=int, default=1_000_000,
                    help="largest request body accepted (default 1000000)")
+    p.add_argument("--allowed-host", action="append", dest="allowed_hosts", metavar="NAME",
+                   help="a name clients use in URLs to reach the server (repeatable); requests naming another host "
+                        "are refused. On loopback, localhost, 127.0.0.1 and ::1 are always allowed and nothing "
+                        "else by default (so web pages cannot reach the server by DNS rebinding); elsewhere any "
+                        "name is accepted unless this is given. '*' allows any")
     p.add_argument("--model-id", help="the model's id in the API (default: MODEL as given, without folders)")
     p.add_argument("--shutdown-timeout", type=float, default=10.0,
                    help="seconds a running request may take to finish on shutdown before it is cancelled")
@@ -84,10 +90,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"warning: serving on {args.host} without an API key: anyone who can reach this address can use "
               f"the model (set {API_KEY_ENV} or --api-key)", file=sys.stderr)
     model_id = args.model_id or os.path.basename(os.path.normpath(args.model))
+    allowed: list[str] | None = list(args.allowed_hosts or [])
+    if _is_loopback(args.host):
+        allowed = [*LOOPBACK_NAMES, *(allowed or [])]
+    if not allowed or "*" in allowed:
+        allowed = None
     with _load(args) as model:
         app = create_app(model, api_key=api_key, queue_size=args.queue_size,
                          max_tokens_limit=args.max_tokens_limit, max_request_bytes=args.max_request_bytes,
-                         model_id=model_id, shutdown_grace=args.shutdown_timeout)
+                         model_id=model_id, shutdown_grace=args.shutdown_timeout, allowed_hosts=allowed)
         config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level, lifespan="on",
                                 timeout_graceful_shutdown=max(1, round(args.shutdown_timeout)))
         host = f"[{args.host}]" if ":" in args.host else args.host
