@@ -12,6 +12,10 @@ import sys
 from openllm_hub.errors import OpenLLMHubError
 
 
+def _follower(model: object) -> None:
+    """Ranks other than 0 never run a job (they follow rank 0's engine calls)."""
+
+
 def main(argv: list[str] | None = None) -> int:
     from openllm_hub_glm130b.commands import add_run_arguments, job_from_args, spec_from_args
     from openllm_hub_glm130b.launch import torchrun_main
@@ -28,8 +32,7 @@ def main(argv: list[str] | None = None) -> int:
         kind = "cuda" if torch.cuda.is_available() and torch.cuda.device_count() > local else "cpu"
         spec = spec_from_args(args, kind)
         rank = int(os.environ.get("RANK", "0"))
-        job = job_from_args(args) if rank == 0 else None
-        torchrun_main(spec, job)
+        torchrun_main(spec, job_from_args(args) if rank == 0 else _follower)
     except OpenLLMHubError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -68,7 +68,7 @@ def log_probs(row: npt.NDArray[np.float32], tokens: Sequence[int], end_ids: Sequ
     top = np.max(x)
     if not np.isfinite(top):
         return x
-    return x - top - np.log(np.sum(np.exp(x - top)))
+    return np.asarray(x - top - np.log(np.sum(np.exp(x - top))), dtype=np.float64)
 
 
 def check_params(num_beams: int, max_new_tokens: int, min_new_tokens: int, no_repeat_ngram_size: int) -> None:

@@ -252,10 +252,10 @@ def repartition(src: str | Path, dst: str | Path, tp: int, *, bits: int | None =
                 progress: bool = False) -> Path:
     """Write ``src`` re-split for ``tp`` ranks to ``dst`` (optionally INT8/INT4-quantized)."""
     ck = SatCheckpoint.open(src)
-    ck.check_world(tp)
     if ck.bits is not None:
         raise InvalidParameterError("this checkpoint is already quantized", where=ck.root,
                                     fix="repartition the floating-point checkpoint (with --quantize if wanted)")
+    ck.check_world(tp)
     out = check_destination(dst, sources=[ck.root], force=force)
     with atomic_output(out, force=force, is_dir=True) as tmp:
         write_into(ck, tmp, tp, bits=bits, progress=progress)

@@ -98,7 +98,8 @@ def _threads_per_rank(world: int) -> int:
     return max(1, (os.cpu_count() or 1) // world)
 
 
-def _spawned(rank: int, world: int, port: int, spec: RunSpec, job: Job, out_dir: str, device_kind: str) -> None:
+def _spawned(rank: int, world: int, port: int, work: list[tuple[RunSpec, Job]], out_dir: str,
+             device_kind: str) -> None:
     import torch
     import torch.distributed as dist
 
@@ -109,11 +110,11 @@ def _spawned(rank: int, world: int, port: int, spec: RunSpec, job: Job, out_dir:
         dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
                                 timeout=timedelta(minutes=30))
         try:
-            result = rank_main(spec, rank, world, device_kind, rank, job)
+            results = [rank_main(spec, rank, world, device_kind, rank, job) for spec, job in work]
         finally:
             dist.destroy_process_group()
         if rank == 0:
-            result_file.write_bytes(pickle.dumps(("ok", result)))
+            result_file.write_bytes(pickle.dumps(("ok", results)))
     except BaseException as exc:
         result_file.write_bytes(pickle.dumps(("error", exc)))
         raise
@@ -121,27 +122,34 @@ def _spawned(rank: int, world: int, port: int, spec: RunSpec, job: Job, out_dir:
 
 def spawn(spec: RunSpec, nproc: int, job: Job, *, device: str = "auto") -> Any:
     """Run ``job`` on rank 0 of ``nproc`` local ranks; return its result."""
-    import torch.multiprocessing as mp
+    return spawn_many([(spec, job)], nproc, device=device)[0]
+
+
+def spawn_many(work: list[tuple[RunSpec, Job]], nproc: int, *, device: str = "auto") -> list[Any]:
+    """Run several (checkpoint, job) pairs one after the other on the same ``nproc`` ranks
+    (processes and the process group are set up once); return rank 0's results."""
+    from torch.multiprocessing.spawn import ProcessExitedException, ProcessRaisedException, start_processes
 
     if nproc < 1:
         raise InvalidParameterError("--nproc must be at least 1", where="--nproc")
-    preflight(spec.path, nproc, spec.options)  # fail here, before any rank starts
+    for spec, _ in work:
+        preflight(spec.path, nproc, spec.options)  # fail here, before any rank starts
     kind = pick_device(device, nproc)
     if os.path.exists("/sys/class/net/lo"):  # ranks meet on 127.0.0.1: keep gloo on the loopback device
         os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
     with tempfile.TemporaryDirectory(prefix="glm130b-ranks-") as out_dir:
         port = free_port()
         try:
-            mp.start_processes(_spawned, args=(nproc, port, spec, job, out_dir, kind), nprocs=nproc, join=True,
-                               start_method="spawn")
-        except mp.ProcessRaisedException as exc:
+            start_processes(_spawned, args=(nproc, port, list(work), out_dir, kind),  # type: ignore[no-untyped-call]
+                            nprocs=nproc, join=True, start_method="spawn")
+        except ProcessRaisedException as exc:
             raise _rank_error(Path(out_dir), nproc) or exc from None
-        except mp.ProcessExitedException as exc:
+        except ProcessExitedException as exc:
             raise _rank_error(Path(out_dir), nproc) or exc from None
         status, value = pickle.loads((Path(out_dir) / "rank0.pkl").read_bytes())
         if status != "ok":
             raise value
-        return value
+        return list(value)
 
 
 def _rank_error(out_dir: Path, nproc: int) -> BaseException | None:

@@ -53,12 +53,12 @@ def refuse_if_too_big(ck: SatCheckpoint, options: EngineOptions, device: torch.d
                    reserve_gib=RESERVE_GIB if device.type == "cuda" else 0.0)
     if device.type == "cuda":
         free, _total = torch.cuda.mem_get_info(device)
-        capacity, what = free, f"GPU {device.index} has {free / GIB:.1f} GiB free"
+        capacity, what = int(free), f"GPU {device.index} has {free / GIB:.1f} GiB free"
     else:
-        capacity = _available_ram()
-        if capacity is None:
+        ram = _available_ram()
+        if ram is None:
             return
-        what = f"this machine has {capacity / GIB:.1f} GiB of memory available"
+        capacity, what = ram, f"this machine has {ram / GIB:.1f} GiB of memory available"
     need = est.total_bytes
     if need > capacity:
         raise IncompatibleDeviceError(

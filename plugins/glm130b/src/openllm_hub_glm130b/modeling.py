@@ -194,7 +194,8 @@ class GLMShard:
         b, t, _ = h.shape
         a = F.layer_norm(h, size, layer.ln1_w, layer.ln1_b, eps)
         qkv = layer.qkv(a).view(b, t, self.heads, 3 * self.head_dim)
-        q, k, v = qkv.split(self.head_dim, dim=-1)  # each [B, T, H, D]
+        d = self.head_dim
+        q, k, v = qkv[..., :d], qkv[..., d : 2 * d], qkv[..., 2 * d :]  # each [B, T, H, D]
         q = q * cos + rotate_half(q) * sin
         k = k * cos + rotate_half(k) * sin
         keys, values = cache.append(n, k.transpose(1, 2), v.transpose(1, 2))  # [B, H, S, D]
@@ -207,7 +208,8 @@ class GLMShard:
         h = a * self.alpha + layer.dense(ctx)
         m = F.layer_norm(h, size, layer.ln2_w, layer.ln2_b, eps)
         x1, x2 = layer.h_to_4h(m).chunk(2, dim=-1)
-        return m * self.alpha + layer.four_h_to_h(x1 * F.gelu(x2))
+        out: torch.Tensor = m * self.alpha + layer.four_h_to_h(x1 * F.gelu(x2))
+        return out
 
 
 def _in_features(cfg: GLMConfig, key: str, world: int) -> int:

@@ -87,6 +87,7 @@ def _transformer(name: str, family: str, *, layers: int, hidden: int, heads: int
                  inner: int, mlp: str, tied: bool, notes: str = "") -> ModelSpec:
     h = hidden
     attn = ((3 * h, h), (h, h))
+    mats: tuple[tuple[int, int], ...]
     if mlp == "geglu":  # GLM-130B: h -> 2*inner, inner -> h
         mats = (*attn, (2 * inner, h), (h, inner))
         small, width = 3 * h + h + 2 * inner + h + 4 * h, 2 * inner

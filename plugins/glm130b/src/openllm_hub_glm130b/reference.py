@@ -18,23 +18,25 @@ import numpy.typing as npt
 from openllm_hub_glm130b.config import GLMConfig
 
 F64 = npt.NDArray[np.float64]
-_erf = np.frompyfunc(math.erf, 1, 1)
+_erf = np.vectorize(math.erf, otypes=[np.float64])
 
 
 def _np(t: Any) -> F64:
     if hasattr(t, "detach"):
-        t = t.detach().float().numpy()
-    return np.asarray(t, dtype=np.float64)
+        t = t.detach().double().numpy()
+    out: F64 = np.asarray(t, dtype=np.float64)
+    return out
 
 
 def _ln(x: F64, w: F64, b: F64, eps: float) -> F64:
     mu = x.mean(-1, keepdims=True)
     var = ((x - mu) ** 2).mean(-1, keepdims=True)
-    return (x - mu) / np.sqrt(var + eps) * w + b
+    out: F64 = (x - mu) / np.sqrt(var + eps) * w + b
+    return out
 
 
 def _gelu(x: F64) -> F64:
-    return np.asarray(0.5 * x * (1.0 + _erf(x / math.sqrt(2.0)).astype(np.float64)), dtype=np.float64)
+    return np.asarray(0.5 * x * (1.0 + _erf(x / math.sqrt(2.0))), dtype=np.float64)
 
 
 def _rot(x: F64, cos: F64, sin: F64) -> F64:

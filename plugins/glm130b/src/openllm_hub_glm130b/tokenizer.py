@@ -28,8 +28,9 @@ MASKS = ("[MASK]", "[sMASK]", "[gMASK]")
 class GLMTokenizer(Protocol):
     """What the model needs of a tokenizer."""
 
-    #: ids of [MASK], [gMASK], [sMASK], <sop>, <eop>, <eos> (and any other specials)
-    commands: Mapping[str, int]
+    @property
+    def commands(self) -> Mapping[str, int]:
+        """Ids of [MASK], [gMASK], [sMASK], <sop>, <eop>, <eos> (and any other specials)."""
 
     def encode(self, text: str) -> list[int]:
         """Ids of plain text (no special tokens)."""
