@@ -88,18 +88,26 @@ def gguf_adapter_tensors(ad: PeftLoraAdapter, hp: LlamaHParams, outtype: str = "
     tensors = {t.hf: t for t in llama_tensors(hp)}
     shapes = {name: t.shape for name, t in tensors.items()}
     check_targets(ad, shapes)
-    for name, kind in ad.full_kind.items():
-        if kind == "base_layer" and tuple(ad.full[name].shape) == shapes[name]:
-            continue
-        raise ConversionError(
-            f"the adapter carries full weights for {name.removesuffix('.weight')} (modules_to_save"
-            + (", an extended vocabulary" if ad.full[name].shape[0] != shapes[name][0] else "")
-            + "); a llama.cpp LoRA adapter holds only low-rank pairs, so it cannot be applied at run time",
-            where=ad.path, fix="merge it into the base instead: openllm-hub merge-lora BASE ADAPTER -o OUT "
-                               "(then openllm-hub convert OUT OUT.gguf --to gguf)")
-    out: dict[str, np.ndarray] = {}
     for name, pair in ad.pairs.items():
         check_pair_shape(ad, pair, shapes[name])
+    for name, kind in ad.full_kind.items():
+        full_shape = tuple(ad.full[name].shape)
+        if kind == "base_layer" and full_shape == shapes[name]:
+            continue
+        if full_shape[1:] != shapes[name][1:]:
+            raise ConversionError(f"adapter does not fit the base: its copy of {name} is "
+                                  f"{'x'.join(map(str, full_shape))}, the base's is "
+                                  f"{'x'.join(map(str, shapes[name]))}", where=ad.path,
+                                  fix="use the base model this adapter was trained on")
+        raise ConversionError(
+            f"the adapter carries full weights for {name.removesuffix('.weight')} ("
+            + ("an extended vocabulary, " if full_shape[0] != shapes[name][0] else "")
+            + "modules_to_save); a llama.cpp LoRA adapter holds only low-rank pairs, so it cannot be applied "
+            "at run time", where=ad.path,
+            fix="merge it into the base instead: openllm-hub merge-lora BASE ADAPTER -o OUT "
+                "(then openllm-hub convert OUT OUT.gguf --to gguf)")
+    out: dict[str, np.ndarray] = {}
+    for name, pair in ad.pairs.items():
         t = tensors[name]
         a, b = pair.a, pair.b
         if t.qk_heads is not None:
