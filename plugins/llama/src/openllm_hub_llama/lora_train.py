@@ -198,7 +198,6 @@ class _Trainer:
             raise NotFoundError("base model not found", where=base)
         examples = load_alpaca(cfg.data)
         hf = _hf_folder(base)
-        self.out = _prepare_output(cfg, resume)
         self.device = _device(cfg)
         tok = SentencePieceTokenizer(hf)
         sp = tok.sp
@@ -209,6 +208,7 @@ class _Trainer:
         train_idx, val_idx = split_validation(len(feats), cfg.val_size, cfg.seed)
         self.train: list[Features] = [feats[i] for i in train_idx]
         self.val: list[Features] = [feats[i] for i in val_idx]
+        self.out = _prepare_output(cfg, resume)  # only once every input is known to be usable
         self.micro_per_epoch = math.ceil(len(self.train) / cfg.batch_size)
         self.steps_per_epoch = math.ceil(self.micro_per_epoch / cfg.grad_accum)
         self.planned_steps = self.steps_per_epoch * cfg.epochs
