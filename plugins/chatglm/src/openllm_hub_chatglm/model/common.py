@@ -137,11 +137,25 @@ class GLMNetwork(nn.Module):
         """One of the four linears per layer that the official scheme quantizes."""
         if self.spec.quantization_bit:
             self.ckpt_quantized.add(name)
+        self._check_int4(name, in_f, from_checkpoint=bool(self.spec.quantization_bit))
         return make_linear(in_f, out_f, bias, self.plan.bits, self.dtype, self.plan.scale_dtype, self.target)
 
     def output_linear(self, in_f: int, out_f: int) -> nn.Module:
         bits = self.plan.bits if self.plan.embeddings else 0
+        if bits:
+            self._check_int4("the output layer and embeddings", in_f, from_checkpoint=False)
         return make_linear(in_f, out_f, False, bits, self.dtype, self.plan.scale_dtype, self.target)
+
+    def _check_int4(self, name: str, in_f: int, *, from_checkpoint: bool) -> None:
+        """INT4 packs two input columns per byte, so every input dimension must be even."""
+        if self.plan.bits != 4 or in_f % 2 == 0:
+            return
+        if from_checkpoint:
+            raise CorruptFileError(f"an INT4 checkpoint cannot hold {name}: its input dimension {in_f} is odd, "
+                                   "but INT4 packs two values per byte", where="config.json",
+                                   fix="the config does not match the quantized weights; re-download both")
+        raise InvalidParameterError(f"cannot quantize to int4: {name} has an odd input dimension ({in_f}) and "
+                                    "INT4 packs two values per byte", where="quantize", fix="use quantize='int8'")
 
     # ---- what the versions implement -------------------------------------------------------
     def forward_hidden(self, ids: torch.Tensor, cache: KVCache | None, **positions: object) -> torch.Tensor:
