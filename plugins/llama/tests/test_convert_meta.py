@@ -11,6 +11,7 @@ import json
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -22,7 +23,7 @@ from safetensors.torch import load_file
 import openllm_hub
 from openllm_hub.core.io import TMP_MARK
 
-META_CASES = {
+META_CASES: dict[str, dict[str, Any]] = {
     # 2 shards, grouped-query attention, bf16 (as Meta ships Llama-2)
     "gqa-2": {"n_shards": 2, "num_kv_heads": 2, "rms_norm_eps": 1e-5, "rope_theta": 20000.0},
     # 3 shards: uneven splits (vocab 32000 and dim 64 do not divide by 3), LLaMA-1 eps
