@@ -49,6 +49,7 @@ class PhaseResult:
     latencies: list[float] = field(default_factory=list)
     first_token: list[float] = field(default_factory=list)
     server_cpu_s: float = 0.0
+    rss_end_mib: float = 0.0
 
     def summary(self) -> dict[str, Any]:
         def pct(xs: list[float], q: float) -> float | None:
@@ -67,6 +68,7 @@ class PhaseResult:
             "mean_tokens": round(self.completion_tokens / max(self.ok, 1), 1),
             # CPU the server spent per answered request: comparable across runs on a busy machine
             "server_cpu_ms_per_request": round(1000 * self.server_cpu_s / max(self.ok, 1), 2),
+            "server_rss_mib_at_end": round(self.rss_end_mib, 1),
         }
 
 
@@ -141,6 +143,7 @@ async def run_phase(url: str, name: str, clients: int, duration: float, *, strea
         await asyncio.gather(*(worker() for _ in range(clients)))
         result.seconds = time.perf_counter() - t0
     result.server_cpu_s = cpu_seconds(ps) - cpu0
+    result.rss_end_mib = ps.memory_info().rss / (1024 * 1024)
     return result
 
 
@@ -210,8 +213,8 @@ def main() -> int:
             stop = asyncio.Event()
             sampler = asyncio.create_task(sample_memory(stop))
             common = {"max_tokens": args.max_tokens, "ps": ps}
-            await run_phase(url, "warmup", 2, min(3.0, args.duration), stream=False, **common)
             out = [
+                await run_phase(url, "warmup", 2, min(3.0, args.duration), stream=False, **common),
                 await run_phase(url, "below", capacity, args.duration, stream=False, **common),
                 await run_phase(url, "stream", capacity, args.duration, stream=True, **common),
                 await run_phase(url, "above", 3 * capacity, args.duration, stream=False, **common),
@@ -220,7 +223,7 @@ def main() -> int:
             await sampler
             return out
 
-        phases = asyncio.run(all_phases())
+        warmup, *phases = asyncio.run(all_phases())
         health = httpx.get(url + "/health").json()
     finally:
         proc.terminate()
@@ -238,8 +241,8 @@ def main() -> int:
         "settings": {"duration_s": args.duration, "queue_size": args.queue_size, "capacity": capacity,
                      "max_tokens": args.max_tokens, "model": os.path.basename(args.model)},
         "phases": [p.summary() for p in phases],
-        "memory_mib": {"first": round(rss[0] / mib, 1), "last": round(rss[-1] / mib, 1),
-                       "max": round(max(rss) / mib, 1), "samples": len(rss)},
+        "memory_mib": {"at_start": round(rss[0] / mib, 1), "after_warmup": round(warmup.rss_end_mib, 1),
+                       "last": round(rss[-1] / mib, 1), "max": round(max(rss) / mib, 1), "samples": len(rss)},
         "server_completed": health["completed"],
         "server_exit_code": proc.returncode,
     }

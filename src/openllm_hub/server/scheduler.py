@@ -60,7 +60,6 @@ class Job:
         self._wake_pending = False
         self._ready = asyncio.Event()
         self._cancel = threading.Event()
-        self.tokens = 0
 
     @property
     def cancelled(self) -> bool:
@@ -111,7 +110,6 @@ class Job:
                 stream = self._start()
                 try:
                     for chunk in stream:
-                        self.tokens += len(chunk.token_ids)
                         if chunk.finish_reason is not None:
                             final = chunk
                             break
