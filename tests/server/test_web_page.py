@@ -125,20 +125,27 @@ def watch_stream(driver: WebDriver) -> list[str]:
     return seen
 
 
-def defaults(model: Model) -> dict[str, Any]:
-    """What the page sends unless changed: the model's defaults, published in /v1/models."""
-    return {"temperature": model.generation_defaults.temperature, "top_p": model.generation_defaults.top_p}
+#: Sampling parameters the tests set on the page (on the sliders' 0.05 grid) and give the SDK.
+SAMPLING = {"temperature": 0.9, "top_p": 0.9}
 
 
-def test_type_message_and_see_streamed_answer(browser: WebDriver, site: Any, model: Model) -> None:
+def set_sampling(driver: WebDriver, seed: int, max_tokens: int) -> None:
+    set_setting(driver, "temperature", SAMPLING["temperature"])
+    set_setting(driver, "top-p", SAMPLING["top_p"])
+    set_setting(driver, "seed", seed)
+    set_setting(driver, "max-tokens", max_tokens)
+
+
+def test_type_message_and_see_streamed_answer(browser: WebDriver, site: Any, model: Model,
+                                              long_answer_seed: Callable[..., int]) -> None:
     open_page(browser, site.url)
     assert browser.find_element(By.ID, "model-name").text.startswith("bigram-stories")
-    set_setting(browser, "seed", 21)
-    set_setting(browser, "max-tokens", 80)
     first = "Tell me a story, 讲个故事"
+    seed = long_answer_seed(model, [{"role": "user", "content": first}], tokens=80, **SAMPLING)
+    set_sampling(browser, seed, 80)
     send(browser, first)
     seen = watch_stream(browser)
-    want = model.chat([{"role": "user", "content": first}], seed=21, max_new_tokens=80, **defaults(model))
+    want = model.chat([{"role": "user", "content": first}], seed=seed, max_new_tokens=80, **SAMPLING)
     assert bubbles(browser) == [("user", first), ("assistant", want.text)]
     partial = [s for s in seen if s != want.text]
     assert partial and all(want.text.startswith(s) for s in seen), "the answer should grow piece by piece"
@@ -151,7 +158,7 @@ def test_type_message_and_see_streamed_answer(browser: WebDriver, site: Any, mod
     idle(browser)
     history = [{"role": "user", "content": first}, {"role": "assistant", "content": want.text},
                {"role": "user", "content": second}]
-    want2 = model.chat(history, seed=21, max_new_tokens=80, **defaults(model))
+    want2 = model.chat(history, seed=seed, max_new_tokens=80, **SAMPLING)
     assert bubbles(browser)[-1] == ("assistant", want2.text)
     titles = [e.text for e in browser.find_elements(By.CSS_SELECTOR, "#history li")]
     assert titles == [first]
@@ -165,9 +172,8 @@ def test_stop_a_long_answer(browser: WebDriver, site: Any, slow: Any, model: Mod
     open_page(browser, site.url)
     message = "Tell me a very long story."
     full = 300
-    seed = long_answer_seed(model, [{"role": "user", "content": message}], tokens=full, **defaults(model))
-    set_setting(browser, "seed", seed)
-    set_setting(browser, "max-tokens", full)
+    seed = long_answer_seed(model, [{"role": "user", "content": message}], tokens=full, **SAMPLING)
+    set_sampling(browser, seed, full)
     slow.delay = 0.05  # the whole answer would take >= 15 s
     try:
         before = slow.closed_streams
@@ -181,7 +187,7 @@ def test_stop_a_long_answer(browser: WebDriver, site: Any, slow: Any, model: Mod
         assert slow.tokens_per_stream[-1] < full
     finally:
         slow.delay = 0.02
-    whole = model.chat([{"role": "user", "content": message}], seed=seed, max_new_tokens=full, **defaults(model))
+    whole = model.chat([{"role": "user", "content": message}], seed=seed, max_new_tokens=full, **SAMPLING)
     role, shown = bubbles(browser)[-1]
     assert role == "assistant" and whole.text.startswith(shown) and len(shown) < len(whole.text)
     note = browser.find_element(By.CSS_SELECTOR, "#messages .msg.assistant .note").text
@@ -193,8 +199,7 @@ def test_stop_a_long_answer(browser: WebDriver, site: Any, slow: Any, model: Mod
 
 def test_new_chat_and_history(browser: WebDriver, site: Any, model: Model) -> None:
     open_page(browser, site.url)
-    set_setting(browser, "seed", 5)
-    set_setting(browser, "max-tokens", 30)
+    set_sampling(browser, 5, 30)
     send(browser, "First chat")
     idle(browser)
     old = bubbles(browser)
@@ -203,7 +208,7 @@ def test_new_chat_and_history(browser: WebDriver, site: Any, model: Model) -> No
     assert browser.find_element(By.ID, "empty").is_displayed()
     send(browser, "Second chat")
     idle(browser)
-    want = model.chat([{"role": "user", "content": "Second chat"}], seed=5, max_new_tokens=30, **defaults(model))
+    want = model.chat([{"role": "user", "content": "Second chat"}], seed=5, max_new_tokens=30, **SAMPLING)
     assert bubbles(browser) == [("user", "Second chat"), ("assistant", want.text)], "a new chat starts empty"
     items = browser.find_elements(By.CSS_SELECTOR, "#history li button")
     assert [i.text for i in items] == ["Second chat", "First chat"]
