@@ -222,7 +222,7 @@ def convert(src: str | Path, dst: str | Path, *, to: str, outtype: str | None = 
             bound = conv.verify_bounds.get(otype or "", None)
             with load(src_path, family=fam.name, device="cpu", **conv.source_load_options) as a, \
                     load(tmp, family=fam.name, device="cpu", **conv.target_load_options) as b:
-                report = verify_models(a, b, bound=bound)
+                report = verify_models(a, b, bound=bound, require_greedy=(otype or "") in conv.exact_outtypes)
             if not report.passed:
                 raise ConversionError(f"verification failed: {report.summary()}", where=out,
                                       fix="nothing was written; report this with the checkpoint's config")
