@@ -19,6 +19,8 @@ from torch import nn
 from openllm_hub.errors import ConversionError, CorruptFileError
 
 BITS = (4, 8)
+#: torch's CPU int8 weight x float activation kernel (private API, present in torch 2.x)
+_INT8_MM = hasattr(torch, "_weight_int8pack_mm")
 #: Rows dequantized at once in a matrix product (bounds the temporary float weight).
 BLOCK_ELEMENTS = 1 << 22
 
@@ -121,6 +123,13 @@ class QuantLinear(nn.Module):
         return dequantize(self.weight, self.weight_scale, self.bits, dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.bits == 8 and x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16) and _INT8_MM:
+            # torch's CPU kernel multiplies by the int8 weight directly (no float copy)
+            flat = x.reshape(-1, self.in_features)
+            y = torch._weight_int8pack_mm(flat, self.weight, self.weight_scale.to(x.dtype))
+            y = y.reshape(*x.shape[:-1], self.out_features)
+            b = self._bias(x)
+            return y if b is None else y + b
         rows = max(1, BLOCK_ELEMENTS // max(1, self.in_features))
         if rows >= self.out_features:
             return F.linear(x, dequantize(self.weight, self.weight_scale, self.bits, x.dtype), self._bias(x))

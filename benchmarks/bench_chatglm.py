@@ -1,0 +1,164 @@
+"""ChatGLM engine benchmark: generation speed per version and quantization on CPU, against
+transformers' GlmForCausalLM on the same ChatGLM2 weights, and resident weight memory.
+
+Builds small random checkpoints in the real layout (``openllm_hub_chatglm.tiny``), then for
+each configuration generates ``--tokens`` greedy tokens after a ``--prompt-tokens`` prompt
+with the KV cache on, ``--rounds`` times, and reports the best round's generation tokens/s
+(wall clock) and tokens per CPU-second of this process (steadier on a shared machine).
+Memory: parameter + buffer bytes of the loaded network, and for the released ChatGLM-6B /
+ChatGLM2-6B shapes the same count on torch's meta device (no allocation).
+
+    nice .venv/bin/python benchmarks/bench_chatglm.py [--threads 1] [--markdown]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _time_ours(model: Any, prompt_ids: list[int], tokens: int, rounds: int) -> tuple[float, float]:
+    from openllm_hub.core.config import GenerationConfig
+
+    cfg = GenerationConfig(max_new_tokens=tokens, temperature=0.0, repeat_penalty=1.0, seed=0)
+    best_wall = best_cpu = 0.0
+    for _ in range(rounds):
+        stream = model._token_stream(list(prompt_ids), cfg)
+        first = next(stream)  # prompt processed; time the cached steps after it
+        del first
+        w0, c0 = time.perf_counter(), time.process_time()
+        for n, _tok in enumerate(stream, start=2):
+            if n >= tokens:
+                break
+        stream.close()
+        wall, cpu = time.perf_counter() - w0, time.process_time() - c0
+        best_wall = max(best_wall, (tokens - 1) / wall)
+        best_cpu = max(best_cpu, (tokens - 1) / max(cpu, 1e-9))
+    return best_wall, best_cpu
+
+
+def _time_transformers(model: Any, prompt_ids: list[int], tokens: int, rounds: int) -> tuple[float, float]:
+    import torch
+
+    ids = torch.tensor([prompt_ids])
+    best_wall = best_cpu = 0.0
+    with torch.no_grad():
+        for _ in range(rounds):
+            # time prompt + 1 token, then prompt + tokens; the difference is tokens-1 cached steps
+            w0, c0 = time.perf_counter(), time.process_time()
+            model.generate(ids, max_new_tokens=1, min_new_tokens=1, do_sample=False, eos_token_id=None, pad_token_id=0)
+            w1, c1 = time.perf_counter(), time.process_time()
+            model.generate(ids, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False, eos_token_id=None,
+                           pad_token_id=0)
+            w2, c2 = time.perf_counter(), time.process_time()
+            wall, cpu = (w2 - w1) - (w1 - w0), (c2 - c1) - (c1 - c0)
+            best_wall = max(best_wall, (tokens - 1) / max(wall, 1e-9))
+            best_cpu = max(best_cpu, (tokens - 1) / max(cpu, 1e-9))
+    return best_wall, best_cpu
+
+
+def real_size_memory() -> list[tuple[str, str, float, float]]:
+    """(model, scheme, GB, ratio to fp16) for the released shapes, counted on the meta device."""
+    import torch
+
+    from openllm_hub_chatglm.model import QuantPlan, build_network
+    from openllm_hub_chatglm.quant import resident_bytes
+    from openllm_hub_chatglm.spec import read_spec
+
+    configs = {
+        "ChatGLM-6B": {"model_type": "chatglm", "hidden_size": 4096, "inner_hidden_size": 16384,
+                       "num_attention_heads": 32, "num_layers": 28, "vocab_size": 130528,
+                       "position_encoding_2d": True, "max_sequence_length": 2048},
+        "ChatGLM2/3-6B": {"model_type": "chatglm", "_name_or_path": "THUDM/chatglm2-6b", "hidden_size": 4096,
+                          "ffn_hidden_size": 13696, "kv_channels": 128, "multi_query_attention": True,
+                          "multi_query_group_num": 2, "num_attention_heads": 32, "num_layers": 28,
+                          "padded_vocab_size": 65024, "add_qkv_bias": True, "seq_length": 32768},
+    }
+    out = []
+    meta = torch.device("meta")
+    for name, cfg in configs.items():
+        spec = read_spec(Path("."), cfg)
+        base = resident_bytes(build_network(spec, torch.float16, QuantPlan(), meta))
+        out.append((name, "fp16", base / 1e9, 1.0))
+        for bits in (8, 4):
+            for emb in (False, True):
+                n = resident_bytes(build_network(spec, torch.float16, QuantPlan(bits, emb), meta))
+                label = f"int{bits}" + (" (+ embeddings/output)" if emb else " (official: layer linears)")
+                out.append((name, label, n / 1e9, n / base))
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--hidden", type=int, default=512)
+    ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--tokens", type=int, default=64)
+    ap.add_argument("--prompt-tokens", type=int, default=32)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args()
+
+    import torch
+
+    import openllm_hub
+    from openllm_hub_chatglm.reference import load_transformers_glm
+    from openllm_hub_chatglm.tiny import build_checkpoint
+
+    torch.set_num_threads(args.threads)
+    rows: list[tuple[str, str, float, float, float]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for variant in ("chatglm", "chatglm2", "chatglm3"):
+            folder = build_checkpoint(Path(tmp) / variant, variant, hidden=args.hidden, layers=args.layers, heads=8,
+                                      kv_groups=2, seq_length=2048, seed=0)
+            configs: list[dict[str, Any]] = [{"dtype": "fp32"}, {"dtype": "bf16"}, {"quantize": "int8"},
+                                             {"quantize": "int4"}]
+            for opts in configs:
+                model = openllm_hub.load(folder, device="cpu", threads=args.threads, **opts)
+                prompt = (model.tokenize("Once upon a time " * 40, add_special=False))[: args.prompt_tokens - 2]
+                prompt = model.tokenize(model.detokenize(prompt))
+                wall, cpu = _time_ours(model, prompt, args.tokens, args.rounds)
+                mb = model.weight_bytes() / 2**20  # type: ignore[attr-defined]
+                label = opts.get("quantize") or opts["dtype"]
+                rows.append((variant, f"ours {label}", wall, cpu, mb))
+                if variant == "chatglm2" and label == "fp32":
+                    ref = load_transformers_glm(folder, model.spec)  # type: ignore[attr-defined]
+                    twall, tcpu = _time_transformers(ref, prompt, args.tokens, args.rounds)
+                    rows.append((variant, "transformers GlmForCausalLM fp32", twall, tcpu,
+                                 sum(p.numel() * p.element_size() for p in ref.parameters()) / 2**20))
+                    del ref
+                model.close()
+
+    print(f"Machine: {_cpu_name()}, {os.cpu_count()} logical cores, load average "
+          f"{'/'.join(f'{x:.1f}' for x in os.getloadavg())}, Python {platform.python_version()}, "
+          f"torch {torch.__version__}, threads {args.threads}")
+    print(f"Model: random, hidden {args.hidden}, {args.layers} layers, 8 heads (2 kv groups for v2/v3), "
+          f"prompt {args.prompt_tokens} tokens, {args.tokens} generated greedy, best of {args.rounds}")
+    print()
+    print("| version | engine / dtype | tokens/s (wall) | tokens per CPU-s | weights MiB |")
+    print("| --- | --- | --- | --- | --- |")
+    for variant, what, wall, cpu, mb in rows:
+        print(f"| {variant} | {what} | {wall:.1f} | {cpu:.1f} | {mb:.2f} |")
+    print()
+    print("| released shapes | scheme | weights GB | vs fp16 |")
+    print("| --- | --- | --- | --- |")
+    for name, scheme, gb, ratio in real_size_memory():
+        print(f"| {name} | {scheme} | {gb:.2f} | {ratio:.3f} |")
+
+
+if __name__ == "__main__":
+    main()
