@@ -281,3 +281,18 @@ def test_offloaded_layers_give_identical_logits(tiny: Any, model: Any) -> None:
     with load(tiny.path, device="cpu", offload_layers="all", quantize="int4") as both, \
             load(tiny.path, device="cpu", quantize="int4") as q4:
         assert np.array_equal(both.logits(ids), q4.logits(ids))
+
+
+def test_run_command_single_rank(tiny: Any, model: Any, capsys: Any) -> None:
+    import argparse
+
+    from openllm_hub_glm130b.plugin import register_commands
+
+    parser = argparse.ArgumentParser(prog="openllm-hub")
+    register_commands(parser.add_subparsers())
+    args = parser.parse_args(["glm130b-run", str(tiny.path), "--strategy", "greedy", "--max-new-tokens", "5",
+                              "-p", "the cat [MASK] on the mat", "--device", "cpu"])
+    assert args.handler(args) == 0
+    out = capsys.readouterr().out
+    expect = model.fill_blanks("the cat [MASK] on the mat", temperature=0.0, max_new_tokens=5)
+    assert out == expect.blanks[0] + "\n"

@@ -118,6 +118,7 @@ def add_run(cli: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     add_run_arguments(p)
     p.add_argument("--nproc", type=int, default=1, help="tensor-parallel ranks to start on this machine")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--threads", type=int, default=None, help="torch threads per rank (default: CPUs / ranks)")
     p.set_defaults(handler=run_run)
 
 
@@ -128,12 +129,16 @@ def run_run(args: argparse.Namespace) -> int:
     spec = spec_from_args(args, kind)
     job = job_from_args(args)
     if args.nproc == 1:
+        import torch
+
         from openllm_hub_glm130b.engine import preflight
 
         preflight(spec.path, 1, spec.options)
+        if args.threads:
+            torch.set_num_threads(args.threads)
         rank_main(spec, 0, 1, kind, 0, job)
     else:
-        spawn(spec, args.nproc, job, device=kind)
+        spawn(spec, args.nproc, job, device=kind, threads=args.threads)
     return 0
 
 

@@ -99,11 +99,11 @@ def _threads_per_rank(world: int) -> int:
 
 
 def _spawned(rank: int, world: int, port: int, work: list[tuple[RunSpec, Job]], out_dir: str,
-             device_kind: str) -> None:
+             device_kind: str, threads: int | None) -> None:
     import torch
     import torch.distributed as dist
 
-    torch.set_num_threads(_threads_per_rank(world))
+    torch.set_num_threads(threads or _threads_per_rank(world))
     backend = "nccl" if device_kind == "cuda" else "gloo"
     result_file = Path(out_dir) / f"rank{rank}.pkl"
     try:
@@ -120,14 +120,16 @@ def _spawned(rank: int, world: int, port: int, work: list[tuple[RunSpec, Job]], 
         raise
 
 
-def spawn(spec: RunSpec, nproc: int, job: Job, *, device: str = "auto") -> Any:
+def spawn(spec: RunSpec, nproc: int, job: Job, *, device: str = "auto", threads: int | None = None) -> Any:
     """Run ``job`` on rank 0 of ``nproc`` local ranks; return its result."""
-    return spawn_many([(spec, job)], nproc, device=device)[0]
+    return spawn_many([(spec, job)], nproc, device=device, threads=threads)[0]
 
 
-def spawn_many(work: list[tuple[RunSpec, Job]], nproc: int, *, device: str = "auto") -> list[Any]:
+def spawn_many(work: list[tuple[RunSpec, Job]], nproc: int, *, device: str = "auto",
+               threads: int | None = None) -> list[Any]:
     """Run several (checkpoint, job) pairs one after the other on the same ``nproc`` ranks
-    (processes and the process group are set up once); return rank 0's results."""
+    (processes and the process group are set up once); return rank 0's results. ``threads``:
+    torch threads per rank (default: this machine's CPUs divided among the ranks)."""
     from torch.multiprocessing.spawn import ProcessExitedException, ProcessRaisedException, start_processes
 
     if nproc < 1:
@@ -140,7 +142,7 @@ def spawn_many(work: list[tuple[RunSpec, Job]], nproc: int, *, device: str = "au
     with tempfile.TemporaryDirectory(prefix="glm130b-ranks-") as out_dir:
         port = free_port()
         try:
-            start_processes(_spawned, args=(nproc, port, list(work), out_dir, kind),  # type: ignore[no-untyped-call]
+            start_processes(_spawned, args=(nproc, port, list(work), out_dir, kind, threads),  # type: ignore[no-untyped-call]
                             nprocs=nproc, join=True, start_method="spawn")
         except ProcessRaisedException as exc:
             raise _rank_error(Path(out_dir), nproc) or exc from None

@@ -59,7 +59,13 @@ def _repartition(req: ConvertRequest) -> None:
     from openllm_hub_glm130b.quant import parse_bits
 
     ck = SatCheckpoint.open(req.src)
-    tp = int(req.options.get("tp", ck.tp))
+    try:
+        tp = int(req.options.get("tp", ck.tp))
+    except (TypeError, ValueError):
+        from openllm_hub.errors import InvalidParameterError
+
+        raise InvalidParameterError(f"option tp must be an integer, got {req.options.get('tp')!r}",
+                                    where="-o tp=N") from None
     ck.check_world(tp)
     bits = None if req.outtype in (None, "auto") else parse_bits(req.outtype)
     if ck.bits is not None:
@@ -94,7 +100,7 @@ FAMILY = Family(
         Converter("sat", "sat", _repartition, outtypes=("auto", "int8", "int4"), default_outtype="auto",
                   output_is_dir=True,
                   # re-splitting moves values without changing them; only the all-reduce order differs
-                  verify_bounds={"auto": 1e-5},
+                  verify_bounds={"auto": 1e-5}, exact_outtypes=("auto",),
                   description="re-split for another TP degree (options: tp=N); int8/int4 quantize per shard"),
     ),
     quantizers=(
