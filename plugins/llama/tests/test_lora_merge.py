@@ -217,6 +217,26 @@ def test_cli_merge_lora(base: Path, adapters: dict[str, Path], out_root: Path, t
         assert all(torch.equal(x[k], y[k]) for k in x)
 
 
+def test_bin_base_and_tied_base(tiny_hf_factory: Callable[..., Path], adapters: dict[str, Path], out_root: Path,
+                                base: Path, tmp_path: Path) -> None:
+    """A ``pytorch_model-*.bin`` base (same weights as ``base``) merges to the same tensors as the
+    safetensors one; a base with tied embeddings merges attention/MLP adapters (checked against
+    PEFT) and refuses, by name, an adapter that changes the tied embeddings."""
+    bin_base = tiny_hf_factory(num_kv_heads=2, shards=2, fmt="bin")
+    out = openllm_hub.merge_lora(bin_base, [adapters["plain"]], tmp_path / "bin")
+    ref = out_root / "plain"
+    if not ref.exists():
+        openllm_hub.merge_lora(base, [adapters["plain"]], ref)
+    for f in ref.glob("*.safetensors"):
+        x, y = load_file(str(f)), load_file(str(out / f.name))
+        assert all(torch.equal(x[k], y[k]) for k in x)
+    tied = tiny_hf_factory(num_kv_heads=2, tie_word_embeddings=True)
+    merged = openllm_hub.merge_lora(tied, [adapters["second"]], tmp_path / "tied")
+    assert_close(merged_logits(merged, IDS), peft_logits(tied, [adapters["second"]], IDS))
+    with pytest.raises(ConversionError, match="ties lm_head"):
+        openllm_hub.merge_lora(tied, [adapters["rslora_emb"]], tmp_path / "tied-emb")
+
+
 # ---- bad input: a clear error and nothing written ---------------------------------------------------
 def _edit_config(src: Path, dst: Path, **changes: Any) -> Path:
     shutil.copytree(src, dst)

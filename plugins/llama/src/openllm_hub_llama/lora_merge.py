@@ -184,12 +184,12 @@ def plan_merge(base: _Base, adapters: Sequence[PeftLoraAdapter]) -> MergePlan:
     vocab = hp.vocab_size
     tokenizer_dir = base.path
     for ad in adapters:
-        check_targets(ad, base.shapes)
         touches_vocab = {EMBED, LM_HEAD} & ({*ad.full} | {*ad.pairs})
         if hp.tie_word_embeddings and touches_vocab:
             raise ConversionError("the base ties lm_head to embed_tokens; adapters that change either are not "
                                   "supported for tied bases", where=ad.path,
                                   fix="merge with PEFT itself, or use an untied base")
+        check_targets(ad, base.shapes)
         for name, t in ad.full.items():
             if name in (EMBED, LM_HEAD):
                 if t.dim() != 2 or t.shape[1] != h:
