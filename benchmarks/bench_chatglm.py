@@ -75,7 +75,6 @@ def _time_transformers(model: Any, prompt_ids: list[int], tokens: int, rounds: i
 def real_size_memory() -> list[tuple[str, str, float, float]]:
     """(model, scheme, GB, ratio to fp16) for the released shapes, counted on the meta device."""
     import torch
-
     from openllm_hub_chatglm.model import QuantPlan, build_network
     from openllm_hub_chatglm.quant import resident_bytes
     from openllm_hub_chatglm.spec import read_spec
@@ -114,10 +113,10 @@ def main() -> None:
     args = ap.parse_args()
 
     import torch
-
-    import openllm_hub
     from openllm_hub_chatglm.reference import load_transformers_glm
     from openllm_hub_chatglm.tiny import build_checkpoint
+
+    import openllm_hub
 
     torch.set_num_threads(args.threads)
     rows: list[tuple[str, str, float, float, float]] = []
@@ -125,17 +124,18 @@ def main() -> None:
         for variant in ("chatglm", "chatglm2", "chatglm3"):
             folder = build_checkpoint(Path(tmp) / variant, variant, hidden=args.hidden, layers=args.layers, heads=8,
                                       kv_groups=2, seq_length=2048, seed=0)
-            configs: list[dict[str, Any]] = [{"dtype": "fp32"}, {"dtype": "bf16"}, {"quantize": "int8"},
-                                             {"quantize": "int4"}]
+            configs: list[dict[str, Any]] = [
+                {"dtype": "fp32"}, {"dtype": "bf16"}, {"quantize": "int8"}, {"quantize": "int4"},
+                {"quantize": "int8", "dtype": "bf16"}, {"quantize": "int4", "dtype": "bf16"}]
             for opts in configs:
                 model = openllm_hub.load(folder, device="cpu", threads=args.threads, **opts)
                 prompt = (model.tokenize("Once upon a time " * 40, add_special=False))[: args.prompt_tokens - 2]
                 prompt = model.tokenize(model.detokenize(prompt))
                 wall, cpu = _time_ours(model, prompt, args.tokens, args.rounds)
                 mb = model.weight_bytes() / 2**20  # type: ignore[attr-defined]
-                label = opts.get("quantize") or opts["dtype"]
+                label = " ".join(str(v) for v in (opts.get("quantize"), opts.get("dtype", "fp32")) if v)
                 rows.append((variant, f"ours {label}", wall, cpu, mb))
-                if variant == "chatglm2" and label == "fp32":
+                if variant == "chatglm2" and opts == {"dtype": "fp32"}:
                     ref = load_transformers_glm(folder, model.spec)  # type: ignore[attr-defined]
                     twall, tcpu = _time_transformers(ref, prompt, args.tokens, args.rounds)
                     rows.append((variant, "transformers GlmForCausalLM fp32", twall, tcpu,

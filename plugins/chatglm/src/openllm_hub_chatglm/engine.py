@@ -143,6 +143,7 @@ def load_chatglm(req: LoadRequest) -> ChatGLMModel:
     net = build_network(spec, dtype, plan, device)
     net.load_tensors(iter_tensors(folder))
     net.eval()
+    kernel_layers = use_cpu_int4_kernels(net) if plan.bits == 4 and dtype == torch.bfloat16 else 0
     cap = getattr(opts, "context_length", None)
     ctx = spec.max_length if cap is None else min(cap, spec.max_length)
     quant = f"int{plan.bits}" if plan.bits else None
@@ -153,10 +154,21 @@ def load_chatglm(req: LoadRequest) -> ChatGLMModel:
         vocab_size=spec.vocab_size, dtype=placement.dtype,
         extra={"variant": spec.variant, "checkpoint_quantization_bit": spec.quantization_bit,
                "quantized_embeddings": bool(plan.bits and plan.embeddings),
-               "weight_bytes": resident_bytes(net), "placement": placement.reason},
+               "weight_bytes": resident_bytes(net), "placement": placement.reason,
+               "cpu_int4_kernel_layers": kernel_layers},
     )
     template = getattr(opts, "chat_template", None) or spec.variant
     return ChatGLMModel(info, net, tokenizer, spec, ctx, template)
+
+
+def use_cpu_int4_kernels(net: GLMNetwork) -> int:
+    """Move INT4 linears on the CPU to torch's int4 kernel (fast with bfloat16 activations;
+    the embedding table keeps its row layout for lookups). Returns how many moved."""
+    from openllm_hub_chatglm.quant import QuantEmbedding, QuantLinear
+
+    skip = {id(m.inner) for m in net.modules() if isinstance(m, QuantEmbedding)}
+    return sum(1 for m in net.modules()
+               if isinstance(m, QuantLinear) and id(m) not in skip and m.use_cpu_int4_kernel())
 
 
 def quant_plan(spec: GLMSpec, quantize: str | None, embeddings: bool, dtype: torch.dtype) -> QuantPlan:

@@ -21,6 +21,9 @@ from openllm_hub.errors import ConversionError, CorruptFileError
 BITS = (4, 8)
 #: torch's CPU int8 weight x float activation kernel (private API, present in torch 2.x)
 _INT8_MM = hasattr(torch, "_weight_int8pack_mm")
+#: torch's CPU int4 kernel (bfloat16 activations; its own packing, groups of 32..256 columns)
+_INT4_MM = hasattr(torch, "_weight_int4pack_mm_for_cpu") and hasattr(torch, "_convert_weight_to_int4pack_for_cpu")
+_INT4_GROUPS = (256, 128, 64, 32)
 #: Rows dequantized at once in a matrix product (bounds the temporary float weight).
 BLOCK_ELEMENTS = 1 << 22
 
@@ -79,6 +82,8 @@ class QuantLinear(nn.Module):
 
     weight: torch.Tensor
     weight_scale: torch.Tensor
+    #: set by :meth:`use_cpu_int4_kernel`: the buffers then hold torch's CPU int4 layout
+    cpu_group: int = 0
 
     def __init__(self, in_features: int, out_features: int, bits: int, *, bias: bool,
                  scale_dtype: torch.dtype = torch.float16, device: torch.device | str | None = None,
@@ -119,10 +124,33 @@ class QuantLinear(nn.Module):
         q, s = quantize_rows(weight, self.bits, self.weight_scale.dtype)
         self.set_quantized(q, s)
 
-    def float_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        return dequantize(self.weight, self.weight_scale, self.bits, dtype)
+    def use_cpu_int4_kernel(self) -> bool:
+        """Repack an INT4 layer on the CPU for torch's int4 kernel (bfloat16 activations).
+
+        The packed weight keeps 4 bits per value; the per-row scale is stored once per group
+        of columns as bfloat16 (torch's ``qScaleAndZeros`` with zero offsets). Afterwards
+        the buffers are no longer the official layout. Returns False (and changes nothing)
+        when the kernel or the shapes do not allow it.
+        """
+        if self.bits != 4 or self.cpu_group or not _INT4_MM or self.weight.device.type != "cpu":
+            return False
+        group = next((g for g in _INT4_GROUPS if self.in_features % g == 0), 0)
+        if not group or self.out_features % 16:
+            return False
+        unsigned = unpack_int4(self.weight).to(torch.int32) + 8  # torch's kernel: w = (u - 8) * scale + zero
+        packed = torch._convert_weight_to_int4pack_for_cpu(unsigned, 1)
+        scale_zero = torch.zeros(self.in_features // group, self.out_features, 2, dtype=torch.bfloat16)
+        scale_zero[..., 0] = self.weight_scale.to(torch.bfloat16)
+        self.weight, self.weight_scale, self.cpu_group = packed, scale_zero, group
+        return True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.cpu_group:
+            flat = x.reshape(-1, self.in_features).to(torch.bfloat16)
+            y = torch._weight_int4pack_mm_for_cpu(flat, self.weight, self.cpu_group, self.weight_scale)
+            y = y.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
+            b = self._bias(x)
+            return y if b is None else y + b
         if self.bits == 8 and x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16) and _INT8_MM:
             # torch's CPU kernel multiplies by the int8 weight directly (no float copy)
             flat = x.reshape(-1, self.in_features)
