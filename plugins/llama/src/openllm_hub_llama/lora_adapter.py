@@ -195,7 +195,8 @@ class _TensorSource:
 
         assert self.file is not None
         with safe_open(str(self.file), "pt") as fh:
-            return fh.get_tensor(name)
+            t: torch.Tensor = fh.get_tensor(name)
+        return t
 
 
 def read_adapter(path: str | Path) -> PeftLoraAdapter:

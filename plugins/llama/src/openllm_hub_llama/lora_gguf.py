@@ -55,8 +55,8 @@ def base_hparams(base: str | Path) -> LlamaHParams:
             return meta[f"llama.{key}"]
 
         tokens = meta.get("tokenizer.ggml.tokens")
-        vocab = meta.get("llama.vocab_size") or (tokens.get("__array_len__") if isinstance(tokens, dict)
-                                                 else len(tokens or []))
+        vocab: Any = meta.get("llama.vocab_size") or (tokens.get("__array_len__") if isinstance(tokens, dict)
+                                                      else len(tokens or []))
         heads = int(need("attention.head_count"))
         return LlamaHParams(vocab_size=int(vocab), hidden_size=int(need("embedding_length")),
                             intermediate_size=int(need("feed_forward_length")), num_layers=int(need("block_count")),

@@ -97,7 +97,8 @@ def make_peft_adapter(base: str | Path, out: str | Path, *, r: int = 4, alpha: f
     if extra_pieces or added_tokens:
         n = write_adapter_tokenizer(out_dir, Path(resize_from or base), extra_pieces, added_tokens)
         model.resize_token_embeddings(n, mean_resizing=False)
-    cfg = LoraConfig(r=r, lora_alpha=alpha, target_modules=list(targets) if not isinstance(targets, str) else targets,
+    cfg = LoraConfig(r=r, lora_alpha=_alpha(alpha),
+                     target_modules=list(targets) if not isinstance(targets, str) else targets,
                      modules_to_save=list(modules_to_save) if modules_to_save else None, use_rslora=use_rslora,
                      lora_dropout=0.0)
     peft_model = get_peft_model(model, cfg)
@@ -110,6 +111,11 @@ def make_peft_adapter(base: str | Path, out: str | Path, *, r: int = 4, alpha: f
                 p.copy_(torch.randn(p.shape, generator=g) * 0.4)
     peft_model.save_pretrained(str(out_dir))
     return out_dir
+
+
+def _alpha(alpha: float) -> Any:
+    """lora_alpha as adapter_config.json usually holds it (an int when integral)."""
+    return int(alpha) if float(alpha).is_integer() else alpha
 
 
 def _load_state(folder: Path) -> dict[str, Any]:

@@ -218,7 +218,8 @@ class _Trainer:
         self.dtype = torch.bfloat16 if use_bf16 else torch.float32
         torch.manual_seed(cfg.seed)
         model = LlamaForCausalLM.from_pretrained(str(hf), dtype=self.dtype, local_files_only=True)
-        lcfg = LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
+        alpha: Any = int(cfg.alpha) if float(cfg.alpha).is_integer() else cfg.alpha
+        lcfg = LoraConfig(r=cfg.r, lora_alpha=alpha, lora_dropout=cfg.dropout,
                           target_modules=list(cfg.target_modules), bias="none", task_type="CAUSAL_LM",
                           use_rslora=cfg.use_rslora)
         try:
@@ -326,7 +327,7 @@ class _Trainer:
         set_peft_model_state_dict(self.model, weights)
         from openllm_hub.core.io import load_torch_checkpoint
 
-        state = load_torch_checkpoint(ck / "trainer_state.pt", mmap=False)
+        state: dict[str, Any] = load_torch_checkpoint(ck / "trainer_state.pt", mmap=False)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng_cpu"])
@@ -357,7 +358,7 @@ class _Trainer:
                     total = 0.0
                     for mb in group:
                         loss = self._loss(pad_batch(mb, self.pad_id)) / len(group)
-                        loss.backward()
+                        loss.backward()  # type: ignore[no-untyped-call]
                         total += float(loss.detach())
                     torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad], 1.0)
                     self.optimizer.step()
