@@ -142,6 +142,20 @@ def test_logits_rows_are_the_prefix_predictions(model: Model) -> None:
         assert float(np.abs(rows[i] - alone).max()) < 1e-5 * scale
 
 
+def test_small_batches_and_no_mmap_change_nothing(model: Model, gguf_path: Path) -> None:
+    """n_batch=8 splits the prompt (and logits()) into several decodes; use_mmap=False reads
+    the file into memory. Same greedy text, logits within float32 summation noise."""
+    ids = model.tokenize(VERIFY_PROMPT)
+    assert len(ids) > 8
+    ref = model.logits(ids)
+    want = model.generate(VERIFY_PROMPT, max_new_tokens=8, temperature=0.0).token_ids
+    with openllm_hub.load(gguf_path, device="cpu", threads=1, kv_cache_type="f32", n_batch=8, use_mmap=False) as m:
+        assert m.info.extra["n_batch"] == 8
+        got = m.logits(ids)
+        assert m.generate(VERIFY_PROMPT, max_new_tokens=8, temperature=0.0).token_ids == want
+    assert float(np.abs(got - ref).max()) < 1e-5 * float(ref.max() - ref.min())
+
+
 def test_f16_kv_cache_is_close(model: Model, gguf_path: Path) -> None:
     """The default f16 KV cache rounds keys and values to 11 bits of mantissa: measured 1e-3
     to 5e-3 of the logit range on these models; 2e-2 bounds it."""
