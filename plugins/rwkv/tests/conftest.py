@@ -16,7 +16,7 @@ import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 from openllm_hub_rwkv.tiny import WORLD_VOCAB, build_bpe_tokenizer, build_checkpoint
@@ -86,6 +86,7 @@ class PackageRef:
     """The rwkv package used directly, as ChatRWKV uses it: the independent side of the tests."""
 
     _v7: ModuleType | None = None
+    _models: ClassVar[dict[tuple[str, str], Any]] = {}
 
     def v7_module(self) -> ModuleType:
         """model.py imported with RWKV_V7_ON=1 (its documented switch for RWKV-7), as a separate
@@ -107,14 +108,21 @@ class PackageRef:
         return PackageRef._v7
 
     def model(self, path: Path, version: str, strategy: str = "cpu fp32") -> Any:
-        """``rwkv.model.RWKV`` (``RWKV_x070`` for v7) on ``path`` as ChatRWKV builds it."""
-        name = str(path)[: -len(".pth")]
-        if version == "7":
-            with contextlib.redirect_stdout(io.StringIO()):
-                return self.v7_module().RWKV_x070(name, strategy)
-        from rwkv.model import RWKV
+        """``rwkv.model.RWKV`` (``RWKV_x070`` for v7) on ``path`` as ChatRWKV builds it (cached:
+        forward never changes the weights)."""
+        key = (str(path), strategy)
+        if key not in self._models:
+            name = str(path)[: -len(".pth")]
+            if version == "7":
+                if strategy != "cpu fp32":  # RWKV_x070 keeps dtype/device in module globals
+                    raise ValueError("the test reference runs RWKV-7 in cpu fp32 only")
+                with contextlib.redirect_stdout(io.StringIO()):
+                    self._models[key] = self.v7_module().RWKV_x070(name, strategy)
+            else:
+                from rwkv.model import RWKV
 
-        return RWKV(name, strategy, verbose=False)
+                self._models[key] = RWKV(name, strategy, verbose=False)
+        return self._models[key]
 
     @staticmethod
     def logits(model: Any, ids: list[int], chunk: int = 256) -> Any:

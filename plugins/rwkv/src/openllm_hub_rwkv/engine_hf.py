@@ -81,9 +81,6 @@ class TransformersRwkvModel(Model):
 
     def _close(self) -> None:
         self._model = None
-        import gc
-
-        gc.collect()
 
 
 def _device_and_dtype(req: LoadRequest) -> tuple[str, str]:

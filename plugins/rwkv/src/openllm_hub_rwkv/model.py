@@ -17,7 +17,6 @@ saved with ``save_state`` and restored with ``load_state`` continues bit for bit
 
 from __future__ import annotations
 
-import gc
 import hashlib
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
@@ -172,7 +171,6 @@ class RwkvModel(Model):
         self._last = None
         self._zero = None
         self._workdir.close()
-        gc.collect()
 
     # ---- stateful chat ------------------------------------------------------------------
     def _chat_read(self, messages: Sequence[Mapping[str, str]], template: str | None, *,
