@@ -212,3 +212,16 @@ def test_init_config_and_repartition_commands(tiny: Any, tmp_path: Path, capsys:
     out = SatCheckpoint.open(tmp_path / "out")
     assert (out.tp, out.bits) == (4, 8)
     assert "TP=4" in capsys.readouterr().out
+
+
+def test_load_refuses_early_with_the_planners_numbers(tiny: Any, monkeypatch: Any) -> None:
+    from openllm_hub_glm130b import loader
+
+    from openllm_hub import load
+    from openllm_hub.errors import IncompatibleDeviceError
+
+    monkeypatch.setattr(loader, "_available_ram", lambda: 100_000)  # a machine with 100 kB free
+    with pytest.raises(IncompatibleDeviceError, match=r"needs about .* GiB here \(weights .* KV cache .*"
+                                                      r"but this machine has 0.0 GiB"):
+        load(tiny.path, device="cpu")
+    load(tiny.path, device="cpu", check_memory=False).close()

@@ -94,3 +94,22 @@ def test_tp2_and_tp4_match_tp1(model: Any, tiny: Any, ckpts: dict[str, Path], pr
     tp1 = model.backend.engine.weight_bytes()["device"]
     assert tp1 / 2 < runs[0]["weight_bytes"]["device"] < tp1 / 2 * 1.1
     assert tp1 / 4 < four["weight_bytes"]["device"] < tp1 / 4 * 1.2
+
+
+def test_torchrun_entry_point(model: Any, tiny: Any) -> None:
+    """``torchrun --standalone --nproc-per-node 2 -m openllm_hub_glm130b``: what multi-node runs use."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
+    assert torchrun is not None
+    prompt = "the cat [MASK] on the mat"
+    proc = subprocess.run([torchrun, "--standalone", "--nproc-per-node", "2", "-m", "openllm_hub_glm130b",
+                           str(tiny.path), "-p", prompt, "--strategy", "greedy", "--max-new-tokens", "5"],
+                          capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    expect = model.fill_blanks(prompt, temperature=0.0, max_new_tokens=5)
+    assert proc.stdout == expect.blanks[0] + "\n"
