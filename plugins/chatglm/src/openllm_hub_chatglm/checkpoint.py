@@ -105,3 +105,19 @@ def iter_tensors(folder: Path) -> Iterator[tuple[str, torch.Tensor]]:
                     raise CorruptFileError(f"{name!r} is not a tensor", where=shard)
                 yield name, tensor
             del state
+
+
+def tensor_shapes(folder: Path) -> list[tuple[str, tuple[int, ...]]]:
+    """(name, shape) of every tensor, in the order :func:`iter_tensors` yields them, without
+    reading safetensors data (``.bin`` shards are memory-mapped)."""
+    layout = find_layout(folder)
+    out: list[tuple[str, tuple[int, ...]]] = []
+    for shard in layout.shards:
+        if layout.kind == "safetensors":
+            from safetensors import safe_open
+
+            with safe_open(str(shard), framework="pt", device="cpu") as fh:
+                out.extend((name, tuple(fh.get_slice(name).get_shape())) for name in fh.keys())
+        else:
+            out.extend((name, tuple(t.shape)) for name, t in load_torch_checkpoint(shard).items())
+    return out

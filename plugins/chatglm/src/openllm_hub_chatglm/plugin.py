@@ -7,12 +7,14 @@ functions that run them.
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from openllm_hub import hookimpl
 from openllm_hub.core.chat import ChatTemplate
+from openllm_hub.core.convert import Converter, ConvertRequest
 from openllm_hub.core.detect import Probe
 from openllm_hub.core.device import DeviceSupport
 from openllm_hub.core.family import Detection, Family, LoadRequest
@@ -38,6 +40,11 @@ class ChatGLMOptions(BaseModel):
 
 
 def _detect(probe: Probe) -> Detection | None:
+    meta = probe.gguf
+    if meta is not None:
+        if meta.get("general.architecture") == "chatglm":
+            return Detection("gguf", 0.9, "GGUF with general.architecture=chatglm")
+        return None
     cfg = probe.config
     if cfg is None:
         return None
@@ -58,6 +65,18 @@ def _load(req: LoadRequest) -> Model:
     return load_chatglm(req)
 
 
+def _to_gguf(req: ConvertRequest) -> None:
+    from openllm_hub_chatglm.gguf_convert import convert_hf_to_gguf
+
+    convert_hf_to_gguf(req)
+
+
+def _gguf_hint(path: Path, fmt: str) -> str:
+    return ("running ChatGLM GGUF files needs the shared llama.cpp engine, which is not in openllm_hub's core "
+            f"yet; load the HuggingFace checkpoint it came from instead (torch engine), or run {path.name} with "
+            "llama.cpp directly")
+
+
 def _quantize(req: QuantizeRequest) -> None:
     from openllm_hub_chatglm.save import quantize_checkpoint
 
@@ -68,13 +87,19 @@ FAMILY = Family(
     name="chatglm",
     aliases=("chatglm-6b", "chatglm2", "chatglm3"),
     description="ChatGLM-6B, ChatGLM2-6B, ChatGLM3-6B on an own torch engine (no remote code); INT8/INT4",
-    formats=("hf",),
+    formats=("hf", "gguf"),
+    loadable=("hf",),
     detect=_detect,
     load=_load,
     options=ChatGLMOptions,
+    not_loadable_hint=_gguf_hint,
     devices=(
         DeviceSupport("cuda", ("fp16", "bf16", "fp32")),
         DeviceSupport("cpu", ("fp32", "bf16")),
+    ),
+    converters=(
+        Converter("hf", "gguf", _to_gguf, outtypes=("f32", "f16", "q8_0"), default_outtype="f16",
+                  description="ChatGLM2/3 HuggingFace folder -> GGUF for llama.cpp's chatglm architecture"),
     ),
     quantizers=(
         Quantizer("hf", ("int8", "int4"), _quantize, output_is_dir=True,
