@@ -66,9 +66,17 @@ def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
 
 
 def dequantize(q: torch.Tensor, scale: torch.Tensor, bits: int, dtype: torch.dtype) -> torch.Tensor:
-    """The ``(n, m)`` weight in ``dtype`` on ``q``'s device."""
-    vals = unpack_int4(q) if bits == 4 else q
-    return vals.to(dtype) * scale.to(dtype)[:, None]
+    """The ``(n, m)`` weight in ``dtype`` on ``q``'s device (one allocation, scaled in place)."""
+    import torch
+
+    if bits == 4:
+        # int8 shifts are arithmetic: >> 4 gives the high nibble, << 4 then >> 4 the low one
+        out = torch.empty((q.shape[0], q.shape[1] * 2), dtype=dtype, device=q.device)
+        out[:, 0::2] = torch.bitwise_right_shift(q, 4)
+        out[:, 1::2] = torch.bitwise_right_shift(torch.bitwise_left_shift(q, 4), 4)
+    else:
+        out = q.to(dtype)
+    return out.mul_(scale.to(dtype)[:, None])
 
 
 def is_quantized_linear(key: str) -> bool:
