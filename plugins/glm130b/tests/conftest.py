@@ -13,9 +13,16 @@ import torch
 from openllm_hub_glm130b.config import GLMConfig, read_config
 from openllm_hub_glm130b.tiny import build_tiny, train_char_tokenizer, train_tokenizer
 
-# The tiny models are far too small for intra-op threads to pay off, and on a loaded machine
-# OpenMP's spinning threads make every op ~10x slower; one thread keeps the suite fast.
-torch.set_num_threads(1)
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread() -> Iterator[None]:
+    """The tiny models are far too small for intra-op threads to pay off, and on a loaded
+    machine OpenMP's spinning threads make every op ~10x slower. Restored after each module,
+    so other plugins' tests keep their settings."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @dataclass(frozen=True)

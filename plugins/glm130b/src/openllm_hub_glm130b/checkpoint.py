@@ -202,10 +202,13 @@ class SatCheckpoint:
 
     # ---- slicing -------------------------------------------------------------------
     def local_state(self, rank: int, world: int) -> dict[str, torch.Tensor]:
-        """The tensors rank ``rank`` of a ``world``-rank run keeps (copies, not mmap views)."""
+        """The tensors rank ``rank`` of a ``world``-rank run keeps. When the degrees match these
+        are the shard's memory-mapped tensors themselves (moving them to the compute device or
+        dtype copies them once; a CPU run in the stored dtype reads them from the page cache);
+        otherwise fresh tensors cut from the shards."""
         self.check_world(world)
         if world == self.tp:
-            return {k: v.clone() for k, v in self.state(rank).items()}
+            return dict(self.state(rank))
         out: dict[str, torch.Tensor] = {}
         for key in self.state(0):
             rule = rule_of(key)
