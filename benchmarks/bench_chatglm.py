@@ -72,6 +72,42 @@ def _time_transformers(model: Any, prompt_ids: list[int], tokens: int, rounds: i
     return best_wall, best_cpu
 
 
+def _time_llama_cpp(path: Path, prompt_ids: list[int], tokens: int, rounds: int, threads: int) -> tuple[float, float]:
+    """llama.cpp on a GGUF: prompt, then ``tokens`` greedy single-token evals (f32 KV cache,
+    no AMX weight repacking: see tests/test_gguf.py)."""
+    import llama_cpp
+    import llama_cpp.llama as llama_mod
+    import numpy as np
+
+    original = llama_cpp.llama_model_default_params
+
+    def params() -> Any:
+        p = original()
+        p.use_extra_bufts = False
+        return p
+
+    llama_mod.llama_cpp.llama_model_default_params = params  # type: ignore[attr-defined]
+    try:
+        llm = llama_cpp.Llama(model_path=str(path), n_ctx=256, n_batch=256, verbose=False, n_threads=threads,
+                              n_threads_batch=threads, type_k=0, type_v=0)
+    finally:
+        llama_mod.llama_cpp.llama_model_default_params = original  # type: ignore[attr-defined]
+    best_wall = best_cpu = 0.0
+    for _ in range(rounds):
+        llm.reset()
+        llm.eval(list(prompt_ids))
+        tok = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+        w0, c0 = time.perf_counter(), time.process_time()
+        for _ in range(tokens - 1):
+            llm.eval([tok])
+            tok = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+        wall, cpu = time.perf_counter() - w0, time.process_time() - c0
+        best_wall = max(best_wall, (tokens - 1) / wall)
+        best_cpu = max(best_cpu, (tokens - 1) / max(cpu, 1e-9))
+    llm.close()
+    return best_wall, best_cpu
+
+
 def real_size_memory() -> list[tuple[str, str, float, float]]:
     """(model, scheme, GB, ratio to fp16) for the released shapes, counted on the meta device."""
     import torch
@@ -100,6 +136,30 @@ def real_size_memory() -> list[tuple[str, str, float, float]]:
                 label = f"int{bits}" + (" (+ embeddings/output)" if emb else " (official: layer linears)")
                 out.append((name, label, n / 1e9, n / base))
     return out
+
+
+def _llama_cpp_rows(folder: Path, tmp: Path, prompt: list[int], args: argparse.Namespace
+                    ) -> list[tuple[str, str, float, float, float]]:
+    """Our GGUF conversion (f16, q8_0) and llama.cpp's q4_0 of it, run by llama.cpp."""
+    import ctypes
+
+    import llama_cpp
+
+    import openllm_hub
+
+    rows = []
+    files = {}
+    for outtype in ("f16", "q8_0"):
+        files[outtype] = openllm_hub.convert(folder, tmp / f"v2-{outtype}.gguf", to="gguf", outtype=outtype,
+                                             progress=False).path
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype, params.nthread = llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_0, 1
+    files["q4_0"] = tmp / "v2-q4_0.gguf"
+    llama_cpp.llama_model_quantize(str(files["f16"]).encode(), str(files["q4_0"]).encode(), ctypes.byref(params))
+    for name, path in files.items():
+        wall, cpu = _time_llama_cpp(path, prompt, args.tokens, args.rounds, args.threads)
+        rows.append(("chatglm2", f"llama.cpp GGUF {name}", wall, cpu, path.stat().st_size / 2**20))
+    return rows
 
 
 def main() -> None:
@@ -141,6 +201,7 @@ def main() -> None:
                     rows.append((variant, "transformers GlmForCausalLM fp32", twall, tcpu,
                                  sum(p.numel() * p.element_size() for p in ref.parameters()) / 2**20))
                     del ref
+                    rows.extend(_llama_cpp_rows(folder, Path(tmp), prompt, args))
                 model.close()
 
     print(f"Machine: {_cpu_name()}, {os.cpu_count()} logical cores, load average "
