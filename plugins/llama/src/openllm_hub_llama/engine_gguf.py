@@ -290,6 +290,9 @@ class GGUFModel(Model):
 
     def _token_stream(self, prompt_ids: list[int], config: GenerationConfig) -> Iterator[int]:
         llm = self._llm
+        if not prompt_ids:
+            raise InvalidParameterError("the prompt is empty (and this model adds no BOS token)",
+                                        where=self.info.path, fix="give a non-empty prompt")
         try:
             self._evaluate_prompt(prompt_ids)
         except RuntimeError as exc:

@@ -147,6 +147,9 @@ class HFModel(Model):
         import torch
         from transformers import DynamicCache
 
+        if not prompt_ids:
+            raise InvalidParameterError("the prompt is empty (and this model adds no BOS token)",
+                                        where=self.info.path, fix="give a non-empty prompt")
         cache = DynamicCache(config=self._model.config)
         model = self._model
         device = self._device
