@@ -21,6 +21,10 @@ Facts from rwkv 0.8.32's ``model.py`` this module handles:
   :mod:`openllm_hub_rwkv.layout`); when the file's order would mislead them, a reordered copy
   is written to the temporary folder.
 * Printing: loading prints progress (RWKV-7 always does); it is silenced.
+* ``RWKV.__init__`` calls ``gc.collect()`` after every layer, which costs a full collection of
+  the process's objects each time (seconds per load in a process holding many objects, e.g. a
+  server). The tensors it frees have no reference cycles, so plain reference counting frees
+  them just as early; the private copies get a ``gc`` whose ``collect`` does nothing.
 """
 
 from __future__ import annotations
@@ -96,11 +100,20 @@ def package_module(*, v7: bool, jit: bool, cuda_kernels: bool, v7_strategy: str 
         except BaseException:
             sys.modules.pop(name, None)
             raise
+        module.gc = _NoCollect()  # type: ignore[attr-defined]
         # read again by RWKV.__init__/forward at run time (see the module docstring)
         os.environ["RWKV_CUDA_ON"] = "1" if cuda_kernels else "0"
         _CUDA_KERNELS = cuda_kernels
         _MODULES[key] = module
         return module
+
+
+class _NoCollect:
+    """Stands in for the ``gc`` module inside the private copies (see the module docstring)."""
+
+    @staticmethod
+    def collect(generation: int = 2) -> int:
+        return 0
 
 
 class Workdir:
