@@ -26,6 +26,7 @@ def run_cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess
     ("info", "bigram-stories", "--device", "cuda"),
     ("quantize", "bigram-stories", "/tmp/x.bin", "q4_0"),
     ("chat", "bigram-stories", "--template", "no-such-template"),
+    ("run", "bigram-stories", "-p", "x", "--nproc", "2"),
 ])
 def test_bad_input_is_one_line(args: tuple[str, ...]) -> None:
     res = run_cli(*args)

@@ -8,11 +8,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from openllm_hub.core.convert import Converter, ConvertRequest, VerifyReport, verify_models
 from openllm_hub.core.detect import Probe
-from openllm_hub.core.device import parse_device, plan_placement
+from openllm_hub.core.device import normalize_dtype, parse_device, plan_placement
 from openllm_hub.core.family import Detection, Family, LoadRequest
 from openllm_hub.core.io import atomic_output, check_destination, write_json
 from openllm_hub.core.lora import MergeRequest
@@ -148,6 +148,19 @@ def detect(path: str | Path, *, family: str | None = None) -> tuple[Family, Dete
 
 
 # ---- load ------------------------------------------------------------------------------------
+def validate_options(fam: Family, options: Mapping[str, Any], *, where: str | Path) -> BaseModel:
+    """The family's load options, validated; unknown or invalid ones are named in the error."""
+    try:
+        return fam.options(**options)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise InvalidParameterError(
+            f"invalid load options for {fam.name}: {problems}",
+            where=str(where),
+            fix="valid options: " + ", ".join([*fam.options.model_fields, *DEVICE_OPTIONS]),
+        ) from None
+
+
 def load(source: str | Path, *, family: str | None = None, device: str = "auto", **options: Any) -> Model:
     """Load a model from a file, a folder or a model name.
 
@@ -167,17 +180,33 @@ def load(source: str | Path, *, family: str | None = None, device: str = "auto",
     dev_opts = {k: opts.pop(k) for k in DEVICE_OPTIONS if k in opts}
     spec = parse_device(device, **dev_opts)
     placement = plan_placement(spec, fam.devices, det.format)
-    try:
-        validated = fam.options(**opts)
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        raise InvalidParameterError(
-            f"invalid load options for {fam.name}: {problems}",
-            where=str(resolved.path),
-            fix="valid options: " + (", ".join([*fam.options.model_fields, *DEVICE_OPTIONS])),
-        ) from None
+    validated = validate_options(fam, opts, where=resolved.path)
     return fam.load(LoadRequest(path=resolved.path, format=det.format, detection=det, placement=placement,
                                 options=validated))
+
+
+def launch(source: str | Path, prompt: str, *, nproc: int, family: str | None = None, device: str = "auto",
+           threads: int | None = None, dtype: str | None = None, params: Mapping[str, Any] | None = None,
+           **options: Any) -> int:
+    """Run ``prompt`` over ``nproc`` local processes with a family that supports it (e.g.
+    GLM-130B's tensor parallelism); rank 0 streams the text to stdout. Returns the exit code."""
+    from openllm_hub.core.config import GenerationConfig
+    from openllm_hub.core.family import LaunchRequest
+
+    if nproc < 1:
+        raise InvalidParameterError("nproc must be at least 1", where="--nproc")
+    resolved = resolve_source(source)
+    fam, det = detect(resolved.path, family=family or resolved.family)
+    if fam.launch is None:
+        multi = [f.name for f in get_registry().families.values() if f.launch is not None]
+        raise InvalidParameterError(f"{fam.name} models do not run over several processes", where="--nproc",
+                                    fix="drop --nproc" + (f" (families that do: {', '.join(multi)})" if multi else ""))
+    config = GenerationConfig.build(**dict(params or {}))
+    opts = {**(resolved.options or {}), **options}
+    validated = validate_options(fam, opts, where=resolved.path)
+    return fam.launch(LaunchRequest(path=resolved.path, nproc=nproc, device=device, prompt=prompt,
+                                    params=config.model_dump(exclude_unset=True), options=validated,
+                                    threads=threads, dtype=normalize_dtype(dtype)))
 
 
 # ---- convert / quantize / merge -------------------------------------------------------------

@@ -159,6 +159,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         prompt = args.prompt
     else:
         raise InvalidParameterError("no prompt", where="run", fix="pass -p PROMPT or -f FILE")
+    if args.nproc != 1:
+        from openllm_hub.api import launch
+
+        return launch(args.model, prompt, nproc=args.nproc, family=args.family, device=args.device,
+                      threads=args.threads, dtype=args.dtype, params=_gen_params(args), **_options(args.option))
     c_prompt, c_reset, c_out = _colors(args)
     with _load(args) as model:
         params = _gen_params(args)
@@ -320,6 +325,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-f", "--file", help="read the prompt from a file")
     p.add_argument("--no-echo", dest="echo", action="store_false", help="do not print the prompt first")
     p.add_argument("-v", "--verbose", action="store_true", help="print token counts and speeds to stderr")
+    p.add_argument("--nproc", type=int, default=1,
+                   help="run over N local processes (families with tensor parallelism, e.g. glm130b)")
     _gen_args(p)
     p.set_defaults(handler=cmd_run)
 

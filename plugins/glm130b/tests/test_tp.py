@@ -113,3 +113,21 @@ def test_torchrun_entry_point(model: Any, tiny: Any) -> None:
     assert proc.returncode == 0, proc.stderr[-2000:]
     expect = model.fill_blanks(prompt, temperature=0.0, max_new_tokens=5)
     assert proc.stdout == expect.blanks[0] + "\n"
+
+
+def test_core_run_with_nproc(model: Any, tiny: Any) -> None:
+    """``openllm-hub run MODEL --nproc 2`` goes through the core's launch path to two ranks."""
+    import os
+    import subprocess
+    import sys
+
+    prompt = "the cat [MASK] on the mat"
+    proc = subprocess.run([sys.executable, "-m", "openllm_hub.cli", "run", str(tiny.path), "-p", prompt,
+                           "--nproc", "2", "--device", "cpu", "--temp", "0", "-n", "5", "-t", "1"],
+                          capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    expect = model.fill_blanks(prompt, temperature=0.0, max_new_tokens=5)
+    assert proc.stdout == expect.blanks[0] + "\n"
+    bad = subprocess.run([sys.executable, "-m", "openllm_hub.cli", "run", str(tiny.path), "-p", prompt,
+                          "--nproc", "2", "-o", "nonsense=1"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 1 and "nonsense" in bad.stderr

@@ -52,6 +52,25 @@ class LoadRequest:
 
 
 @dataclass(frozen=True)
+class LaunchRequest:
+    """``openllm-hub run MODEL --nproc N``: run one prompt over N local processes (ranks).
+
+    ``params`` are validated :class:`~openllm_hub.core.config.GenerationConfig` fields and
+    ``options`` the family's validated load options. The family's launcher starts the ranks,
+    streams rank 0's text to stdout and returns an exit code.
+    """
+
+    path: Path
+    nproc: int
+    device: str
+    prompt: str
+    params: Mapping[str, Any]
+    options: BaseModel
+    threads: int | None = None
+    dtype: str | None = None
+
+
+@dataclass(frozen=True)
 class ModelName:
     """A built-in model name a plugin offers (e.g. ``demo``): resolves to a path on demand."""
 
@@ -67,7 +86,8 @@ class Family:
 
     ``detect`` must be cheap and import no engine; ``load`` may import anything.
     ``formats`` lists every format the family recognises (including ones it only converts
-    from); ``loadable`` those ``load`` can run (default: all).
+    from); ``loadable`` those ``load`` can run (default: all). ``launch`` runs a prompt over
+    several processes (tensor parallelism) for ``openllm-hub run --nproc N``.
     """
 
     name: str
@@ -84,6 +104,7 @@ class Family:
     lora_merger: LoraMerger | None = None
     model_names: tuple[ModelName, ...] = ()
     not_loadable_hint: Callable[[Path, str], str] | None = field(default=None, compare=False)
+    launch: Callable[[LaunchRequest], int] | None = field(default=None, compare=False)
 
     def can_load(self, fmt: str) -> bool:
         return fmt in (self.loadable if self.loadable is not None else self.formats)

@@ -15,7 +15,7 @@ from openllm_hub import hookimpl
 from openllm_hub.core.convert import Converter, ConvertRequest
 from openllm_hub.core.detect import Probe
 from openllm_hub.core.device import DeviceSupport
-from openllm_hub.core.family import Detection, Family, LoadRequest
+from openllm_hub.core.family import Detection, Family, LaunchRequest, LoadRequest
 from openllm_hub.core.model import Model
 from openllm_hub.core.quantize import Quantizer, QuantizeRequest
 from openllm_hub_glm130b.config import CONFIG_NAME, MODEL_TYPE
@@ -52,6 +52,25 @@ def _load(req: LoadRequest) -> Model:
     from openllm_hub_glm130b.loader import load_sat
 
     return load_sat(req)
+
+
+def _launch(req: LaunchRequest) -> int:
+    """``openllm-hub run MODEL --nproc N``: spawn N tensor-parallel ranks; rank 0 streams."""
+    from openllm_hub_glm130b.engine import EngineOptions
+    from openllm_hub_glm130b.jobs import GenerateJob
+    from openllm_hub_glm130b.launch import RunSpec, pick_device, spawn
+    from openllm_hub_glm130b.quant import parse_bits
+
+    opts = req.options
+    assert isinstance(opts, GLMOptions)
+    kind = pick_device(req.device if req.device in ("auto", "cpu", "cuda") else "cuda", req.nproc)
+    dtype = req.dtype or ("fp16" if kind == "cuda" else "fp32")
+    offload = tuple(opts.offload_layers) if isinstance(opts.offload_layers, list) else (opts.offload_layers or ())
+    spec = RunSpec(str(req.path), EngineOptions(dtype=dtype, quantize=parse_bits(opts.quantize),
+                                                offload_layers=offload), opts.tokenizer)
+    spawn(spec, req.nproc, GenerateJob((req.prompt,), params=tuple(req.params.items())), device=kind,
+          threads=req.threads)
+    return 0
 
 
 def _repartition(req: ConvertRequest) -> None:
@@ -92,6 +111,7 @@ FAMILY = Family(
     detect=_detect,
     load=_load,
     options=GLMOptions,
+    launch=_launch,
     devices=(
         DeviceSupport("cuda", ("fp16", "bf16", "fp32")),
         DeviceSupport("cpu", ("fp32", "bf16")),
