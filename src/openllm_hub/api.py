@@ -196,7 +196,7 @@ def launch(source: str | Path, prompt: str, *, nproc: int, family: str | None = 
     if nproc < 1:
         raise InvalidParameterError("nproc must be at least 1", where="--nproc")
     resolved = resolve_source(source)
-    fam, det = detect(resolved.path, family=family or resolved.family)
+    fam, _ = detect(resolved.path, family=family or resolved.family)
     if fam.launch is None:
         multi = [f.name for f in get_registry().families.values() if f.launch is not None]
         raise InvalidParameterError(f"{fam.name} models do not run over several processes", where="--nproc",
