@@ -44,3 +44,15 @@ def test_model_chat_uses_template_stops(bigram: object) -> None:
     msgs = [{"role": "user", "content": "Tell me a story"}]
     out = bigram.chat(msgs, template="plain", max_new_tokens=200, temperature=0.0, seed=0)
     assert "\nUser:" not in out.text
+
+
+def test_prefix_rendering_and_normalize() -> None:
+    tpl = ChatTemplate(name="t-norm", user="U: {content}\nA:", assistant=" {content}\n\n", system="S: {content}\n\n",
+                       normalize=lambda t: t.replace("\n\n", "\n"))
+    history = [{"role": "system", "content": "be\n\nbrief"}, {"role": "user", "content": "hi"},
+               {"role": "assistant", "content": "hello"}]
+    assert tpl.render(history, complete=False) == "S: be\nbrief\n\nU: hi\nA: hello\n\n"  # type: ignore[arg-type]
+    with pytest.raises(InvalidParameterError, match="end with a user"):
+        tpl.render(history)  # type: ignore[arg-type]
+    with pytest.raises(InvalidParameterError, match="starting with a user"):
+        tpl.render([{"role": "assistant", "content": "x"}, {"role": "user", "content": "y"}])  # type: ignore[list-item]

@@ -8,7 +8,6 @@ default and a caller may pick another by name. Layouts that plain formats cannot
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, TypedDict
@@ -33,6 +32,8 @@ class ChatTemplate:
     count of user turns) and ``{round0}`` (0-based). ``user`` should end with the cue that
     makes the model answer (e.g. ``"### Response:\\n"``); ``assistant`` closes a past answer.
     ``system`` formats the system prompt (the caller's, else ``default_system``).
+    ``normalize`` rewrites each message's text first (e.g. RWKV collapses blank lines, which
+    its formats use as turn separators).
     """
 
     name: str
@@ -44,28 +45,38 @@ class ChatTemplate:
     stop: tuple[str, ...] = ()
     description: str = ""
     render_fn: Callable[[ChatTemplate, Sequence[Message]], str] | None = field(default=None, compare=False)
+    normalize: Callable[[str], str] | None = field(default=None, compare=False)
 
-    def render(self, messages: Sequence[Message]) -> str:
-        """Lay out ``messages`` (ending with a user turn) as the prompt for the next answer."""
-        msgs = validate_messages(messages)  # type: ignore[arg-type]
+    def render(self, messages: Sequence[Message], *, complete: bool = True) -> str:
+        """Lay out ``messages`` (ending with a user turn) as the prompt for the next answer.
+
+        ``complete=False`` renders a prefix of a conversation (e.g. only the system prompt, or
+        history ending with an answer), for engines that cache the state of a prefix.
+        """
+        msgs = validate_messages(messages, complete=complete)  # type: ignore[arg-type]
         if self.render_fn is not None:
+            if not complete:
+                raise InvalidParameterError(f"template {self.name!r} can only render complete conversations",
+                                            where="chat template")
             return self.render_fn(self, msgs)
+        clean = self.normalize or (lambda text: text)
         parts = [self.prefix]
         system = next((m["content"] for m in msgs if m["role"] == "system"), self.default_system)
         if system:
-            parts.append(self.system.format(content=system))
+            parts.append(self.system.format(content=clean(system)))
         rounds = 0
         for m in msgs:
             if m["role"] == "user":
                 rounds += 1
-                parts.append(self.user.format(content=m["content"], round=rounds, round0=rounds - 1))
+                parts.append(self.user.format(content=clean(m["content"]), round=rounds, round0=rounds - 1))
             elif m["role"] == "assistant":
-                parts.append(self.assistant.format(content=m["content"], round=rounds, round0=rounds - 1))
+                parts.append(self.assistant.format(content=clean(m["content"]), round=rounds, round0=rounds - 1))
         return "".join(parts)
 
 
-def validate_messages(messages: Iterable[Mapping[str, str]]) -> list[Message]:
-    """Check roles and order: optional system first, then alternating turns ending with user."""
+def validate_messages(messages: Iterable[Mapping[str, str]], *, complete: bool = True) -> list[Message]:
+    """Check roles and order: an optional system message first, then turns alternating from
+    a user message; with ``complete`` the last turn must be the user's."""
     out: list[Message] = []
     for i, m in enumerate(messages):
         role, content = m.get("role"), m.get("content")
@@ -78,11 +89,12 @@ def validate_messages(messages: Iterable[Mapping[str, str]]) -> list[Message]:
             raise InvalidParameterError("a system message may only come first", where=f"chat messages[{i}]")
         out.append(Message(role=role, content=content))  # type: ignore[typeddict-item]
     turns = [m for m in out if m["role"] != "system"]
-    if not turns or turns[-1]["role"] != "user":
+    for i, turn in enumerate(turns):
+        if turn["role"] != ("user" if i % 2 == 0 else "assistant"):
+            raise InvalidParameterError("turns must alternate, starting with a user message",
+                                        where=f"chat messages, turn {i}")
+    if complete and (not turns or turns[-1]["role"] != "user"):
         raise InvalidParameterError("the conversation must end with a user message", where="chat messages")
-    for a, b in itertools.pairwise(turns):
-        if a["role"] == b["role"]:
-            raise InvalidParameterError("user and assistant turns must alternate", where="chat messages")
     return out
 
 
