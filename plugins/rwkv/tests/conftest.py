@@ -33,6 +33,18 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 @pytest.fixture(autouse=True)
+def _one_torch_thread() -> Iterator[None]:
+    """One intra-op thread: the models are tiny, and on a shared 2-core machine two OpenMP
+    threads spin-wait on each other (measured 10x slower per token)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(autouse=True)
 def _isolated_config(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OPENLLM_HUB_CONFIG_DIR", str(tmp_path_factory.mktemp("config")))
     monkeypatch.setenv("OPENLLM_HUB_NO_PROGRESS", "1")

@@ -109,6 +109,7 @@ def load_transformers(req: LoadRequest) -> TransformersRwkvModel:
     device, dtype = _device_and_dtype(req)
     torch_dtype = getattr(torch, _DTYPES[dtype])
     path = Path(req.path)
+    model: Any
     if req.format == "hf":
         cfg = read_json(path / "config.json")
         vocab = int(cfg.get("vocab_size", 0))

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
+from typing import cast
 
 from openllm_hub.core.chat import ChatTemplate, Message
 from openllm_hub.errors import InvalidParameterError
@@ -35,7 +36,7 @@ def normalize(text: str) -> str:
 
 
 def _render(tpl: ChatTemplate, messages: Sequence[Message]) -> str:
-    return render(tpl, messages)
+    return render(tpl, cast("Sequence[Mapping[str, str]]", messages))
 
 
 def _rwkv(name: str, user: str, assistant: str, system: str, stop: tuple[str, ...], description: str,
@@ -78,11 +79,11 @@ def _check_prefix(messages: Sequence[Mapping[str, str]], *, complete: bool) -> l
                 where="chat messages")
         if role == "system" and i != 0:
             raise InvalidParameterError("a system message may only come first", where=f"chat messages[{i}]")
-        out.append(Message(role=role, content=content))
+        out.append(cast(Message, {"role": role, "content": content}))
     turns = [m for m in out if m["role"] != "system"]
     expected = "user"
-    for i, m in enumerate(turns):
-        if m["role"] != expected:
+    for i, turn in enumerate(turns):
+        if turn["role"] != expected:
             raise InvalidParameterError("turns must alternate, starting with a user message", where=f"turn {i}")
         expected = "assistant" if expected == "user" else "user"
     if complete and (not turns or turns[-1]["role"] != "user"):
