@@ -77,13 +77,13 @@ def main() -> None:
     path = args.model or build_model(args.work)
 
     from llama_cpp import Llama
-    from openllm_hub_llama.engine_gguf import _model_params, capabilities
 
     import openllm_hub
+    from openllm_hub.engines.llama_cpp import capabilities, model_params
 
     sdk = openllm_hub.load(path, device="cpu", threads=args.threads, n_ctx=512)
     # the direct side gets exactly the engine's settings, including its repack choice
-    with _model_params(use_extra_bufts=sdk.info.extra["repack"]):
+    with model_params(use_extra_bufts=sdk.info.extra["repack"]):
         direct = Llama(str(path), n_ctx=512, n_batch=512, n_threads=args.threads, n_threads_batch=args.threads,
                        offload_kqv=False, op_offload=False, verbose=False)
     llm = sdk.llama  # type: ignore[attr-defined]

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from openllm_hub_llama.engine_gguf import GGUFModel, capabilities, plan_gpu_layers
 
 import openllm_hub
 from openllm_hub.core.convert import VERIFY_PROMPT
 from openllm_hub.core.model import Model
+from openllm_hub.engines.llama_cpp import LlamaCppModel, capabilities, plan_gpu_layers
 from openllm_hub.errors import IncompatibleDeviceError, InvalidParameterError
 
 KW = {"num_kv_heads": 2}
@@ -54,7 +54,7 @@ def test_info(model: Model, tiny_hf_factory: Callable[..., Path]) -> None:
     assert info.extra["kv_cache_type"] == "f32" and info.extra["threads"] == 1
     assert info.extra["n_layers"] == 2 and info.extra["n_gpu_layers"] == 0
     assert 2 in model.eos_token_ids  # </s>
-    assert isinstance(model, GGUFModel) and model.llama.n_vocab() == 32000
+    assert isinstance(model, LlamaCppModel) and model.llama.n_vocab() == 32000
 
 
 def test_capabilities_describe_this_build() -> None:

@@ -15,11 +15,10 @@ from typing import Any
 import gguf
 import numpy as np
 import pytest
-from openllm_hub_llama.plugin import QUANT_TYPES
-from openllm_hub_llama.quantize import QUANT_FTYPES
 
 import openllm_hub
 from openllm_hub.core.convert import VERIFY_PROMPT
+from openllm_hub.engines.llama_cpp_quantize import QUANT_FTYPES, QUANT_TYPES
 from openllm_hub.errors import InvalidParameterError
 
 TensorInfos = Callable[[Path], Any]

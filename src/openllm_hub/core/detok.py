@@ -1,7 +1,8 @@
-"""Text from token pieces, the way sentencepiece decodes a LLaMA vocabulary.
+"""Text from token pieces, the way sentencepiece decodes its vocabularies.
 
-Both engines decode through :func:`join_pieces` with pieces from their own vocabulary
-(llama.cpp's for GGUF, sentencepiece's for HF folders), so the same ids give the same text:
+Engines whose vocabulary is a sentencepiece one (LLaMA, ChatGLM2/3, ... in a GGUF file on
+llama.cpp, or a ``tokenizer.model`` read by sentencepiece) decode through :func:`join_pieces`
+with the pieces of their own vocabulary, so the same ids give the same text in every engine:
 
 * special tokens (control, unknown) are skipped by the caller;
 * pieces join as bytes and decode as UTF-8 with ``errors="replace"`` (a broken sequence

@@ -1,8 +1,10 @@
-"""Quantizing GGUF files with llama.cpp's own quantizer (``llama_model_quantize``).
+"""Quantizing GGUF files with llama.cpp's own quantizer (``llama_model_quantize``), for any
+architecture llama.cpp knows.
 
-The core has already checked the scheme name against :data:`QUANT_FTYPES` (through the
-plugin's ``QUANT_TYPES``), the source's format and the destination; this module maps the
-name onto llama.cpp's file type and runs the quantizer into the core's temporary path.
+A family registers it for its GGUF files with :func:`gguf_quantizer`. The core has already
+checked the scheme name against :data:`QUANT_TYPES`, the source's format and the
+destination; :func:`quantize_gguf` maps the name onto llama.cpp's file type and runs the
+quantizer into the core's temporary path. ``llama_cpp`` is imported only when it runs.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import ctypes
 from typing import Any
 
 from openllm_hub.core.detect import read_gguf_metadata
-from openllm_hub.core.quantize import QuantizeRequest
+from openllm_hub.core.quantize import Quantizer, QuantizeRequest
 from openllm_hub.errors import ConversionError, InvalidParameterError
 
 #: Scheme name -> llama.cpp ``LLAMA_FTYPE_*`` constant name.
@@ -34,6 +36,9 @@ QUANT_FTYPES: dict[str, str] = {
     "bf16": "LLAMA_FTYPE_MOSTLY_BF16",
 }
 
+#: The scheme names, in the order ``openllm-hub quantize`` lists them.
+QUANT_TYPES: tuple[str, ...] = tuple(QUANT_FTYPES)
+
 #: GGUF ``general.file_type`` values of unquantized files (F32, F16, BF16): the only sources
 #: llama.cpp quantizes without re-quantizing already rounded weights.
 UNQUANTIZED_FILE_TYPES = {0: "f32", 1: "f16", 32: "bf16"}
@@ -43,7 +48,7 @@ def quantize_gguf(req: QuantizeRequest) -> None:
     """Write ``req.src`` quantized with ``req.scheme`` to ``req.dst`` (a temporary path)."""
     import llama_cpp
 
-    from openllm_hub_llama.engine_gguf import _capture_llama_log, _log_error, ftype_names
+    from openllm_hub.engines.llama_cpp import capture_log, ftype_names, log_error
 
     if req.scheme not in QUANT_FTYPES:  # the core checks too; this guards direct callers
         raise InvalidParameterError(f"unknown quantization type {req.scheme!r}", where="quantize",
@@ -58,12 +63,17 @@ def quantize_gguf(req: QuantizeRequest) -> None:
     params: Any = llama_cpp.llama_model_quantize_default_params()
     params.nthread = int(req.threads or 0)  # 0: llama.cpp uses every hardware thread
     params.ftype = int(getattr(llama_cpp, QUANT_FTYPES[req.scheme]))
-    with _capture_llama_log() as log:
+    with capture_log() as log:
         rc = llama_cpp.llama_model_quantize(str(req.src).encode("utf-8"), str(req.dst).encode("utf-8"),
                                             ctypes.byref(params))
     if rc != 0:
-        raise ConversionError(f"llama.cpp could not quantize to {req.scheme}: {_log_error(log)}", where=req.src,
+        raise ConversionError(f"llama.cpp could not quantize to {req.scheme}: {log_error(log)}", where=req.src,
                               fix="check that the source is a complete f32/f16/bf16 GGUF file")
 
 
-__all__ = ["QUANT_FTYPES", "quantize_gguf"]
+def gguf_quantizer() -> Quantizer:
+    """The :class:`Quantizer` a family registers for its ``gguf`` files."""
+    return Quantizer("gguf", QUANT_TYPES, quantize_gguf, description="llama.cpp's quantizer (llama_model_quantize)")
+
+
+__all__ = ["QUANT_FTYPES", "QUANT_TYPES", "UNQUANTIZED_FILE_TYPES", "gguf_quantizer", "quantize_gguf"]

@@ -18,13 +18,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from openllm_hub.core.config import GenerationConfig
+from openllm_hub.core.detok import join_pieces
 from openllm_hub.core.family import LoadRequest
 from openllm_hub.core.generate import generate_tokens
 from openllm_hub.core.io import read_safetensors_header
 from openllm_hub.core.model import Model, ModelInfo
 from openllm_hub.core.progress import progress_enabled
 from openllm_hub.errors import CorruptFileError, InvalidParameterError, NotFoundError, UnsafeCheckpointError
-from openllm_hub_llama.detok import join_pieces
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
@@ -78,7 +78,7 @@ class SentencePieceTokenizer:
         return piece
 
     def decode(self, ids: Sequence[int]) -> str:
-        """sentencepiece's pieces joined by :func:`~openllm_hub_llama.detok.join_pieces`: what
+        """sentencepiece's pieces joined by :func:`~openllm_hub.core.detok.join_pieces`: what
         ``sp.decode`` gives, without special tokens and with Python's U+FFFD policy."""
         return join_pieces(self._piece(int(i)) for i in ids)
 

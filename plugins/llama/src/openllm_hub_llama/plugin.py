@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
 from openllm_hub import hookimpl
 from openllm_hub.core.chat import ChatTemplate
@@ -20,15 +20,12 @@ from openllm_hub.core.device import DeviceSupport
 from openllm_hub.core.family import Detection, Family, LoadRequest
 from openllm_hub.core.lora import LoraMerger
 from openllm_hub.core.model import Model
-from openllm_hub.core.quantize import Quantizer, QuantizeRequest
+from openllm_hub.core.quantize import QuantizeRequest
+from openllm_hub.engines.llama_cpp import LlamaCppOptions, device_rows
+from openllm_hub.engines.llama_cpp_quantize import gguf_quantizer
 
 OPENLLM_HUB_API_VERSION = 1
 
-#: llama.cpp quantization types offered by ``openllm-hub quantize`` (name -> llama.cpp ftype name).
-QUANT_TYPES: tuple[str, ...] = (
-    "q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "q2_K", "q3_K_S", "q3_K_M", "q3_K_L", "q4_K_S", "q4_K_M",
-    "q5_K_S", "q5_K_M", "q6_K", "f16", "bf16",
-)
 GGUF_OUTTYPES: tuple[str, ...] = ("f32", "f16", "bf16", "q8_0")
 #: ``--verify`` bounds: max |logit diff| / logit range of the source on a fixed prompt, with the
 #: GGUF side on an F32 KV cache. Measured on tiny random models (plugins/llama/tests,
@@ -40,24 +37,16 @@ GGUF_BOUNDS = {"f32": 1e-4, "f16": 1e-2, "bf16": 5e-2, "q8_0": 0.15}
 META_HF_BOUNDS = {"auto": 1e-6, "f32": 1e-6, "f16": 1e-2, "bf16": 5e-2}
 
 
-class LlamaOptions(BaseModel):
-    """Load options of the llama family (device options dtype/gpu_layers/threads are the core's)."""
+class LlamaOptions(LlamaCppOptions):
+    """Load options of the llama family: llama.cpp's (n_ctx, n_batch, use_mmap, kv_cache_type,
+    lora, chat_template, repack, seed; see :class:`LlamaCppOptions`) plus the engine choice and
+    Meta conversion (device options dtype/gpu_layers/threads are the core's)."""
 
     model_config = ConfigDict(extra="forbid")
 
     engine: Literal["auto", "llama.cpp", "transformers"] = Field(
         "auto", description="auto: llama.cpp for GGUF files, transformers for HF folders")
-    n_ctx: int | None = Field(None, ge=16, description="context length (default: the model's, at most 4096)")
-    n_batch: int = Field(512, ge=1, description="prompt tokens evaluated per batch (llama.cpp)")
-    use_mmap: bool = Field(True, description="memory-map the GGUF file (llama.cpp)")
-    kv_cache_type: Literal["f16", "f32"] = Field("f16", description="llama.cpp KV cache type (f32 for exactness)")
     convert: bool = Field(False, description="Meta checkpoints: convert to HF in the cache and load that")
-    lora: list[tuple[str, float]] = Field(default_factory=list, description="GGUF LoRA adapters (path, scale)")
-    chat_template: str | None = Field(None, description="default chat template name")
-    repack: bool | None = Field(
-        None, description="llama.cpp's repacked CPU weight buffers (its --no-repack turns them off); "
-                          "None: on, except on CPUs with AMX, where llama.cpp's AMX path is known to crash")
-    seed: int | None = Field(None, ge=0, lt=2**32, description="default sampling seed (per call: generate(seed=...))")
 
 
 def _detect(probe: Probe) -> Detection | None:
@@ -93,9 +82,9 @@ def _load(req: LoadRequest) -> Model:
 
             raise InvalidParameterError("GGUF files run on llama.cpp only", where=req.path,
                                         fix="use engine='llama.cpp' (or 'auto'), or load the HF checkpoint")
-        from openllm_hub_llama.engine_gguf import load_gguf
+        from openllm_hub_llama.engine_gguf import load_llama_gguf
 
-        return load_gguf(req)
+        return load_llama_gguf(req)
     if opts.engine == "llama.cpp":
         from openllm_hub_llama.engine_gguf import load_hf_via_gguf
 
@@ -120,20 +109,6 @@ def _lazy(module: str, func: str) -> Callable[..., None]:
     return run
 
 
-def _gguf_available(kind: str) -> Callable[[], tuple[bool, str]]:
-    def check() -> tuple[bool, str]:
-        from openllm_hub_llama.engine_gguf import capabilities
-
-        caps = capabilities()
-        if kind == "blas":
-            return bool(caps.get("blas")), ("the installed llama-cpp-python has no BLAS "
-                                            "(see README: build with OpenBLAS)")
-        return bool(caps.get("gpu_offload")), ("the installed llama-cpp-python has no GPU offload "
-                                               "(build with -DGGML_CUDA=on)")
-
-    return check
-
-
 FAMILY = Family(
     name="llama",
     aliases=("alpaca", "vicuna", "llama2", "chinese-llama", "belle"),
@@ -145,9 +120,7 @@ FAMILY = Family(
     options=LlamaOptions,
     not_loadable_hint=_meta_hint,
     devices=(
-        DeviceSupport("cuda", ("file",), formats=("gguf",), partial_offload=True, available=_gguf_available("gpu")),
-        DeviceSupport("cpu", ("file",), formats=("gguf",), blas=True, available=_gguf_available("blas")),
-        DeviceSupport("cpu", ("file",), formats=("gguf",)),
+        *device_rows(("gguf",)),
         DeviceSupport("cuda", ("fp16", "bf16", "fp32"), formats=("hf", "meta"), multi_gpu=True),
         DeviceSupport("cpu", ("fp32", "bf16"), formats=("hf", "meta")),
     ),
@@ -172,10 +145,7 @@ FAMILY = Family(
                   target_load_options={"kv_cache_type": "f32"},
                   description="Meta shards -> GGUF (through an HF folder in a temporary directory)"),
     ),
-    quantizers=(
-        Quantizer("gguf", QUANT_TYPES, _lazy("quantize", "quantize_gguf"),
-                  description="llama.cpp's quantizer (llama_model_quantize)"),
-    ),
+    quantizers=(gguf_quantizer(),),
     lora_merger=LoraMerger(("hf", "meta"), ("hf", "pth"), _lazy("lora_merge", "run_merge"),
                            description="PEFT LoRA adapters (in order; extended vocabularies) -> HF folder or "
                                        "Meta consolidated.NN.pth"),
@@ -208,7 +178,7 @@ def report_engines() -> dict[str, dict[str, Any]] | None:
     """What ``openllm-hub devices`` shows about llama.cpp and transformers/torch here."""
     from importlib import metadata
 
-    from openllm_hub_llama.engine_gguf import capabilities
+    from openllm_hub.engines.llama_cpp import capabilities
 
     report: dict[str, dict[str, Any]] = {"llama.cpp": capabilities()}
     hf: dict[str, Any] = {}

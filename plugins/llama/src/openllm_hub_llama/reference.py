@@ -8,12 +8,13 @@ the SDK's engines in the loop.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from openllm_hub.engines.llama_cpp import model_params
 
 #: ggml type id of F32, for llama.cpp's KV cache (``type_k``/``type_v``)
 GGML_TYPE_F32 = 0
@@ -46,33 +47,6 @@ class HFReference:
         return seq[len(ids):]
 
 
-@contextlib.contextmanager
-def _without_extra_buffer_types() -> Iterator[None]:
-    """Load with ``use_extra_bufts=False`` (no weight repacking into AMX/other CPU layouts).
-
-    ``llama_cpp.Llama`` has no argument for it, so the default-params function it calls is
-    wrapped while the model loads. Reason: on CPUs that report AMX-INT8 but where the kernel
-    does not grant the AMX state (seen on this project's build machines), llama.cpp 0.3.36's
-    AMX path segfaults on q8_0 matrices as soon as a batch has more than one token. Repacking
-    only changes the weights' memory layout, never the model.
-    """
-    import llama_cpp
-    import llama_cpp.llama as llama_mod
-
-    original = llama_cpp.llama_model_default_params
-
-    def params() -> Any:
-        p = original()
-        p.use_extra_bufts = False
-        return p
-
-    llama_mod.llama_cpp.llama_model_default_params = params  # type: ignore[attr-defined]
-    try:
-        yield
-    finally:
-        llama_mod.llama_cpp.llama_model_default_params = original  # type: ignore[attr-defined]
-
-
 class GGUFReference:
     """A GGUF run by llama.cpp with an F32 KV cache, all logits kept."""
 
@@ -80,7 +54,9 @@ class GGUFReference:
         import llama_cpp
 
         kw: dict[str, Any] = {"type_k": GGML_TYPE_F32, "type_v": GGML_TYPE_F32} if f32_cache else {}
-        with _without_extra_buffer_types():
+        # No weight repacking: see openllm_hub.engines.llama_cpp.default_repack (the AMX path
+        # crashes on this project's build machines); repacking never changes the results.
+        with model_params(use_extra_bufts=False):
             self.llm: Any = llama_cpp.Llama(str(path), n_ctx=n_ctx, logits_all=True, verbose=False, n_threads=n_threads,
                                        n_threads_batch=n_threads, seed=0, **kw)
 
