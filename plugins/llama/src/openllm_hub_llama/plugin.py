@@ -23,6 +23,7 @@ from openllm_hub.core.model import Model
 from openllm_hub.core.quantize import QuantizeRequest
 from openllm_hub.engines.llama_cpp import LlamaCppOptions, device_rows
 from openllm_hub.engines.llama_cpp_quantize import gguf_quantizer
+from openllm_hub_llama.demo import MODEL_NAMES as DEMO_MODEL_NAMES
 
 OPENLLM_HUB_API_VERSION = 1
 
@@ -149,6 +150,7 @@ FAMILY = Family(
     lora_merger=LoraMerger(("hf", "meta"), ("hf", "pth"), _lazy("lora_merge", "run_merge"),
                            description="PEFT LoRA adapters (in order; extended vocabularies) -> HF folder or "
                                        "Meta consolidated.NN.pth"),
+    model_names=DEMO_MODEL_NAMES,
 )
 
 
