@@ -74,24 +74,15 @@ def _time_transformers(model: Any, prompt_ids: list[int], tokens: int, rounds: i
 
 def _time_llama_cpp(path: Path, prompt_ids: list[int], tokens: int, rounds: int, threads: int) -> tuple[float, float]:
     """llama.cpp on a GGUF: prompt, then ``tokens`` greedy single-token evals (f32 KV cache,
-    no AMX weight repacking: see tests/test_gguf.py)."""
+    weight repacking as the SDK's shared llama.cpp engine chooses it: off on AMX CPUs)."""
     import llama_cpp
-    import llama_cpp.llama as llama_mod
     import numpy as np
 
-    original = llama_cpp.llama_model_default_params
+    from openllm_hub.engines.llama_cpp import default_repack, model_params
 
-    def params() -> Any:
-        p = original()
-        p.use_extra_bufts = False
-        return p
-
-    llama_mod.llama_cpp.llama_model_default_params = params  # type: ignore[attr-defined]
-    try:
+    with model_params(use_extra_bufts=default_repack()):
         llm = llama_cpp.Llama(model_path=str(path), n_ctx=256, n_batch=256, verbose=False, n_threads=threads,
                               n_threads_batch=threads, type_k=0, type_v=0)
-    finally:
-        llama_mod.llama_cpp.llama_model_default_params = original  # type: ignore[attr-defined]
     best_wall = best_cpu = 0.0
     for _ in range(rounds):
         llm.reset()
@@ -141,10 +132,6 @@ def real_size_memory() -> list[tuple[str, str, float, float]]:
 def _llama_cpp_rows(folder: Path, tmp: Path, prompt: list[int], args: argparse.Namespace
                     ) -> list[tuple[str, str, float, float, float]]:
     """Our GGUF conversion (f16, q8_0) and llama.cpp's q4_0 of it, run by llama.cpp."""
-    import ctypes
-
-    import llama_cpp
-
     import openllm_hub
 
     rows = []
@@ -152,10 +139,7 @@ def _llama_cpp_rows(folder: Path, tmp: Path, prompt: list[int], args: argparse.N
     for outtype in ("f16", "q8_0"):
         files[outtype] = openllm_hub.convert(folder, tmp / f"v2-{outtype}.gguf", to="gguf", outtype=outtype,
                                              progress=False).path
-    params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype, params.nthread = llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_0, 1
-    files["q4_0"] = tmp / "v2-q4_0.gguf"
-    llama_cpp.llama_model_quantize(str(files["f16"]).encode(), str(files["q4_0"]).encode(), ctypes.byref(params))
+    files["q4_0"] = openllm_hub.quantize(files["f16"], tmp / "v2-q4_0.gguf", "q4_0", threads=1, progress=False)
     for name, path in files.items():
         wall, cpu = _time_llama_cpp(path, prompt, args.tokens, args.rounds, args.threads)
         rows.append(("chatglm2", f"llama.cpp GGUF {name}", wall, cpu, path.stat().st_size / 2**20))

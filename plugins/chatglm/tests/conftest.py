@@ -16,6 +16,16 @@ from openllm_hub_chatglm.tiny import build_checkpoint, train_tokenizer
 DATA = Path(__file__).parent / "data"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """GGUF files made on demand (``quantize="q4_0"``) go to a temporary cache, not the user's."""
+    cache = tmp_path_factory.mktemp("cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("OPENLLM_HUB_CACHE_DIR", str(cache))
+        mp.setenv("OPENLLM_HUB_NO_PROGRESS", "1")
+        yield cache
+
+
 @pytest.fixture(autouse=True)
 def _one_torch_thread() -> Iterator[None]:
     """The tiny models run fastest on one thread; on a shared 2-core CI machine torch's
@@ -63,3 +73,20 @@ def v2_dir(make_ckpt: Callable[..., Path]) -> Path:
 @pytest.fixture(scope="session")
 def v3_dir(make_ckpt: Callable[..., Path]) -> Path:
     return make_ckpt("chatglm3", seed=3, shards=2, fmt="bin")
+
+
+@pytest.fixture(scope="session")
+def make_gguf(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Callable[[str, str], Path]:
+    """Convert (once per session) a tiny checkpoint fixture to GGUF: make_gguf("v2_dir", "f32")."""
+    import openllm_hub
+
+    cache: dict[tuple[str, str], Path] = {}
+
+    def make(fixture: str, outtype: str) -> Path:
+        if (fixture, outtype) not in cache:
+            src = request.getfixturevalue(fixture)
+            dst = tmp_path_factory.mktemp("gguf") / f"{fixture}-{outtype}.gguf"
+            cache[(fixture, outtype)] = openllm_hub.convert(src, dst, to="gguf", outtype=outtype, progress=False).path
+        return cache[(fixture, outtype)]
+
+    return make

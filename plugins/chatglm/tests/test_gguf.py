@@ -1,114 +1,146 @@
-"""ChatGLM2/3 -> GGUF (llama.cpp ``chatglm`` architecture), checked by running the file in
-llama.cpp (the installed llama-cpp-python) against our torch engine on the same weights."""
+"""ChatGLM2/3 -> GGUF (llama.cpp ``chatglm`` architecture) and ChatGLM on llama.cpp through
+the core's shared engine, checked against our torch engine on the same weights (llama.cpp's
+own chatglm graph is the independent implementation).
+
+Bounds, relative to our float32 logit range (measured on these tiny models): f32 1e-5
+(observed 1.6e-7: same math in float32, llama.cpp's kernels sum in another order); f16 2e-3
+(weights rounded to 11-bit mantissas, observed 2.7e-4); q8_0 3e-2 (8-bit weights and, in
+ggml's q8_0 dot product, 8-bit activations; observed 7.3e-3); q4_0 0.25 (4-bit weights on a
+random model). Argmax: identical for f32/f16; near-ties may flip at 8 bits (>= 90%) and more
+at 4 bits (>= 60%).
+"""
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
 from openllm_hub_chatglm.engine import ChatGLMModel
+from openllm_hub_chatglm.engine_gguf import ChatGLMGGUFModel
 
 import openllm_hub
 from openllm_hub.core.detect import read_gguf_metadata
 from openllm_hub.errors import ConversionError, InvalidParameterError
 
 PROMPT = "Once upon a time there was a model 你好, and it told a story:\n1."
-GGML_TYPE_F32 = 0
+BOUNDS = {"f32": 1e-5, "f16": 2e-3, "q8_0": 3e-2}
+MESSAGES = [
+    {"role": "system", "content": "You are terse."},
+    {"role": "user", "content": "Tell me a story."},
+    {"role": "assistant", "content": "Once there was a cat."},
+    {"role": "user", "content": "And then?"},
+]
 
 
-@contextlib.contextmanager
-def _no_weight_repacking() -> Iterator[None]:
-    """Load with ``use_extra_bufts=False``: llama.cpp 0.3.36's AMX path segfaults on quantized
-    matrices on CPUs that report AMX without the kernel granting it (this machine); the llama
-    plugin works around it the same way. Repacking changes only the memory layout."""
-    import llama_cpp
-    import llama_cpp.llama as llama_mod
-
-    original = llama_cpp.llama_model_default_params
-
-    def params() -> Any:
-        p = original()
-        p.use_extra_bufts = False
-        return p
-
-    llama_mod.llama_cpp.llama_model_default_params = params  # type: ignore[attr-defined]
-    try:
-        yield
-    finally:
-        llama_mod.llama_cpp.llama_model_default_params = original  # type: ignore[attr-defined]
+def _ours(folder: Path) -> tuple[list[int], np.ndarray]:
+    with openllm_hub.load(folder, device="cpu") as model:
+        assert isinstance(model, ChatGLMModel)
+        ids = model.tokenize(PROMPT)
+        return ids, model.logits(ids)
 
 
-def _llama_cpp_logits(path: Path, ids: list[int]) -> tuple[np.ndarray, list[int]]:
-    """llama.cpp's logits for ``ids`` (float32 KV cache) and its own tokenization of PROMPT."""
-    import llama_cpp
+def _rel(ours: np.ndarray, theirs: np.ndarray) -> float:
+    return float(np.abs(ours - theirs).max() / (ours.max() - ours.min()))
 
-    with _no_weight_repacking():
-        llm = llama_cpp.Llama(model_path=str(path), n_ctx=128, n_batch=128, logits_all=True, verbose=False,
-                              n_threads=1, n_threads_batch=1, type_k=GGML_TYPE_F32, type_v=GGML_TYPE_F32)
-    try:
-        llm.reset()
-        llm.eval(ids)
-        logits = np.array(llm.scores[: len(ids)], dtype=np.float32)
-        tokens = llm.tokenize(PROMPT.encode(), add_bos=False, special=False)
-    finally:
-        llm.close()
-    return logits, tokens
+
+@pytest.mark.parametrize(("fixture", "variant"), [("v2_dir", "chatglm2"), ("v3_dir", "chatglm3")])
+def test_gguf_loads_on_llama_cpp_like_ours(fixture: str, variant: str, request: pytest.FixtureRequest,
+                                           make_gguf: Callable[[str, str], Path]) -> None:
+    src = request.getfixturevalue(fixture)
+    ids, ours = _ours(src)
+    for outtype, bound in BOUNDS.items():
+        path = make_gguf(fixture, outtype)
+        meta = read_gguf_metadata(path)
+        assert meta["general.architecture"] == "chatglm" and meta["tokenizer.ggml.pre"] == "chatglm-spm"
+        family, det = openllm_hub.detect(path)
+        assert family.name == "chatglm" and det.format == "gguf"
+        with openllm_hub.load(path, device="cpu", threads=1, kv_cache_type="f32") as model:
+            assert isinstance(model, ChatGLMGGUFModel)
+            info = model.info
+            assert (info.family, info.format, info.engine, info.quantization) == ("chatglm", "gguf", "llama.cpp",
+                                                                                  outtype)
+            assert info.extra["variant"] == variant and model.default_chat_template == variant
+            assert model.tokenize(PROMPT) == ids  # [gMASK] sop + llama.cpp's tokens of the text, like ours
+            theirs = model.logits(ids)
+        assert _rel(ours, theirs) <= bound, outtype
+        agree = float(np.mean(ours.argmax(-1) == theirs.argmax(-1)))
+        assert agree == 1.0 if outtype != "q8_0" else agree >= 0.9, outtype
 
 
 @pytest.mark.parametrize("fixture", ["v2_dir", "v3_dir"])
-def test_gguf_runs_in_llama_cpp_like_ours(fixture: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
-    """Bounds, relative to our float32 logit range: f32 1e-5 (observed 2e-7: same math in
-    float32, llama.cpp's kernels sum in another order); f16 2e-3 (weights rounded to 11-bit
-    mantissas, observed 2.6e-4); q8_0 3e-2 (8-bit weights and, in ggml's q8_0 dot product,
-    8-bit activations; observed 7e-3). Argmax: identical for f32/f16, >= 90% for q8_0."""
+def test_chat_on_gguf_gives_our_engines_answer(fixture: str, request: pytest.FixtureRequest,
+                                               make_gguf: Callable[[str, str], Path]) -> None:
+    """On the f32 file (logits within 1.6e-7 of the range) greedy chat picks the same tokens
+    as the torch engine: same rendered prompt ids (v3 role tokens included), same stop ids."""
     src = request.getfixturevalue(fixture)
-    with openllm_hub.load(src, device="cpu") as model:
-        assert isinstance(model, ChatGLMModel)
-        ids = model.tokenize(PROMPT)
-        ours = model.logits(ids)
-        spec = model.spec
-    span = ours.max() - ours.min()
-    for outtype, bound in (("f32", 1e-5), ("f16", 2e-3), ("q8_0", 3e-2)):
-        dst = openllm_hub.convert(src, tmp_path / f"m-{outtype}.gguf", to="gguf", outtype=outtype, progress=False).path
-        meta = read_gguf_metadata(dst)
-        assert meta["general.architecture"] == "chatglm"
-        assert meta["chatglm.rope.dimension_count"] == spec.head_dim // 2
-        assert meta["chatglm.attention.head_count_kv"] == spec.num_kv_heads
-        assert meta["tokenizer.ggml.pre"] == "chatglm-spm"
-        theirs, tokens = _llama_cpp_logits(dst, ids)
-        assert np.abs(ours - theirs).max() <= bound * span, outtype
-        agree = np.mean(ours.argmax(-1) == theirs.argmax(-1))
-        assert agree == 1.0 if outtype != "q8_0" else agree >= 0.9, outtype  # near-ties may flip at 8 bits
-        if outtype == "f32":
-            assert tokens == ids[2:]  # llama.cpp's tokenizer on the GGUF vocabulary agrees with ours
-    family, det = openllm_hub.detect(dst)
-    assert family.name == "chatglm" and det.format == "gguf"
-    with pytest.raises(InvalidParameterError, match=r"shared llama\.cpp engine"):
-        openllm_hub.load(dst, device="cpu")
+    with openllm_hub.load(make_gguf(fixture, "f32"), device="cpu", threads=1, kv_cache_type="f32") as gg, \
+            openllm_hub.load(src, device="cpu") as ours:
+        assert gg.eos_token_ids == ours.eos_token_ids
+        assert gg.generation_defaults == ours.generation_defaults
+        prompt = gg.chat_template().render(MESSAGES)  # type: ignore[arg-type]
+        assert gg.tokenize(prompt) == ours.tokenize(prompt)
+        a = gg.chat(MESSAGES, max_new_tokens=16, temperature=0.0)
+        b = ours.chat(MESSAGES, max_new_tokens=16, temperature=0.0)
+        assert a.token_ids == b.token_ids and a.text == b.text and a.finish_reason == b.finish_reason
 
 
-def test_llama_cpp_quantizes_the_converted_file(v2_dir: Path, tmp_path: Path) -> None:
-    """llama.cpp's own quantizer takes our f16 GGUF to q4_0 and runs it (bound: 25% of the
-    logit range for 4-bit weights on a random model; argmax agreement >= 60%)."""
-    import llama_cpp
+@pytest.mark.parametrize(("fixture", "outtype"), [("v2_dir", "f32"), ("v3_dir", "f32"), ("v3_dir", "f16")])
+def test_convert_verify_runs_both_sides(fixture: str, outtype: str, request: pytest.FixtureRequest,
+                                        tmp_path: Path) -> None:
+    """convert(verify=True): our torch engine against the written file on llama.cpp."""
+    src = request.getfixturevalue(fixture)
+    res = openllm_hub.convert(src, tmp_path / "m.gguf", to="gguf", outtype=outtype, verify=True, progress=False)
+    assert res.verify is not None and res.verify.passed, res.verify
+    assert res.verify.relative_diff <= BOUNDS[outtype]
+    if outtype == "f32":
+        assert res.verify.greedy_equal and res.verify.argmax_agree == 1.0
+    assert res.path.is_file()
 
-    f16 = openllm_hub.convert(v2_dir, tmp_path / "m-f16.gguf", to="gguf", outtype="f16", progress=False).path
-    q4 = tmp_path / "m-q4_0.gguf"
-    params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_0
-    params.nthread = 1
-    assert llama_cpp.llama_model_quantize(str(f16).encode(), str(q4).encode(), ctypes.byref(params)) == 0
-    with openllm_hub.load(v2_dir, device="cpu") as model:
-        ids = model.tokenize(PROMPT)
-        ours = model.logits(ids)
-    theirs, _ = _llama_cpp_logits(q4, ids)
-    assert np.abs(ours - theirs).max() <= 0.25 * (ours.max() - ours.min())
-    assert np.mean(ours.argmax(-1) == theirs.argmax(-1)) >= 0.6
+
+def test_quantize_and_load_quantized(v2_dir: Path, make_gguf: Callable[[str, str], Path], tmp_path: Path,
+                                     _isolated_cache: Path) -> None:
+    """openllm-hub quantize on a ChatGLM GGUF (llama.cpp's quantizer), and load(folder,
+    quantize="q4_0"), which must make the same file in the cache (same f16 conversion, same
+    deterministic quantizer) once, and reuse it."""
+    ids, ours = _ours(v2_dir)
+    q4 = openllm_hub.quantize(make_gguf("v2_dir", "f16"), tmp_path / "m-q4_0.gguf", "q4_0", threads=1)
+    assert read_gguf_metadata(q4)["general.file_type"] == 2  # LLAMA_FTYPE_MOSTLY_Q4_0
+    with openllm_hub.load(q4, device="cpu", threads=1, kv_cache_type="f32") as model:
+        explicit = model.logits(ids)
+    assert _rel(ours, explicit) <= 0.25
+    assert float(np.mean(ours.argmax(-1) == explicit.argmax(-1))) >= 0.6
+
+    with openllm_hub.load(v2_dir, device="cpu", threads=1, quantize="q4_0", kv_cache_type="f32") as model:
+        assert isinstance(model, ChatGLMGGUFModel)
+        assert (model.info.engine, model.info.quantization) == ("llama.cpp", "q4_0")
+        assert model.info.extra["source"] == str(v2_dir)
+        cached = Path(model.info.path)
+        assert _isolated_cache in cached.parents
+        assert model.tokenize(PROMPT) == ids
+        np.testing.assert_array_equal(model.logits(ids), explicit)
+        out = model.generate(PROMPT, max_new_tokens=6, temperature=0.0)
+        assert len(out.token_ids) == 6 or out.finish_reason == "stop"
+    made = sorted(_isolated_cache.rglob("*.gguf"))
+    stamp = cached.stat().st_mtime_ns
+    with openllm_hub.load(v2_dir, device="cpu", threads=1, quantize="q4_0") as again:
+        assert Path(again.info.path) == cached
+    assert sorted(_isolated_cache.rglob("*.gguf")) == made and cached.stat().st_mtime_ns == stamp
+
+
+def test_llama_cpp_quantize_option_errors(v1_dir: Path, v2_dir: Path, make_gguf: Callable[[str, str], Path]) -> None:
+    with pytest.raises(InvalidParameterError, match="unknown quantization 'q9_9'"):
+        openllm_hub.load(v2_dir, device="cpu", quantize="q9_9")
+    with pytest.raises(InvalidParameterError, match="no ChatGLM-6B"):
+        openllm_hub.load(v1_dir, device="cpu", quantize="q4_0")
+    gguf = make_gguf("v2_dir", "f16")
+    with pytest.raises(InvalidParameterError, match="does not apply to a GGUF file"):
+        openllm_hub.load(gguf, device="cpu", quantize="q4_0")
+    with pytest.raises(InvalidParameterError, match="holds chatglm2, not chatglm3"):
+        openllm_hub.load(gguf, device="cpu", variant="chatglm3")
+    with pytest.raises(InvalidParameterError, match=r"applied by llama\.cpp only"):
+        openllm_hub.load(v2_dir, device="cpu", lora=[("adapter.gguf", 1.0)])
 
 
 def test_gguf_refuses_chatglm6b(v1_dir: Path, tmp_path: Path) -> None:

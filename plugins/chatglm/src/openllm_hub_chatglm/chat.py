@@ -21,6 +21,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from openllm_hub.core.chat import ChatTemplate, Message
+from openllm_hub.core.config import GenerationConfig
+
+#: Sampling defaults of the official chat() of each version (HF's top_k=50 default applied
+#: there too); both engines (torch, llama.cpp) start from these.
+CHAT_DEFAULTS = {
+    "chatglm": GenerationConfig(temperature=0.95, top_p=0.7, top_k=50, repeat_penalty=1.0),
+    "chatglm2": GenerationConfig(temperature=0.8, top_p=0.8, top_k=50, repeat_penalty=1.0),
+    "chatglm3": GenerationConfig(temperature=0.8, top_p=0.8, top_k=50, repeat_penalty=1.0),
+}
 
 
 def _render_v1(tpl: ChatTemplate, msgs: Sequence[Message]) -> str:

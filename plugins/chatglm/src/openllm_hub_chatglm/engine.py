@@ -19,6 +19,7 @@ from openllm_hub.core.generate import generate_tokens
 from openllm_hub.core.io import read_json
 from openllm_hub.core.model import Model, ModelInfo
 from openllm_hub.errors import IncompatibleDeviceError, InvalidParameterError, NotFoundError
+from openllm_hub_chatglm.chat import CHAT_DEFAULTS
 from openllm_hub_chatglm.checkpoint import iter_tensors
 from openllm_hub_chatglm.model import GLMNetwork, QuantPlan, build_network
 from openllm_hub_chatglm.model.glm1 import position_ids
@@ -33,12 +34,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from openllm_hub.core.family import LoadRequest
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-#: Sampling defaults of the official chat() of each version (HF's top_k=50 default applied there too).
-CHAT_DEFAULTS = {
-    "chatglm": GenerationConfig(temperature=0.95, top_p=0.7, top_k=50, repeat_penalty=1.0),
-    "chatglm2": GenerationConfig(temperature=0.8, top_p=0.8, top_k=50, repeat_penalty=1.0),
-    "chatglm3": GenerationConfig(temperature=0.8, top_p=0.8, top_k=50, repeat_penalty=1.0),
-}
 
 
 class ChatGLMModel(Model):
@@ -134,6 +129,10 @@ def load_chatglm(req: LoadRequest) -> ChatGLMModel:
         raise InvalidParameterError(f"the tokenizer has {tokenizer.vocab_size} tokens but the model only "
                                     f"{spec.vocab_size} embeddings", where=folder,
                                     fix="the tokenizer belongs to another checkpoint")
+    if getattr(opts, "lora", None):
+        raise InvalidParameterError("LoRA adapters (lora=...) are applied by llama.cpp only", where="lora",
+                                    fix="load a ChatGLM GGUF file (or quantize='q8_0', ...) with lora=..., or "
+                                        "merge the adapter into the checkpoint")
     placement = req.placement
     dtype = DTYPES[placement.dtype]
     device = _device(placement.kind, placement.gpu_ids)
@@ -144,7 +143,7 @@ def load_chatglm(req: LoadRequest) -> ChatGLMModel:
     net.load_tensors(iter_tensors(folder))
     net.eval()
     kernel_layers = use_cpu_int4_kernels(net) if plan.bits == 4 and dtype == torch.bfloat16 else 0
-    cap = getattr(opts, "context_length", None)
+    cap = context_cap(opts)
     ctx = spec.max_length if cap is None else min(cap, spec.max_length)
     quant = f"int{plan.bits}" if plan.bits else None
     n_params = spec.parameter_count()
@@ -158,7 +157,17 @@ def load_chatglm(req: LoadRequest) -> ChatGLMModel:
                "cpu_int4_kernel_layers": kernel_layers},
     )
     template = getattr(opts, "chat_template", None) or spec.variant
-    return ChatGLMModel(info, net, tokenizer, spec, ctx, template)
+    model = ChatGLMModel(info, net, tokenizer, spec, ctx, template)
+    seed = getattr(opts, "seed", None)
+    if seed is not None:
+        model.generation_defaults = model.generation_defaults.model_copy(update={"seed": seed})
+    return model
+
+
+def context_cap(opts: Any) -> int | None:
+    """The context cap the options ask for: ``context_length``, else llama.cpp's name ``n_ctx``."""
+    cap = getattr(opts, "context_length", None)
+    return cap if cap is not None else getattr(opts, "n_ctx", None)
 
 
 def use_cpu_int4_kernels(net: GLMNetwork) -> int:

@@ -7,10 +7,9 @@ functions that run them.
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field, field_validator
 
 from openllm_hub import hookimpl
 from openllm_hub.core.chat import ChatTemplate
@@ -20,23 +19,50 @@ from openllm_hub.core.device import DeviceSupport
 from openllm_hub.core.family import Detection, Family, LoadRequest
 from openllm_hub.core.model import Model
 from openllm_hub.core.quantize import Quantizer, QuantizeRequest
+from openllm_hub.engines.llama_cpp import LlamaCppOptions, device_rows
+from openllm_hub.engines.llama_cpp_quantize import QUANT_TYPES, gguf_quantizer
 
 OPENLLM_HUB_API_VERSION = 1
 
 
-class ChatGLMOptions(BaseModel):
-    """Load options of the chatglm family (device options dtype/threads are the core's)."""
+#: ``quantize`` values run by this plugin's torch engine; the llama.cpp types go through GGUF.
+TORCH_QUANT = ("int8", "int4")
+#: ``--verify`` bounds of ``--to gguf``: max |logit diff| / the source's logit range, the GGUF
+#: side on an F32 KV cache. Measured on the tiny ChatGLM2/3 models of the tests
+#: (test_gguf.py): f32 2e-7 (same math in float32; llama.cpp sums in another order), f16
+#: 2.6e-4 (weights rounded to 11-bit mantissas), q8_0 7e-3 (8-bit weights and, in ggml's q8_0
+#: dot product, 8-bit activations); each bound leaves a few times that. Only f32 must also
+#: reproduce the greedy tokens exactly.
+GGUF_BOUNDS = {"f32": 1e-5, "f16": 2e-3, "q8_0": 3e-2}
+
+
+class ChatGLMOptions(LlamaCppOptions):
+    """Load options of the chatglm family (device options dtype/threads are the core's).
+
+    The llama.cpp options (n_batch, use_mmap, kv_cache_type, lora, repack; see
+    :class:`LlamaCppOptions`) apply to GGUF files and to the llama.cpp ``quantize`` types;
+    ``n_ctx`` is another name for ``context_length``; ``chat_template`` and ``seed`` apply to
+    both engines.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
     variant: Literal["auto", "chatglm", "chatglm2", "chatglm3"] = Field(
         "auto", description="which ChatGLM; auto reads config.json (needed when it names neither v2 nor v3)")
-    quantize: Literal["int8", "int4"] | None = Field(
-        None, description="weight-only quantization of the layer linears at load (official ChatGLM scheme)")
+    quantize: str | None = Field(
+        None, description="int8/int4: weight-only quantization at load on the torch engine (official ChatGLM "
+                          "scheme); q4_0, q8_0, q4_K_M, ... (llama.cpp's types): ChatGLM2/3 converted to GGUF "
+                          "and quantized once into the cache, run on llama.cpp")
     quantize_embeddings: bool = Field(
-        True, description="with quantization, also quantize the word embeddings and output layer per row")
+        True, description="with int8/int4, also quantize the word embeddings and output layer per row")
     context_length: int | None = Field(None, ge=16, description="cap the context (default: the model's)")
-    chat_template: str | None = Field(None, description="default chat template (default: the variant's own)")
+
+    @field_validator("quantize")
+    @classmethod
+    def _known_quantize(cls, value: str | None) -> str | None:
+        if value is not None and value not in TORCH_QUANT and value not in QUANT_TYPES:
+            raise ValueError(f"unknown quantization {value!r}; use one of {', '.join((*TORCH_QUANT, *QUANT_TYPES))}")
+        return value
 
 
 def _detect(probe: Probe) -> Detection | None:
@@ -60,6 +86,16 @@ def _detect(probe: Probe) -> Detection | None:
 
 
 def _load(req: LoadRequest) -> Model:
+    opts = req.options
+    assert isinstance(opts, ChatGLMOptions)
+    if req.format == "gguf":
+        from openllm_hub_chatglm.engine_gguf import load_chatglm_gguf
+
+        return load_chatglm_gguf(req)
+    if opts.quantize is not None and opts.quantize not in TORCH_QUANT:
+        from openllm_hub_chatglm.engine_gguf import load_quantized_via_gguf
+
+        return load_quantized_via_gguf(req)
     from openllm_hub_chatglm.engine import load_chatglm
 
     return load_chatglm(req)
@@ -71,12 +107,6 @@ def _to_gguf(req: ConvertRequest) -> None:
     convert_hf_to_gguf(req)
 
 
-def _gguf_hint(path: Path, fmt: str) -> str:
-    return ("running ChatGLM GGUF files needs the shared llama.cpp engine, which is not in openllm_hub's core "
-            f"yet; load the HuggingFace checkpoint it came from instead (torch engine), or run {path.name} with "
-            "llama.cpp directly")
-
-
 def _quantize(req: QuantizeRequest) -> None:
     from openllm_hub_chatglm.save import quantize_checkpoint
 
@@ -86,24 +116,26 @@ def _quantize(req: QuantizeRequest) -> None:
 FAMILY = Family(
     name="chatglm",
     aliases=("chatglm-6b", "chatglm2", "chatglm3"),
-    description="ChatGLM-6B, ChatGLM2-6B, ChatGLM3-6B on an own torch engine (no remote code); INT8/INT4",
+    description="ChatGLM-6B, ChatGLM2-6B, ChatGLM3-6B on an own torch engine (no remote code), INT8/INT4; "
+                "ChatGLM2/3 GGUF on llama.cpp",
     formats=("hf", "gguf"),
-    loadable=("hf",),
     detect=_detect,
     load=_load,
     options=ChatGLMOptions,
-    not_loadable_hint=_gguf_hint,
     devices=(
-        DeviceSupport("cuda", ("fp16", "bf16", "fp32")),
-        DeviceSupport("cpu", ("fp32", "bf16")),
+        *device_rows(("gguf",)),
+        DeviceSupport("cuda", ("fp16", "bf16", "fp32"), formats=("hf",)),
+        DeviceSupport("cpu", ("fp32", "bf16"), formats=("hf",)),
     ),
     converters=(
         Converter("hf", "gguf", _to_gguf, outtypes=("f32", "f16", "q8_0"), default_outtype="f16",
+                  verify_bounds=GGUF_BOUNDS, exact_outtypes=("f32",), target_load_options={"kv_cache_type": "f32"},
                   description="ChatGLM2/3 HuggingFace folder -> GGUF for llama.cpp's chatglm architecture"),
     ),
     quantizers=(
-        Quantizer("hf", ("int8", "int4"), _quantize, output_is_dir=True,
+        Quantizer("hf", TORCH_QUANT, _quantize, output_is_dir=True,
                   description="weight-only INT8/INT4 in the official ChatGLM layout (weight + weight_scale)"),
+        gguf_quantizer(),
     ),
 )
 

@@ -20,7 +20,7 @@ Decoding skips special tokens (and bos/eos/unk, as the released tokenizers map t
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -129,7 +129,6 @@ class V2Tokenizer(ChatGLMTokenizer):
         self.vocab_size = n + len(names)
         controls = {sp.unk_id(), sp.bos_id(), sp.eos_id()}
         self._skip = set(self._ids.values()) | {c for c in controls if c >= 0}
-        self._role_re = re.compile("|".join(re.escape(r) for r in V3_ROLES)) if roles else None
 
     def special_id(self, token: str) -> int:
         return self._ids[token]
@@ -138,26 +137,40 @@ class V2Tokenizer(ChatGLMTokenizer):
         return list(self.sp.encode(text)) if text else []
 
     def encode(self, text: str, add_special: bool = True) -> list[int]:
-        ids = [self.gmask_id, self.sop_id] if add_special else []
-        if self._role_re is None:
-            return ids + self._sp(text)
-        pos = 0
-        for m in self._role_re.finditer(text):
-            ids += self._encode_segment(text[pos:m.start()], after_role=pos > 0)
-            ids.append(self._ids[m.group()])
-            pos = m.end()
-        return ids + self._encode_segment(text[pos:], after_role=pos > 0)
-
-    def _encode_segment(self, text: str, after_role: bool) -> list[int]:
-        if after_role and "\n" in text:
-            cut = text.index("\n") + 1  # the role's metadata line, encoded on its own as upstream does
-            return self._sp(text[:cut]) + self._sp(text[cut:])
-        return self._sp(text)
+        prefix = [self.gmask_id, self.sop_id] if add_special else []
+        roles = {r: self._ids[r] for r in V3_ROLES} if self.roles else None
+        return encode_v2(text, self._sp, prefix=prefix, roles=roles)
 
     def decode(self, ids: Sequence[int]) -> str:
         n = self.sp.get_piece_size()
         text: str = self.sp.decode([i for i in ids if i not in self._skip and 0 <= i < n])
         return text
+
+
+def encode_v2(text: str, encode: Callable[[str], list[int]], *, prefix: Sequence[int] = (),
+              roles: Mapping[str, int] | None = None) -> list[int]:
+    """ChatGLM2/3 ids of ``text``: ``prefix`` (``[gMASK] sop`` for a prompt), then the text
+    with ``encode`` (plain sentencepiece ids of a piece of text). With ``roles`` (v3: role
+    token -> id) each role token becomes its id, and the text after it up to and including the
+    first newline (the role's metadata line) is encoded on its own, as upstream does. Both
+    engines (sentencepiece here, llama.cpp's vocabulary in a GGUF) tokenize through this."""
+    ids = list(prefix)
+    if not roles:
+        return ids + encode(text)
+    pattern = re.compile("|".join(re.escape(r) for r in roles))
+    pos = 0
+    for m in pattern.finditer(text):
+        ids += _segment(text[pos:m.start()], encode, after_role=pos > 0)
+        ids.append(roles[m.group()])
+        pos = m.end()
+    return ids + _segment(text[pos:], encode, after_role=pos > 0)
+
+
+def _segment(text: str, encode: Callable[[str], list[int]], *, after_role: bool) -> list[int]:
+    if after_role and "\n" in text:
+        cut = text.index("\n") + 1  # the role's metadata line, encoded on its own as upstream does
+        return encode(text[:cut]) + encode(text[cut:])
+    return encode(text)
 
 
 def load_tokenizer(folder: Path, variant: str) -> ChatGLMTokenizer:
