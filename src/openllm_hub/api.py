@@ -179,8 +179,9 @@ def load(source: str | Path, *, family: str | None = None, device: str = "auto",
                                     where=resolved.path, fix=hint)
     dev_opts = {k: opts.pop(k) for k in DEVICE_OPTIONS if k in opts}
     spec = parse_device(device, **dev_opts)
-    placement = plan_placement(spec, fam.devices, det.format)
     validated = validate_options(fam, opts, where=resolved.path)
+    run_fmt = fam.run_format(det.format, validated) if fam.run_format else det.format
+    placement = plan_placement(spec, fam.devices, run_fmt)
     return fam.load(LoadRequest(path=resolved.path, format=det.format, detection=det, placement=placement,
                                 options=validated))
 

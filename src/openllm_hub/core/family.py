@@ -87,7 +87,10 @@ class Family:
     ``detect`` must be cheap and import no engine; ``load`` may import anything.
     ``formats`` lists every format the family recognises (including ones it only converts
     from); ``loadable`` those ``load`` can run (default: all). ``launch`` runs a prompt over
-    several processes (tensor parallelism) for ``openllm-hub run --nproc N``.
+    several processes (tensor parallelism) for ``openllm-hub run --nproc N``. ``run_format``
+    names the format that will actually run, given the load options, when options send a
+    checkpoint to another engine (an HF folder run on llama.cpp runs as ``gguf``); its device
+    rows are the ones placement uses.
     """
 
     name: str
@@ -105,6 +108,7 @@ class Family:
     model_names: tuple[ModelName, ...] = ()
     not_loadable_hint: Callable[[Path, str], str] | None = field(default=None, compare=False)
     launch: Callable[[LaunchRequest], int] | None = field(default=None, compare=False)
+    run_format: Callable[[str, BaseModel], str] | None = field(default=None, compare=False)
 
     def can_load(self, fmt: str) -> bool:
         return fmt in (self.loadable if self.loadable is not None else self.formats)

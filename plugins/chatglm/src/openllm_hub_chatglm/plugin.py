@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Literal
 
-from pydantic import ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from openllm_hub import hookimpl
 from openllm_hub.core.chat import ChatTemplate
@@ -107,6 +107,12 @@ def _to_gguf(req: ConvertRequest) -> None:
     convert_hf_to_gguf(req)
 
 
+def _run_format(fmt: str, opts: BaseModel) -> str:
+    """A checkpoint loaded with a llama.cpp ``quantize`` type runs as GGUF (made in the cache)."""
+    q = getattr(opts, "quantize", None)
+    return "gguf" if fmt == "hf" and q is not None and q not in TORCH_QUANT else fmt
+
+
 def _quantize(req: QuantizeRequest) -> None:
     from openllm_hub_chatglm.save import quantize_checkpoint
 
@@ -122,6 +128,7 @@ FAMILY = Family(
     detect=_detect,
     load=_load,
     options=ChatGLMOptions,
+    run_format=_run_format,
     devices=(
         *device_rows(("gguf",)),
         DeviceSupport("cuda", ("fp16", "bf16", "fp32"), formats=("hf",)),

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from openllm_hub import hookimpl
 from openllm_hub.core.chat import ChatTemplate
@@ -95,6 +95,11 @@ def _load(req: LoadRequest) -> Model:
     return load_hf(req)
 
 
+def _run_format(fmt: str, opts: BaseModel) -> str:
+    """HF and Meta checkpoints loaded with engine='llama.cpp' run as GGUF (converted in the cache)."""
+    return "gguf" if fmt in ("hf", "meta") and getattr(opts, "engine", "auto") == "llama.cpp" else fmt
+
+
 def _meta_hint(path: Path, fmt: str) -> str:
     return (f"pass convert=True to load() (converts into the cache), or run "
             f"`openllm-hub convert {path} OUT --to hf` (or --to gguf after that)")
@@ -120,6 +125,7 @@ FAMILY = Family(
     load=_load,
     options=LlamaOptions,
     not_loadable_hint=_meta_hint,
+    run_format=_run_format,
     devices=(
         *device_rows(("gguf",)),
         DeviceSupport("cuda", ("fp16", "bf16", "fp32"), formats=("hf", "meta"), multi_gpu=True),
