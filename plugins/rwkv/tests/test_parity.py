@@ -132,3 +132,13 @@ def test_file_names_the_package_cannot_open(ckpt: dict[str, Path], tmp_path: Pat
         with openllm_hub.load(path, device="cpu") as m:
             ids = _ids(m)
             assert np.array_equal(m.logits(ids), pkg.logits(pkg.model(ckpt[version], version), ids))
+
+
+def test_jit_off(ckpt: dict[str, Path], shared_model: Callable[..., Any]) -> None:
+    """jit=False imports the package with RWKV_JIT_ON=0 (plain torch modules): the same math,
+    so the logits agree with the TorchScript build to fp32 rounding (measured max |diff| ~1e-6;
+    bound 1e-5), and the process keeps serving JIT models."""
+    with openllm_hub.load(ckpt["4"], device="cpu", jit=False) as m:
+        assert m.info.extra["jit"] is False
+        ids = _ids(m)
+        assert float(np.abs(m.logits(ids) - shared_model("4").logits(ids)).max()) <= 1e-5

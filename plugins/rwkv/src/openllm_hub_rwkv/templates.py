@@ -14,8 +14,9 @@ the way ChatRWKV does: stripped, with runs of blank lines collapsed to one newli
 
 :func:`continuation_probe` gives the text a template puts after a conversation next (the
 start of the next answer or user turn); the model tokenizes a prompt with and without it to
-find how many leading tokens can never change as the conversation grows, which is where it
-caches the RNN state.
+find how many leading tokens stay the same when the conversation grows, and caches the RNN
+state there. (Reuse itself is decided by exact token-id prefixes, so a wrong guess only
+costs a re-read.)
 """
 
 from __future__ import annotations
