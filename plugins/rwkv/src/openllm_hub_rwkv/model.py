@@ -7,7 +7,7 @@ and sampler; the step function feeds tokens to the RNN and applies ChatRWKV's pe
 Chat keeps the state between turns instead of re-reading the history. The prompt is the
 template's rendering of the whole conversation, tokenized as one text (so ``chat`` equals
 ``generate`` on that prompt). States are cached by the exact token ids they have read: after
-the stable part of each prompt (the tokens that appending the next turn cannot retokenize)
+the stable part of each prompt (the tokens that a probe of the next turn leaves unchanged)
 and after each answer (prompt plus the tokens fed during generation). A new turn starts from
 the longest cached state whose ids are a prefix of its own and reads only the rest; with no
 such state it reads from the start. Reading the same ids in other chunk splits changes only

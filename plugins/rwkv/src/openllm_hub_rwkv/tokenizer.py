@@ -3,7 +3,7 @@
 World models (RWKV-4 World, 5.x, 6, 7) use ``rwkv_vocab_v20230424.txt``, which ships inside
 the ``rwkv`` package: 65529 byte strings, ids 1..65529 (0 is end-of-text), encoded by greedy
 longest match over UTF-8 bytes. The package's ``TRIE_TOKENIZER`` reads the file with
-``eval`` and builds a 256-way trie (about 300 MB, 2 s); :class:`WorldTokenizer` reads it with
+``eval`` and builds a 256-way trie (297 MB, 2 s); :class:`WorldTokenizer` reads it with
 ``ast.literal_eval`` into two dicts and matches the same way (the tests check it gives the
 package's ids). RWKV-4 Pile and Raven models use the GPT-NeoX "20B" BPE tokenizer, a
 tokenizers JSON file the user supplies (ChatRWKV's ``20B_tokenizer.json``).
