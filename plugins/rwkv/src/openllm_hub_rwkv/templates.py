@@ -23,10 +23,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from typing import cast
 
-from openllm_hub.core.chat import ChatTemplate, Message
-from openllm_hub.errors import InvalidParameterError
+from openllm_hub.core.chat import ChatTemplate
 
 _BLANK_LINES = re.compile(r"\n\s*\n")
 
@@ -36,14 +34,10 @@ def normalize(text: str) -> str:
     return _BLANK_LINES.sub("\n", text.replace("\r\n", "\n").strip())
 
 
-def _render(tpl: ChatTemplate, messages: Sequence[Message]) -> str:
-    return render(tpl, cast("Sequence[Mapping[str, str]]", messages))
-
-
 def _rwkv(name: str, user: str, assistant: str, system: str, stop: tuple[str, ...], description: str,
           default_system: str | None = None) -> ChatTemplate:
     return ChatTemplate(name=name, user=user, assistant=assistant, system=system, stop=stop,
-                        default_system=default_system, description=description, render_fn=_render)
+                        default_system=default_system, description=description, normalize=normalize)
 
 
 RAVEN_ZH_SYSTEM = "以下是Bob与Alice之间的一段对话。Alice聪明、友善、知识渊博，会用中文详细而有条理地回答Bob的问题。"
@@ -69,51 +63,10 @@ TEMPLATES: tuple[ChatTemplate, ...] = (
 NAMES = frozenset(t.name for t in TEMPLATES)
 
 
-def _check_prefix(messages: Sequence[Mapping[str, str]], *, complete: bool) -> list[Message]:
-    """Validate a conversation (``complete``: ending with a user turn) or a prefix of one."""
-    out: list[Message] = []
-    for i, m in enumerate(messages):
-        role, content = m.get("role"), m.get("content")
-        if role not in ("system", "user", "assistant") or not isinstance(content, str):
-            raise InvalidParameterError(
-                f"message {i} must be {{'role': 'system'|'user'|'assistant', 'content': str}}, got {dict(m)!r}",
-                where="chat messages")
-        if role == "system" and i != 0:
-            raise InvalidParameterError("a system message may only come first", where=f"chat messages[{i}]")
-        out.append(cast(Message, {"role": role, "content": content}))
-    turns = [m for m in out if m["role"] != "system"]
-    expected = "user"
-    for i, turn in enumerate(turns):
-        if turn["role"] != expected:
-            raise InvalidParameterError("turns must alternate, starting with a user message", where=f"turn {i}")
-        expected = "assistant" if expected == "user" else "user"
-    if complete and (not turns or turns[-1]["role"] != "user"):
-        raise InvalidParameterError("the conversation must end with a user message", where="chat messages")
-    return out
-
-
 def render(tpl: ChatTemplate, messages: Sequence[Mapping[str, str]], *, complete: bool = True) -> str:
     """The prompt for ``messages`` (``complete=False``: a prefix of a conversation, e.g. only
     the system prompt). RWKV templates normalise message text (see :func:`normalize`)."""
-    msgs = _check_prefix(messages, complete=complete)
-    if tpl.render_fn is not None and tpl.name not in NAMES:
-        if not complete:
-            raise InvalidParameterError(f"template {tpl.name!r} can only render complete conversations",
-                                        where="prefill")
-        return tpl.render(msgs)
-    clean = normalize if tpl.name in NAMES else (lambda s: s)
-    parts = [tpl.prefix]
-    system = next((m["content"] for m in msgs if m["role"] == "system"), tpl.default_system)
-    if system:
-        parts.append(tpl.system.format(content=clean(system)))
-    rounds = 0
-    for m in msgs:
-        if m["role"] == "user":
-            rounds += 1
-            parts.append(tpl.user.format(content=clean(m["content"]), round=rounds, round0=rounds - 1))
-        elif m["role"] == "assistant":
-            parts.append(tpl.assistant.format(content=clean(m["content"]), round=rounds, round0=rounds - 1))
-    return "".join(parts)
+    return tpl.render(messages, complete=complete)  # type: ignore[arg-type]
 
 
 def continuation_probe(tpl: ChatTemplate, messages: Sequence[Mapping[str, str]]) -> str:
