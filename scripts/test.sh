@@ -15,6 +15,8 @@ echo "==> pytest"
 "$VENV/bin/python" -m pytest -q -p no:cacheprovider "$@" || status=1
 echo "==> mypy --strict src/openllm_hub"
 "$VENV/bin/mypy" --strict src/openllm_hub || status=1
+echo "==> mypy --strict on every plugin"
+"$VENV/bin/mypy" --strict plugins/*/src/openllm_hub_* examples/third_party_plugin/src/openllm_hub_bigram || status=1
 echo "==> ruff"
 "$VENV/bin/ruff" check . || status=1
 exit $status

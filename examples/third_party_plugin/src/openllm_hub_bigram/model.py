@@ -31,7 +31,8 @@ def train(texts: Sequence[str], smoothing: float = 0.05) -> npt.NDArray[np.float
     counts[EOS] = 1.0  # rows after EOS are never used; keep them valid
     with np.errstate(divide="ignore"):
         logp = np.log(counts / counts.sum(axis=1, keepdims=True))
-    return np.maximum(logp, -1e4).astype(np.float32)
+    table: npt.NDArray[np.float32] = np.maximum(logp, -1e4).astype(np.float32)
+    return table
 
 
 def save(table: npt.NDArray[np.float32], path: Path) -> None:
@@ -49,7 +50,7 @@ class BigramModel(Model):
         table = load_file(str(path)).get("logp")
         if table is None or table.shape != (VOCAB, VOCAB):
             raise CorruptFileError(f"expected a {VOCAB}x{VOCAB} 'logp' tensor", where=path)
-        self._table = table
+        self._table: npt.NDArray[np.float32] = np.asarray(table, dtype=np.float32)
         info = ModelInfo(family="bigram", format="bigram", engine="numpy", path=str(path), device=device,
                          parameters=int(table.size), context_length=4096, vocab_size=VOCAB, dtype="fp32")
         super().__init__(info, eos_token_ids=[EOS])
@@ -61,13 +62,15 @@ class BigramModel(Model):
         return bytes(i for i in ids if i < 256).decode("utf-8", errors="replace")
 
     def _logits(self, ids: list[int]) -> npt.NDArray[np.float32]:
-        return self._table[np.asarray(ids)]
+        rows: npt.NDArray[np.float32] = self._table[np.asarray(ids)]
+        return rows
 
     def _token_stream(self, prompt_ids: list[int], config: GenerationConfig) -> Iterator[int]:
         state = {"last": prompt_ids[-1]}
 
         def step(new_ids: Sequence[int]) -> npt.NDArray[np.float32]:
             state["last"] = new_ids[-1]
-            return self._table[state["last"]]
+            row: npt.NDArray[np.float32] = self._table[state["last"]]
+            return row
 
         return generate_tokens(step, prompt_ids, config, context_length=self.info.context_length)

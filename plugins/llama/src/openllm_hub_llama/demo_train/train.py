@@ -38,7 +38,7 @@ class TrainConfig:
     num_kv_heads: int = 2
     seq_len: int = 512
     batch_size: int = 4
-    steps: int = 700
+    steps: int = 1300
     lr: float = 3e-3
     min_lr_ratio: float = 0.1
     warmup: int = 30
@@ -204,7 +204,7 @@ def train(train_docs: Sequence[str], heldout_docs: Sequence[str], tokenizer_mode
             logits = model(input_ids=batch[:, :-1]).logits
         loss = F.cross_entropy(logits.float().reshape(-1, vocab), batch[:, 1:].reshape(-1))
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        loss.backward()  # type: ignore[no-untyped-call]
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         losses.append(float(loss.detach()))
