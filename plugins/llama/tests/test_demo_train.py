@@ -165,3 +165,29 @@ def test_chat_stage_runs_the_sdk_lora_commands(tiny_run: tuple[Path, Path], tmp_
     assert "openllm-hub lora train" in card and "openllm-hub merge-lora" in card
     with openllm_hub.load(out, engine="transformers", device="cpu") as m:
         assert m.generate("Once upon a time", max_new_tokens=4, temperature=0).usage.completion_tokens >= 1
+
+
+def test_drills_repeat_and_quizzes_answer_from_their_own_text() -> None:
+    import random
+    import re
+
+    from openllm_hub_llama.demo_train import drills
+
+    r = random.Random(7)
+    for _ in range(50):
+        en = drills.repeat_drill(r, zh=False)
+        rest = en.split(": ", 1)[1]
+        seq = rest.split(". ")[0].lower()
+        assert rest.lower().count(seq) >= 2, en  # the list is said at least twice
+        zh = drills.repeat_drill(r, zh=True)
+        first = zh.split("：", 1)[1].split("。")[0]
+        assert zh.count(first) >= 2, zh
+        quiz = drills.quiz(r, zh=False)
+        statements = set(re.findall(r"[A-Z][a-z]+ (?:has|is) [^.?]+\.", quiz))
+        for q, a in re.findall(r"([^.?]+\?) ([^.?]+\.)", quiz):
+            if a.startswith("It is "):  # "What color is N's T? It is C." -> "N has a C T." was stated
+                name, thing = re.match(r" ?What color is ([A-Z][a-z]+)'s (.+)\?", q).groups()  # type: ignore[union-attr]
+                colour = a[len("It is "):-1]
+                assert any(s.startswith(f"{name} has") and s.endswith(f"{colour} {thing}.") for s in statements), quiz
+            else:
+                assert quiz.count(a) >= 2, quiz  # the answer repeats a stated fact

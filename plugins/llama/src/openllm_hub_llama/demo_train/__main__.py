@@ -53,9 +53,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     work = Path(args.work)
     cfg = _config(args)
-    result = train(corpus.read_lines(work / "train.txt"), corpus.read_lines(work / "heldout.txt"),
-                   work / "tokenizer.model", args.out, cfg, force=args.force)
-    write_model_card(Path(args.out), result, cfg, seed=args.seed or 0)
+    train(corpus.read_lines(work / "train.txt"), corpus.read_lines(work / "heldout.txt"), work / "tokenizer.model",
+          args.out, cfg, force=args.force)
+    write_model_card(Path(args.out), with_samples=args.preset != "tiny")
     return 0
 
 

@@ -18,10 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from openllm_hub.core.io import atomic_output
-from openllm_hub_llama.demo_train import instructions, stories
+from openllm_hub_llama.demo_train import drills, instructions, stories
 
 #: Share of each document kind in the pre-training corpus.
-MIX: tuple[tuple[str, float], ...] = (("story_en", 0.42), ("story_zh", 0.38), ("facts_en", 0.1), ("facts_zh", 0.1))
+MIX: tuple[tuple[str, float], ...] = (
+    ("story_en", 0.36), ("story_zh", 0.32), ("facts_en", 0.08), ("facts_zh", 0.08),
+    ("drill_en", 0.04), ("drill_zh", 0.04), ("quiz_en", 0.04), ("quiz_zh", 0.04),
+)
 
 
 @dataclass(frozen=True)
@@ -34,10 +37,15 @@ class CorpusSizes:
 
 def document(rng: random.Random) -> str:
     kind = rng.choices([k for k, _ in MIX], weights=[w for _, w in MIX])[0]
+    zh = kind.endswith("_zh")
     if kind.startswith("story"):
-        en, zh = stories.story(rng)
-        return en if kind == "story_en" else zh
-    return instructions.fact_sheet(rng, zh=kind == "facts_zh")
+        en, zh_text = stories.story(rng)
+        return zh_text if zh else en
+    if kind.startswith("drill"):
+        return drills.repeat_drill(rng, zh)
+    if kind.startswith("quiz"):
+        return drills.quiz(rng, zh)
+    return instructions.fact_sheet(rng, zh=zh)
 
 
 def _stream(seed: int, split: str) -> random.Random:

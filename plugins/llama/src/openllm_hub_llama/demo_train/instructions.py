@@ -9,10 +9,11 @@ opposites, counting, word translation between English and Chinese, and short sto
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Callable
 
+from openllm_hub_llama.demo_train import drills, stories
 from openllm_hub_llama.demo_train import lexicon as lx
-from openllm_hub_llama.demo_train import stories
 
 Example = dict[str, str]  # {"instruction", "input", "output"}
 
@@ -222,10 +223,28 @@ def greeting(r: random.Random, zh: bool) -> Example:
     return _ex(q, a)
 
 
+def repeat_words(r: random.Random, zh: bool) -> Example:
+    seq = drills._items(r, zh, r.randint(2, 6))
+    if zh:
+        return _ex("重复下面的词语。", "，".join(seq) + "。", "，".join(seq))
+    return _ex(r.choice(["Repeat the following words.", "Say these words again."]), cap(", ".join(seq)) + ".",
+               ", ".join(seq))
+
+
+def reading(r: random.Random, zh: bool) -> Example:
+    """A question answered from the input text (a quiz split into its facts and one answer)."""
+    text = drills.quiz(r, zh)
+    parts = re.split(r"(?<=[。？])" if zh else r"(?<=[.?]) ", text)
+    qi = next(i for i, p in enumerate(parts) if p.endswith(("?", "？")))
+    facts = ("" if zh else " ").join(parts[:qi])
+    return _ex(parts[qi], parts[qi + 1], facts)
+
+
 #: (generator, weight)
 TASKS: tuple[tuple[Callable[[random.Random, bool], Example], float], ...] = (
     (arithmetic, 3), (colour_qa, 2), (animal_qa, 3), (translate_word, 3), (translate_sentence, 2),
     (opposite_qa, 1.5), (counting, 1), (name_three, 1), (story_request, 3), (greeting, 0.5),
+    (repeat_words, 1), (reading, 2),
 )
 
 FACTS: tuple[tuple[Callable[[random.Random, bool], str], float], ...] = (
