@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from openllm_hub_llama.demo import DEMO_DIR, MODEL_NAMES, _checked
+from openllm_hub_llama.demo import DEMO_CHAT_DIR, DEMO_DIR, MODEL_NAMES, _checked
 from openllm_hub_llama.demo_train import corpus, lexicon
 
 import openllm_hub
@@ -26,8 +26,9 @@ from openllm_hub.core.perplexity import perplexity
 from openllm_hub.errors import NotFoundError
 
 MB = 1_000_000
-#: Uniform guessing over the 3,072-piece vocabulary has perplexity 3072. The shipped model must
-#: be below 10 on held-out stories: under 1/300 of chance (the run measured ~3, see MODEL_CARD.md).
+#: Uniform guessing over the 3,072-piece vocabulary has perplexity 3072; the training split's
+#: unigram frequencies give 378 on these held-out documents. The shipped model must stay below 10:
+#: under 1/300 of chance and 1/35 of the unigram model (it measures ~2.2 here, see MODEL_CARD.md).
 PPL_BOUND = 10.0
 
 
@@ -89,7 +90,7 @@ def assert_fluent_chinese(text: str, chars: set[str], *, min_chars: int = 30) ->
 # ---- the shipped files -----------------------------------------------------------------------------
 def test_shipped_folders_are_complete_and_small() -> None:
     total = 0
-    for folder in (DEMO_DIR,):  # demo-chat is not shipped yet (see MODEL_NAMES)
+    for folder in (DEMO_DIR, DEMO_CHAT_DIR):
         for name in ("config.json", "model.safetensors", "tokenizer.model", "tokenizer_config.json",
                      "MODEL_CARD.md"):
             assert (folder / name).is_file(), folder / name
@@ -118,7 +119,9 @@ def test_model_names_resolve_to_the_shipped_folders(tmp_path: Path) -> None:
     demo = resolve_source("demo")
     assert demo.path == DEMO_DIR and demo.family == "llama"
     assert demo.options == {"engine": "llama.cpp"}
-    assert {m.name for m in MODEL_NAMES} == {"demo"}
+    chat = resolve_source("demo-chat")
+    assert chat.path == DEMO_CHAT_DIR and dict(chat.options or {})["chat_template"] == "alpaca"
+    assert {m.name for m in MODEL_NAMES} == {"demo", "demo-chat"}
     with pytest.raises(NotFoundError) as err:
         _checked(tmp_path, "demo")  # an incomplete install says what is missing and how to rebuild
     assert "model.safetensors" in str(err.value) and "demo_train" in str(err.value)
@@ -174,10 +177,13 @@ def quantized(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return files
 
 
-#: Held-out perplexity of a quantization relative to f16, at most. q8_0: 1 % (the issue's bar;
-#: 8-bit blocks lose ~0.1 %). 5- and 4-bit schemes on a 4 M-parameter model lose more; the
-#: bounds are ~2x what the committed model measured (benchmarks/RESULTS.md, Demo model).
-QUANT_BOUNDS = {"q8_0": 1.01, "q5_1": 1.06, "q4_K_M": 1.10, "q4_0": 1.25}
+#: Held-out perplexity of a quantization relative to f16, at most. q8_0: +1 %, the issue's bar.
+#: 5- and 4-bit: +2 %. Measured on the shipped model: within +-0.13 % on this test's 1,389 tokens
+#: and within +0.05 % on the whole 35,425-token held-out split (benchmarks/RESULTS.md, Demo model):
+#: its confident, template-like predictions barely move under 4-bit weights. 2 % is ~15x the
+#: largest deviation seen, tight enough to catch a broken quantizer (a wrong scale or block
+#: layout sends perplexity far up) without failing on a different but correct llama.cpp build.
+QUANT_BOUNDS = {"q8_0": 1.01, "q5_1": 1.02, "q4_K_M": 1.02, "q4_0": 1.02}
 
 
 def test_quantized_variants_load_generate_and_keep_perplexity(
@@ -194,3 +200,50 @@ def test_quantized_variants_load_generate_and_keep_perplexity(
     for scheme, bound in QUANT_BOUNDS.items():
         assert ppl[scheme] <= ppl["f16"] * bound, (scheme, ppl)
     assert all(math.isfinite(v) for v in ppl.values())
+
+
+# ---- demo-chat ------------------------------------------------------------------------------------------
+def _chat_behaviour(name: str, examples: list[dict[str, str]]) -> dict[str, float]:
+    """Rates over held-out instructions: the answer is in the instruction's language, ends by
+    itself (end-of-sequence or the template's stop) within 48 tokens, and leaks no template."""
+    same_lang = stops = clean = 0
+    with openllm_hub.load(name, engine="transformers", device="cpu") as model:
+        for e in examples:
+            c = model.chat([{"role": "user", "content": e["instruction"]}], template="alpaca", max_new_tokens=48,
+                           temperature=0)
+            zh_q = any(_is_cjk(ch) for ch in e["instruction"])
+            zh_a = any(_is_cjk(ch) for ch in c.text)
+            same_lang += zh_q == zh_a and bool(c.text.strip())
+            stops += c.finish_reason == "stop"
+            clean += "###" not in c.text and "Instruction" not in c.text
+    n = len(examples)
+    return {"language": same_lang / n, "stops": stops / n, "clean": clean / n}
+
+
+def test_demo_chat_answers_instructions_where_the_base_does_not(demo_corpus: corpus.Corpus) -> None:
+    """Short-answer instructions it was not trained on (arithmetic, colours, animals, opposites,
+    in English and Chinese): the tuned model answers in the question's language and stops, as its
+    Alpaca data taught it; the base model, given the same prompts, runs on with stories. (Whether
+    the answers are right is another matter: mostly not, see its MODEL_CARD.md.)"""
+    examples = [e for e in demo_corpus.alpaca_heldout if not e["input"] and len(e["output"]) < 40][:16]
+    assert len(examples) == 16
+    tuned = _chat_behaviour("demo-chat", examples)
+    base = _chat_behaviour("demo", examples)
+    assert tuned["language"] >= 0.9 and tuned["stops"] >= 0.9 and tuned["clean"] == 1.0, tuned
+    assert tuned["language"] + tuned["stops"] > base["language"] + base["stops"] + 0.5, (tuned, base)
+
+
+def test_chat_command_talks_to_demo_chat(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+                                         clean_cache: Path) -> None:
+    import io
+
+    from openllm_hub.cli import main
+
+    # /reset between the questions: with the first exchange in its prompt, a 4 M-parameter model
+    # tends to answer the second question in the first one's language and kind
+    monkeypatch.setattr("sys.stdin", io.StringIO("What is 2 plus 3?\n/reset\n香蕉是什么颜色的？\n"))
+    assert main(["chat", "demo-chat", "-n", "32", "--temp", "0"]) == 0
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.strip()]
+    assert len(lines) == 2, lines  # one answer per question, each ended by the model
+    assert not any(_is_cjk(ch) for ch in lines[0]) and any(_is_cjk(ch) for ch in lines[1])
+    assert sorted(clean_cache.rglob("*.gguf"))  # demo-chat ran on llama.cpp, converted into the cache

@@ -7,8 +7,7 @@ family's HF-via-llama.cpp path converts it once with the SDK's own hf -> gguf co
 engine="transformers")`` runs the same shipped weights on torch: options given to ``load``
 override the ones a model name brings.
 
-``demo-chat`` (not shipped yet: its folder is built by the ``chat`` stage below, and its model
-name is registered once the folder ships) is the base model fine-tuned on the corpus's Alpaca instructions with
+``demo-chat`` is the base model fine-tuned on the corpus's Alpaca instructions with
 ``openllm-hub lora train`` and merged with ``openllm-hub merge-lora`` (see
 ``python -m openllm_hub_llama.demo_train chat``); it defaults to the ``alpaca`` chat template.
 
@@ -55,4 +54,7 @@ MODEL_NAMES: tuple[ModelName, ...] = (
     ModelName("demo", "the project's own 4M-parameter LLaMA (English/Chinese children's stories), trained on a "
                       "CPU; runs on llama.cpp (converted to GGUF in the cache on first use)",
               demo_path, {"engine": "llama.cpp"}),
+    ModelName("demo-chat", "demo fine-tuned with `openllm-hub lora train` on Alpaca instructions and merged; "
+                           "alpaca chat template",
+              demo_chat_path, {"engine": "llama.cpp", "chat_template": "alpaca"}),
 )
