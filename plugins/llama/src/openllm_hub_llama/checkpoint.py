@@ -142,19 +142,27 @@ class LlamaHParams:
 
     def meta_params(self) -> dict[str, Any]:
         """``params.json`` as Meta writes it (vocab_size -1; n_kv_heads / rope_theta only when set)."""
-        ffn = meta_ffn_params(self.hidden_size, self.intermediate_size)
-        params: dict[str, Any] = {"dim": self.hidden_size, "multiple_of": ffn["multiple_of"]}
-        if "ffn_dim_multiplier" in ffn:
-            params["ffn_dim_multiplier"] = ffn["ffn_dim_multiplier"]
-        params["n_heads"] = self.num_heads
-        if self.num_kv_heads != self.num_heads:
-            params["n_kv_heads"] = self.num_kv_heads
-        params["n_layers"] = self.num_layers
-        params["norm_eps"] = self.rms_norm_eps
-        if self.rope_theta != DEFAULT_ROPE_THETA:
-            params["rope_theta"] = self.rope_theta
-        params["vocab_size"] = -1
-        return params
+        return meta_params_json(self.hidden_size, self.intermediate_size, self.num_heads, self.num_kv_heads,
+                                self.num_layers, self.rms_norm_eps, self.rope_theta)
+
+
+def meta_params_json(dim: int, ffn_size: int, n_heads: int, n_kv_heads: int, n_layers: int, norm_eps: float,
+                     rope_theta: float) -> dict[str, Any]:
+    """``params.json`` as Meta writes it, keys in Meta's order (vocab_size -1; n_kv_heads only
+    for grouped-query attention, rope_theta only when not the default)."""
+    ffn = meta_ffn_params(dim, ffn_size)
+    params: dict[str, Any] = {"dim": dim, "multiple_of": ffn["multiple_of"]}
+    if "ffn_dim_multiplier" in ffn:
+        params["ffn_dim_multiplier"] = ffn["ffn_dim_multiplier"]
+    params["n_heads"] = n_heads
+    if n_kv_heads != n_heads:
+        params["n_kv_heads"] = n_kv_heads
+    params["n_layers"] = n_layers
+    params["norm_eps"] = norm_eps
+    if rope_theta != DEFAULT_ROPE_THETA:
+        params["rope_theta"] = rope_theta
+    params["vocab_size"] = -1
+    return params
 
 
 def meta_ffn_params(dim: int, hidden: int) -> dict[str, Any]:

@@ -282,21 +282,10 @@ def make_tiny_hf(path: str | Path, *, vocab_size: int = 32000, hidden_size: int 
 def meta_params(spec: TinySpec) -> dict[str, Any]:
     """params.json of a Meta checkpoint with these dimensions, keys in Meta's order (vocab_size -1,
     n_kv_heads only for GQA, rope_theta only when not the default)."""
-    from openllm_hub_llama.checkpoint import meta_ffn_params
+    from openllm_hub_llama.checkpoint import meta_params_json
 
-    ffn = meta_ffn_params(spec.hidden_size, spec.intermediate_size)
-    params: dict[str, Any] = {"dim": spec.hidden_size, "multiple_of": ffn["multiple_of"]}
-    if "ffn_dim_multiplier" in ffn:
-        params["ffn_dim_multiplier"] = ffn["ffn_dim_multiplier"]
-    params["n_heads"] = spec.num_heads
-    if spec.kv_heads != spec.num_heads:
-        params["n_kv_heads"] = spec.kv_heads
-    params["n_layers"] = spec.num_layers
-    params["norm_eps"] = spec.rms_norm_eps
-    if spec.rope_theta != 10000.0:
-        params["rope_theta"] = spec.rope_theta
-    params["vocab_size"] = -1
-    return params
+    return meta_params_json(spec.hidden_size, spec.intermediate_size, spec.num_heads, spec.kv_heads,
+                            spec.num_layers, spec.rms_norm_eps, spec.rope_theta)
 
 
 #: Meta model-parallel split dimension per tensor kind (None: replicated on every shard).
