@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
@@ -40,15 +40,23 @@ class NoOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+#: The type of a family's load options (its pydantic ``Family.options`` model).
+OptionsT = TypeVar("OptionsT", bound=BaseModel, covariant=True)
+
+
 @dataclass(frozen=True)
-class LoadRequest:
-    """Everything a family's loader gets: validated, placed, ready to build an engine."""
+class LoadRequest(Generic[OptionsT]):
+    """Everything a family's loader gets: validated, placed, ready to build an engine.
+
+    Generic over the family's options model, so a loader declared as
+    ``def load(req: LoadRequest[MyOptions]) -> Model`` reads ``req.options.n_ctx`` typed.
+    """
 
     path: Path
     format: str
     detection: Detection
     placement: Placement
-    options: BaseModel
+    options: OptionsT
 
 
 @dataclass(frozen=True)
@@ -96,7 +104,7 @@ class Family:
     name: str
     formats: tuple[str, ...]
     detect: Callable[[Probe], Detection | None]
-    load: Callable[[LoadRequest], Model]
+    load: Callable[[LoadRequest[Any]], Model]
     devices: tuple[DeviceSupport, ...]
     description: str = ""
     aliases: tuple[str, ...] = ()
