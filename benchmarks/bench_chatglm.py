@@ -103,8 +103,9 @@ def real_size_memory() -> list[tuple[str, str, float, float]]:
     """(model, scheme, GB, ratio to fp16) for the released shapes, counted on the meta device."""
     import torch
     from openllm_hub_chatglm.model import QuantPlan, build_network
-    from openllm_hub_chatglm.quant import resident_bytes
     from openllm_hub_chatglm.spec import read_spec
+
+    from openllm_hub.engines.torch_quant import resident_bytes
 
     configs = {
         "ChatGLM-6B": {"model_type": "chatglm", "hidden_size": 4096, "inner_hidden_size": 16384,

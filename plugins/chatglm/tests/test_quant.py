@@ -14,12 +14,12 @@ import torch
 from openllm_hub_chatglm.checkpoint import iter_tensors
 from openllm_hub_chatglm.engine import ChatGLMModel
 from openllm_hub_chatglm.model import QuantPlan, build_network
-from openllm_hub_chatglm.quant import dequantize, pack_int4, quantize_rows, resident_bytes, unpack_int4
 from openllm_hub_chatglm.save import LAYER_LINEAR
 from openllm_hub_chatglm.spec import read_spec
 from openllm_hub_chatglm.tiny import write_weights
 
 import openllm_hub
+from openllm_hub.engines.torch_quant import dequantize, pack_int4, quantize_rows, resident_bytes, unpack_int4
 from openllm_hub.errors import ConversionError, CorruptFileError, InvalidParameterError
 
 PROMPT = "Once upon a time there was a model 你好, and it told a story:\n1."

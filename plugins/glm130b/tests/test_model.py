@@ -208,7 +208,9 @@ def test_beam_search_finds_the_enumerated_best(small_vocab: Any, lp: float, min_
 # ---- quantization and offload ---------------------------------------------------------------
 def test_quantizer_matches_reference_packing(tiny: Any) -> None:
     import torch
-    from openllm_hub_glm130b.quant import dequantize, quantize, unpack_int4
+    from openllm_hub_glm130b.quant import quantize
+
+    from openllm_hub.engines.torch_quant import dequantize, unpack_int4
 
     w = tiny.full["transformer.layers.1.mlp.dense_h_to_4h.weight"]
     for bits in (8, 4):

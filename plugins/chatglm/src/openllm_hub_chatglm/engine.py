@@ -18,12 +18,12 @@ from openllm_hub.core.config import GenerationConfig
 from openllm_hub.core.generate import generate_tokens
 from openllm_hub.core.io import read_json
 from openllm_hub.core.model import Model, ModelInfo
+from openllm_hub.engines.torch_quant import resident_bytes
 from openllm_hub.errors import IncompatibleDeviceError, InvalidParameterError, NotFoundError
 from openllm_hub_chatglm.chat import CHAT_DEFAULTS
 from openllm_hub_chatglm.checkpoint import iter_tensors
 from openllm_hub_chatglm.model import GLMNetwork, QuantPlan, build_network
 from openllm_hub_chatglm.model.glm1 import position_ids
-from openllm_hub_chatglm.quant import resident_bytes
 from openllm_hub_chatglm.spec import GLMSpec, read_spec
 from openllm_hub_chatglm.tokenizer import ChatGLMTokenizer, load_tokenizer
 
@@ -173,7 +173,7 @@ def context_cap(opts: Any) -> int | None:
 def use_cpu_int4_kernels(net: GLMNetwork) -> int:
     """Move INT4 linears on the CPU to torch's int4 kernel (fast with bfloat16 activations;
     the embedding table keeps its row layout for lookups). Returns how many moved."""
-    from openllm_hub_chatglm.quant import QuantEmbedding, QuantLinear
+    from openllm_hub.engines.torch_quant import QuantEmbedding, QuantLinear
 
     skip = {id(m.inner) for m in net.modules() if isinstance(m, QuantEmbedding)}
     return sum(1 for m in net.modules()

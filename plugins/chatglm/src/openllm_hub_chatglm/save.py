@@ -79,7 +79,7 @@ def write_safetensors_shards(folder: Path, tensors: Iterable[tuple[str, torch.Te
 
 def quantize_checkpoint(req: QuantizeRequest) -> None:
     """Quantize the ChatGLM folder ``req.src`` to ``req.scheme`` (int8/int4) into ``req.dst``."""
-    from openllm_hub_chatglm.quant import quantize_rows
+    from openllm_hub.engines.torch_quant import quantize_rows
     from openllm_hub_chatglm.spec import read_spec
 
     bits = {"int8": 8, "int4": 4}[req.scheme]

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from openllm_hub.engines.kv_cache import KVCache
 from openllm_hub_glm130b.config import GLMConfig
 from openllm_hub_glm130b.parallel import (
     ColumnParallelLinear,
@@ -51,47 +52,6 @@ class Layer:
     ln2_b: torch.Tensor
     h_to_4h: ColumnParallelLinear
     four_h_to_h: RowParallelLinear
-
-
-class KVCache:
-    """Keys and values of every layer for a batch of sequences, grown by doubling."""
-
-    def __init__(self, layers: int, batch: int, heads: int, head_dim: int, dtype: torch.dtype,
-                 device: torch.device) -> None:
-        self.layers, self.batch, self.heads, self.head_dim = layers, batch, heads, head_dim
-        self.dtype, self.device = dtype, device
-        self.length = 0
-        self.k: list[torch.Tensor] = []
-        self.v: list[torch.Tensor] = []
-
-    def append(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store ``k, v`` ``[B, H, T, D]`` after the cached ones; return all of them so far."""
-        new = self.length + k.shape[2]
-        if layer == len(self.k):
-            cap = max(16, new)
-            shape = (self.batch, self.heads, cap, self.head_dim)
-            self.k.append(torch.empty(shape, dtype=self.dtype, device=self.device))
-            self.v.append(torch.empty(shape, dtype=self.dtype, device=self.device))
-        if new > self.k[layer].shape[2]:
-            cap = max(new, 2 * self.k[layer].shape[2])
-            for store in (self.k, self.v):
-                old = store[layer]
-                grown = torch.empty((self.batch, self.heads, cap, self.head_dim), dtype=self.dtype,
-                                    device=self.device)
-                grown[:, :, : self.length] = old[:, :, : self.length]
-                store[layer] = grown
-        self.k[layer][:, :, self.length : new] = k
-        self.v[layer][:, :, self.length : new] = v
-        return self.k[layer][:, :, :new], self.v[layer][:, :, :new]
-
-    def advance(self, n: int) -> None:
-        self.length += n
-
-    def reorder(self, index: torch.Tensor) -> None:
-        """Keep/duplicate batch rows (beam search): row ``i`` becomes old row ``index[i]``."""
-        self.k = [t.index_select(0, index) for t in self.k]
-        self.v = [t.index_select(0, index) for t in self.v]
-        self.batch = int(index.shape[0])
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -160,7 +120,9 @@ class GLMShard:
 
     # ---- forward ---------------------------------------------------------------------
     def new_cache(self, batch: int) -> KVCache:
-        return KVCache(self.cfg.num_layers, batch, self.heads, self.head_dim, self.dtype, self.device)
+        """An empty KV cache for ``batch`` sequences (this rank's heads; no length limit)."""
+        return KVCache(self.cfg.num_layers, batch, self.heads, self.head_dim, self.dtype, self.device,
+                       min_capacity=16)
 
     def _rotary(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         freqs = positions.to(torch.float32)[..., None] * self.inv_freq  # [B, T, D/2]

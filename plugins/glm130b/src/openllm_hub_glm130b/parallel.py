@@ -20,7 +20,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from openllm_hub_glm130b.quant import dequantize
+from openllm_hub.engines.torch_quant import dequantize
 
 
 @dataclass

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from openllm_hub_chatglm.model.common import GLMNetwork, KVCache, QuantPlan
+from openllm_hub_chatglm.model.common import GLMNetwork, QuantPlan
 from openllm_hub_chatglm.spec import GLMSpec
 
 
@@ -19,4 +19,4 @@ def build_network(spec: GLMSpec, dtype: torch.dtype, plan: QuantPlan, device: to
     return GLM2Network(spec, dtype, plan, device)
 
 
-__all__ = ["GLMNetwork", "KVCache", "QuantPlan", "build_network"]
+__all__ = ["GLMNetwork", "QuantPlan", "build_network"]

@@ -1,8 +1,11 @@
-"""Pieces both ChatGLM networks share: the KV cache, attention masks, norms, linears that
-may be quantized, and the base class that installs checkpoint tensors by their official names.
+"""Pieces both ChatGLM networks share: attention and its masks, norms, linears that may be
+quantized, and the base class that installs checkpoint tensors by their official names.
 
 Shapes inside the networks are unbatched: hidden states are ``(tokens, hidden)`` and
-attention tensors ``(tokens, heads, head_dim)``; the engine runs one sequence at a time.
+queries ``(tokens, heads, head_dim)``; keys and values are ``(kv_heads, tokens, head_dim)``,
+one row of the shared :class:`~openllm_hub.engines.kv_cache.KVCache` (batch 1: the engine
+runs one sequence at a time). The INT8/INT4 layers are the shared ones of
+:mod:`openllm_hub.engines.torch_quant` (ChatGLM's official checkpoints use that format).
 """
 
 from __future__ import annotations
@@ -14,8 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from openllm_hub.engines.kv_cache import KVCache
+from openllm_hub.engines.torch_quant import QuantEmbedding, QuantLinear
 from openllm_hub.errors import CorruptFileError, InvalidParameterError
-from openllm_hub_chatglm.quant import QuantEmbedding, QuantLinear
 from openllm_hub_chatglm.spec import GLMSpec
 
 
@@ -29,48 +33,25 @@ class QuantPlan:
     scale_dtype: torch.dtype = torch.float16
 
 
-class KVCache:
-    """Keys and values of every layer for one sequence, grown by doubling up to ``limit``."""
-
-    def __init__(self, num_layers: int, kv_heads: int, head_dim: int, dtype: torch.dtype, device: torch.device,
-                 limit: int) -> None:
-        self.num_layers, self.kv_heads, self.head_dim = num_layers, kv_heads, head_dim
-        self.dtype, self.device, self.limit = dtype, device, limit
-        self.length = 0
-        self._k: list[torch.Tensor | None] = [None] * num_layers
-        self._v: list[torch.Tensor | None] = [None] * num_layers
-
-    def append(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store ``k, v`` (tokens, kv_heads, head_dim) after the cached ones; return all of them."""
-        need = self.length + k.shape[0]
-        if need > self.limit:
-            raise InvalidParameterError(f"the sequence ({need} tokens) exceeds the context ({self.limit})",
-                                        where="KV cache", fix="shorten the prompt or generate fewer tokens")
-        buf_k, buf_v = self._k[layer], self._v[layer]
-        if buf_k is None or buf_v is None or buf_k.shape[0] < need:
-            cap = min(self.limit, max(need, 64, 2 * (buf_k.shape[0] if buf_k is not None else 0)))
-            new_k = torch.empty(cap, self.kv_heads, self.head_dim, dtype=self.dtype, device=self.device)
-            new_v = torch.empty_like(new_k)
-            if buf_k is not None and buf_v is not None and self.length:
-                new_k[: self.length] = buf_k[: self.length]
-                new_v[: self.length] = buf_v[: self.length]
-            self._k[layer], self._v[layer] = buf_k, buf_v = new_k, new_v
-        buf_k[self.length:need] = k
-        buf_v[self.length:need] = v
-        return buf_k[:need], buf_v[:need]
-
-    def advance(self, n: int) -> None:
-        self.length += n
-
-
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
               causal: bool) -> torch.Tensor:
-    """Scaled dot-product attention of (T, H, D) queries over (S, G, D) keys/values, where
-    each of the G key/value groups serves H/G consecutive query heads. Returns (T, H*D)."""
+    """Scaled dot-product attention of (T, H, D) queries over (G, S, D) keys/values (the
+    cache's per-row layout), where each of the G key/value groups serves H/G consecutive
+    query heads. Returns (T, H*D)."""
     out = F.scaled_dot_product_attention(
-        q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1), attn_mask=mask,
-        is_causal=causal and mask is None, enable_gqa=k.shape[1] != q.shape[1])
+        q.transpose(0, 1), k, v, attn_mask=mask, is_causal=causal and mask is None, enable_gqa=k.shape[0] != q.shape[1])
     return out.transpose(0, 1).reshape(q.shape[0], -1)
+
+
+def cached_keys_values(cache: KVCache | None, layer: int, k: torch.Tensor, v: torch.Tensor
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The new (T, G, D) keys/values as (G, S, D) for :func:`attention`: after the cached
+    ones of ``layer`` when there is a cache (which stores them), else just these."""
+    k, v = k.transpose(0, 1), v.transpose(0, 1)
+    if cache is None:
+        return k, v
+    keys, values = cache.append(layer, k[None], v[None])
+    return keys[0], values[0]
 
 
 def causal_mask(past: int, new: int, device: torch.device, prefix: int = 0) -> torch.Tensor | None:
@@ -173,8 +154,10 @@ class GLMNetwork(nn.Module):
         return self.target
 
     def new_cache(self, limit: int) -> KVCache:
+        """An empty KV cache for one sequence of at most ``limit`` positions."""
         s = self.spec
-        return KVCache(s.num_layers, s.num_kv_heads, s.head_dim, self.dtype, self.device, limit)
+        return KVCache(s.num_layers, 1, s.num_kv_heads, s.head_dim, self.dtype, self.device, limit=limit,
+                       min_capacity=64)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.output_module()(hidden)  # type: ignore[no-any-return]

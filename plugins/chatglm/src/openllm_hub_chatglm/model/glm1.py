@@ -24,11 +24,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from openllm_hub.engines.kv_cache import KVCache
 from openllm_hub_chatglm.model.common import (
     GLMNetwork,
-    KVCache,
     QuantPlan,
     attention,
+    cached_keys_values,
     causal_mask,
     embed,
     make_embedding,
@@ -85,10 +86,9 @@ class SelfAttention(nn.Module):
         half = self.d // 2
         q = torch.cat((_rotary(q[..., :half], cos_p, sin_p), _rotary(q[..., half:], cos_b, sin_b)), dim=-1)
         k = torch.cat((_rotary(k[..., :half], cos_p, sin_p), _rotary(k[..., half:], cos_b, sin_b)), dim=-1)
-        if cache is not None:
-            k, v = cache.append(layer, k, v)
+        k, v = cached_keys_values(cache, layer, k, v.contiguous())
         mask = causal_mask(past, t, x.device, prefix)
-        return self.dense(attention(q, k, v.contiguous(), mask, causal=False))  # type: ignore[no-any-return]
+        return self.dense(attention(q, k, v, mask, causal=False))  # type: ignore[no-any-return]
 
 
 class MLP(nn.Module):

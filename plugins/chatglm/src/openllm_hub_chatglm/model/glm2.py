@@ -16,12 +16,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from openllm_hub.engines.kv_cache import KVCache
 from openllm_hub_chatglm.model.common import (
     GLMNetwork,
-    KVCache,
     QuantPlan,
     RMSNorm,
     attention,
+    cached_keys_values,
     causal_mask,
     embed,
     make_embedding,
@@ -76,9 +77,7 @@ class SelfAttention(nn.Module):
         q, k, v = qkv.split([self.heads * self.d, self.groups * self.d, self.groups * self.d], dim=-1)
         q = apply_rotary(q.view(t, self.heads, self.d), cos, sin)
         k = apply_rotary(k.view(t, self.groups, self.d), cos, sin)
-        v = v.view(t, self.groups, self.d)
-        if cache is not None:
-            k, v = cache.append(layer, k, v)
+        k, v = cached_keys_values(cache, layer, k, v.view(t, self.groups, self.d))
         mask = causal_mask(past, t, x.device) if past else None
         return self.dense(attention(q, k, v, mask, causal=t > 1))  # type: ignore[no-any-return]
 

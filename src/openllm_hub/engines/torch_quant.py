@@ -1,13 +1,27 @@
-"""Weight-only INT8/INT4 quantization in the layout of the official ChatGLM checkpoints.
+"""Weight-only INT8/INT4 quantization for torch models: the maths, the packing and the layers.
 
-Symmetric, one scale per output row: ``scale = max|w_row| / (2**(bits-1) - 1)`` and
-``q = round(w / scale)``. INT8 stores ``q`` as an int8 ``weight`` tensor; INT4 packs two
-values per byte, the even column in the high nibble and the odd column in the low nibble
-(``byte = (q[2j] << 4) | (q[2j+1] & 0xF)``, as the official ``compress_int4_weight``
-kernel), so its ``weight`` is int8 of shape ``(rows, cols / 2)``. The per-row scale is
-stored as ``weight_scale`` (float16 in the official checkpoints). Matrix products
-dequantize the weight block by block in the activation dtype, so only a bounded slice of a
-float weight exists at any time.
+One format serves every family that stores weight-only INT8/INT4 linears with one scale per
+output row (ChatGLM's official ``quantization_bit`` checkpoints and GLM-130B's INT8/INT4 SAT
+shards; the two were checked to agree on every detail below):
+
+* scale: ``scale = max|w_row| / qmax`` with ``qmax = 2**(bits-1) - 1`` (127 or 7), computed in
+  float32 and stored in ``scale_dtype`` (float16 in both families' checkpoints);
+* values: ``q = round(w / scale)`` against the *stored* (rounded) scale, round half to even
+  (``torch.round``), clamped to ``[-qmax, qmax]`` (so INT4 never uses -8), int8; a row whose
+  scale is 0 (all zeros) is divided by 1 instead and stays 0;
+* INT4 packing: two values per byte, the even column in the high nibble and the odd column
+  in the low nibble, ``byte = (q[2j] << 4) | (q[2j+1] & 0xF)`` (ChatGLM's
+  ``compress_int4_weight`` and GLM-130B's ``int4WeightCompression`` kernels), stored as int8
+  of shape ``(rows, cols / 2)``; nibbles are read back sign-extended;
+* dequantization: ``q`` converted to the compute dtype (exact) times the scale converted to
+  it: one rounding, so every family reads its checkpoints bit-exactly.
+
+Rows whose maximum is not finite (NaN/inf weights) have no meaningful quantization; their
+values are unspecified (the stored scale is NaN/inf, so they dequantize to NaN/inf anyway).
+
+This module imports torch when it is imported (its layers subclass ``torch.nn.Module``):
+only engine code that already runs torch imports it, never ``import openllm_hub`` or a
+plugin's registration.
 """
 
 from __future__ import annotations
@@ -18,6 +32,7 @@ from torch import nn
 
 from openllm_hub.errors import ConversionError, CorruptFileError
 
+#: the supported bit widths
 BITS = (4, 8)
 #: torch's CPU int8 weight x float activation kernel (private API, present in torch 2.x)
 _INT8_MM = hasattr(torch, "_weight_int8pack_mm")
@@ -29,15 +44,29 @@ BLOCK_ELEMENTS = 1 << 22
 
 
 def qmax(bits: int) -> int:
+    """The largest stored magnitude at ``bits`` bits: 127 (INT8) or 7 (INT4)."""
     return (1 << (bits - 1)) - 1
 
 
 def quantize_rows(weight: torch.Tensor, bits: int, scale_dtype: torch.dtype = torch.float16
                   ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Quantize a 2-D float weight; returns (int8 weight, packed for INT4; per-row scale).
+    """Quantize a 2-D float weight ``(rows, cols)``; returns ``(q, scale)``.
 
-    The scale is rounded to ``scale_dtype`` first and the weight divided by that rounded
-    scale, so dequantizing with the stored scale is exactly what was quantized.
+    ``q`` is int8 ``(rows, cols)`` for INT8 and ``(rows, cols / 2)`` packed by
+    :func:`pack_int4` for INT4; ``scale`` has shape ``(rows,)`` in ``scale_dtype``. The
+    scale is rounded to ``scale_dtype`` first and the weight divided by that rounded scale,
+    so dequantizing with the stored scale is exactly what was quantized.
+
+    Error bound: every dequantized value is within half a step (``scale / 2``, plus the
+    float32 rounding of ``w / scale``, below ``qmax * 2**-24`` steps) of the original when
+    the scale is a normal float16 number (row max >= ``6.1e-5 * qmax``): rounding the scale
+    to float16 changes it by at most 2**-11 relative, so ``|w| / scale <= qmax * (1 + 2**-10)
+    < qmax + 0.5`` and the clamp never binds. Rows with smaller maxima get subnormal scales
+    (coarser: the bound can fail) or a zero scale (the row quantizes to 0); a coarser
+    ``scale_dtype`` (bfloat16) can let the clamp bind on a row's largest value.
+
+    Raises :class:`ConversionError` for another bit width, a tensor that is not 2-D, or an
+    odd number of columns under INT4.
     """
     if bits not in BITS:
         raise ConversionError(f"unsupported bit width {bits}", where="quantize", fix="use 4 or 8")
@@ -47,16 +76,19 @@ def quantize_rows(weight: torch.Tensor, bits: int, scale_dtype: torch.dtype = to
         raise ConversionError(f"INT4 packs two values per byte: the input dimension {weight.shape[1]} is odd",
                               where="quantize", fix="use int8 for this model")
     w = weight.detach().float()
-    scale = (w.abs().amax(dim=1) / qmax(bits)).to(scale_dtype)
-    safe = torch.where(scale == 0, torch.ones_like(scale), scale).float()
-    q = torch.round(w / safe[:, None]).clamp_(-qmax(bits), qmax(bits)).to(torch.int8)
+    top = qmax(bits)
+    scale = (w.abs().amax(dim=1) / top).to(scale_dtype)
+    s = scale.float()
+    safe = torch.where(s > 0, s, torch.ones_like(s))
+    q = torch.round(w / safe[:, None]).clamp_(-top, top).to(torch.int8)
     return (pack_int4(q) if bits == 4 else q), scale
 
 
 def pack_int4(q: torch.Tensor) -> torch.Tensor:
-    """Pack int8 values in [-8, 7] two per byte: even column high nibble, odd column low."""
+    """Pack int8 values in [-8, 7] two per byte along the last dimension: even column in the
+    high nibble, odd column in the low one. ``(..., 2n)`` int8 -> ``(..., n)`` int8."""
     if q.shape[-1] % 2:
-        raise ConversionError("INT4 packing needs an even number of columns", where="pack_int4")
+        raise ConversionError(f"INT4 packing needs an even number of columns, got {q.shape[-1]}", where="pack_int4")
     hi = q[..., 0::2].to(torch.int16)
     lo = q[..., 1::2].to(torch.int16)
     packed = ((hi & 0xF) << 4) | (lo & 0xF)
@@ -64,21 +96,38 @@ def pack_int4(q: torch.Tensor) -> torch.Tensor:
 
 
 def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
-    """Inverse of :func:`pack_int4`: int8 values, sign-extended from each nibble."""
+    """Inverse of :func:`pack_int4`: ``(..., n)`` int8 -> ``(..., 2n)`` int8 in [-8, 7],
+    each nibble sign-extended."""
     hi = packed >> 4  # arithmetic shift on int8 keeps the sign of the high nibble
     lo = (packed << 4) >> 4
     return torch.stack((hi, lo), dim=-1).flatten(-2)
 
 
-def dequantize(weight: torch.Tensor, scale: torch.Tensor, bits: int, dtype: torch.dtype) -> torch.Tensor:
-    """Float weight of a quantized one (whole tensor or a block of rows)."""
-    q = unpack_int4(weight) if bits == 4 else weight
-    return q.to(dtype) * scale.to(dtype)[:, None]
+def dequantize(q: torch.Tensor, scale: torch.Tensor, bits: int, dtype: torch.dtype) -> torch.Tensor:
+    """The float weight ``q * scale`` in ``dtype`` on ``q``'s device.
+
+    ``q``: ``(..., cols)`` int8, INT4 packed ``(..., cols / 2)``; ``scale``: ``q``'s leading
+    shape (one per row). Works on a whole tensor, a block of rows or looked-up rows; one
+    allocation, scaled in place.
+    """
+    if bits == 4:
+        out = torch.empty((*q.shape[:-1], q.shape[-1] * 2), dtype=dtype, device=q.device)
+        # int8 shifts are arithmetic: >> 4 gives the high nibble, << 4 then >> 4 the low one
+        out[..., 0::2] = torch.bitwise_right_shift(q, 4)
+        out[..., 1::2] = torch.bitwise_right_shift(torch.bitwise_left_shift(q, 4), 4)
+    else:
+        out = q.to(dtype)
+    return out.mul_(scale.to(dtype)[..., None])
 
 
 class QuantLinear(nn.Module):
-    """A linear layer holding an INT8/INT4 weight; state dict keys are the official ones
-    (``weight``, ``weight_scale``, ``bias``)."""
+    """A linear layer holding an INT8/INT4 weight; state dict keys ``weight`` (int8, INT4
+    packed), ``weight_scale`` and ``bias``, as ChatGLM's official checkpoints name them.
+
+    The matrix product dequantizes block by block in the activation dtype (at most
+    :data:`BLOCK_ELEMENTS` float values at a time), or uses torch's CPU int8/int4 kernels
+    where they apply.
+    """
 
     weight: torch.Tensor
     weight_scale: torch.Tensor
@@ -177,7 +226,11 @@ class QuantLinear(nn.Module):
 
 
 class QuantEmbedding(nn.Module):
-    """An embedding table with one INT8/INT4 row per token (dequantized per lookup)."""
+    """An embedding table with one INT8/INT4 row per token (dequantized per lookup).
+
+    The table is held by ``inner`` (a :class:`QuantLinear` of ``dim`` inputs and ``num``
+    outputs: the same row layout), so a tied output layer can share it.
+    """
 
     def __init__(self, num: int, dim: int, bits: int, *, scale_dtype: torch.dtype = torch.float16,
                  device: torch.device | str | None = None) -> None:
@@ -186,11 +239,13 @@ class QuantEmbedding(nn.Module):
         self.num_embeddings, self.embedding_dim, self.bits = num, dim, bits
 
     def forward(self, ids: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """Rows of ``ids`` (any shape) as ``(*ids.shape, dim)`` in ``dtype``."""
         return dequantize(self.inner.weight[ids], self.inner.weight_scale[ids], self.bits, dtype)
 
 
 def resident_bytes(module: nn.Module) -> int:
-    """Bytes held by a module's parameters and buffers (what a quantized load saves)."""
+    """Bytes held by a module's parameters and buffers (what a quantized load saves);
+    tensors shared between modules count once."""
     seen: set[int] = set()
     total = 0
     for t in [*module.parameters(), *module.buffers()]:
@@ -199,4 +254,3 @@ def resident_bytes(module: nn.Module) -> int:
         seen.add(id(t))
         total += t.numel() * t.element_size()
     return total
-
