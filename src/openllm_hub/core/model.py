@@ -125,7 +125,8 @@ class Model(ABC):
 
     @abstractmethod
     def _token_stream(self, prompt_ids: list[int], config: GenerationConfig) -> Iterator[int]:
-        """Yield sampled ids after ``prompt_ids``; the config's seed is always set.
+        """Yield sampled ids after ``prompt_ids``; the config's seed is always set. The ids are
+        already checked: not empty, in the vocabulary, shorter than the context.
 
         The caller stops iterating at an end-of-sequence id, a stop string or
         ``max_new_tokens``; the engine stops when its context is full.
@@ -133,7 +134,8 @@ class Model(ABC):
 
     @abstractmethod
     def _logits(self, ids: list[int]) -> npt.NDArray[np.float32]:
-        """Logits of shape ``(len(ids), vocab)``: row i predicts the id after ``ids[: i + 1]``."""
+        """Logits of shape ``(len(ids), vocab)``: row i predicts the id after ``ids[: i + 1]``.
+        The ids are already checked: not empty, in the vocabulary, within the context."""
 
     def _close(self) -> None:  # noqa: B027 - optional hook, not abstract
         """Free engine resources (called once)."""
