@@ -16,7 +16,7 @@ tokenizers cannot encode everything.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, ClassVar
 
 from openllm_hub.core.model import Completion, Model
@@ -124,6 +124,66 @@ def check_invalid_parameters(model: Model, prompt: str) -> None:
         raise AssertionError(f"{bad} was accepted")
 
 
+def _refused(call: Callable[[Any], object], arg: Any, match: str, what: str) -> None:
+    """``call(arg)`` raises InvalidParameterError saying ``match``."""
+    try:
+        call(arg)
+    except InvalidParameterError as exc:
+        assert match in str(exc), f"{what}: expected an error saying {match!r}, got {exc}"
+        return
+    raise AssertionError(f"{what} was accepted")
+
+
+def check_token_id_range(model: Model, prompt: str) -> None:
+    """Ids outside ``0..vocab_size - 1`` are refused by logits() and detokenize() with
+    InvalidParameterError; the ids at both edges are accepted; logits() refuses more ids
+    than the context holds."""
+    vocab = model.info.vocab_size
+    assert vocab, "info.vocab_size must be set: Model checks token ids against it"
+    ids = model.tokenize(prompt)
+    for bad in ([vocab], [-1], [*ids, vocab + 7]):
+        _refused(model.logits, bad, "outside the vocabulary", f"logits({bad})")
+        _refused(model.detokenize, bad, "outside the vocabulary", f"detokenize({bad})")
+    assert model.logits([*ids, vocab - 1]).shape[0] == len(ids) + 1
+    assert isinstance(model.detokenize([0, vocab - 1]), str)
+    ctx = model.info.context_length
+    if ctx is not None:
+        _refused(model.logits, [ids[-1]] * (ctx + 1), "exceed the context", "logits() past the context")
+
+
+def check_empty_prompt(model: Model) -> None:
+    """An empty prompt: where the model adds start tokens to every prompt, generate("") runs
+    from them; otherwise it is refused with the one InvalidParameterError every engine gives."""
+    if model.tokenize(""):
+        out = model.generate("", max_new_tokens=2, temperature=0.0)
+        assert out.usage.prompt_tokens == len(model.tokenize(""))
+    else:
+        _refused(model.generate, "", "the prompt is empty", 'generate("")')
+        _refused(lambda p: list(model.stream(p)), "", "the prompt is empty", 'stream("")')
+
+
+def check_chat_stop_merge(model: Model, messages: list[dict[str, str]]) -> None:
+    """chat(stop=...) adds the caller's stop strings to the template's (it does not replace
+    them): the answer is generate() with both lists, and ends before the first of either."""
+    tpl = model.chat_template()
+    prompt = tpl.render(messages)  # type: ignore[arg-type]
+    greedy: dict[str, Any] = {"max_new_tokens": 24, "temperature": 0.0, "repeat_penalty": 1.0, "seed": 5}
+    free = model.generate(prompt, stop=[], **greedy).text  # no stop strings at all
+    user = next((free[i : i + 2] for i in range(len(free) // 2, len(free) - 1) if free[i : i + 2].strip()),
+                "\x00never")
+    out = model.chat(messages, stop=[user], **greedy)
+    both = model.generate(prompt, stop=[user, *tpl.stop], **greedy)
+    assert (out.text, out.token_ids, out.finish_reason) == (both.text, both.token_ids, both.finish_reason)
+    assert free.startswith(out.text)
+    stops = (user, *tpl.stop)
+    assert not any(s in out.text for s in stops), f"{out.text!r} holds one of the stops {stops}"
+    if any(s in free for s in stops):
+        assert out.finish_reason == "stop" and len(out.text) < len(free)
+    if user in free and not any(s in free for s in tpl.stop):
+        assert out.text == free[: free.find(user)], f"stop {user!r}: {out.text!r}"
+    assert model.chat(messages, stop=user, **greedy).text == out.text  # a single string is a list of one
+
+
 def check_closed_refuses(model: Model, prompt: str) -> None:
     """After close(), every call raises ModelClosedError; close() twice is fine."""
     model.close()
@@ -194,6 +254,15 @@ class ModelConformance:
 
     def test_invalid_parameters(self) -> None:
         check_invalid_parameters(self._shared(self), self.prompt)
+
+    def test_token_id_range(self) -> None:
+        check_token_id_range(self._shared(self), self.prompt)
+
+    def test_empty_prompt(self) -> None:
+        check_empty_prompt(self._shared(self))
+
+    def test_chat_stop_merge(self) -> None:
+        check_chat_stop_merge(self._shared(self), self.chat_messages)
 
     def test_closed_model_refuses_work(self) -> None:
         check_closed_refuses(self.load_model(), self.prompt)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import ClassVar
@@ -14,8 +16,13 @@ from openllm_hub.testing import ModelConformance
 
 
 @pytest.fixture(scope="module")
-def _paths(tiny_hf_factory: Callable[..., Path], tiny_gguf_factory: Callable[..., Path]) -> dict[str, Path]:
-    return {"hf": tiny_hf_factory(num_kv_heads=2), "gguf": tiny_gguf_factory("f32", num_kv_heads=2)}
+def _paths(tiny_hf_factory: Callable[..., Path], tiny_gguf_factory: Callable[..., Path],
+           tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    hf = tiny_hf_factory(num_kv_heads=2)
+    no_bos = shutil.copytree(hf, tmp_path_factory.mktemp("no-bos") / "hf")
+    cfg = no_bos / "tokenizer_config.json"
+    cfg.write_text(json.dumps({**json.loads(cfg.read_text()), "add_bos_token": False}))
+    return {"hf": hf, "gguf": tiny_gguf_factory("f32", num_kv_heads=2), "hf_no_bos": no_bos}
 
 
 class _Paths:
@@ -38,3 +45,14 @@ class TestTransformersEngineConformance(_Paths, ModelConformance):
 
     def load_model(self) -> Model:
         return openllm_hub.load(self.paths["hf"], device="cpu", threads=1)
+
+
+class TestTransformersNoBosConformance(_Paths, ModelConformance):
+    """The same folder with ``add_bos_token: false``: an empty prompt has no ids, so the kit's
+    empty-prompt check sees the core refuse it."""
+
+    def load_model(self) -> Model:
+        return openllm_hub.load(self.paths["hf_no_bos"], device="cpu", threads=1)
+
+    def test_empty_prompt_has_no_ids(self) -> None:
+        assert self._shared(self).tokenize("") == []  # so test_empty_prompt above checks the refusal

@@ -3,7 +3,10 @@
 An engine subclasses :class:`Model` and implements five small methods (``_tokenize``,
 ``_detokenize``, ``_token_stream``, ``_logits`` and optionally ``_close``). Everything users
 see, generate/stream/chat, stop strings, UTF-8-safe streaming, usage and timings, is built
-here once, so every plugin behaves the same.
+here once, so every plugin behaves the same. So are the input guards: token ids outside the
+vocabulary, an empty prompt, a prompt or id list longer than the context, and chat's merge of
+the caller's stop strings with the template's. They run in the public methods before any
+engine hook, in O(number of ids) python, never per generated token; engines do not repeat them.
 """
 
 from __future__ import annotations
@@ -122,7 +125,8 @@ class Model(ABC):
 
     @abstractmethod
     def _token_stream(self, prompt_ids: list[int], config: GenerationConfig) -> Iterator[int]:
-        """Yield sampled ids after ``prompt_ids``; the config's seed is always set.
+        """Yield sampled ids after ``prompt_ids``; the config's seed is always set. The ids are
+        already checked: not empty, in the vocabulary, shorter than the context.
 
         The caller stops iterating at an end-of-sequence id, a stop string or
         ``max_new_tokens``; the engine stops when its context is full.
@@ -130,10 +134,17 @@ class Model(ABC):
 
     @abstractmethod
     def _logits(self, ids: list[int]) -> npt.NDArray[np.float32]:
-        """Logits of shape ``(len(ids), vocab)``: row i predicts the id after ``ids[: i + 1]``."""
+        """Logits of shape ``(len(ids), vocab)``: row i predicts the id after ``ids[: i + 1]``.
+        The ids are already checked: not empty, in the vocabulary, within the context."""
 
     def _close(self) -> None:  # noqa: B027 - optional hook, not abstract
         """Free engine resources (called once)."""
+
+    @property
+    def vocab_size(self) -> int | None:
+        """Number of token ids the model has (valid ids are ``0..vocab_size - 1``), which the
+        id guard checks against: ``info.vocab_size``; None (no check) where it is unknown."""
+        return self.info.vocab_size
 
     # ---- public API ------------------------------------------------------------------
     def tokenize(self, text: str, *, add_special: bool = True) -> list[int]:
@@ -142,15 +153,23 @@ class Model(ABC):
 
     def detokenize(self, ids: Sequence[int]) -> str:
         self._check_open()
-        return self._detokenize(list(ids))
+        id_list = list(ids)
+        self._check_ids(id_list)
+        return self._detokenize(id_list)
 
     def logits(self, ids: Sequence[int]) -> npt.NDArray[np.float32]:
         """One row of vocabulary logits per position (for verification and perplexity)."""
         self._check_open()
         if not ids:
             raise InvalidParameterError("logits() needs at least one token id", where="Model.logits")
+        id_list = list(ids)
+        self._check_ids(id_list)
+        ctx = self.info.context_length
+        if ctx is not None and len(id_list) > ctx:
+            raise InvalidParameterError(f"{len(id_list)} token ids exceed the context of {ctx}", where="Model.logits",
+                                        fix="pass fewer ids, or load with a larger context length")
         with self._lock:
-            return self._logits(list(ids))
+            return self._logits(id_list)
 
     def generate(self, prompt: str, **params: Any) -> Completion:
         """Complete ``prompt``. ``params`` are :class:`GenerationConfig` fields."""
@@ -172,11 +191,7 @@ class Model(ABC):
     ) -> Iterator[Chunk]:
         tpl = self.chat_template(template)
         prompt = tpl.render(messages)  # type: ignore[arg-type]
-        user_stop = params.pop("stop", None) or ()
-        if isinstance(user_stop, str):
-            user_stop = (user_stop,)
-        stops = tuple(dict.fromkeys((*user_stop, *tpl.stop)))
-        return self.stream(prompt, stop=stops, **params)
+        return self.stream(prompt, stop=self._chat_stops(tpl, params.pop("stop", None)), **params)
 
     def chat_template(self, name: str | None = None) -> ChatTemplate:
         return get_template(name or self.default_chat_template)
@@ -205,8 +220,33 @@ class Model(ABC):
         if self._closed:
             raise ModelClosedError("the model is closed", where=self.info.path, fix="load it again")
 
-    def _stream_ids(self, prompt_ids: list[int], config: GenerationConfig) -> Iterator[Chunk]:
-        config = config.with_seed()
+    def _check_ids(self, ids: Sequence[int]) -> None:
+        """Refuse ids outside ``0..vocab_size - 1`` (one pass over the ids, before any engine call)."""
+        vocab = self.vocab_size
+        if vocab is None or not ids or (0 <= min(ids) and max(ids) < vocab):
+            return
+        bad = next(i for i in ids if not 0 <= i < vocab)
+        raise InvalidParameterError(f"token id {bad} is outside the vocabulary (0..{vocab - 1})", where="token ids",
+                                    fix="pass ids that tokenize() gives for this model")
+
+    @staticmethod
+    def _chat_stops(template: ChatTemplate, stop: Any) -> Any:
+        """The stop strings of a chat call: the caller's ``stop`` (a string or a list of them),
+        then the template's, each once, in that order. Anything else is handed on unchanged for
+        :class:`GenerationConfig` to refuse. Engines that override :meth:`stream_chat` call this."""
+        user = (stop,) if isinstance(stop, str) else (stop or ())
+        if not isinstance(user, (list, tuple)):
+            return stop
+        return tuple(dict.fromkeys((*user, *template.stop)))
+
+    def _check_prompt(self, prompt_ids: Sequence[int]) -> None:
+        """Refuse a prompt to generate from: no ids, ids outside the vocabulary, or so many
+        that the context holds no generated token. Engines with their own generation entry
+        points (beam search, ...) call this too."""
+        if not prompt_ids:
+            raise InvalidParameterError("the prompt is empty, and this model adds no start token to it",
+                                        where="prompt", fix="give a non-empty prompt")
+        self._check_ids(prompt_ids)
         ctx = self.info.context_length
         if ctx is not None and len(prompt_ids) >= ctx:
             raise InvalidParameterError(
@@ -214,6 +254,10 @@ class Model(ABC):
                 where="prompt",
                 fix="shorten the prompt or load with a larger context length",
             )
+
+    def _stream_ids(self, prompt_ids: list[int], config: GenerationConfig) -> Iterator[Chunk]:
+        config = config.with_seed()
+        self._check_prompt(prompt_ids)
         return self._run(prompt_ids, config)
 
     def _run(self, prompt_ids: list[int], config: GenerationConfig) -> Iterator[Chunk]:

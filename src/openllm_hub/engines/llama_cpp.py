@@ -318,9 +318,6 @@ class LlamaCppModel(Model):
         if piece is None:
             import llama_cpp
 
-            if not 0 <= token < self._n_vocab:
-                raise InvalidParameterError(f"token id {token} is outside the vocabulary (0..{self._n_vocab - 1})",
-                                            where=self.info.path)
             buf = ctypes.create_string_buffer(64)
             n = llama_cpp.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, False)
             if n < 0:
@@ -375,9 +372,6 @@ class LlamaCppModel(Model):
 
     def _token_stream(self, prompt_ids: list[int], config: GenerationConfig) -> Iterator[int]:
         llm = self._llm
-        if not prompt_ids:
-            raise InvalidParameterError("the prompt is empty (and this model adds no BOS token)",
-                                        where=self.info.path, fix="give a non-empty prompt")
         try:
             self._evaluate_prompt(prompt_ids)
         except RuntimeError as exc:
@@ -399,12 +393,6 @@ class LlamaCppModel(Model):
         import numpy as np
 
         llm: Any = self._llm
-        if len(ids) > self._n_ctx:
-            raise InvalidParameterError(f"{len(ids)} ids do not fit the context of {self._n_ctx}",
-                                        where=self.info.path, fix="load with a larger n_ctx")
-        bad = [t for t in ids if not 0 <= t < self._n_vocab]
-        if bad:
-            raise InvalidParameterError(f"token id {bad[0]} is outside the vocabulary", where=self.info.path)
         out = np.empty((len(ids), self._n_vocab), dtype=np.float32)
         llm.n_tokens = 0
         llm._ctx.kv_cache_seq_rm(-1, 0, -1)

@@ -65,14 +65,7 @@ class ChatGLMModel(Model):
         return {"position_ids": torch.tensor(pos[start:start + count], device=dev),
                 "block_position_ids": torch.tensor(block[start:start + count], device=dev), "context_length": ctx}
 
-    def _check_ids(self, ids: Sequence[int]) -> None:
-        bad = [i for i in ids if not 0 <= i < self.spec.vocab_size]
-        if bad:
-            raise InvalidParameterError(f"token id {bad[0]} is outside the vocabulary (0..{self.spec.vocab_size - 1})",
-                                        where="token ids")
-
     def _token_stream(self, prompt_ids: list[int], config: GenerationConfig) -> Iterator[int]:
-        self._check_ids(prompt_ids)
         prompt = list(prompt_ids)
         cache = self.net.new_cache(self.context_length)
         seq: list[int] = list(prompt)
@@ -91,9 +84,6 @@ class ChatGLMModel(Model):
         yield from generate_tokens(step, prompt, config, context_length=self.context_length, prompt_chunk=chunk)
 
     def _logits(self, ids: list[int]) -> npt.NDArray[np.float32]:
-        self._check_ids(ids)
-        if len(ids) > self.context_length:
-            raise InvalidParameterError(f"{len(ids)} ids exceed the context ({self.context_length})", where="logits")
         t = torch.tensor(ids, dtype=torch.long, device=self.net.device)
         with torch.inference_mode():
             hidden = self.net.forward_hidden(t, None, **self._positions(ids, 0, len(ids)))

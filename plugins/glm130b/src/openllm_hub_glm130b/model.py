@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING, Any
 from openllm_hub.core.config import GenerationConfig
 from openllm_hub.core.generate import generate_tokens
 from openllm_hub.core.model import Model, ModelInfo
-from openllm_hub.errors import InvalidParameterError
 from openllm_hub_glm130b.beam import Beam, beam_search, check_params
 from openllm_hub_glm130b.blanks import BlankFill, fill_blanks
 from openllm_hub_glm130b.config import GLMConfig
@@ -61,24 +60,13 @@ class GLM130BModel(Model):
     def _detokenize(self, ids: Sequence[int]) -> str:
         return self.tokenizer.decode(list(ids))
 
-    def _check_ids(self, ids: Sequence[int]) -> None:
-        bad = [i for i in ids if not 0 <= i < self.config.vocab_size]
-        if bad:
-            raise InvalidParameterError(f"token id {bad[0]} is outside the vocabulary of {self.config.vocab_size}",
-                                        where="token ids")
-        if len(ids) > self.config.max_sequence_length:
-            raise InvalidParameterError(f"{len(ids)} ids exceed the context of {self.config.max_sequence_length}",
-                                        where="token ids")
-
     def _logits(self, ids: list[int]) -> npt.NDArray[np.float32]:
-        self._check_ids(ids)
         lay = layout_of(ids, self.tokenizer.commands)
         self.backend("start", 1)
         out = self.backend("forward", [ids], [lay.positions(0, len(ids))], lay.context, False)
         return out[0]  # type: ignore[no-any-return]
 
     def _token_stream(self, prompt_ids: list[int], config: GenerationConfig) -> Iterator[int]:
-        self._check_ids(prompt_ids)
         lay = layout_of(prompt_ids, self.tokenizer.commands)
         done = 0
 
@@ -103,10 +91,8 @@ class GLM130BModel(Model):
         self._check_open()
         check_params(num_beams, max_new_tokens, min_new_tokens, no_repeat_ngram_size)
         ids = self._tokenize(prompt, True) if isinstance(prompt, str) else list(prompt)
-        self._check_ids(ids)
-        max_new_tokens = min(max_new_tokens, self.config.max_sequence_length - len(ids))
-        if max_new_tokens < 1:
-            raise InvalidParameterError("the prompt fills the whole context", where="beam search")
+        self._check_prompt(ids)
+        max_new_tokens = min(max_new_tokens, self.config.max_sequence_length - len(ids))  # >= 1 after the check
         lay = layout_of(ids, self.tokenizer.commands)
         with self._lock:
             self.backend("start", 1)

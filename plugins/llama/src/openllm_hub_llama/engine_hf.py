@@ -24,7 +24,7 @@ from openllm_hub.core.generate import generate_tokens
 from openllm_hub.core.io import read_safetensors_header
 from openllm_hub.core.model import Model, ModelInfo
 from openllm_hub.core.progress import progress_enabled
-from openllm_hub.errors import CorruptFileError, InvalidParameterError, NotFoundError, UnsafeCheckpointError
+from openllm_hub.errors import CorruptFileError, NotFoundError, UnsafeCheckpointError
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
@@ -147,9 +147,6 @@ class HFModel(Model):
         import torch
         from transformers import DynamicCache
 
-        if not prompt_ids:
-            raise InvalidParameterError("the prompt is empty (and this model adds no BOS token)",
-                                        where=self.info.path, fix="give a non-empty prompt")
         cache = DynamicCache(config=self._model.config)
         model = self._model
         device = self._device
@@ -167,11 +164,6 @@ class HFModel(Model):
     def _logits(self, ids: list[int]) -> npt.NDArray[np.float32]:
         import torch
 
-        vocab = self.info.vocab_size or 0
-        bad = [t for t in ids if not 0 <= t < vocab]
-        if bad:
-            raise InvalidParameterError(f"token id {bad[0]} is outside the vocabulary (0..{vocab - 1})",
-                                        where=self.info.path)
         with torch.inference_mode():
             x = torch.tensor([ids], dtype=torch.long, device=self._device)
             out = self._model(input_ids=x, use_cache=False)

@@ -231,10 +231,7 @@ class RwkvModel(Model):
         self._check_open()
         tpl = self.chat_template(template)
         plan = self._chat_read(messages, tpl.name, complete=True)
-        user_stop = params.pop("stop", None) or ()
-        if isinstance(user_stop, str):
-            user_stop = (user_stop,)
-        stops = tuple(dict.fromkeys((*user_stop, *tpl.stop)))
+        stops = self._chat_stops(tpl, params.pop("stop", None))
         config = GenerationConfig.build(self.generation_defaults, stop=stops, **params)
         if len(self._plans) >= _MAX_PLANS:
             self._plans.clear()
