@@ -91,7 +91,7 @@ def test_checkpoint_and_config_inputs(tiny: Any) -> None:
 
     spec = read(tiny.path, "sat")
     assert spec.num_layers == 3 and spec.vocab_size == tiny.config.vocab_size
-    assert read(tiny.path / "glm130b_config.json", "sat") == spec
+    assert read(tiny.path / "glm130b_config.json", "sat").n_params == spec.n_params == tiny.config.n_params()
 
 
 def test_plan_command_json(capsys: Any) -> None:
@@ -118,3 +118,13 @@ def test_planner_imports_no_torch() -> None:
     code = ("import sys; import openllm_hub.core.plan, openllm_hub_glm130b.memory, openllm_hub_glm130b.plugin; "
             "assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_load_refuses_early_through_the_memory_description(tiny: Any, monkeypatch: Any) -> None:
+    from openllm_hub import load
+    from openllm_hub.core.plan import MEMORY_ENV
+    from openllm_hub.errors import IncompatibleDeviceError
+
+    monkeypatch.setenv(MEMORY_ENV, "16K")  # before any shard is read: the config's shapes suffice
+    with pytest.raises(IncompatibleDeviceError, match=r"this glm130b model .* needs at least .* KiB even with 4-bit"):
+        load(tiny.path, device="cpu")

@@ -32,12 +32,20 @@ def v4_spec(name: str, *, layers: int, hidden: int, vocab: int, seq: int = DEFAU
 
 
 def from_pth(path: Path) -> ModelSpec:
-    """Exact shapes from the checkpoint's tensor index: block 0's 2-D weights are the matrices."""
+    """Shapes from the checkpoint's tensor index: block 0's 2-D weights are the matrices; the
+    other block tensors (mixes, decays, LoRA-style factors, norms) are averaged over the layers,
+    since RWKV-7's first block has fewer."""
     index = read_pth_index(path)
     arch = analyse(index.tensors, where=path, extras=index.extras)
-    block = {k: t for k, t in index.tensors.items() if k.startswith("blocks.0.") and ".ln0." not in k}
-    mats = tuple((t.shape[0], t.shape[1]) for k, t in block.items() if k.endswith(".weight") and len(t.shape) == 2)
-    small = sum(t.numel for k, t in block.items() if not (k.endswith(".weight") and len(t.shape) == 2))
+
+    def matrix(name: str, shape: tuple[int, ...]) -> bool:
+        return name.endswith(".weight") and len(shape) == 2
+
+    mats = tuple((t.shape[0], t.shape[1]) for k, t in index.tensors.items()
+                 if k.startswith("blocks.0.") and matrix(k, t.shape))
+    rest = sum(t.numel for k, t in index.tensors.items()
+               if k.startswith("blocks.") and ".ln0." not in k and not matrix(k, t.shape))
+    small = -(-rest // arch.n_layer)
     c = arch.n_embd
     state = 5 * c if arch.major == 4 else 2 * c + arch.n_head * arch.head_size * arch.head_size
     return ModelSpec(name=str(path), family="rwkv", num_layers=arch.n_layer, hidden_size=c,
