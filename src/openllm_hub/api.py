@@ -170,7 +170,7 @@ def load(source: str | Path, *, family: str | None = None, device: str = "auto",
     unknown).
 
     Before the family's loader runs, a model whose memory floor (its family's ``memory``
-    description; 4-bit weights, a 1-token context) exceeds the placed device's free memory is
+    description; 4-bit weights, a 1-token context) exceeds the placed device's memory is
     refused with :class:`IncompatibleDeviceError` and the numbers; ``OPENLLM_HUB_DEVICE_MEMORY``
     overrides the device's figure (e.g. ``24G``) or, set to ``off``, skips the check.
     """

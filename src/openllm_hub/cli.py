@@ -324,7 +324,13 @@ def _plan_spec(model: str, family: str | None) -> Any:
         planned = [f.name for f in reg.families.values() if f.memory is not None]
         raise InvalidParameterError(f"the {fam.name} family does not describe its memory, so it cannot be planned",
                                     where=resolved.path, fix="families that can: " + (", ".join(planned) or "none"))
-    return fam.memory(resolved.path, det.format)
+    try:
+        return fam.memory(resolved.path, det.format)
+    except (ArithmeticError, LookupError, TypeError, ValueError) as exc:
+        from openllm_hub.errors import CorruptFileError
+
+        raise CorruptFileError(f"cannot read the model's shapes from its config: {exc!r}", where=resolved.path,
+                               fix="check the config against the checkpoint's source") from None
 
 
 def cmd_plan(args: argparse.Namespace) -> int:

@@ -31,8 +31,8 @@ without offload, INT8 on 4 x RTX 3090 or 8 x RTX 2080 Ti).
 The early refusal in ``load()`` is deliberately conservative (a false refusal is worse than a
 late out-of-memory error): it compares the *floor* of a model's needs -- layer matrices at
 4 bits or less, a one-token context, no reserve, every layer offloaded where the family can
-offload -- with the memory that exists (free GPU memory from ``nvidia-smi``, or available RAM
-from ``/proc/meminfo``). ``OPENLLM_HUB_DEVICE_MEMORY`` overrides that figure (bytes, or e.g.
+offload -- with the memory that exists (the GPUs' total memory from ``nvidia-smi``, or the
+available RAM from ``/proc/meminfo``). ``OPENLLM_HUB_DEVICE_MEMORY`` overrides that figure (bytes, or e.g.
 ``512M``, ``24G``; ``off`` disables the check).
 """
 
@@ -455,8 +455,8 @@ def available_ram() -> int | None:
 
 
 def device_memory(placement: Placement) -> tuple[int, str] | None:
-    """(bytes, what) the placement's device has free: the GPUs' free memory (``nvidia-smi``),
-    the CPU's available RAM, or :data:`MEMORY_ENV`; None when unknown or the check is off."""
+    """(bytes, what) the placement's device has: the GPUs' total memory (``nvidia-smi``), the
+    CPU's available RAM, or :data:`MEMORY_ENV`; None when unknown or the check is off."""
     env = os.environ.get(MEMORY_ENV, "").strip()
     if env.lower() in ("off", "none", "0"):
         return None
@@ -470,8 +470,9 @@ def device_memory(placement: Placement) -> tuple[int, str] | None:
         gpus = [by_index[i] for i in placement.gpu_ids if i in by_index]
         if not gpus:
             return None
-        free = sum(g.free_mib for g in gpus) * 2**20
-        return free, f"{placement} has {size(free)} free"
+        # the cards' total, not the free memory of a cached probe: refuse only what no empty card holds
+        total = sum(g.total_mib for g in gpus) * 2**20
+        return total, f"{placement} has {size(total)} in total"
     ram = available_ram()
     if ram is None:
         return None
@@ -498,8 +499,8 @@ def refuse_if_too_big(memory: MemoryReader | None, path: Path, fmt: str, placeme
         return
     try:
         spec = memory(path, fmt)
-    except OpenLLMHubError:
-        return
+    except (OpenLLMHubError, ArithmeticError, LookupError, TypeError, ValueError):
+        return  # advisory: a config the hook cannot read is the loader's to report
     dtype_bytes = 4 if placement.dtype == "fp32" else 2
     floor = floor_estimate(spec, dtype_bytes=dtype_bytes, offload=placement.kind == "cuda" and spec.offloadable)
     capacity, what = have

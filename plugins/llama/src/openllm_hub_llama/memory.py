@@ -59,6 +59,8 @@ def from_hf_config(d: dict[str, Any], name: str, where: Path) -> ModelSpec:
                     seq=int(d.get("max_position_embeddings") or 2048), tied=bool(d.get("tie_word_embeddings")))
     except KeyError as exc:
         raise InvalidParameterError(f"config.json lacks {exc}", where=where) from None
+    except (TypeError, ValueError, ZeroDivisionError) as exc:
+        raise InvalidParameterError(f"config.json has an invalid size: {exc}", where=where) from None
 
 
 def meta_ffn_size(dim: int, multiple_of: int, multiplier: float | None) -> int:
@@ -79,6 +81,8 @@ def from_meta_params(p: dict[str, Any], name: str, where: Path) -> ModelSpec:
                     seq=int(p.get("max_seq_len") or 2048))
     except KeyError as exc:
         raise InvalidParameterError(f"params.json lacks {exc}", where=where) from None
+    except (TypeError, ValueError, ZeroDivisionError) as exc:
+        raise InvalidParameterError(f"params.json has an invalid size: {exc}", where=where) from None
 
 
 def from_gguf(path: Path) -> ModelSpec:

@@ -65,8 +65,10 @@ def from_hf(folder: Path) -> ModelSpec:
         return v4_spec(str(folder), layers=int(d["num_hidden_layers"]), hidden=int(d["hidden_size"]),
                        vocab=int(d["vocab_size"]), seq=int(d.get("context_length") or DEFAULT_CONTEXT),
                        att=d.get("attention_hidden_size"), ffn=d.get("intermediate_size"))
-    except (KeyError, TypeError) as exc:
+    except KeyError as exc:
         raise InvalidParameterError(f"config.json lacks {exc}", where=where) from None
+    except (TypeError, ValueError) as exc:
+        raise InvalidParameterError(f"config.json has an invalid size: {exc}", where=where) from None
 
 
 def read(path: Path, fmt: str) -> ModelSpec:
