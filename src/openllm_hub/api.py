@@ -168,6 +168,11 @@ def load(source: str | Path, *, family: str | None = None, device: str = "auto",
     ``cpu:blas``, ``cuda``, ``cuda:N`` or ``cuda:N,M``; ``dtype``, ``gpu_layers`` and
     ``threads`` refine it. Other keyword options are the family's (rejected by name when
     unknown).
+
+    Before the family's loader runs, a model whose memory floor (its family's ``memory``
+    description; 4-bit weights, a 1-token context) exceeds the placed device's memory is
+    refused with :class:`IncompatibleDeviceError` and the numbers; ``OPENLLM_HUB_DEVICE_MEMORY``
+    overrides the device's figure (e.g. ``24G``) or, set to ``off``, skips the check.
     """
     resolved = resolve_source(source)
     opts = {**(resolved.options or {}), **options}
@@ -182,6 +187,9 @@ def load(source: str | Path, *, family: str | None = None, device: str = "auto",
     validated = validate_options(fam, opts, where=resolved.path)
     run_fmt = fam.run_format(det.format, validated) if fam.run_format else det.format
     placement = plan_placement(spec, fam.devices, run_fmt)
+    from openllm_hub.core.plan import refuse_if_too_big
+
+    refuse_if_too_big(fam.memory, resolved.path, det.format, placement)  # early, with the numbers
     return fam.load(LoadRequest(path=resolved.path, format=det.format, detection=det, placement=placement,
                                 options=validated))
 

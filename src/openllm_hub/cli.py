@@ -296,6 +296,78 @@ def cmd_perplexity(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- plan (memory planner; torch-free, reads config alone, writes nothing) ---------------------
+def _plan_spec(model: str, family: str | None) -> Any:
+    """MODEL as a path or model name (through its family's ``memory`` hook), else a published shape
+    name a family offers (``glm-130b``, ``llama-7b``, ...)."""
+    from openllm_hub.api import detect, resolve_source
+    from openllm_hub.core.registry import get_registry
+    from openllm_hub.errors import NotFoundError
+
+    reg = get_registry()
+    families = [reg.family(family)] if family else list(reg.families.values())
+    if not Path(model).expanduser().exists():
+        for fam in families:
+            for name, shape in fam.published_shapes.items():
+                if name.lower() == model.lower():
+                    return shape
+    try:
+        resolved = resolve_source(model)
+    except NotFoundError as exc:
+        published = sorted(n for f in families for n in f.published_shapes)
+        if not published:
+            raise
+        raise NotFoundError(exc.what, where=exc.where, fix=f"{exc.fix}; published shapes: {', '.join(published)}") \
+            from None
+    fam, det = detect(resolved.path, family=family or resolved.family)
+    if fam.memory is None:
+        planned = [f.name for f in reg.families.values() if f.memory is not None]
+        raise InvalidParameterError(f"the {fam.name} family does not describe its memory, so it cannot be planned",
+                                    where=resolved.path, fix="families that can: " + (", ".join(planned) or "none"))
+    try:
+        return fam.memory(resolved.path, det.format)
+    except (ArithmeticError, LookupError, TypeError, ValueError) as exc:
+        from openllm_hub.errors import CorruptFileError
+
+        raise CorruptFileError(f"cannot read the model's shapes from its config: {exc!r}", where=resolved.path,
+                               fix="check the config against the checkpoint's source") from None
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from openllm_hub.core.plan import parse_gpus, plan, this_machine
+
+    bits = {None: None, "int8": 8, "int4": 4}[args.quantize]
+    gpus = parse_gpus(args.gpus) if args.gpus else this_machine()
+    result = plan(_plan_spec(args.model, args.family), gpus, quantize=bits, offload=args.offload,
+                  offload_layers=args.offload_layers, batch=args.batch, seq=args.seq)
+    if args.json:
+        _print_json(result.as_dict())
+    else:
+        print(result.render())
+    return 0 if result.fits else 1
+
+
+def _add_plan_command(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("plan", help="will a model fit on these GPUs? (TP degree, quantization, offload)",
+                       description="Memory per GPU for weights, KV cache and activations, and the layouts that fit, "
+                                   "from the model's config alone (nothing is loaded or written). MODEL: a path or "
+                                   "model name of any family that describes its memory, or a published shape "
+                                   "name (e.g. glm-130b, llama-7b). Exit code 1 when the requested layout does "
+                                   "not fit.")
+    p.add_argument("model")
+    p.add_argument("--gpus", help="COUNTxMEMORY, e.g. 8x40G (nominal GiB per GPU) or 8xV100; "
+                                  "default: this machine's GPUs, else its available RAM")
+    p.add_argument("--quantize", choices=("int8", "int4"), default=None,
+                   help="weight-only quantization (default: as stored)")
+    p.add_argument("--offload", action="store_true", help="offload as few layers as needed to CPU memory")
+    p.add_argument("--offload-layers", type=int, default=None, help="offload exactly this many layers")
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--seq", type=int, default=None, help="sequence length (default: the model's context)")
+    p.add_argument("--family", help="skip detection and use this family")
+    p.add_argument("--json", action="store_true", help="print a JSON object (fits, per_gpu, proposals)")
+    p.set_defaults(handler=cmd_plan)
+
+
 # ---- parser ------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     from openllm_hub import __version__
@@ -383,6 +455,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stride", type=int)
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=cmd_perplexity)
+
+    _add_plan_command(sub)
 
     from openllm_hub.server.cli import add_serve_command
 

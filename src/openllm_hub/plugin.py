@@ -52,6 +52,7 @@ from openllm_hub.core.io import (
 from openllm_hub.core.lora import LoraMerger, MergeRequest
 from openllm_hub.core.model import Chunk, Completion, Model, ModelInfo, Timings, Usage
 from openllm_hub.core.paths import cache_dir
+from openllm_hub.core.plan import ModelSpec, available_ram, bits_from_file_size, estimate, gguf_dims
 from openllm_hub.core.progress import Progress, progress_enabled, track
 from openllm_hub.core.quantize import Quantizer, QuantizeRequest
 from openllm_hub.core.registry import API_VERSION
@@ -99,6 +100,7 @@ __all__ = [
     "ModelConformance",
     "ModelInfo",
     "ModelName",
+    "ModelSpec",
     "NoOptions",
     "NotFoundError",
     "OpenLLMHubError",
@@ -114,10 +116,14 @@ __all__ = [
     "Usage",
     "VerifyReport",
     "atomic_output",
+    "available_ram",
+    "bits_from_file_size",
     "cache_dir",
     "check_destination",
+    "estimate",
     "file_sha256",
     "generate_tokens",
+    "gguf_dims",
     "hookimpl",
     "join_pieces",
     "load_torch_checkpoint",

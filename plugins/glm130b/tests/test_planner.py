@@ -1,8 +1,8 @@
-"""The planner reproduces GLM-130B's hardware table from its config and rejects what cannot fit."""
+"""The core planner, fed by this plugin's memory description, reproduces GLM-130B's hardware
+table from its config and rejects what cannot fit."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 import sys
@@ -10,11 +10,13 @@ from typing import Any
 
 import pytest
 from openllm_hub_glm130b.config import GLM_130B
-from openllm_hub_glm130b.planner import BUILTIN, GIB, parse_gpus, plan, resolve_spec, spec_from_glm
+from openllm_hub_glm130b.memory import PUBLISHED
+from openllm_hub_glm130b.memory import spec_from_config as spec_from_glm
 
+from openllm_hub.core.plan import GIB, parse_gpus, plan
 from openllm_hub.errors import InvalidParameterError
 
-GLM = BUILTIN["glm-130b"]
+GLM = PUBLISHED["glm-130b"]
 
 # GLM-130B README, "Hardware requirements": every row must fit as published.
 TABLE = [
@@ -77,25 +79,6 @@ def test_recommendations() -> None:
     assert six.requested.estimate.tp == 4 and six.notes
 
 
-def test_chatglm_6b_int4_needs_about_6_gb() -> None:
-    e = plan(BUILTIN["chatglm-6b"], parse_gpus("1x24G"), quantize=4).requested.estimate
-    # ChatGLM-6B's README: INT4 inference from 6 GB of GPU memory
-    assert 5.0 * GIB < e.total_bytes < 7.0 * GIB
-    assert 3.3 * GIB < e.weights_bytes < 4.0 * GIB  # 6.2B params: INT4 layers + fp16 embedding
-
-
-def test_other_families() -> None:
-    assert plan(BUILTIN["llama-65b"], parse_gpus("8x24G")).fits  # 130 GB fp16 over 8 GPUs
-    assert not plan(BUILTIN["llama-65b"], parse_gpus("1x80G")).fits
-    assert plan(BUILTIN["llama-7b"], parse_gpus("1x24G")).fits
-    assert not plan(BUILTIN["llama-13b"], parse_gpus("1x24G")).fits  # 26 GB of fp16 weights
-    rwkv = plan(BUILTIN["rwkv-4-raven-7b"], parse_gpus("1x24G")).requested.estimate
-    assert rwkv.kv_cache_bytes < 10 * 2**20  # a fixed RNN state, not a KV cache
-    for name in ("llama-7b", "llama-13b", "llama-30b", "llama-65b", "rwkv-4-raven-7b"):
-        nominal = float(name.split("-")[-1].rstrip("b"))
-        assert 0.9 < BUILTIN[name].n_params / 1e9 / nominal < 1.15
-
-
 def test_bad_gpu_specs() -> None:
     assert parse_gpus("8xA100") == parse_gpus("8x40GB")
     for bad in ("8", "x40G", "8x", "0x40G", "8xfoo"):
@@ -103,31 +86,45 @@ def test_bad_gpu_specs() -> None:
             parse_gpus(bad)
 
 
-def test_checkpoint_and_config_inputs(tiny: Any, tmp_path: Any) -> None:
-    spec = resolve_spec(str(tiny.path))
+def test_checkpoint_and_config_inputs(tiny: Any) -> None:
+    from openllm_hub_glm130b.memory import read
+
+    spec = read(tiny.path, "sat")
     assert spec.num_layers == 3 and spec.vocab_size == tiny.config.vocab_size
-    hf = tmp_path / "config.json"
-    hf.write_text(json.dumps({"model_type": "llama", "num_hidden_layers": 32, "hidden_size": 4096,
-                              "num_attention_heads": 32, "vocab_size": 32000, "intermediate_size": 11008}))
-    assert resolve_spec(str(hf)).n_params == BUILTIN["llama-7b"].n_params
+    assert read(tiny.path / "glm130b_config.json", "sat").n_params == spec.n_params == tiny.config.n_params()
 
 
 def test_plan_command_json(capsys: Any) -> None:
-    from openllm_hub_glm130b.plugin import register_commands
+    from openllm_hub.cli import main
 
-    parser = argparse.ArgumentParser(prog="openllm-hub")
-    register_commands(parser.add_subparsers())
-    args = parser.parse_args(["plan", "glm-130b", "--gpus", "8x32G", "--quantize", "int8", "--json"])
-    assert args.handler(args) == 0
+    assert main(["plan", "glm-130b", "--gpus", "8x32G", "--quantize", "int8", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["fits"] is True and out["tp"] == 8 and out["quantization"] == "int8"
     assert set(out["per_gpu"]) >= {"weights_gib", "kv_cache_gib", "activations_gib", "total_gib", "capacity_gib"}
-    args = parser.parse_args(["plan", "glm-130b", "--gpus", "8x32G"])
-    assert args.handler(args) == 1
+    assert main(["plan", "glm-130b", "--gpus", "8x32G"]) == 1
     assert "DOES NOT FIT" in capsys.readouterr().out
 
 
+def test_plan_of_the_tiny_checkpoint(tiny: Any, capsys: Any) -> None:
+    from openllm_hub.cli import main
+
+    assert main(["plan", str(tiny.path), "--gpus", "2x2G", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["family"] == "glm130b" and out["tp"] == 2 and out["fits"] is True
+    assert out["parameters"] == tiny.config.n_params()
+
+
 def test_planner_imports_no_torch() -> None:
-    code = ("import sys; import openllm_hub_glm130b.planner, openllm_hub_glm130b.plugin; "
+    code = ("import sys; import openllm_hub.core.plan, openllm_hub_glm130b.memory, openllm_hub_glm130b.plugin; "
             "assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_load_refuses_early_through_the_memory_description(tiny: Any, monkeypatch: Any) -> None:
+    from openllm_hub import load
+    from openllm_hub.core.plan import MEMORY_ENV
+    from openllm_hub.errors import IncompatibleDeviceError
+
+    monkeypatch.setenv(MEMORY_ENV, "16K")  # before any shard is read: the config's shapes suffice
+    with pytest.raises(IncompatibleDeviceError, match=r"this glm130b model .* needs at least .* KiB even with 4-bit"):
+        load(tiny.path, device="cpu")

@@ -22,6 +22,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from openllm_hub.core.convert import Converter
     from openllm_hub.core.lora import LoraMerger
     from openllm_hub.core.model import Model
+    from openllm_hub.core.plan import ModelSpec
     from openllm_hub.core.quantize import Quantizer
 
 
@@ -101,6 +102,17 @@ class Family:
     names the format that will actually run, given the load options, when options send a
     checkpoint to another engine (an HF folder run on llama.cpp runs as ``gguf``); its device
     rows are the ones placement uses.
+
+    ``memory`` describes the model's memory as data, for ``openllm-hub plan MODEL`` and for the
+    early refusal in ``load()``: called with the path and the detected format, it returns a
+    :class:`~openllm_hub.core.plan.ModelSpec` (layers, hidden size, heads, KV values per token,
+    an RNN's state size, vocabulary, context length, the shapes of one layer's matrices) read
+    from config alone -- config.json, params.json, GGUF header metadata, a checkpoint's tensor
+    shapes from its header -- never loading weights and importing no engine. It raises an
+    :class:`~openllm_hub.errors.OpenLLMHubError` when the config cannot be read (``load()`` then
+    skips its check and lets the loader report). None: the family cannot be planned and
+    ``load()`` does not check its memory. ``published_shapes`` names the shapes of published
+    models (e.g. ``glm-130b``) that ``plan NAME`` accepts with no file at all.
     """
 
     name: str
@@ -119,6 +131,8 @@ class Family:
     not_loadable_hint: Callable[[Path, str], str] | None = field(default=None, compare=False)
     launch: Callable[[LaunchRequest], int] | None = field(default=None, compare=False)
     run_format: Callable[[str, BaseModel], str] | None = field(default=None, compare=False)
+    memory: Callable[[Path, str], ModelSpec] | None = field(default=None, compare=False)
+    published_shapes: Mapping[str, ModelSpec] = field(default_factory=dict, compare=False)
 
     def can_load(self, fmt: str) -> bool:
         return fmt in (self.loadable if self.loadable is not None else self.formats)

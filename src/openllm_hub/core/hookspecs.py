@@ -19,6 +19,24 @@ Keep the module light: import engines (torch, llama_cpp, ...) inside your loader
 module level; ``import openllm_hub`` and ``openllm-hub --help`` load every plugin.
 Each hook is called once per plugin; an exception in one plugin's hook marks that plugin as
 broken (shown by ``openllm-hub plugins``) and leaves the others working.
+
+A family describes its memory as data through ``Family(memory=...)``: a function
+``(path, format) -> ModelSpec`` (:mod:`openllm_hub.core.plan`) that reads the model's shapes
+from its config alone (config.json, params.json, GGUF metadata, tensor shapes from a header;
+never the weights, no engine import). With it, ``openllm-hub plan MODEL --gpus 8x40G`` plans
+the family's models (TP degree, quantization, offload) and every ``load()`` refuses early,
+with the numbers, a model that cannot fit the device it was placed on::
+
+    from openllm_hub.plugin import ModelSpec
+
+    def memory(path, fmt):
+        cfg = read_json(path / "config.json")
+        h, L = cfg["hidden_size"], cfg["num_layers"]
+        return ModelSpec(name=str(path), family="mything", num_layers=L, hidden_size=h,
+                         num_heads=cfg["heads"], vocab_size=cfg["vocab_size"], max_seq=cfg["context"],
+                         layer_matrices=((3 * h, h), (h, h), (4 * h, h), (h, 4 * h)), layer_small=4 * h,
+                         embedding_params=2 * cfg["vocab_size"] * h, mlp_width=4 * h,
+                         kv_per_token_layer=2 * h)
 """
 
 from __future__ import annotations
@@ -44,7 +62,8 @@ def register_families(register: Callable[[Family], None]) -> None:
     A :class:`~openllm_hub.core.family.Family` bundles its ``detect`` (score a path, cheap,
     no engine imports), ``load`` (build a Model), supported devices, load options
     (a pydantic model; unknown options are rejected by name), converters, quantizers,
-    LoRA merger and built-in model names. Family names and aliases must be unique.
+    LoRA merger, built-in model names and its ``memory`` description (shapes for the planner,
+    see above). Family names and aliases must be unique.
     """
 
 

@@ -10,6 +10,7 @@ from openllm_hub.core.detect import Probe
 from openllm_hub.core.device import DeviceSupport
 from openllm_hub.core.family import Detection, Family, LoadRequest, ModelName
 from openllm_hub.core.model import Model
+from openllm_hub_bigram import memory
 
 OPENLLM_HUB_API_VERSION = 1
 
@@ -45,6 +46,7 @@ def _builtin() -> Path:
 def register_families(register: Callable[[Family], None]) -> None:
     register(Family(
         name="bigram",
+        memory=memory.read,
         formats=("bigram",),
         detect=detect,
         load=load,

@@ -21,6 +21,7 @@ from openllm_hub.core.model import Model
 from openllm_hub.core.quantize import Quantizer, QuantizeRequest
 from openllm_hub.engines.llama_cpp import LlamaCppOptions, device_rows
 from openllm_hub.engines.llama_cpp_quantize import QUANT_TYPES, gguf_quantizer
+from openllm_hub_chatglm import memory
 
 OPENLLM_HUB_API_VERSION = 1
 
@@ -121,6 +122,7 @@ def _quantize(req: QuantizeRequest) -> None:
 
 FAMILY = Family(
     name="chatglm",
+    memory=memory.read, published_shapes=memory.PUBLISHED,
     aliases=("chatglm-6b", "chatglm2", "chatglm3"),
     description="ChatGLM-6B, ChatGLM2-6B, ChatGLM3-6B on an own torch engine (no remote code), INT8/INT4; "
                 "ChatGLM2/3 GGUF on llama.cpp",

@@ -1,51 +1,20 @@
 """CLI subcommands of the plugin (added through the ``register_commands`` hook).
 
-* ``plan MODEL --gpus 8x40G [--quantize int8|int4] [--offload] [--batch B --seq S] [--json]``
 * ``glm130b-run MODEL [--nproc N] [-p PROMPT ...]`` (prompts from stdin when none is given)
 * ``glm130b-repartition SRC DST --tp N [--quantize int8|int4]``
 * ``glm130b-init-config CKPT`` (writes the published GLM-130B config next to ``latest``)
 
-Only ``plan`` stays torch-free; the others import the engine when they run.
+They import the engine when they run. (``plan MODEL --gpus 8x40G`` is the core's command, fed by
+:mod:`openllm_hub_glm130b.memory`.)
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from typing import Any
 
 from openllm_hub.errors import InvalidParameterError
-
-
-# ---- plan ------------------------------------------------------------------------------------
-def add_plan(cli: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = cli.add_parser("plan", help="will a model fit on these GPUs? (TP degree, quantization, offload)",
-                       description="Memory per GPU for weights, KV cache and activations, and the layouts that fit. "
-                                   "MODEL: a built-in name (glm-130b, chatglm-6b, llama-7b/13b/30b/65b, "
-                                   "rwkv-4-raven-7b), a GLM-130B checkpoint folder or config, or a config.json.")
-    p.add_argument("model")
-    p.add_argument("--gpus", required=True, help="COUNTxMEMORY, e.g. 8x40G (nominal GiB per GPU) or 8xV100")
-    p.add_argument("--quantize", choices=("int8", "int4"), default=None)
-    p.add_argument("--offload", action="store_true", help="offload as few layers as needed to CPU memory")
-    p.add_argument("--offload-layers", type=int, default=None, help="offload exactly this many layers")
-    p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--seq", type=int, default=None, help="sequence length (default: the model's context)")
-    p.add_argument("--json", action="store_true", help="print a JSON object (fits, per_gpu, proposals)")
-    p.set_defaults(handler=run_plan)
-
-
-def run_plan(args: argparse.Namespace) -> int:
-    from openllm_hub_glm130b.planner import parse_gpus, plan, resolve_spec
-    from openllm_hub_glm130b.quant import parse_bits
-
-    result = plan(resolve_spec(args.model), parse_gpus(args.gpus), quantize=parse_bits(args.quantize),
-                  offload=args.offload, offload_layers=args.offload_layers, batch=args.batch, seq=args.seq)
-    if args.json:
-        print(json.dumps(result.as_dict(), indent=2))
-    else:
-        print(result.render())
-    return 0 if result.fits else 1
 
 
 # ---- run -------------------------------------------------------------------------------------
@@ -192,7 +161,6 @@ def run_init_config(args: argparse.Namespace) -> int:
 
 
 def register(cli: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    add_plan(cli)
     add_run(cli)
     add_repartition(cli)
     add_init_config(cli)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,8 @@ from openllm_hub_glm130b.engine import Backend, EngineOptions, RankEngine, prefl
 from openllm_hub_glm130b.model import GLM130BModel
 from openllm_hub_glm130b.parallel import TPGroup
 from openllm_hub_glm130b.tokenizer import GLMTokenizer, SentencePieceGLMTokenizer, build_tokenizer
+
+GIB = 1024**3
 
 
 def make_tokenizer(ck: SatCheckpoint, override: str | Path | None = None) -> GLMTokenizer:
@@ -42,15 +45,18 @@ def build_model(ck: SatCheckpoint, engine: RankEngine, backend: Backend, device:
 
 
 def refuse_if_too_big(ck: SatCheckpoint, options: EngineOptions, device: torch.device) -> None:
-    """Ask the planner whether this rank's slice fits where it is going; refuse early with numbers."""
-    from openllm_hub_glm130b.planner import GIB, RESERVE_GIB, estimate, spec_from_glm
+    """Ask the planner whether this rank's slice fits where it is going (with the load options:
+    quantization, offloaded layers, dtype); refuse early with numbers."""
+    from openllm_hub.plugin import estimate
+    from openllm_hub_glm130b.memory import spec_from_config
 
     offloaded = options.offload_layers
     n_off = ck.config.num_layers if offloaded == "all" else len(offloaded)
     bits = ck.bits or options.quantize
     dtype_bytes = 4 if options.dtype == "fp32" else 2
-    est = estimate(spec_from_glm(ck.config), tp=1, bits=bits, offload_layers=n_off, dtype_bytes=dtype_bytes,
-                   reserve_gib=RESERVE_GIB if device.type == "cuda" else 0.0)
+    est = estimate(spec_from_config(ck.config), tp=1, bits=bits, offload_layers=n_off, dtype_bytes=dtype_bytes)
+    if device.type != "cuda":
+        est = replace(est, reserve_bytes=0)  # the runtime reserve is a GPU's (CUDA context, workspaces)
     if device.type == "cuda":
         free, _total = torch.cuda.mem_get_info(device)
         capacity, what = int(free), f"GPU {device.index} has {free / GIB:.1f} GiB free"
@@ -69,14 +75,9 @@ def refuse_if_too_big(ck: SatCheckpoint, options: EngineOptions, device: torch.d
 
 
 def _available_ram() -> int | None:
-    try:
-        with open("/proc/meminfo", encoding="ascii") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
+    from openllm_hub.plugin import available_ram
+
+    return available_ram()
 
 
 def load_sat(req: LoadRequest) -> GLM130BModel:

@@ -18,6 +18,7 @@ from openllm_hub.core.device import DeviceSupport
 from openllm_hub.core.family import Detection, Family, LaunchRequest, LoadRequest
 from openllm_hub.core.model import Model
 from openllm_hub.core.quantize import Quantizer, QuantizeRequest
+from openllm_hub_glm130b import memory
 from openllm_hub_glm130b.config import CONFIG_NAME, MODEL_TYPE
 
 OPENLLM_HUB_API_VERSION = 1
@@ -112,6 +113,7 @@ FAMILY = Family(
     load=_load,
     options=GLMOptions,
     launch=_launch,
+    memory=memory.read, published_shapes=memory.PUBLISHED,
     devices=(
         DeviceSupport("cuda", ("fp16", "bf16", "fp32")),
         DeviceSupport("cpu", ("fp32", "bf16")),

@@ -23,6 +23,7 @@ from openllm_hub.core.model import Model
 from openllm_hub.core.quantize import QuantizeRequest
 from openllm_hub.engines.llama_cpp import LlamaCppOptions, device_rows
 from openllm_hub.engines.llama_cpp_quantize import gguf_quantizer
+from openllm_hub_llama import memory
 from openllm_hub_llama.demo import MODEL_NAMES as DEMO_MODEL_NAMES
 
 OPENLLM_HUB_API_VERSION = 1
@@ -117,6 +118,7 @@ def _lazy(module: str, func: str) -> Callable[..., None]:
 
 FAMILY = Family(
     name="llama",
+    memory=memory.read, published_shapes=memory.PUBLISHED,
     aliases=("alpaca", "vicuna", "llama2", "chinese-llama", "belle"),
     description="LLaMA 1/2 and fine-tunes: GGUF on llama.cpp, HF folders on transformers, Meta .pth shards",
     formats=("gguf", "hf", "meta"),

@@ -17,6 +17,7 @@ from openllm_hub.core.device import DeviceSupport
 from openllm_hub.core.family import Detection, Family, LoadRequest
 from openllm_hub.core.model import Model
 from openllm_hub.errors import InvalidParameterError, OpenLLMHubError
+from openllm_hub_rwkv import memory
 from openllm_hub_rwkv.layout import analyse, looks_like_rwkv
 from openllm_hub_rwkv.options import RwkvOptions
 from openllm_hub_rwkv.pth_index import PthIndex, is_torch_file, read_pth_index
@@ -94,6 +95,7 @@ _BOUNDS = {"auto": 1e-4, "f32": 1e-4, "f16": 2e-2, "bf16": 1e-1}
 
 FAMILY = Family(
     name="rwkv",
+    memory=memory.read, published_shapes=memory.PUBLISHED,
     aliases=("raven", "chatrwkv"),
     description="RWKV-4, 5.x, 6 and 7 (ChatRWKV .pth) on the rwkv package; RWKV-4 also on transformers",
     formats=("rwkv-pth", "hf"),
