@@ -250,6 +250,11 @@ def convert(src: str | Path, dst: str | Path, *, to: str, outtype: str | None = 
     if conv.outtypes and otype not in conv.outtypes:
         raise InvalidParameterError(f"unknown outtype {otype!r} for {det.format}->{to}", where="outtype",
                                     fix=f"use one of: {', '.join(conv.outtypes)}")
+    if verify and (otype or "") not in conv.verify_bounds:
+        bounded = ", ".join(k for k in conv.verify_bounds if k) or "none"
+        raise InvalidParameterError(
+            f"--verify has no measured bound for {det.format}->{to} outtype {otype!r}, so it could not fail",
+            where="verify", fix=f"drop --verify for this outtype; outtypes it can verify: {bounded}")
     out = check_destination(dst, sources=[src_path], force=force)
     show = progress_enabled() if progress is None else progress
     report: VerifyReport | None = None
@@ -257,7 +262,7 @@ def convert(src: str | Path, dst: str | Path, *, to: str, outtype: str | None = 
         conv.run(ConvertRequest(src=src_path, dst=tmp, source_format=det.format, outtype=otype, progress=show,
                                 options=dict(options or {})))
         if verify:
-            bound = conv.verify_bounds.get(otype or "", None)
+            bound = conv.verify_bounds[otype or ""]
             with load(src_path, family=fam.name, device="cpu", **conv.source_load_options) as a, \
                     load(tmp, family=fam.name, device="cpu", **conv.target_load_options) as b:
                 report = verify_models(a, b, bound=bound, require_greedy=(otype or "") in conv.exact_outtypes)

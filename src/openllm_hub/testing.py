@@ -17,6 +17,7 @@ tokenizers cannot encode everything.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any, ClassVar
 
 from openllm_hub.core.model import Completion, Model
@@ -285,4 +286,114 @@ def run_conformance(model_factory: Any) -> Iterator[tuple[str, OpenLLMHubError |
     ModelConformance.teardown_class()
 
 
-__all__ = ["Completion", "ModelConformance", "run_conformance"]
+# ---- converters: a verification that can fail --------------------------------------------------
+#: Names of the weight a broken conversion scales: a layer-0 MLP output matrix in the naming of each
+#: format (HF, GGUF, Meta, RWKV, GLM/SAT), else the first 2-D weight of layer 0.
+_BREAK_PREFERRED = ("down_proj", "ffn_down", "feed_forward.w2", "ffn.value", "dense_4h_to_h")
+_LAYER0 = ("layers.0.", "blk.0.", "blocks.0.", "h.0.", "encoder.layers.0.")
+
+
+def _pick(names: list[str]) -> str | None:
+    layer0 = [n for n in names if any(t in n for t in _LAYER0)]
+    for pref in _BREAK_PREFERRED:
+        for n in layer0:
+            if pref in n:
+                return n
+    return layer0[0] if layer0 else None
+
+
+def break_checkpoint(path: str | Path, *, factor: float = 2.0) -> str:
+    """Scale one layer-0 weight matrix of the checkpoint at ``path`` by ``factor`` (negate it when it is
+    an integer, quantized matrix), in place, as a converter bug would (safetensors, GGUF float
+    tensors, torch ``.pth``/``.pt`` state dicts, in a
+    file or anywhere under a folder). Returns ``file:tensor``; raises AssertionError if nothing
+    could be broken. For negative controls: a ``--verify`` must catch this."""
+    import numpy as np
+
+    root = Path(path)
+    files = sorted(root.rglob("*")) if root.is_dir() else [root]
+    for f in files:
+        if f.suffix == ".safetensors":
+            from safetensors.torch import load_file, save_file  # torch: bf16 has no numpy dtype
+
+            tstate = load_file(str(f))
+            name = _pick([k for k, v in tstate.items() if v.ndim == 2])
+            if name is not None:
+                from openllm_hub.core.io import read_safetensors_header
+
+                meta = read_safetensors_header(f).get("__metadata__")
+                t = tstate[name]
+                tstate[name] = (t * factor).to(t.dtype) if t.is_floating_point() else -t
+                save_file(tstate, str(f), metadata=meta)
+                return f"{f.name}:{name}"
+        elif f.suffix == ".gguf":
+            from gguf import GGUFReader
+
+            reader = GGUFReader(str(f), "r+")
+            floats = [t for t in reader.tensors if t.data.dtype in (np.float32, np.float16) and len(t.shape) == 2]
+            name = _pick([t.name for t in floats])
+            if name is not None:
+                tensor = next(t for t in floats if t.name == name)
+                tensor.data[...] = tensor.data * factor
+                reader.data.flush()
+                return f"{f.name}:{name}"
+        elif f.suffix in (".pth", ".pt", ".bin"):
+            import torch
+
+            blob = torch.load(f, map_location="cpu", weights_only=True)
+            state = blob
+            while isinstance(state, dict) and not any(isinstance(v, torch.Tensor) for v in state.values()):
+                inner = [v for v in state.values() if isinstance(v, dict)]
+                if not inner:
+                    break
+                state = inner[0]
+            if isinstance(state, dict):
+                name = _pick([k for k, v in state.items() if isinstance(v, torch.Tensor) and v.ndim == 2])
+                if name is not None:
+                    t = state[name]
+                    # quantized (integer) matrices are negated instead: scaling would only saturate them
+                    state[name] = t * factor if t.is_floating_point() else -t
+                    torch.save(blob, f)
+                    return f"{f.name}:{name}"
+    raise AssertionError(f"found no layer-0 weight matrix to break under {root}")
+
+
+def check_verify_catches_broken_conversion(src: str | Path, dst: str | Path, *, to: str,
+                                           outtype: str | None = None, family: str | None = None,
+                                           options: dict[str, Any] | None = None) -> str:
+    """Negative control for a family's converter: run ``convert(..., verify=True)`` with the
+    converter's output broken by :func:`break_checkpoint` before verification; the verification
+    must fail with a ConversionError and nothing may appear at ``dst``. Returns the failure text."""
+    import dataclasses
+
+    from openllm_hub.api import convert, detect, find_converter
+    from openllm_hub.core.registry import get_registry
+    from openllm_hub.errors import ConversionError
+
+    fam, det = detect(Path(src), family=family)
+    conv = find_converter(fam, det.format, to)
+    broken_what: list[str] = []
+
+    def broken_run(req: Any) -> None:
+        conv.run(req)
+        broken_what.append(break_checkpoint(req.dst))
+
+    broken = dataclasses.replace(conv, run=broken_run)
+    reg = get_registry()
+    reg.families[fam.name] = dataclasses.replace(
+        fam, converters=tuple(broken if c is conv else c for c in fam.converters))
+    try:
+        try:
+            convert(src, dst, to=to, outtype=outtype, verify=True, family=fam.name, options=options)
+        except ConversionError as exc:
+            assert "verification failed" in str(exc), exc
+            assert not Path(dst).exists(), f"a failed verification left {dst} behind"
+            assert broken_what, "the converter never ran"
+            return str(exc)
+        raise AssertionError(f"--verify passed a conversion whose {broken_what} was scaled")
+    finally:
+        reg.families[fam.name] = fam
+
+
+__all__ = ["Completion", "ModelConformance", "break_checkpoint", "check_verify_catches_broken_conversion",
+           "run_conformance"]

@@ -72,12 +72,14 @@ class VerifyReport:
 
     @property
     def passed(self) -> bool:
+        """Within the bound (and greedy-identical where required). A report without a bound
+        never passes: a verification that cannot fail proves nothing."""
         if self.bound is None:
-            return True
+            return False
         return self.relative_diff <= self.bound and (self.greedy_equal or not self.require_greedy)
 
     def summary(self) -> str:
-        verdict = "" if self.bound is None else (" PASS" if self.passed else " FAIL")
+        verdict = " FAIL (no bound)" if self.bound is None else (" PASS" if self.passed else " FAIL")
         return (f"max |logit diff| {self.max_abs_diff:.3g} ({self.relative_diff:.3g} of logit range "
                 f"{self.logit_scale:.3g}{'' if self.bound is None else f', bound {self.bound:.3g}'}); "
                 f"argmax agreement {self.argmax_agree:.0%}; greedy tokens "

@@ -121,8 +121,12 @@ FAMILY = Family(
     converters=(
         Converter("sat", "sat", _repartition, outtypes=("auto", "int8", "int4"), default_outtype="auto",
                   output_is_dir=True,
-                  # re-splitting moves values without changing them; only the all-reduce order differs
-                  verify_bounds={"auto": 1e-5}, exact_outtypes=("auto",),
+                  # re-splitting moves values without changing them; only the all-reduce order differs.
+                  # int8/int4: measured 2.3e-3 / 4.1e-2 of the logit range on the gain-1 tiny model
+                  # (tests' `smooth`, as trained networks are); the bounds are test_model.py's
+                  # quantization bounds (~4x / ~3.5x headroom). A chaotic random-init network amplifies
+                  # rounding far beyond them, and --verify then refuses, as it should.
+                  verify_bounds={"auto": 1e-5, "int8": 1e-2, "int4": 0.15}, exact_outtypes=("auto",),
                   description="re-split for another TP degree (options: tp=N); int8/int4 quantize per shard"),
     ),
     quantizers=(
