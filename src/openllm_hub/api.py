@@ -269,14 +269,14 @@ def quantize(src: str | Path, dst: str | Path, scheme: str, *, force: bool = Fal
         raise InvalidParameterError(f"{fam.name} cannot quantize {det.format} files", where=src_path,
                                     fix="formats it quantizes: " + (", ".join(q.format for q in fam.quantizers)
                                                                      or "none"))
-    q = next((q for q in quants if scheme in q.schemes), None)
+    q = next((q for q in quants if q.scheme(scheme) is not None), None)
     if q is None:
         valid = sorted({s for q in quants for s in q.schemes})
         raise InvalidParameterError(f"unknown quantization type {scheme!r}", where="quantize",
                                     fix=f"valid types: {', '.join(valid)}")
     out = check_destination(dst, sources=[src_path], force=force)
     with atomic_output(out, force=force, is_dir=q.output_is_dir) as tmp:
-        q.run(QuantizeRequest(src=src_path, dst=tmp, scheme=scheme, threads=threads,
+        q.run(QuantizeRequest(src=src_path, dst=tmp, scheme=q.scheme(scheme) or scheme, threads=threads,
                               progress=progress_enabled() if progress is None else progress))
     return out
 

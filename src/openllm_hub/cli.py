@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from openllm_hub.core.io import read_text_file
 from openllm_hub.errors import InvalidParameterError, OpenLLMHubError
 
 PROG = "openllm-hub"
@@ -154,7 +155,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     if args.file:
-        prompt = Path(args.file).read_text(encoding="utf-8")
+        prompt = read_text_file(args.file, what="-f/--file")
     elif args.prompt is not None:
         prompt = args.prompt
     else:
@@ -183,45 +184,16 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
-    c_prompt, c_reset, c_out = _colors(args)
+    from openllm_hub.repl import ChatSession, Repl
+
+    system = read_text_file(args.system_file, what="--system-file") if args.system_file else args.system
     with _load(args) as model:
         template = args.template or model.default_chat_template
         model.chat_template(template)  # fail early on an unknown name
-        history: list[dict[str, str]] = []
-        system = Path(args.system_file).read_text(encoding="utf-8") if args.system_file else args.system
-        interactive = sys.stdin.isatty()
-        if interactive:
-            print(f"chatting with {model.info.family} ({template} template). Ctrl-C stops an answer, "
-                  "Ctrl-D or /exit quits, /reset clears the history.", file=sys.stderr)
-        while True:
-            try:
-                if interactive:
-                    print(f"{c_prompt}> {c_reset}", end="", flush=True)
-                line = sys.stdin.readline()
-            except KeyboardInterrupt:
-                print(file=sys.stderr)
-                return 0
-            if not line:
-                return 0
-            text = line.rstrip("\n")
-            if text.strip() in ("/exit", "/quit"):
-                return 0
-            if text.strip() == "/reset":
-                history.clear()
-                continue
-            if not text.strip():
-                continue
-            messages = ([{"role": "system", "content": system}] if system else []) + history
-            messages.append({"role": "user", "content": text})
-            answer: list[str] = []
-            try:
-                for chunk in model.stream_chat(messages, template=template, **_gen_params(args)):
-                    answer.append(chunk.text)
-                    print(f"{c_out}{chunk.text}{c_reset}" if chunk.text else "", end="", flush=True)
-            except KeyboardInterrupt:
-                print(" [stopped]", end="", file=sys.stderr)
-            print(flush=True)
-            history += [{"role": "user", "content": text}, {"role": "assistant", "content": "".join(answer).strip()}]
+        session = ChatSession(model, template, _gen_params(args), system=system)
+        repl = Repl(session, interactive=sys.stdin.isatty(), colors=_colors(args))
+        repl.banner(Path(args.model).name or args.model)
+        return repl.run()
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
@@ -286,7 +258,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 def cmd_perplexity(args: argparse.Namespace) -> int:
     from openllm_hub.core.perplexity import perplexity
 
-    text = Path(args.file).read_text(encoding="utf-8")
+    text = read_text_file(args.file, what="perplexity FILE")
     with _load(args) as model:
         r = perplexity(model, text, window=args.window, stride=args.stride)
     if args.json:
