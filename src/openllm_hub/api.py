@@ -69,6 +69,10 @@ def add_model_name(name: str, path: str | Path, *, family: str | None = None,
     p = Path(path).expanduser().resolve()
     if not p.exists():
         raise NotFoundError("path not found", where=p)
+    builtin = next((fam.name for fam, mn in get_registry().model_names() if mn.name == name), None)
+    if builtin is not None:
+        raise InvalidParameterError(f"{name!r} is a built-in model name (from the {builtin} plugin)",
+                                    where="models add", fix="pick another name; built-in names are never shadowed")
     names = user_model_names()
     if name in names and not force:
         raise InvalidParameterError(f"the name {name!r} is already taken", where=str(_user_names_file()),
@@ -94,19 +98,22 @@ def _save_names(names: dict[str, Any]) -> None:
 
 
 def resolve_source(source: str | Path) -> Resolved:
-    """A path as given, else a user model name, else a plugin's built-in name."""
+    """A path as given, else a plugin's built-in name, else a user model name.
+
+    Built-in names come first so that a user entry can never silently shadow one (``models add``
+    refuses such names; an old or hand-edited entry is listed as hidden by ``openllm-hub models``)."""
     p = Path(source).expanduser()
     if p.exists():
         return Resolved(p)
     name = str(source)
-    user = user_model_names()
-    if name in user:
-        entry = user[name]
-        return Resolved(Path(entry["path"]), entry.get("family"), entry.get("options"), name)
     reg = get_registry()
     for fam, mn in reg.model_names():
         if mn.name == name:
             return Resolved(mn.resolve(), fam.name, mn.options, name)
+    user = user_model_names()
+    if name in user:
+        entry = user[name]
+        return Resolved(Path(entry["path"]), entry.get("family"), entry.get("options"), name)
     known = sorted({*user, *(mn.name for _, mn in reg.model_names())})
     raise NotFoundError(
         f"{name!r} is neither an existing path nor a model name",
