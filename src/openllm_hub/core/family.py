@@ -10,9 +10,10 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic
 
 from pydantic import BaseModel, ConfigDict
+from typing_extensions import TypeVar
 
 from openllm_hub.core.detect import Probe
 from openllm_hub.core.device import DeviceSupport, Placement
@@ -40,8 +41,9 @@ class NoOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-#: The type of a family's load options (its pydantic ``Family.options`` model).
-OptionsT = TypeVar("OptionsT", bound=BaseModel, covariant=True)
+#: The type of a family's load options (its pydantic ``Family.options`` model); a bare
+#: ``LoadRequest`` (plugins written before it was generic) means ``LoadRequest[BaseModel]``.
+OptionsT = TypeVar("OptionsT", bound=BaseModel, covariant=True, default=BaseModel)
 
 
 @dataclass(frozen=True)
