@@ -74,3 +74,34 @@ def test_devices_and_plugins(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["plugins", "--json"]) == 0
     names = {p["name"] for p in json.loads(capsys.readouterr().out)["plugins"]}
     assert {"bigram", "llama"} <= names
+
+
+def test_models_add_never_shadows_a_built_in_name(bigram_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["models", "add", "bigram-stories", str(bigram_path)]) == 1
+    err = capsys.readouterr().err
+    assert "built-in model name" in err and err.count("\n") == 1
+    # an entry written by hand (or by an older version) is listed as hidden, and the built-in wins
+    from openllm_hub.api import resolve_source
+    from openllm_hub.core.paths import config_dir
+
+    names = config_dir() / "models.json"
+    saved = names.read_text() if names.exists() else None
+    names.parent.mkdir(parents=True, exist_ok=True)
+    names.write_text(json.dumps({"bigram-stories": {"path": str(Path(__file__))}}))
+    try:
+        assert resolve_source("bigram-stories").path == bigram_path
+        assert main(["models", "--json"]) == 0
+        rows = json.loads(capsys.readouterr().out)
+        user = [r for r in rows if r["name"] == "bigram-stories" and r["source"] != "built-in"]
+        assert len(user) == 1 and "hidden by the built-in name" in user[0]["source"]
+    finally:
+        if saved is None:
+            names.unlink()
+        else:
+            names.write_text(saved)
+
+
+def test_device_error_names_flags_not_storage_types(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["info", "bigram-stories", "--device", "cuda"]) == 1
+    err = capsys.readouterr().err
+    assert "fix: use --device cpu (dtype fp32)" in err, err

@@ -69,6 +69,10 @@ def add_model_name(name: str, path: str | Path, *, family: str | None = None,
     p = Path(path).expanduser().resolve()
     if not p.exists():
         raise NotFoundError("path not found", where=p)
+    builtin = next((fam.name for fam, mn in get_registry().model_names() if mn.name == name), None)
+    if builtin is not None:
+        raise InvalidParameterError(f"{name!r} is a built-in model name (from the {builtin} plugin)",
+                                    where="models add", fix="pick another name; built-in names are never shadowed")
     names = user_model_names()
     if name in names and not force:
         raise InvalidParameterError(f"the name {name!r} is already taken", where=str(_user_names_file()),
@@ -94,19 +98,22 @@ def _save_names(names: dict[str, Any]) -> None:
 
 
 def resolve_source(source: str | Path) -> Resolved:
-    """A path as given, else a user model name, else a plugin's built-in name."""
+    """A path as given, else a plugin's built-in name, else a user model name.
+
+    Built-in names come first so that a user entry can never silently shadow one (``models add``
+    refuses such names; an old or hand-edited entry is listed as hidden by ``openllm-hub models``)."""
     p = Path(source).expanduser()
     if p.exists():
         return Resolved(p)
     name = str(source)
-    user = user_model_names()
-    if name in user:
-        entry = user[name]
-        return Resolved(Path(entry["path"]), entry.get("family"), entry.get("options"), name)
     reg = get_registry()
     for fam, mn in reg.model_names():
         if mn.name == name:
             return Resolved(mn.resolve(), fam.name, mn.options, name)
+    user = user_model_names()
+    if name in user:
+        entry = user[name]
+        return Resolved(Path(entry["path"]), entry.get("family"), entry.get("options"), name)
     known = sorted({*user, *(mn.name for _, mn in reg.model_names())})
     raise NotFoundError(
         f"{name!r} is neither an existing path nor a model name",
@@ -282,14 +289,14 @@ def quantize(src: str | Path, dst: str | Path, scheme: str, *, force: bool = Fal
         raise InvalidParameterError(f"{fam.name} cannot quantize {det.format} files", where=src_path,
                                     fix="formats it quantizes: " + (", ".join(q.format for q in fam.quantizers)
                                                                      or "none"))
-    q = next((q for q in quants if scheme in q.schemes), None)
+    q = next((q for q in quants if q.scheme(scheme) is not None), None)
     if q is None:
         valid = sorted({s for q in quants for s in q.schemes})
         raise InvalidParameterError(f"unknown quantization type {scheme!r}", where="quantize",
                                     fix=f"valid types: {', '.join(valid)}")
     out = check_destination(dst, sources=[src_path], force=force)
     with atomic_output(out, force=force, is_dir=q.output_is_dir) as tmp:
-        q.run(QuantizeRequest(src=src_path, dst=tmp, scheme=scheme, threads=threads,
+        q.run(QuantizeRequest(src=src_path, dst=tmp, scheme=q.scheme(scheme) or scheme, threads=threads,
                               progress=progress_enabled() if progress is None else progress))
     return out
 

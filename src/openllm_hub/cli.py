@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from openllm_hub.core.io import read_text_file
 from openllm_hub.errors import InvalidParameterError, OpenLLMHubError
 
 PROG = "openllm-hub"
@@ -154,7 +155,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     if args.file:
-        prompt = Path(args.file).read_text(encoding="utf-8")
+        prompt = read_text_file(args.file, what="-f/--file")
     elif args.prompt is not None:
         prompt = args.prompt
     else:
@@ -183,45 +184,16 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
-    c_prompt, c_reset, c_out = _colors(args)
+    from openllm_hub.repl import ChatSession, Repl
+
+    system = read_text_file(args.system_file, what="--system-file") if args.system_file else args.system
     with _load(args) as model:
         template = args.template or model.default_chat_template
         model.chat_template(template)  # fail early on an unknown name
-        history: list[dict[str, str]] = []
-        system = Path(args.system_file).read_text(encoding="utf-8") if args.system_file else args.system
-        interactive = sys.stdin.isatty()
-        if interactive:
-            print(f"chatting with {model.info.family} ({template} template). Ctrl-C stops an answer, "
-                  "Ctrl-D or /exit quits, /reset clears the history.", file=sys.stderr)
-        while True:
-            try:
-                if interactive:
-                    print(f"{c_prompt}> {c_reset}", end="", flush=True)
-                line = sys.stdin.readline()
-            except KeyboardInterrupt:
-                print(file=sys.stderr)
-                return 0
-            if not line:
-                return 0
-            text = line.rstrip("\n")
-            if text.strip() in ("/exit", "/quit"):
-                return 0
-            if text.strip() == "/reset":
-                history.clear()
-                continue
-            if not text.strip():
-                continue
-            messages = ([{"role": "system", "content": system}] if system else []) + history
-            messages.append({"role": "user", "content": text})
-            answer: list[str] = []
-            try:
-                for chunk in model.stream_chat(messages, template=template, **_gen_params(args)):
-                    answer.append(chunk.text)
-                    print(f"{c_out}{chunk.text}{c_reset}" if chunk.text else "", end="", flush=True)
-            except KeyboardInterrupt:
-                print(" [stopped]", end="", file=sys.stderr)
-            print(flush=True)
-            history += [{"role": "user", "content": text}, {"role": "assistant", "content": "".join(answer).strip()}]
+        session = ChatSession(model, template, _gen_params(args), system=system)
+        repl = Repl(session, interactive=sys.stdin.isatty(), colors=_colors(args))
+        repl.banner(Path(args.model).name or args.model)
+        return repl.run()
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
@@ -273,7 +245,9 @@ def cmd_models(args: argparse.Namespace) -> int:
         {"name": mn.name, "family": fam.name, "source": "built-in", "description": mn.description}
         for fam, mn in get_registry().model_names()
     ]
-    rows += [{"name": n, "family": e.get("family"), "source": "user", "description": e["path"]}
+    builtin = {r["name"] for r in rows}
+    rows += [{"name": n, "family": e.get("family"), "description": e["path"],
+              "source": "user" if n not in builtin else "user, hidden by the built-in name (rename it)"}
              for n, e in user_model_names().items()]
     if args.json:
         _print_json(rows)
@@ -286,7 +260,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 def cmd_perplexity(args: argparse.Namespace) -> int:
     from openllm_hub.core.perplexity import perplexity
 
-    text = Path(args.file).read_text(encoding="utf-8")
+    text = read_text_file(args.file, what="perplexity FILE")
     with _load(args) as model:
         r = perplexity(model, text, window=args.window, stride=args.stride)
     if args.json:
@@ -411,32 +385,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_chat)
 
     p = sub.add_parser("convert", help="convert a checkpoint between formats")
-    p.add_argument("src")
-    p.add_argument("dst")
+    p.add_argument("src", help="the checkpoint to convert: a file, folder or model name (never modified)")
+    p.add_argument("dst", help="where to write the result (a file or folder; refused if it exists, unless --force)")
     p.add_argument("--to", required=True, help="target format, e.g. gguf, hf, meta")
     p.add_argument("--outtype", help="output type, e.g. f32, f16, bf16, q8_0")
     p.add_argument("--verify", action="store_true", help="compare logits of source and result before writing")
     p.add_argument("--force", action="store_true", help="replace an existing destination")
-    p.add_argument("--family")
-    p.add_argument("-o", "--option", action="append", metavar="KEY=VALUE", help="converter option (repeatable)")
+    p.add_argument("--family", help="skip detection and use this family")
+    p.add_argument("-o", "--option", action="append", metavar="KEY=VALUE",
+                   help="converter option (repeatable), e.g. shards=2 for --to meta; `openllm-hub plugins` "
+                        "lists each family's converters")
     p.set_defaults(handler=cmd_convert)
 
     p = sub.add_parser("quantize", help="quantize a checkpoint (e.g. GGUF q4_0)")
-    p.add_argument("src")
-    p.add_argument("dst")
-    p.add_argument("type", help="quantization type, e.g. q4_0, q8_0, q4_K_M")
-    p.add_argument("--force", action="store_true")
-    p.add_argument("--family")
-    p.add_argument("-t", "--threads", type=int)
+    p.add_argument("src", help="the checkpoint to quantize (never modified)")
+    p.add_argument("dst", help="where to write the quantized file (refused if it exists, unless --force)")
+    p.add_argument("type", help="quantization type, e.g. q4_0, q8_0, Q4_K_M (any case)")
+    p.add_argument("--force", action="store_true", help="replace an existing destination")
+    p.add_argument("--family", help="skip detection and use this family")
+    p.add_argument("-t", "--threads", type=int, help="CPU threads for the quantizer")
     p.set_defaults(handler=cmd_quantize)
 
     p = sub.add_parser("merge-lora", help="merge LoRA adapters into a base checkpoint")
-    p.add_argument("base")
-    p.add_argument("adapters", nargs="+")
-    p.add_argument("-o", "--output", required=True)
-    p.add_argument("--output-type", default="hf", help="hf or pth")
-    p.add_argument("--force", action="store_true")
-    p.add_argument("--family")
+    p.add_argument("base", help="the base checkpoint (HF folder or Meta .pth shards; never modified)")
+    p.add_argument("adapters", nargs="+", help="PEFT LoRA adapter folders, merged in the order given")
+    p.add_argument("-o", "--output", required=True, help="the folder to write the merged model to")
+    p.add_argument("--output-type", default="hf",
+                   help="hf (HuggingFace folder, for transformers) or pth (Meta consolidated.NN.pth, for llama.cpp's "
+                        "converter); default hf")
+    p.add_argument("--force", action="store_true", help="replace an existing output folder")
+    p.add_argument("--family", help="skip detection and use this family")
     p.set_defaults(handler=cmd_merge_lora)
 
     p = sub.add_parser("models", help="list model names; add or remove your own")
@@ -450,9 +428,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("perplexity", help="perplexity of a model over a text file (sliding window)")
     _load_args(p)
-    p.add_argument("file")
-    p.add_argument("--window", type=int, default=512)
-    p.add_argument("--stride", type=int)
+    p.add_argument("file", help="a UTF-8 text file to score")
+    p.add_argument("--window", type=int, default=512,
+                   help="tokens the model sees at once (default 512; at most the model's context)")
+    p.add_argument("--stride", type=int,
+                   help="tokens the window moves each step; each step scores only its new tokens, so a smaller "
+                        "stride gives every token more context at more cost (default: window/2)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=cmd_perplexity)
 

@@ -9,6 +9,7 @@ directly with the seed and parameters the page sent. The model is the bigram mod
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import tempfile
@@ -275,3 +276,43 @@ def test_api_key_and_errors(browser: WebDriver, model: Model, paced: Any, serve:
     browser.find_element(By.ID, "send").click()
     idle(browser)
     assert [r for r, _ in bubbles(browser)][-2:] == ["user", "assistant"]
+
+
+def test_missing_key_error_goes_once_the_key_works(browser: WebDriver, model: Model,
+                                                   serve: Callable[..., Any]) -> None:
+    srv = serve(create_app(model, api_key=KEY))
+    open_page(browser, srv.url)
+    wait_for(browser, "return document.getElementById('status').textContent.includes('API key')",
+             "the page to ask for the key")
+    send(browser, "Hello")
+    idle(browser)
+    assert [r for r, _ in bubbles(browser)] == ["error"]
+    field = browser.find_element(By.ID, "api-key")
+    field.send_keys(KEY)
+    field.send_keys(Keys.TAB)
+    wait_for(browser, "return document.getElementById('model-name').textContent !== ''", "the model to load")
+    # the key works now: the bubble about the missing key is gone
+    wait_for(browser, "return document.querySelectorAll('#messages .msg.error').length === 0",
+             "the stale error bubble to go")
+    browser.find_element(By.ID, "send").click()
+    idle(browser)
+    assert [r for r, _ in bubbles(browser)] == ["user", "assistant"]
+
+
+def test_fast_answer_time_and_server_down(browser: WebDriver, model: Model, server_thread: Any) -> None:
+    srv = server_thread(create_app(model, model_id="bigram-stories"))
+    with srv:
+        open_page(browser, srv.url)
+        set_sampling(browser, seed=1, max_tokens=8)
+        send(browser, "Hi")
+        idle(browser)
+        status = browser.find_element(By.ID, "status").text
+        # an unpaced bigram answer takes milliseconds: the page says so instead of "0.0 s"
+        assert re.fullmatch(r"\d+ tokens in (<1 ms|\d+ ms|\d+\.\d+ s)", status), status
+        assert "0.0 s" not in status
+    # the server is gone: the page says what that means, not only the browser's "Failed to fetch"
+    send(browser, "Hello again")
+    idle(browser)
+    shown = bubbles(browser)
+    assert shown[-1][0] == "error" and "Cannot reach the server" in shown[-1][1], shown
+    assert "openllm-hub serve" in shown[-1][1]

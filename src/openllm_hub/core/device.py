@@ -225,9 +225,26 @@ def plan_placement(
                 "auto: a CUDA GPU is visible" if kind == "cuda" else f"auto: {machine.gpu_note}; using the CPU")
             return Placement(kind=kind, dtype=dtype, gpu_ids=gpu_ids, blas=row.blas and spec.blas,
                              gpu_layers=spec.gpu_layers, threads=spec.threads, reason=reason)
-    offered = "; ".join(f"{r.kind}{':blas' if r.blas else ''} {'/'.join(r.dtypes)}" for r in rows) or "nothing"
     raise IncompatibleDeviceError(
         f"cannot run on {spec}{' ' + spec.dtype if spec.dtype else ''}: " + ("; ".join(why) or "no matching device"),
         where=f"format {fmt}",
-        fix=f"this model runs on: {offered}",
+        fix=_offer(rows, machine),
     )
+
+
+def _offer(rows: Sequence[DeviceSupport], machine: Machine) -> str:
+    """What to pass instead: only the devices this machine has and the engine can use here.
+
+    ``file`` (a GGUF's own storage type) is not a choice a user makes, so it is not offered."""
+    usable: list[str] = []
+    for r in rows:
+        if (r.kind == "cuda" and not machine.gpus) or (r.available is not None and not r.available()[0]):
+            continue
+        dev = "cuda" if r.kind == "cuda" else ("cpu:blas" if r.blas else "cpu")
+        dtypes = [d for d in r.dtypes if d != "file"]
+        text = f"--device {dev}" + (f" (dtype {'/'.join(dtypes)})" if dtypes else "")
+        if text not in usable:
+            usable.append(text)
+    if not usable:
+        return "no device of this machine can run this model with the installed engines (openllm-hub devices)"
+    return "use " + " or ".join(usable)

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 from openllm_hub.errors import (
     CorruptFileError,
     DestinationExistsError,
+    InvalidParameterError,
     NotFoundError,
     UnsafeCheckpointError,
 )
@@ -121,6 +122,24 @@ def read_json(path: str | Path) -> Any:
         return json.loads(p.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise CorruptFileError(f"invalid JSON: {exc}", where=p, fix="restore the file from its source") from exc
+
+
+def read_text_file(path: str | Path, *, what: str = "file") -> str:
+    """The UTF-8 text of a file a user named (a prompt, a system prompt, a corpus), or one clear error."""
+    p = Path(path)
+    fix = f"pass a readable UTF-8 text file as {what}"
+    try:
+        data = p.read_bytes()
+    except FileNotFoundError:
+        raise NotFoundError(f"no such file: {p}", where=what, fix=fix) from None
+    except IsADirectoryError:
+        raise InvalidParameterError(f"{p} is a directory, not a text file", where=what, fix=fix) from None
+    except OSError as exc:
+        raise InvalidParameterError(f"cannot read {p}: {exc.strerror or exc}", where=what, fix=fix) from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidParameterError(f"{p} is not UTF-8 text (byte {exc.start})", where=what, fix=fix) from None
 
 
 def read_safetensors_header(path: str | Path) -> dict[str, Any]:

@@ -29,3 +29,8 @@ class Quantizer:
     run: Callable[[QuantizeRequest], None]
     output_is_dir: bool = False
     description: str = ""
+
+    def scheme(self, name: str) -> str | None:
+        """The scheme ``name`` stands for, case-insensitively (``Q4_K_M`` as model cards write it is
+        ``q4_K_M``), or None when this quantizer has no such scheme."""
+        return next((s for s in self.schemes if s.lower() == name.lower()), None)

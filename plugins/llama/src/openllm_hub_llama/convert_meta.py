@@ -138,23 +138,33 @@ def convert_meta_to_hf(req: ConvertRequest) -> None:
     write_hf_from_meta(req.src, req.dst, req.outtype or "auto", progress=req.progress, options=req.options)
 
 
+#: Model-parallel shard count of Meta's own checkpoints, by hidden size (7B, 13B, 30B, 65B/70B).
+META_SHARDS = {4096: 1, 5120: 2, 6656: 4, 8192: 8}
+
+
 def convert_hf_to_meta(req: ConvertRequest) -> None:
     """Converter entry point: HuggingFace folder -> Meta layout in ``req.dst`` (exists, empty).
 
-    Option ``shards`` (default 1): number of model-parallel ``consolidated.NN.pth`` files.
-    Tensors keep their dtype (``auto``). One shard is held in memory at a time.
+    Option ``shards``: number of model-parallel ``consolidated.NN.pth`` files; by default the
+    count Meta ships for the model's size (:data:`META_SHARDS`: 7B 1, 13B 2, 30B 4, 65B/70B 8),
+    else 1. Tensors keep their dtype (``auto``). One shard is held in memory at a time.
     """
     import torch
 
     if (req.outtype or "auto") != "auto":
         raise InvalidParameterError(f"hf -> meta keeps the source dtype; outtype {req.outtype!r} is not offered",
                                     where="outtype", fix="use outtype 'auto'")
-    n = int(req.options.get("shards", 1))
-    if n < 1:
-        raise InvalidParameterError("shards must be >= 1", where="options.shards")
     tokenizer = require_tokenizer(req.src)
     ck = HFCheckpoint(req.src)
     hp = ck.hparams
+    raw = req.options.get("shards", META_SHARDS.get(hp.hidden_size, 1))
+    try:
+        n = int(raw)
+    except (TypeError, ValueError):
+        raise InvalidParameterError(f"shards must be an integer, got {raw!r}", where="options.shards",
+                                    fix="e.g. -o shards=2") from None
+    if n < 1:
+        raise InvalidParameterError("shards must be >= 1", where="options.shards", fix="e.g. -o shards=2")
     _check_tokenizer_rows(req.src, hp.vocab_size)
     tensors = list(ck.tensors)
     if hp.tie_word_embeddings:  # Meta checkpoints always carry output.weight

@@ -74,6 +74,12 @@ def _load(req: LoadRequest) -> Model:
     opts = req.options
     assert isinstance(opts, LlamaOptions)
     if req.format == "meta":
+        if not opts.convert:
+            # converting writes a full HF copy (13 GB for a 7B model) into the cache: only when asked
+            from openllm_hub.errors import InvalidParameterError
+
+            raise InvalidParameterError("a Meta checkpoint runs only after conversion to an HF folder",
+                                        where=req.path, fix=_meta_hint(req.path, req.format))
         from openllm_hub_llama.convert_meta import meta_to_hf_cached
 
         hf_dir = meta_to_hf_cached(req.path)
@@ -102,7 +108,7 @@ def _run_format(fmt: str, opts: BaseModel) -> str:
 
 
 def _meta_hint(path: Path, fmt: str) -> str:
-    return (f"pass convert=True to load() (converts into the cache), or run "
+    return (f"pass convert=True to load() or -o convert=true to the CLI (writes an HF copy into the cache), or run "
             f"`openllm-hub convert {path} OUT --to hf` (or --to gguf after that)")
 
 
@@ -143,7 +149,8 @@ FAMILY = Family(
                   outtypes=("auto",), default_outtype="auto", verify_bounds={"auto": 1e-6},
                   exact_outtypes=("auto",),
                   target_load_options={"convert": True},
-                  description="HuggingFace folder -> Meta layout (params.json, consolidated.NN.pth)"),
+                  description="HuggingFace folder -> Meta layout (params.json, consolidated.NN.pth); "
+                              "-o shards=N, default Meta's count for the size (7B 1, 13B 2, 30B 4, 65B/70B 8)"),
         Converter("hf", "gguf", _lazy("convert_gguf", "convert_hf_to_gguf"), outtypes=GGUF_OUTTYPES,
                   default_outtype="f16", verify_bounds=GGUF_BOUNDS, exact_outtypes=("f32",),
                   target_load_options={"kv_cache_type": "f32"},

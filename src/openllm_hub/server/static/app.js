@@ -14,9 +14,9 @@
       reset: "Reset to model defaults", empty: "Ask anything. Answers appear as they are written.",
       placeholder: "Type a message…", keysHint: "Enter sends, Shift+Enter starts a new line", send: "Send", stop: "Stop",
       stoppedNote: "stopped", lengthNote: "cut at the max tokens limit", waiting: "Waiting for the model…",
-      writing: "Writing…", stopped: "Stopped.", done: "{n} tokens in {s} s", untitled: "New chat",
+      writing: "Writing…", stopped: "Stopped.", done: "{n} tokens in {time}", untitled: "New chat",
       needKey: "This server needs an API key: enter it in Settings.", error: "Error: {msg}",
-      unreachable: "Cannot reach the server: {msg}", confirmClear: "Delete all conversations?",
+      unreachable: "Cannot reach the server: is `openllm-hub serve` still running? ({msg})", confirmClear: "Delete all conversations?",
     },
     zh: {
       newChat: "新对话", history: "历史记录", clearHistory: "清空历史", settings: "设置",
@@ -26,9 +26,9 @@
       reset: "恢复模型默认值", empty: "有问题尽管问，回答会边生成边显示。",
       placeholder: "输入消息…", keysHint: "Enter 发送，Shift+Enter 换行", send: "发送", stop: "停止",
       stoppedNote: "已停止", lengthNote: "已达到最大生成长度", waiting: "等待模型…",
-      writing: "正在生成…", stopped: "已停止。", done: "{n} 个 token，用时 {s} 秒", untitled: "新对话",
+      writing: "正在生成…", stopped: "已停止。", done: "{n} 个 token，用时 {time}", untitled: "新对话",
       needKey: "此服务器需要 API 密钥：请在“设置”中填写。", error: "错误：{msg}",
-      unreachable: "无法连接服务器：{msg}", confirmClear: "删除所有对话？",
+      unreachable: "无法连接服务器：`openllm-hub serve` 是否仍在运行？（{msg}）", confirmClear: "删除所有对话？",
     },
   };
   const CHATS_KEY = "openllm-hub.chats";
@@ -233,6 +233,16 @@
     els.stop.hidden = !on;
     els.input.disabled = false;
   }
+  function clearErrors() {
+    // an error bubble describes the last failure only: it goes once a request works again
+    for (const el of Array.from(els.messages.querySelectorAll(".msg.error"))) el.remove();
+  }
+  function formatDuration(ms) {
+    // fast answers on small models take milliseconds: "0.0 s" would say nothing
+    if (ms < 1) return "<1 ms";
+    if (ms < 1000) return Math.round(ms) + " ms";
+    return (ms / 1000).toFixed(ms < 10000 ? 2 : 1) + " s";
+  }
   function showError(msg) {
     const el = bubble("error", t("error", { msg }));
     el.setAttribute("role", "alert");
@@ -291,6 +301,7 @@
     }
     els["api-key-row"].classList.remove("attention");
     if (els.status.textContent === t("needKey")) setStatus("");
+    clearErrors();
     const card = (await res.json()).data[0];
     state.modelId = card.id;
     const meta = card.meta || {};
@@ -383,6 +394,8 @@
       }
     } catch (e) {
       if (e.name === "AbortError") answer.stopped = true;
+      // fetch rejects with a TypeError only when no HTTP answer came at all (server down, network)
+      else if (e instanceof TypeError) error = t("unreachable", { msg: e.message || String(e) });
       else error = e.message || String(e);
     }
     state.controller = null;
@@ -396,11 +409,12 @@
       showError(error);
       setStatus("");
     } else {
+      if (!error) clearErrors();
       if (error) answer.error = error;
       chat.messages.push(answer);
       renderMessage(answer);
       if (answer.stopped) setStatus(t("stopped"));
-      else if (usage) setStatus(t("done", { n: usage.completion_tokens, s: ((performance.now() - t0) / 1000).toFixed(1) }));
+      else if (usage) setStatus(t("done", { n: usage.completion_tokens, time: formatDuration(performance.now() - t0) }));
       else setStatus("");
     }
     persist();
