@@ -9,7 +9,7 @@ export CMAKE_ARGS ?= -DLLAVA_BUILD=OFF
 export CMAKE_BUILD_PARALLEL_LEVEL ?= $(shell nproc)
 PLUGINS := $(patsubst %/pyproject.toml,%,$(wildcard plugins/*/pyproject.toml))
 # demo_train/: the demo models' training pipeline, a distribution of its own (not shipped in the llama plugin)
-EDITABLES := -e . $(addprefix -e ,$(PLUGINS)) -e demo_train -e examples/third_party_plugin
+EDITABLES := -e . $(addprefix -e ,$(PLUGINS)) -e ./demo_train -e examples/third_party_plugin
 CONSTRAINTS := -c requirements/constraints.txt
 
 .PHONY: demo test lint typecheck pytest clean
