@@ -8,12 +8,13 @@ PIP := $(PY) -m pip
 export CMAKE_ARGS ?= -DLLAVA_BUILD=OFF
 export CMAKE_BUILD_PARALLEL_LEVEL ?= $(shell nproc)
 PLUGINS := $(patsubst %/pyproject.toml,%,$(wildcard plugins/*/pyproject.toml))
-EDITABLES := -e . $(addprefix -e ,$(PLUGINS)) -e examples/third_party_plugin
+# demo_train/: the demo models' training pipeline, a distribution of its own (not shipped in the llama plugin)
+EDITABLES := -e . $(addprefix -e ,$(PLUGINS)) -e ./demo_train -e examples/third_party_plugin
 CONSTRAINTS := -c requirements/constraints.txt
 
 .PHONY: demo test lint typecheck pytest clean
 
-$(VENV)/.installed: pyproject.toml requirements/constraints.txt requirements/test.txt $(wildcard plugins/*/pyproject.toml) examples/third_party_plugin/pyproject.toml
+$(VENV)/.installed: pyproject.toml requirements/constraints.txt requirements/test.txt $(wildcard plugins/*/pyproject.toml) demo_train/pyproject.toml examples/third_party_plugin/pyproject.toml
 	@echo "==> creating $(VENV) and installing openllm-hub with its plugins (first run compiles llama.cpp: 5-25 min)"
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@$(PIP) install -q --upgrade pip

@@ -22,8 +22,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from openllm_hub_demo_train import corpus
 from openllm_hub_llama.demo import DEMO_DIR
-from openllm_hub_llama.demo_train import corpus
 
 HUB = [str(Path(sys.executable).parent / "openllm-hub")]
 SCHEMES = ("q8_0", "q5_1", "q4_K_M", "q4_0")

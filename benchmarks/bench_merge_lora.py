@@ -3,7 +3,8 @@
 Inputs (written once into a work folder): a random LLaMA of ~477M parameters from
 ``openllm_hub_llama.tiny.make_tiny_hf`` (bf16, 4 safetensors shards + index, real tokenizer;
 the issue's reference size, 478M) and a rank-16 LoRA adapter on every linear layer of every
-block, made and saved by PEFT with random A and B (``lora_tiny.make_peft_adapter``).
+block, made and saved by PEFT with random A and B (``make_peft_adapter`` of
+plugins/llama/tests/llama_lora_tiny.py).
 
 Each side runs in its own fresh Python process (imports included, so nothing else is
 counted); a second, measuring process reads that child's peak RSS with
@@ -79,8 +80,11 @@ def measure(code: str, *args: str) -> dict[str, float]:
 
 
 def build_inputs(work: Path) -> tuple[Path, Path, int]:
-    from openllm_hub_llama.lora_tiny import make_peft_adapter
     from openllm_hub_llama.tiny import make_tiny_hf
+
+    # the adapter builder is a test helper of the llama plugin, not part of the installed package
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "plugins" / "llama" / "tests"))
+    from llama_lora_tiny import make_peft_adapter
 
     base, adapter = work / "base", work / "adapter"
     if not (base / "config.json").is_file():

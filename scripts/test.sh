@@ -15,8 +15,11 @@ echo "==> pytest"
 "$VENV/bin/python" -m pytest -q -p no:cacheprovider "$@" || status=1
 echo "==> mypy --strict src/openllm_hub"
 "$VENV/bin/mypy" --strict src/openllm_hub || status=1
-echo "==> mypy --strict on every plugin"
-"$VENV/bin/mypy" --strict plugins/*/src/openllm_hub_* examples/third_party_plugin/src/openllm_hub_bigram || status=1
+echo "==> mypy --strict on every plugin, the demo trainer and the plugins' test oracles"
+"$VENV/bin/mypy" --strict plugins/*/src/openllm_hub_* demo_train/src/openllm_hub_demo_train \
+  examples/third_party_plugin/src/openllm_hub_bigram \
+  plugins/llama/tests/llama_reference.py plugins/llama/tests/llama_lora_tiny.py \
+  plugins/chatglm/tests/chatglm_reference.py plugins/glm130b/tests/glm130b_reference.py || status=1
 echo "==> ruff"
 "$VENV/bin/ruff" check . || status=1
 exit $status

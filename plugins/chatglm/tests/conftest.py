@@ -6,12 +6,19 @@ the sentencepiece trainer under ChatGLM's conventions (see ``openllm_hub_chatglm
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import torch
 from openllm_hub_chatglm.tiny import build_checkpoint, train_tokenizer
+
+#: Test-only modules (reference oracles, fixture builders) sit next to the tests instead of in the
+#: installed package; pytest's importlib mode keeps this folder off sys.path, so put it there for them.
+TESTS_DIR = str(Path(__file__).resolve().parent)
+if TESTS_DIR not in sys.path:
+    sys.path.insert(0, TESTS_DIR)
 
 DATA = Path(__file__).parent / "data"
 

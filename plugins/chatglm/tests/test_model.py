@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from chatglm_reference import load_transformers_glm
 from openllm_hub_chatglm.engine import ChatGLMModel
 from openllm_hub_chatglm.model.glm1 import RotaryTable2D, position_ids
-from openllm_hub_chatglm.reference import load_transformers_glm
 from openllm_hub_chatglm.spec import GLMSpec
 
 import openllm_hub

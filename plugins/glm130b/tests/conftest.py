@@ -3,6 +3,7 @@ tokenizers) built once per session, and a TP=1 model over the mp=2 one."""
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +13,12 @@ import pytest
 import torch
 from openllm_hub_glm130b.config import GLMConfig, read_config
 from openllm_hub_glm130b.tiny import build_tiny, train_char_tokenizer, train_tokenizer
+
+#: Test-only modules (reference oracles, fixture builders) sit next to the tests instead of in the
+#: installed package; pytest's importlib mode keeps this folder off sys.path, so put it there for them.
+TESTS_DIR = str(Path(__file__).resolve().parent)
+if TESTS_DIR not in sys.path:
+    sys.path.insert(0, TESTS_DIR)
 
 
 @pytest.fixture(scope="module", autouse=True)

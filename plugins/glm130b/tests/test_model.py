@@ -9,8 +9,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+from glm130b_reference import reference_dequantize, reference_logits, reference_quantize
 from openllm_hub_glm130b.layout import layout_of
-from openllm_hub_glm130b.reference import reference_dequantize, reference_logits, reference_quantize
 from openllm_hub_glm130b.tokenizer import encode_with_masks
 
 from openllm_hub import load

@@ -8,20 +8,26 @@ from __future__ import annotations
 
 import json
 import struct
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from openllm_hub_llama.tiny import make_tiny_hf, make_tiny_meta
+from openllm_hub_llama.tiny import fixture_tokenizer, make_tiny_hf, make_tiny_meta
 
-FIXTURES = Path(__file__).resolve().parent / "fixtures"
+#: Test-only modules (reference oracles, fixture builders) sit next to the tests instead of in the
+#: installed package; pytest's importlib mode keeps this folder off sys.path, so put it there for them.
+TESTS_DIR = str(Path(__file__).resolve().parent)
+if TESTS_DIR not in sys.path:
+    sys.path.insert(0, TESTS_DIR)
 
 
 @pytest.fixture(scope="session")
 def tokenizer_model() -> Path:
-    """The real LLaMA sentencepiece tokenizer (32,000 pieces), see fixtures/README.md."""
-    return FIXTURES / "llama-spm-tokenizer.model"
+    """The real LLaMA sentencepiece tokenizer (32,000 pieces) the tiny builders ship with, see
+    openllm_hub_llama/data/README.md."""
+    return fixture_tokenizer()
 
 
 def _key(kwargs: dict[str, Any]) -> str:

@@ -28,8 +28,8 @@ import gguf
 import numpy as np
 import pytest
 import sentencepiece as spm
+from llama_reference import GGUFReference, HFReference, relative_diff
 from openllm_hub_llama.convert_gguf import write_gguf
-from openllm_hub_llama.reference import GGUFReference, HFReference, relative_diff
 
 F32_BOUND = 2e-5
 F16_BOUND = 5e-3

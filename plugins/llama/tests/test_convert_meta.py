@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from llama_reference import GGUFReference, HFReference, relative_diff
 from openllm_hub_llama.convert_meta import meta_to_hf_cached
-from openllm_hub_llama.reference import GGUFReference, HFReference, relative_diff
 from safetensors.torch import load_file
 
 import openllm_hub

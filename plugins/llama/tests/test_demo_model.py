@@ -17,8 +17,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from openllm_hub_demo_train import corpus, lexicon
 from openllm_hub_llama.demo import DEMO_CHAT_DIR, DEMO_DIR, MODEL_NAMES, _checked
-from openllm_hub_llama.demo_train import corpus, lexicon
 
 import openllm_hub
 from openllm_hub.api import resolve_source

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from llama_lora_tiny import CJK_PIECES, make_peft_adapter
 from openllm_hub_llama.lora_gguf import convert_adapter_to_gguf
-from openllm_hub_llama.lora_tiny import CJK_PIECES, make_peft_adapter
 
 import openllm_hub
 from openllm_hub.cli import main as cli_main

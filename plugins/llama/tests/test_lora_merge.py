@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from openllm_hub_llama.lora_tiny import CJK_PIECES, make_peft_adapter, to_fan_in_fan_out, to_old_key_layout
+from llama_lora_tiny import CJK_PIECES, make_peft_adapter, to_fan_in_fan_out, to_old_key_layout
 from safetensors.torch import load_file
 
 import openllm_hub

@@ -12,8 +12,8 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from openllm_hub_llama.alpaca_data import IGNORE_INDEX, AlpacaExample, load_alpaca, tokenize_example
 from openllm_hub_llama.engine_hf import SentencePieceTokenizer
+from openllm_hub_llama.lora_data import IGNORE_INDEX, AlpacaExample, load_alpaca, tokenize_example
 from openllm_hub_llama.lora_train import TrainConfig, latest_checkpoint, train_lora
 from openllm_hub_llama.templates import alpaca_prompt
 from safetensors.torch import load_file

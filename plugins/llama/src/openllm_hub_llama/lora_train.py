@@ -44,7 +44,7 @@ from openllm_hub.errors import (
     NotFoundError,
     PluginError,
 )
-from openllm_hub_llama.alpaca_data import Features, load_alpaca, pad_batch, split_validation, tokenize_example
+from openllm_hub_llama.lora_data import Features, load_alpaca, pad_batch, split_validation, tokenize_example
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch

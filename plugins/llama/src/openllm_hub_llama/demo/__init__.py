@@ -9,7 +9,7 @@ override the ones a model name brings.
 
 ``demo-chat`` is the base model fine-tuned on the corpus's Alpaca instructions with
 ``openllm-hub lora train`` and merged with ``openllm-hub merge-lora`` (see
-``python -m openllm_hub_llama.demo_train chat``); it defaults to the ``alpaca`` chat template.
+``python -m openllm_hub_demo_train chat``); it defaults to the ``alpaca`` chat template.
 
 Nothing heavy is imported here: the plugin module imports this at registration time.
 """
@@ -34,7 +34,8 @@ def _checked(folder: Path, name: str) -> Path:
         raise NotFoundError(
             f"the built-in {name!r} model is incomplete (missing {', '.join(missing)})",
             where=folder,
-            fix="reinstall openllm-hub-llama, or rebuild it: python -m openllm_hub_llama.demo_train all "
+            fix="reinstall openllm-hub-llama, or rebuild it with the repository's demo_train/ distribution: "
+                "python -m openllm_hub_demo_train all "
                 f"--work WORK --out {folder}" + (" (then its 'chat' stage)" if name == "demo-chat" else ""),
         )
     return folder

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import random
 
-from openllm_hub_llama.demo_train import lexicon as lx
+from openllm_hub_demo_train import lexicon as lx
 
 
 def _items(r: random.Random, zh: bool, k: int) -> list[str]:

@@ -13,7 +13,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from openllm_hub_llama.demo_train import lexicon as lx
+from openllm_hub_demo_train import lexicon as lx
 
 
 @dataclass(frozen=True)

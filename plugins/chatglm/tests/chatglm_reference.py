@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
-
     from openllm_hub_chatglm.spec import GLMSpec
 
 
@@ -64,9 +63,8 @@ def glm_state_dict(sd: dict[str, torch.Tensor], spec: GLMSpec) -> dict[str, torc
 def load_transformers_glm(folder: Any, spec: GLMSpec, dtype: torch.dtype | None = None) -> Any:
     """A ``GlmForCausalLM`` holding the weights of the ChatGLM2/3 folder ``folder``."""
     import torch
-    from transformers import GlmForCausalLM
-
     from openllm_hub_chatglm.checkpoint import iter_tensors
+    from transformers import GlmForCausalLM
 
     sd = {k: v for k, v in iter_tensors(folder) if not k.endswith("inv_freq")}
     model = GlmForCausalLM(glm_config(spec))

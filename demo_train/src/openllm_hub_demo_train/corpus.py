@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from openllm_hub.core.io import atomic_output
-from openllm_hub_llama.demo_train import drills, instructions, stories
+from openllm_hub_demo_train import drills, instructions, stories
 
 #: Share of each document kind in the pre-training corpus.
 MIX: tuple[tuple[str, float], ...] = (

@@ -1,4 +1,4 @@
-"""The demo model's training pipeline (``python -m openllm_hub_llama.demo_train``) at toy size.
+"""The demo model's training pipeline (``python -m openllm_hub_demo_train``) at toy size.
 
 The full run takes half an hour; here the same code (corpus, tokenizer, model, loop, save)
 runs on a ~50 k-parameter model in seconds, and the properties the real run relies on are
@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 import sentencepiece as spm
-from openllm_hub_llama.demo_train import corpus, lexicon, stories
-from openllm_hub_llama.demo_train import spm as demo_spm
-from openllm_hub_llama.demo_train.__main__ import TINY_SIZES, main
-from openllm_hub_llama.demo_train.train import PRESETS, lr_at, train
+from openllm_hub_demo_train import corpus, lexicon, stories
+from openllm_hub_demo_train import spm as demo_spm
+from openllm_hub_demo_train.__main__ import TINY_SIZES, main
+from openllm_hub_demo_train.train import PRESETS, lr_at, train
 
 import openllm_hub
 
@@ -171,7 +171,7 @@ def test_drills_repeat_and_quizzes_answer_from_their_own_text() -> None:
     import random
     import re
 
-    from openllm_hub_llama.demo_train import drills
+    from openllm_hub_demo_train import drills
 
     r = random.Random(7)
     for _ in range(50):

@@ -18,8 +18,9 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from openllm_hub.core.io import atomic_output
 from openllm_hub_llama.tiny import TinySpec, write_hf_tokenizer, write_hf_weights
+
+from openllm_hub.core.io import atomic_output
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np

@@ -14,7 +14,6 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-
 from openllm_hub_glm130b.config import GLMConfig
 
 F64 = npt.NDArray[np.float64]

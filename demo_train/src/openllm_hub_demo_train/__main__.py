@@ -1,11 +1,11 @@
-"""``python -m openllm_hub_llama.demo_train``: rebuild the demo model from nothing.
+"""``openllm-hub-demo-train`` (``python -m openllm_hub_demo_train``): rebuild the demo model from nothing.
 
-    python -m openllm_hub_llama.demo_train all --work WORKDIR --out MODEL_DIR [--steps N]
+    openllm-hub-demo-train all --work WORKDIR --out MODEL_DIR [--steps N]
 
 runs the three stages (also available alone: ``corpus``, ``tokenizer``, ``train``) and
 writes the model card; then
 
-    python -m openllm_hub_llama.demo_train chat --work WORKDIR --base MODEL_DIR --out CHAT_DIR
+    openllm-hub-demo-train chat --work WORKDIR --base MODEL_DIR --out CHAT_DIR
 
 makes ``demo-chat`` with ``openllm-hub lora train`` and ``openllm-hub merge-lora``.
 ``--preset tiny`` runs the same pipeline at toy size in seconds.
@@ -18,8 +18,8 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from openllm_hub_llama.demo_train import corpus, spm
-from openllm_hub_llama.demo_train.train import PRESETS, TrainConfig, train
+from openllm_hub_demo_train import corpus, spm
+from openllm_hub_demo_train.train import PRESETS, TrainConfig, train
 
 TINY_SIZES = corpus.CorpusSizes(train_docs=300, heldout_docs=20, alpaca_train=50, alpaca_heldout=10)
 
@@ -49,7 +49,7 @@ def cmd_tokenizer(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from openllm_hub_llama.demo_train.card import write_model_card
+    from openllm_hub_demo_train.card import write_model_card
 
     work = Path(args.work)
     cfg = _config(args)
@@ -60,7 +60,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
-    from openllm_hub_llama.demo_train.chat_tune import chat_tune
+    from openllm_hub_demo_train.chat_tune import chat_tune
 
     result = chat_tune(Path(args.base), Path(args.work), Path(args.out), tiny=args.preset == "tiny", force=args.force)
     print(f"[chat] wrote {result.merged}")
@@ -75,7 +75,7 @@ def cmd_all(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m openllm_hub_llama.demo_train", description=__doc__,
+    p = argparse.ArgumentParser(prog="openllm-hub-demo-train", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="stage", required=True)
     for name, fn, help_ in (("corpus", cmd_corpus, "generate the corpus into --work"),

@@ -12,8 +12,8 @@ import random
 import re
 from collections.abc import Callable
 
-from openllm_hub_llama.demo_train import drills, stories
-from openllm_hub_llama.demo_train import lexicon as lx
+from openllm_hub_demo_train import drills, stories
+from openllm_hub_demo_train import lexicon as lx
 
 Example = dict[str, str]  # {"instruction", "input", "output"}
 

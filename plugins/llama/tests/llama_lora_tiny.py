@@ -1,6 +1,6 @@
 """Builders of tiny PEFT LoRA adapters for tests and benchmarks, made with PEFT itself.
 
-* :func:`make_peft_adapter` — ``get_peft_model`` on a tiny base (see :mod:`.tiny`), random
+* :func:`make_peft_adapter` — ``get_peft_model`` on a tiny base (see :mod:`openllm_hub_llama.tiny`), random
   ``lora_A`` *and* ``lora_B`` (PEFT starts B at zero, which would make every delta vanish),
   random full ``modules_to_save`` weights, ``save_pretrained``: the files PEFT writes.
   With ``extra_pieces`` / ``added_tokens`` the vocabulary grows the way Chinese-LLaMA's did:
