@@ -54,11 +54,12 @@ class ChatSession:
 class Repl:
     """Reads turns, runs commands, streams answers. ``read_line`` is injectable for tests."""
 
-    def __init__(self, session: ChatSession, *, interactive: bool, out: TextIO = sys.stdout,
-                 err: TextIO = sys.stderr, colors: tuple[str, str, str] = ("", "", "")) -> None:
+    def __init__(self, session: ChatSession, *, interactive: bool, out: TextIO | None = None,
+                 err: TextIO | None = None, colors: tuple[str, str, str] = ("", "", "")) -> None:
         self.session = session
         self.interactive = interactive
-        self.out, self.err = out, err
+        # resolved now, not at import: sys.stdout may have been replaced since (pytest, redirect_stdout)
+        self.out, self.err = out or sys.stdout, err or sys.stderr
         self.c_prompt, self.c_reset, self.c_out = colors
         self.read_line: Callable[[], str] = self._terminal_reader() if interactive else self._pipe_reader()
 
