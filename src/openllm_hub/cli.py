@@ -14,71 +14,21 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from openllm_hub.cli_args import (
+    add_generation_arguments,
+    add_load_arguments,
+    add_option_argument,
+    colors,
+    generation_params,
+    load_from_args,
+    parse_options,
+)
 from openllm_hub.errors import InvalidParameterError, OpenLLMHubError
 
 PROG = "openllm-hub"
 
 
 # ---- helpers -------------------------------------------------------------------------------
-def _options(pairs: Sequence[str] | None) -> dict[str, Any]:
-    """``-o key=value`` pairs; values parse as JSON when they can (numbers, booleans, lists)."""
-    out: dict[str, Any] = {}
-    for pair in pairs or ():
-        if "=" not in pair:
-            raise InvalidParameterError(f"option {pair!r} is not key=value", where="-o/--option")
-        key, value = pair.split("=", 1)
-        try:
-            out[key.strip()] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key.strip()] = value
-    return out
-
-
-def _load_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", help="a file, folder or model name (see `openllm-hub models`)")
-    p.add_argument("--family", help="skip detection and use this family")
-    p.add_argument("--device", default="auto", help="auto, cpu, cpu:blas, cuda, cuda:N or cuda:N,M (default auto)")
-    p.add_argument("--dtype", help="fp32, fp16 or bf16 (engines that choose a dtype)")
-    p.add_argument("-ngl", "--gpu-layers", type=int, dest="gpu_layers", help="layers to keep on the GPU (-1 = all)")
-    p.add_argument("-t", "--threads", type=int, help="CPU threads")
-    p.add_argument("-c", "--ctx-size", type=int, dest="n_ctx", help="context length (families that take n_ctx)")
-    p.add_argument("-o", "--option", action="append", metavar="KEY=VALUE", help="a family load option (repeatable)")
-
-
-def _load(args: argparse.Namespace) -> Any:
-    from openllm_hub.api import load
-
-    opts = _options(args.option)
-    for key in ("dtype", "gpu_layers", "threads", "n_ctx"):
-        if getattr(args, key, None) is not None:
-            opts[key] = getattr(args, key)
-    return load(args.model, family=args.family, device=args.device, **opts)
-
-
-def _gen_args(p: argparse.ArgumentParser, *, n_default: int = 128) -> None:
-    g = p.add_argument_group("sampling (llama.cpp's names)")
-    g.add_argument("-n", "--n-predict", type=int, default=n_default, dest="max_new_tokens", help="tokens to generate")
-    g.add_argument("--temp", type=float, dest="temperature", help="temperature (0 = greedy)")
-    g.add_argument("--top-k", type=int, dest="top_k")
-    g.add_argument("--top-p", type=float, dest="top_p")
-    g.add_argument("--repeat-penalty", type=float, dest="repeat_penalty")
-    g.add_argument("--repeat-last-n", type=int, dest="repeat_last_n")
-    g.add_argument("--seed", type=int)
-    g.add_argument("--stop", action="append", help="stop string (repeatable)")
-    g.add_argument("--color", action="store_true", help="colour the prompt and the output on a terminal")
-
-
-def _gen_params(args: argparse.Namespace) -> dict[str, Any]:
-    keys = ("max_new_tokens", "temperature", "top_k", "top_p", "repeat_penalty", "repeat_last_n", "seed", "stop")
-    return {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
-
-
-def _colors(args: argparse.Namespace) -> tuple[str, str, str]:
-    if getattr(args, "color", False) and sys.stdout.isatty():
-        return "\033[33m", "\033[0m", "\033[1;32m"
-    return "", "", ""
-
-
 def _print_json(obj: Any) -> None:
     print(json.dumps(obj, indent=2, ensure_ascii=False, default=str))
 
@@ -141,7 +91,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         data: dict[str, Any] = {"family": fam.name, "format": det.format, "confidence": det.confidence,
                                 "reason": det.reason}
     else:
-        with _load(args) as model:
+        with load_from_args(args) as model:
             data = model.info.as_dict()
     if args.json:
         _print_json(data)
@@ -163,10 +113,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         from openllm_hub.api import launch
 
         return launch(args.model, prompt, nproc=args.nproc, family=args.family, device=args.device,
-                      threads=args.threads, dtype=args.dtype, params=_gen_params(args), **_options(args.option))
-    c_prompt, c_reset, c_out = _colors(args)
-    with _load(args) as model:
-        params = _gen_params(args)
+                      threads=args.threads, dtype=args.dtype, params=generation_params(args),
+                      **parse_options(args.option))
+    c_prompt, c_reset, c_out = colors(args)
+    with load_from_args(args) as model:
+        params = generation_params(args)
         if args.echo:
             print(f"{c_prompt}{prompt}{c_reset}", end="", flush=True)
         final = None
@@ -183,8 +134,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
-    c_prompt, c_reset, c_out = _colors(args)
-    with _load(args) as model:
+    c_prompt, c_reset, c_out = colors(args)
+    with load_from_args(args) as model:
         template = args.template or model.default_chat_template
         model.chat_template(template)  # fail early on an unknown name
         history: list[dict[str, str]] = []
@@ -215,7 +166,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
             messages.append({"role": "user", "content": text})
             answer: list[str] = []
             try:
-                for chunk in model.stream_chat(messages, template=template, **_gen_params(args)):
+                for chunk in model.stream_chat(messages, template=template, **generation_params(args)):
                     answer.append(chunk.text)
                     print(f"{c_out}{chunk.text}{c_reset}" if chunk.text else "", end="", flush=True)
             except KeyboardInterrupt:
@@ -228,7 +179,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
     from openllm_hub.api import convert
 
     result = convert(args.src, args.dst, to=args.to, outtype=args.outtype, verify=args.verify, force=args.force,
-                     family=args.family, options=_options(args.option))
+                     family=args.family, options=parse_options(args.option))
     print(f"wrote {result.path} ({result.family} {result.source_format} -> {result.target}"
           f"{', ' + result.outtype if result.outtype else ''})")
     if result.verify is not None:
@@ -287,7 +238,7 @@ def cmd_perplexity(args: argparse.Namespace) -> int:
     from openllm_hub.core.perplexity import perplexity
 
     text = Path(args.file).read_text(encoding="utf-8")
-    with _load(args) as model:
+    with load_from_args(args) as model:
         r = perplexity(model, text, window=args.window, stride=args.stride)
     if args.json:
         _print_json(r.__dict__)
@@ -314,28 +265,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_devices)
 
     p = sub.add_parser("info", help="load a model and describe it")
-    _load_args(p)
+    add_load_arguments(p)
     p.add_argument("--detect-only", action="store_true", help="only say which family and format it is")
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=cmd_info)
 
     p = sub.add_parser("run", help="generate text from a prompt (flags after llama.cpp's main)")
-    _load_args(p)
+    add_load_arguments(p)
     p.add_argument("-p", "--prompt")
     p.add_argument("-f", "--file", help="read the prompt from a file")
     p.add_argument("--no-echo", dest="echo", action="store_false", help="do not print the prompt first")
     p.add_argument("-v", "--verbose", action="store_true", help="print token counts and speeds to stderr")
     p.add_argument("--nproc", type=int, default=1,
                    help="run over N local processes (families with tensor parallelism, e.g. glm130b)")
-    _gen_args(p)
+    add_generation_arguments(p)
     p.set_defaults(handler=cmd_run)
 
     p = sub.add_parser("chat", help="interactive chat (instruction mode, like llama.cpp -ins)")
-    _load_args(p)
+    add_load_arguments(p)
     p.add_argument("--template", help="chat template name (default: the model's)")
     p.add_argument("--system", help="system prompt")
     p.add_argument("--system-file", help="read the system prompt from a file (like -f prompts/alpaca.txt)")
-    _gen_args(p, n_default=256)
+    add_generation_arguments(p, n_default=256)
     p.set_defaults(handler=cmd_chat)
 
     p = sub.add_parser("convert", help="convert a checkpoint between formats")
@@ -346,7 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--verify", action="store_true", help="compare logits of source and result before writing")
     p.add_argument("--force", action="store_true", help="replace an existing destination")
     p.add_argument("--family")
-    p.add_argument("-o", "--option", action="append", metavar="KEY=VALUE", help="converter option (repeatable)")
+    add_option_argument(p, what="converter option")
     p.set_defaults(handler=cmd_convert)
 
     p = sub.add_parser("quantize", help="quantize a checkpoint (e.g. GGUF q4_0)")
@@ -377,7 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_models)
 
     p = sub.add_parser("perplexity", help="perplexity of a model over a text file (sliding window)")
-    _load_args(p)
+    add_load_arguments(p)
     p.add_argument("file")
     p.add_argument("--window", type=int, default=512)
     p.add_argument("--stride", type=int)
