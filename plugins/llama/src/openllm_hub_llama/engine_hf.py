@@ -25,6 +25,7 @@ from openllm_hub.core.io import read_safetensors_header
 from openllm_hub.core.model import Model, ModelInfo
 from openllm_hub.core.progress import progress_enabled
 from openllm_hub.errors import CorruptFileError, InvalidParameterError, NotFoundError, UnsafeCheckpointError
+from openllm_hub_llama.options import LlamaOptions
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
@@ -186,7 +187,7 @@ class HFModel(Model):
             torch.cuda.empty_cache()
 
 
-def load_hf(req: LoadRequest) -> HFModel:
+def load_hf(req: LoadRequest[LlamaOptions]) -> HFModel:
     """Load an HF LLaMA folder with transformers on the request's placement."""
     import pickle
 
@@ -194,7 +195,7 @@ def load_hf(req: LoadRequest) -> HFModel:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     folder = Path(req.path)
-    opts: Any = req.options
+    opts = req.options
     p = req.placement
     if not (folder / "config.json").is_file():
         raise NotFoundError("config.json is missing", where=folder)
@@ -241,7 +242,7 @@ def load_hf(req: LoadRequest) -> HFModel:
                "torch": torch.__version__},
     )
     return HFModel(model, tok, info, eos_token_ids=sorted(_eos_ids(folder, tok, config)), device=device,
-                   default_template=opts.chat_template, seed=getattr(opts, "seed", None))
+                   default_template=opts.chat_template, seed=opts.seed)
 
 
 @contextlib.contextmanager

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel
 
 from openllm_hub import hookimpl
 from openllm_hub.core.chat import ChatTemplate
@@ -21,9 +21,10 @@ from openllm_hub.core.family import Detection, Family, LoadRequest
 from openllm_hub.core.lora import LoraMerger
 from openllm_hub.core.model import Model
 from openllm_hub.core.quantize import QuantizeRequest
-from openllm_hub.engines.llama_cpp import LlamaCppOptions, device_rows
+from openllm_hub.engines.llama_cpp import device_rows
 from openllm_hub.engines.llama_cpp_quantize import gguf_quantizer
 from openllm_hub_llama.demo import MODEL_NAMES as DEMO_MODEL_NAMES
+from openllm_hub_llama.options import LlamaOptions
 
 OPENLLM_HUB_API_VERSION = 1
 
@@ -36,18 +37,6 @@ GGUF_OUTTYPES: tuple[str, ...] = ("f32", "f16", "bf16", "q8_0")
 GGUF_BOUNDS = {"f32": 1e-4, "f16": 1e-2, "bf16": 5e-2, "q8_0": 0.15}
 #: meta <-> hf keeps values (auto, f32) or rounds them once (f16, bf16: half-precision steps).
 META_HF_BOUNDS = {"auto": 1e-6, "f32": 1e-6, "f16": 1e-2, "bf16": 5e-2}
-
-
-class LlamaOptions(LlamaCppOptions):
-    """Load options of the llama family: llama.cpp's (n_ctx, n_batch, use_mmap, kv_cache_type,
-    lora, chat_template, repack, seed; see :class:`LlamaCppOptions`) plus the engine choice and
-    Meta conversion (device options dtype/gpu_layers/threads are the core's)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    engine: Literal["auto", "llama.cpp", "transformers"] = Field(
-        "auto", description="auto: llama.cpp for GGUF files, transformers for HF folders")
-    convert: bool = Field(False, description="Meta checkpoints: convert to HF in the cache and load that")
 
 
 def _detect(probe: Probe) -> Detection | None:
@@ -69,9 +58,8 @@ def _detect(probe: Probe) -> Detection | None:
     return None
 
 
-def _load(req: LoadRequest) -> Model:
+def _load(req: LoadRequest[LlamaOptions]) -> Model:
     opts = req.options
-    assert isinstance(opts, LlamaOptions)
     if req.format == "meta":
         from openllm_hub_llama.convert_meta import meta_to_hf_cached
 
@@ -89,7 +77,7 @@ def _load(req: LoadRequest) -> Model:
     if opts.engine == "llama.cpp":
         from openllm_hub_llama.engine_gguf import load_hf_via_gguf
 
-        return load_hf_via_gguf(req)
+        return load_hf_via_gguf(req, FAMILY)
     from openllm_hub_llama.engine_hf import load_hf
 
     return load_hf(req)
