@@ -38,7 +38,7 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     from openllm_hub.core.registry import API_VERSION, get_registry
 
     reg = get_registry()
-    records = [r.as_dict() for r in reg.plugins.values()]
+    records = [r.as_dict() for r in [*(reg.builtins.values() if args.all else ()), *reg.plugins.values()]]
     if args.json:
         _print_json({"api_version": API_VERSION, "plugins": records})
         return 0
@@ -258,6 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("plugins", help="list installed plugins, their families and load errors")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--all", action="store_true", help="also list the core's built-in plugin (its chat templates)")
     p.set_defaults(handler=cmd_plugins)
 
     p = sub.add_parser("devices", help="CPU threads, CUDA GPUs and what each engine was built with")

@@ -18,6 +18,7 @@ from openllm_hub.core.detect import Probe
 from openllm_hub.core.device import DeviceSupport, Placement
 
 if TYPE_CHECKING:  # pragma: no cover
+    from openllm_hub.core.chat import ChatTemplate
     from openllm_hub.core.convert import Converter
     from openllm_hub.core.lora import LoraMerger
     from openllm_hub.core.model import Model
@@ -98,7 +99,8 @@ class Family:
     several processes (tensor parallelism) for ``openllm-hub run --nproc N``. ``run_format``
     names the format that will actually run, given the load options, when options send a
     checkpoint to another engine (an HF folder run on llama.cpp runs as ``gguf``); its device
-    rows are the ones placement uses.
+    rows are the ones placement uses. ``chat_templates`` are registered with the family (each
+    name must be free, as with the ``register_chat_templates`` hook).
     """
 
     name: str
@@ -114,6 +116,7 @@ class Family:
     quantizers: tuple[Quantizer, ...] = ()
     lora_merger: LoraMerger | None = None
     model_names: tuple[ModelName, ...] = ()
+    chat_templates: tuple[ChatTemplate, ...] = ()
     not_loadable_hint: Callable[[Path, str], str] | None = field(default=None, compare=False)
     launch: Callable[[LaunchRequest], int] | None = field(default=None, compare=False)
     run_format: Callable[[str, BaseModel], str] | None = field(default=None, compare=False)

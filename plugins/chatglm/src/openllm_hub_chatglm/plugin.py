@@ -11,7 +11,6 @@ from collections.abc import Callable
 from pydantic import BaseModel
 
 from openllm_hub import hookimpl
-from openllm_hub.core.chat import ChatTemplate
 from openllm_hub.core.convert import Converter, ConvertRequest
 from openllm_hub.core.detect import Probe
 from openllm_hub.core.device import DeviceSupport
@@ -20,6 +19,7 @@ from openllm_hub.core.model import Model
 from openllm_hub.core.quantize import Quantizer, QuantizeRequest
 from openllm_hub.engines.llama_cpp import device_rows
 from openllm_hub.engines.llama_cpp_quantize import gguf_quantizer
+from openllm_hub_chatglm.chat import TEMPLATES
 from openllm_hub_chatglm.options import TORCH_QUANT, ChatGLMOptions
 
 OPENLLM_HUB_API_VERSION = 1
@@ -96,6 +96,7 @@ FAMILY = Family(
     detect=_detect,
     load=_load,
     options=ChatGLMOptions,
+    chat_templates=TEMPLATES,
     run_format=_run_format,
     devices=(
         *device_rows(("gguf",)),
@@ -118,11 +119,3 @@ FAMILY = Family(
 @hookimpl
 def register_families(register: Callable[[Family], None]) -> None:
     register(FAMILY)
-
-
-@hookimpl
-def register_chat_templates(register: Callable[[ChatTemplate], None]) -> None:
-    from openllm_hub_chatglm.chat import TEMPLATES
-
-    for tpl in TEMPLATES:
-        register(tpl)

@@ -13,7 +13,6 @@ from typing import Any
 from pydantic import BaseModel
 
 from openllm_hub import hookimpl
-from openllm_hub.core.chat import ChatTemplate
 from openllm_hub.core.convert import Converter, ConvertRequest
 from openllm_hub.core.detect import Probe
 from openllm_hub.core.device import DeviceSupport
@@ -25,6 +24,7 @@ from openllm_hub.engines.llama_cpp import device_rows
 from openllm_hub.engines.llama_cpp_quantize import gguf_quantizer
 from openllm_hub_llama.demo import MODEL_NAMES as DEMO_MODEL_NAMES
 from openllm_hub_llama.options import LlamaOptions
+from openllm_hub_llama.templates import TEMPLATES
 
 OPENLLM_HUB_API_VERSION = 1
 
@@ -112,6 +112,7 @@ FAMILY = Family(
     detect=_detect,
     load=_load,
     options=LlamaOptions,
+    chat_templates=TEMPLATES,
     not_loadable_hint=_meta_hint,
     run_format=_run_format,
     devices=(
@@ -151,14 +152,6 @@ FAMILY = Family(
 @hookimpl
 def register_families(register: Callable[[Family], None]) -> None:
     register(FAMILY)
-
-
-@hookimpl
-def register_chat_templates(register: Callable[[ChatTemplate], None]) -> None:
-    from openllm_hub_llama.templates import TEMPLATES
-
-    for template in TEMPLATES:
-        register(template)
 
 
 @hookimpl
