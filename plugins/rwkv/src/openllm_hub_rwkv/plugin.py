@@ -58,9 +58,8 @@ def _detect(probe: Probe) -> Detection | None:
     return None
 
 
-def _load(req: LoadRequest) -> Model:
+def _load(req: LoadRequest[RwkvOptions]) -> Model:
     opts = req.options
-    assert isinstance(opts, RwkvOptions)
     if req.format == "hf" or opts.engine == "transformers":
         if req.format == "hf" and opts.engine == "rwkv":
             raise InvalidParameterError(
