@@ -99,8 +99,7 @@ class Family:
     several processes (tensor parallelism) for ``openllm-hub run --nproc N``. ``run_format``
     names the format that will actually run, given the load options, when options send a
     checkpoint to another engine (an HF folder run on llama.cpp runs as ``gguf``); its device
-    rows are the ones placement uses. ``chat_templates`` are registered with the family (each
-    name must be free, as with the ``register_chat_templates`` hook).
+    rows are the ones placement uses.
     """
 
     name: str
@@ -116,6 +115,8 @@ class Family:
     quantizers: tuple[Quantizer, ...] = ()
     lora_merger: LoraMerger | None = None
     model_names: tuple[ModelName, ...] = ()
+    #: The family's chat templates, registered with it (each name must be free, as with the
+    #: ``register_chat_templates`` hook, which stays for templates of no family).
     chat_templates: tuple[ChatTemplate, ...] = ()
     not_loadable_hint: Callable[[Path, str], str] | None = field(default=None, compare=False)
     launch: Callable[[LaunchRequest], int] | None = field(default=None, compare=False)
