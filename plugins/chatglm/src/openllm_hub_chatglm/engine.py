@@ -23,7 +23,6 @@ from openllm_hub_chatglm.chat import CHAT_DEFAULTS
 from openllm_hub_chatglm.checkpoint import iter_tensors
 from openllm_hub_chatglm.model import GLMNetwork, QuantPlan, build_network
 from openllm_hub_chatglm.model.glm1 import position_ids
-from openllm_hub_chatglm.options import ChatGLMOptions
 from openllm_hub_chatglm.quant import resident_bytes
 from openllm_hub_chatglm.spec import GLMSpec, read_spec
 from openllm_hub_chatglm.tokenizer import ChatGLMTokenizer, load_tokenizer
@@ -33,6 +32,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import numpy.typing as npt
 
     from openllm_hub.core.family import LoadRequest
+    from openllm_hub_chatglm.options import ChatGLMOptions
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 

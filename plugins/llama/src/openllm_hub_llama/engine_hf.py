@@ -25,12 +25,13 @@ from openllm_hub.core.io import read_safetensors_header
 from openllm_hub.core.model import Model, ModelInfo
 from openllm_hub.core.progress import progress_enabled
 from openllm_hub.errors import CorruptFileError, InvalidParameterError, NotFoundError, UnsafeCheckpointError
-from openllm_hub_llama.options import LlamaOptions
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
     import numpy.typing as npt
     import torch
+
+    from openllm_hub_llama.options import LlamaOptions
 
 TORCH_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
