@@ -14,6 +14,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from openllm_hub.cli_args import (
+    add_generation_arguments,
+    add_load_arguments,
+    add_option_argument,
+    colors,
+    generation_params,
+    load_from_args,
+    parse_options,
+)
 from openllm_hub.core.io import read_text_file
 from openllm_hub.errors import InvalidParameterError, OpenLLMHubError
 
@@ -21,65 +30,6 @@ PROG = "openllm-hub"
 
 
 # ---- helpers -------------------------------------------------------------------------------
-def _options(pairs: Sequence[str] | None) -> dict[str, Any]:
-    """``-o key=value`` pairs; values parse as JSON when they can (numbers, booleans, lists)."""
-    out: dict[str, Any] = {}
-    for pair in pairs or ():
-        if "=" not in pair:
-            raise InvalidParameterError(f"option {pair!r} is not key=value", where="-o/--option")
-        key, value = pair.split("=", 1)
-        try:
-            out[key.strip()] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key.strip()] = value
-    return out
-
-
-def _load_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", help="a file, folder or model name (see `openllm-hub models`)")
-    p.add_argument("--family", help="skip detection and use this family")
-    p.add_argument("--device", default="auto", help="auto, cpu, cpu:blas, cuda, cuda:N or cuda:N,M (default auto)")
-    p.add_argument("--dtype", help="fp32, fp16 or bf16 (engines that choose a dtype)")
-    p.add_argument("-ngl", "--gpu-layers", type=int, dest="gpu_layers", help="layers to keep on the GPU (-1 = all)")
-    p.add_argument("-t", "--threads", type=int, help="CPU threads")
-    p.add_argument("-c", "--ctx-size", type=int, dest="n_ctx", help="context length (families that take n_ctx)")
-    p.add_argument("-o", "--option", action="append", metavar="KEY=VALUE", help="a family load option (repeatable)")
-
-
-def _load(args: argparse.Namespace) -> Any:
-    from openllm_hub.api import load
-
-    opts = _options(args.option)
-    for key in ("dtype", "gpu_layers", "threads", "n_ctx"):
-        if getattr(args, key, None) is not None:
-            opts[key] = getattr(args, key)
-    return load(args.model, family=args.family, device=args.device, **opts)
-
-
-def _gen_args(p: argparse.ArgumentParser, *, n_default: int = 128) -> None:
-    g = p.add_argument_group("sampling (llama.cpp's names)")
-    g.add_argument("-n", "--n-predict", type=int, default=n_default, dest="max_new_tokens", help="tokens to generate")
-    g.add_argument("--temp", type=float, dest="temperature", help="temperature (0 = greedy)")
-    g.add_argument("--top-k", type=int, dest="top_k")
-    g.add_argument("--top-p", type=float, dest="top_p")
-    g.add_argument("--repeat-penalty", type=float, dest="repeat_penalty")
-    g.add_argument("--repeat-last-n", type=int, dest="repeat_last_n")
-    g.add_argument("--seed", type=int)
-    g.add_argument("--stop", action="append", help="stop string (repeatable)")
-    g.add_argument("--color", action="store_true", help="colour the prompt and the output on a terminal")
-
-
-def _gen_params(args: argparse.Namespace) -> dict[str, Any]:
-    keys = ("max_new_tokens", "temperature", "top_k", "top_p", "repeat_penalty", "repeat_last_n", "seed", "stop")
-    return {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
-
-
-def _colors(args: argparse.Namespace) -> tuple[str, str, str]:
-    if getattr(args, "color", False) and sys.stdout.isatty():
-        return "\033[33m", "\033[0m", "\033[1;32m"
-    return "", "", ""
-
-
 def _print_json(obj: Any) -> None:
     print(json.dumps(obj, indent=2, ensure_ascii=False, default=str))
 
@@ -89,7 +39,7 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     from openllm_hub.core.registry import API_VERSION, get_registry
 
     reg = get_registry()
-    records = [r.as_dict() for r in reg.plugins.values()]
+    records = [r.as_dict() for r in [*(reg.builtins.values() if args.all else ()), *reg.plugins.values()]]
     if args.json:
         _print_json({"api_version": API_VERSION, "plugins": records})
         return 0
@@ -142,7 +92,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         data: dict[str, Any] = {"family": fam.name, "format": det.format, "confidence": det.confidence,
                                 "reason": det.reason}
     else:
-        with _load(args) as model:
+        with load_from_args(args) as model:
             data = model.info.as_dict()
     if args.json:
         _print_json(data)
@@ -164,10 +114,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         from openllm_hub.api import launch
 
         return launch(args.model, prompt, nproc=args.nproc, family=args.family, device=args.device,
-                      threads=args.threads, dtype=args.dtype, params=_gen_params(args), **_options(args.option))
-    c_prompt, c_reset, c_out = _colors(args)
-    with _load(args) as model:
-        params = _gen_params(args)
+                      threads=args.threads, dtype=args.dtype, params=generation_params(args),
+                      **parse_options(args.option))
+    c_prompt, c_reset, c_out = colors(args)
+    with load_from_args(args) as model:
+        params = generation_params(args)
         if args.echo:
             print(f"{c_prompt}{prompt}{c_reset}", end="", flush=True)
         final = None
@@ -187,11 +138,11 @@ def cmd_chat(args: argparse.Namespace) -> int:
     from openllm_hub.repl import ChatSession, Repl
 
     system = read_text_file(args.system_file, what="--system-file") if args.system_file else args.system
-    with _load(args) as model:
+    with load_from_args(args) as model:
         template = args.template or model.default_chat_template
         model.chat_template(template)  # fail early on an unknown name
-        session = ChatSession(model, template, _gen_params(args), system=system)
-        repl = Repl(session, interactive=sys.stdin.isatty(), colors=_colors(args))
+        session = ChatSession(model, template, generation_params(args), system=system)
+        repl = Repl(session, interactive=sys.stdin.isatty(), colors=colors(args))
         repl.banner(Path(args.model).name or args.model)
         return repl.run()
 
@@ -200,7 +151,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
     from openllm_hub.api import convert
 
     result = convert(args.src, args.dst, to=args.to, outtype=args.outtype, verify=args.verify, force=args.force,
-                     family=args.family, options=_options(args.option))
+                     family=args.family, options=parse_options(args.option))
     print(f"wrote {result.path} ({result.family} {result.source_format} -> {result.target}"
           f"{', ' + result.outtype if result.outtype else ''})")
     if result.verify is not None:
@@ -261,7 +212,7 @@ def cmd_perplexity(args: argparse.Namespace) -> int:
     from openllm_hub.core.perplexity import perplexity
 
     text = read_text_file(args.file, what="perplexity FILE")
-    with _load(args) as model:
+    with load_from_args(args) as model:
         r = perplexity(model, text, window=args.window, stride=args.stride)
     if args.json:
         _print_json(r.__dict__)
@@ -353,6 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("plugins", help="list installed plugins, their families and load errors")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--all", action="store_true", help="also list the core's built-in plugin (its chat templates)")
     p.set_defaults(handler=cmd_plugins)
 
     p = sub.add_parser("devices", help="CPU threads, CUDA GPUs and what each engine was built with")
@@ -360,28 +312,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_devices)
 
     p = sub.add_parser("info", help="load a model and describe it")
-    _load_args(p)
+    add_load_arguments(p)
     p.add_argument("--detect-only", action="store_true", help="only say which family and format it is")
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=cmd_info)
 
     p = sub.add_parser("run", help="generate text from a prompt (flags after llama.cpp's main)")
-    _load_args(p)
+    add_load_arguments(p)
     p.add_argument("-p", "--prompt")
     p.add_argument("-f", "--file", help="read the prompt from a file")
     p.add_argument("--no-echo", dest="echo", action="store_false", help="do not print the prompt first")
     p.add_argument("-v", "--verbose", action="store_true", help="print token counts and speeds to stderr")
     p.add_argument("--nproc", type=int, default=1,
                    help="run over N local processes (families with tensor parallelism, e.g. glm130b)")
-    _gen_args(p)
+    add_generation_arguments(p)
     p.set_defaults(handler=cmd_run)
 
     p = sub.add_parser("chat", help="interactive chat (instruction mode, like llama.cpp -ins)")
-    _load_args(p)
+    add_load_arguments(p)
     p.add_argument("--template", help="chat template name (default: the model's)")
     p.add_argument("--system", help="system prompt")
     p.add_argument("--system-file", help="read the system prompt from a file (like -f prompts/alpaca.txt)")
-    _gen_args(p, n_default=256)
+    add_generation_arguments(p, n_default=256)
     p.set_defaults(handler=cmd_chat)
 
     p = sub.add_parser("convert", help="convert a checkpoint between formats")
@@ -392,9 +344,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--verify", action="store_true", help="compare logits of source and result before writing")
     p.add_argument("--force", action="store_true", help="replace an existing destination")
     p.add_argument("--family", help="skip detection and use this family")
-    p.add_argument("-o", "--option", action="append", metavar="KEY=VALUE",
-                   help="converter option (repeatable), e.g. shards=2 for --to meta; `openllm-hub plugins` "
-                        "lists each family's converters")
+    add_option_argument(p, what="converter option, e.g. shards=2 for --to meta; `openllm-hub plugins --json` "
+                                "lists each family's converters")
     p.set_defaults(handler=cmd_convert)
 
     p = sub.add_parser("quantize", help="quantize a checkpoint (e.g. GGUF q4_0)")
@@ -427,7 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_models)
 
     p = sub.add_parser("perplexity", help="perplexity of a model over a text file (sliding window)")
-    _load_args(p)
+    add_load_arguments(p)
     p.add_argument("file", help="a UTF-8 text file to score")
     p.add_argument("--window", type=int, default=512,
                    help="tokens the model sees at once (default 512; at most the model's context)")

@@ -1,7 +1,10 @@
 """Chat templates: how a conversation becomes one prompt string, as data.
 
 A :class:`ChatTemplate` names the text around each role and the stop strings that end an
-answer. Plugins add templates through the ``register_chat_templates`` hook; a model names its
+answer. Plugins add templates through the ``register_chat_templates`` hook or their
+``Family.chat_templates``; the registry (:mod:`openllm_hub.core.registry`) holds the table and
+refuses a name another plugin already took; the generic ones (``plain``, ``chatml``) come from
+the core's built-in plugin (:mod:`openllm_hub.core.builtin_plugin`). A model names its
 default and a caller may pick another by name. Layouts that plain formats cannot express
 (ChatGLM's round counters are covered; anything stranger) give a ``render`` function instead.
 """
@@ -12,7 +15,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, TypedDict
 
-from openllm_hub.errors import InvalidParameterError, NotFoundError
+from openllm_hub.errors import InvalidParameterError
 
 Role = Literal["system", "user", "assistant"]
 
@@ -98,60 +101,32 @@ def validate_messages(messages: Iterable[Mapping[str, str]], *, complete: bool =
     return out
 
 
-_TEMPLATES: dict[str, ChatTemplate] = {}
-
-
+# ---- the template table lives in the registry; these are shortcuts to it ----------------------
 def register_template(template: ChatTemplate, *, replace: bool = False) -> None:
-    """Add a template to the registry (plugins call this through their hook)."""
-    if template.name in _TEMPLATES and not replace and _TEMPLATES[template.name] != template:
-        raise InvalidParameterError(f"chat template {template.name!r} is already registered", where="chat templates")
-    _TEMPLATES[template.name] = template
+    """Add a template outside any plugin (tests, scripts); plugins use the
+    ``register_chat_templates`` hook or ``Family.chat_templates``. A different template of
+    the same name is refused unless ``replace``."""
+    from openllm_hub.core.registry import get_registry
+
+    get_registry().add_template(template, replace=replace)
 
 
 def unregister_template(name: str) -> None:
-    _TEMPLATES.pop(name, None)
+    """Remove a template by name (no error when it is not there)."""
+    from openllm_hub.core.registry import get_registry
+
+    get_registry().remove_template(name)
 
 
 def get_template(name: str) -> ChatTemplate:
-    """Look a template up by name; the error lists the known names."""
+    """Look a template up by name (plugins loaded first); the error lists the known names."""
     from openllm_hub.core.registry import get_registry
 
-    get_registry()  # make sure plugin templates are in
-    try:
-        return _TEMPLATES[name]
-    except KeyError:
-        raise NotFoundError(
-            f"unknown chat template {name!r}",
-            where="chat templates",
-            fix=f"use one of: {', '.join(sorted(_TEMPLATES))}",
-        ) from None
+    return get_registry().template(name)
 
 
 def template_names() -> list[str]:
+    """The names of every registered template, sorted."""
     from openllm_hub.core.registry import get_registry
 
-    get_registry()
-    return sorted(_TEMPLATES)
-
-
-#: Templates every installation has.
-BUILTIN_TEMPLATES = (
-    ChatTemplate(
-        name="plain",
-        user="User: {content}\nAssistant:",
-        assistant=" {content}\n",
-        system="{content}\n",
-        stop=("\nUser:",),
-        description="Generic 'User:/Assistant:' turns, for base models with no chat training",
-    ),
-    ChatTemplate(
-        name="chatml",
-        user="<|im_start|>user\n{content}<|im_end|>\n<|im_start|>assistant\n",
-        assistant="{content}<|im_end|>\n",
-        system="<|im_start|>system\n{content}<|im_end|>\n",
-        stop=("<|im_end|>",),
-        description="ChatML (<|im_start|>role ... <|im_end|>)",
-    ),
-)
-for _t in BUILTIN_TEMPLATES:
-    register_template(_t)
+    return get_registry().template_names()

@@ -19,6 +19,7 @@ from openllm_hub.core.detect import Probe
 from openllm_hub.core.device import DeviceSupport, Placement
 
 if TYPE_CHECKING:  # pragma: no cover
+    from openllm_hub.core.chat import ChatTemplate
     from openllm_hub.core.convert import Converter
     from openllm_hub.core.lora import LoraMerger
     from openllm_hub.core.model import Model
@@ -128,6 +129,9 @@ class Family:
     quantizers: tuple[Quantizer, ...] = ()
     lora_merger: LoraMerger | None = None
     model_names: tuple[ModelName, ...] = ()
+    #: The family's chat templates, registered with it (each name must be free, as with the
+    #: ``register_chat_templates`` hook, which stays for templates of no family).
+    chat_templates: tuple[ChatTemplate, ...] = ()
     not_loadable_hint: Callable[[Path, str], str] | None = field(default=None, compare=False)
     launch: Callable[[LaunchRequest], int] | None = field(default=None, compare=False)
     run_format: Callable[[str, BaseModel], str] | None = field(default=None, compare=False)

@@ -71,7 +71,17 @@ def register_families(register: Callable[[Family], None]) -> None:
 def register_chat_templates(register: Callable[[ChatTemplate], None]) -> None:
     """Register chat templates by calling ``register(ChatTemplate(...))``.
 
-    Names are global; a model's ``default_chat_template`` should name one of them.
+    For templates that belong to no family of the plugin (a family's own templates can go in
+    ``Family(chat_templates=...)`` instead, registered with the family).
+
+    :param register: call it once per :class:`~openllm_hub.core.chat.ChatTemplate`.
+    :return: nothing.
+
+    Called once per plugin when the registry loads it, after ``register_families``. Names
+    are global and unique, like family names: a name the core (``plain``, ``chatml``) or
+    another plugin already took, or one given twice, marks this plugin as broken (shown by
+    ``openllm-hub plugins``) and none of its families or templates is registered. A model's
+    ``default_chat_template`` should name one of them.
     """
 
 

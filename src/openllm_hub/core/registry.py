@@ -1,10 +1,13 @@
-"""The plugin registry: entry points -> pluggy -> families, templates and commands.
+"""The plugin registry: entry points -> pluggy -> families, chat templates and commands.
 
-Plugins are loaded once, on first use, from the ``openllm_hub`` entry-point group
-(``OPENLLM_HUB_PLUGINS=a,b`` limits which). Each is loaded and asked for its families in
-isolation: one that fails to import, has the wrong API version or raises in a hook is
-recorded with its error (``openllm-hub plugins`` shows it) and the rest keep working.
-Tests register throwaway plugins with :meth:`Registry.register_plugin`.
+Plugins are loaded once, on first use: first the core's built-in plugin
+(:mod:`openllm_hub.core.builtin_plugin`, the generic chat templates), then the
+``openllm_hub`` entry-point group (``OPENLLM_HUB_PLUGINS=a,b`` limits which). Each is loaded
+and asked for its families and templates in isolation: one that fails to import, has the
+wrong API version, raises in a hook or registers a family or template name another plugin
+already took is recorded with its error (``openllm-hub plugins`` shows it), adds nothing, and
+the rest keep working. Tests register throwaway plugins with :meth:`Registry.register_plugin`;
+:meth:`Registry.unregister_plugin` removes everything a plugin added.
 """
 
 from __future__ import annotations
@@ -19,13 +22,17 @@ from typing import Any
 import pluggy
 
 from openllm_hub.core import hookspecs
-from openllm_hub.core.chat import ChatTemplate, register_template, unregister_template
+from openllm_hub.core.chat import ChatTemplate
 from openllm_hub.core.family import Family, ModelName
-from openllm_hub.errors import NotFoundError, PluginError
+from openllm_hub.errors import InvalidParameterError, NotFoundError, PluginError
 
 #: The plugin API this core implements; a plugin declares ``OPENLLM_HUB_API_VERSION``.
 API_VERSION = 1
 ENTRY_POINT_GROUP = "openllm_hub"
+#: Modules registered as plugins before the entry points: the core's own (llm's default plugins).
+BUILTIN_PLUGINS = ("openllm_hub.core.builtin_plugin",)
+#: The owner recorded for templates added with :meth:`Registry.add_template` (no plugin).
+NO_PLUGIN = "(registered in-process)"
 
 
 @dataclass
@@ -40,6 +47,7 @@ class PluginRecord:
     templates: list[str] = field(default_factory=list)
     hooks: list[str] = field(default_factory=list)
     error: str | None = None
+    builtin: bool = False
     plugin: object | None = field(default=None, repr=False)
 
     def as_dict(self) -> dict[str, Any]:
@@ -47,16 +55,33 @@ class PluginRecord:
 
 
 class Registry:
-    """Holds the plugin manager and everything plugins registered."""
+    """Holds the plugin manager and everything plugins registered.
+
+    ``plugins`` are the installed (and in-process) plugins, ``builtins`` the core's own;
+    ``families`` and ``templates`` are keyed by name, each name owned by one plugin.
+    """
 
     def __init__(self) -> None:
         self.pm = pluggy.PluginManager(ENTRY_POINT_GROUP)
         self.pm.add_hookspecs(hookspecs)
         self.plugins: dict[str, PluginRecord] = {}
+        self.builtins: dict[str, PluginRecord] = {}
         self.families: dict[str, Family] = {}
+        self.templates: dict[str, ChatTemplate] = {}
         self._aliases: dict[str, str] = {}
+        self._template_owners: dict[str, str] = {}
 
     # ---- loading -------------------------------------------------------------------
+    def load_builtins(self) -> None:
+        """Register the core's built-in plugins (:data:`BUILTIN_PLUGINS`) like any plugin."""
+        import importlib
+
+        for module_name in BUILTIN_PLUGINS:
+            module = importlib.import_module(module_name)
+            name = getattr(module, "NAME", module_name)
+            record = PluginRecord(name=name, module=module_name, builtin=True)
+            self._add(module, record)
+
     def load_entry_points(self) -> None:
         wanted = os.environ.get("OPENLLM_HUB_PLUGINS")
         allow = None if wanted is None else {w.strip() for w in wanted.split(",") if w.strip()}
@@ -76,7 +101,7 @@ class Registry:
 
     def register_plugin(self, plugin: object, name: str, *, version: str | None = None) -> PluginRecord:
         """Register an in-process plugin (a module or object with hook implementations)."""
-        if name in self.plugins:
+        if name in self.plugins or name in self.builtins:
             raise PluginError(f"a plugin named {name!r} is already registered", where="registry")
         record = PluginRecord(name=name, version=version, module=getattr(plugin, "__name__", repr(plugin)))
         self._add(plugin, record)
@@ -85,7 +110,8 @@ class Registry:
         return record
 
     def unregister_plugin(self, name: str) -> None:
-        record = self.plugins.pop(name, None)
+        """Remove a plugin and every family and chat template it registered."""
+        record = self.plugins.pop(name, None) or self.builtins.pop(name, None)
         if record is None:
             return
         for fam in record.families:
@@ -94,12 +120,14 @@ class Registry:
                 for alias in (family.name, *family.aliases):
                     self._aliases.pop(alias.lower(), None)
         for tpl in record.templates:
-            unregister_template(tpl)
+            if self._template_owners.get(tpl) == record.name:
+                self.templates.pop(tpl, None)
+                self._template_owners.pop(tpl, None)
         if record.plugin is not None and self.pm.is_registered(record.plugin):
             self.pm.unregister(record.plugin)
 
     def _add(self, plugin: object, record: PluginRecord) -> None:
-        self.plugins[record.name] = record
+        (self.builtins if record.builtin else self.plugins)[record.name] = record
         declared = getattr(plugin, "OPENLLM_HUB_API_VERSION", None)
         if declared != API_VERSION:
             record.error = (f"plugin API version {declared!r} is not supported (this openllm-hub speaks "
@@ -119,6 +147,8 @@ class Registry:
             self._call(plugin, "register_chat_templates", register=tpls.append)
             for fam in fams:
                 self._check_family(fam)
+                tpls.extend(fam.chat_templates)
+            self._check_templates(tpls)
         except Exception as exc:  # noqa: BLE001
             record.error = f"{type(exc).__name__}: {exc}"
             record.error += "\n" + traceback.format_exc(limit=-3) if os.environ.get("OPENLLM_HUB_DEBUG") else ""
@@ -131,7 +161,8 @@ class Registry:
                 self._aliases[alias.lower()] = fam.name
             record.families.append(fam.name)
         for tpl in tpls:
-            register_template(tpl, replace=True)
+            self.templates[tpl.name] = tpl
+            self._template_owners[tpl.name] = record.name
             record.templates.append(tpl.name)
 
     def _call(self, plugin: object, hook: str, **kwargs: Any) -> list[Any]:
@@ -150,7 +181,59 @@ class Registry:
             if alias.lower() in self._aliases:
                 raise PluginError(f"family name {alias!r} is already taken by {self._aliases[alias.lower()]!r}")
 
+    def _check_templates(self, tpls: list[ChatTemplate]) -> None:
+        """Each name once: a name another plugin took (or this plugin gives twice) is an error."""
+        seen: set[str] = set()
+        for tpl in tpls:
+            if not isinstance(tpl, ChatTemplate):
+                raise PluginError(f"register_chat_templates registered {type(tpl).__name__}, not a ChatTemplate")
+            if tpl.name in self._template_owners:
+                raise PluginError(f"chat template name {tpl.name!r} is already taken by "
+                                  f"{self._template_owners[tpl.name]!r}")
+            if tpl.name in seen:
+                raise PluginError(f"chat template name {tpl.name!r} is registered twice")
+            seen.add(tpl.name)
+
+    # ---- templates outside plugins ------------------------------------------------------
+    def add_template(self, template: ChatTemplate, *, replace: bool = False) -> None:
+        """Register ``template`` outside any plugin (tests, scripts). A different template
+        under a taken name is refused unless ``replace``; the same one again is a no-op."""
+        if not isinstance(template, ChatTemplate):
+            raise InvalidParameterError(f"expected a ChatTemplate, got {type(template).__name__}",
+                                        where="chat templates")
+        known = self.templates.get(template.name)
+        if known is not None and known != template and not replace:
+            raise InvalidParameterError(
+                f"chat template {template.name!r} is already registered by {self._template_owners[template.name]!r}",
+                where="chat templates", fix="pick another name")
+        if known is None or known != template:
+            self.remove_template(template.name)
+            self.templates[template.name] = template
+            self._template_owners[template.name] = NO_PLUGIN
+
+    def remove_template(self, name: str) -> None:
+        """Forget the template ``name`` (whoever registered it); nothing happens when unknown."""
+        self.templates.pop(name, None)
+        owner = self._template_owners.pop(name, None)
+        record = None if owner is None else self.plugins.get(owner) or self.builtins.get(owner)
+        if record is not None and name in record.templates:
+            record.templates.remove(name)
+
     # ---- queries -------------------------------------------------------------------
+    def template(self, name: str) -> ChatTemplate:
+        """The chat template ``name``; the error lists the known names."""
+        try:
+            return self.templates[name]
+        except KeyError:
+            raise NotFoundError(
+                f"unknown chat template {name!r}",
+                where="chat templates",
+                fix=f"use one of: {', '.join(self.template_names())}",
+            ) from None
+
+    def template_names(self) -> list[str]:
+        return sorted(self.templates)
+
     def family(self, name: str) -> Family:
         key = self._aliases.get(name.lower())
         if key is None:
@@ -170,11 +253,11 @@ class Registry:
                 yield fam, mn
 
     def broken(self) -> list[PluginRecord]:
-        return [r for r in self.plugins.values() if r.error]
+        return [r for r in (*self.builtins.values(), *self.plugins.values()) if r.error]
 
     def call_each(self, hook: str, **kwargs: Any) -> Iterator[tuple[PluginRecord, Any]]:
-        """Call ``hook`` plugin by plugin, yielding (record, result or exception)."""
-        for record in list(self.plugins.values()):
+        """Call ``hook`` plugin by plugin (built-ins first), yielding (record, result or exception)."""
+        for record in [*self.builtins.values(), *self.plugins.values()]:
             if record.plugin is None:
                 continue
             try:
@@ -188,10 +271,11 @@ _REGISTRY: Registry | None = None
 
 
 def get_registry() -> Registry:
-    """The process-wide registry, loading entry points on first use."""
+    """The process-wide registry, loading the built-in plugin and the entry points on first use."""
     global _REGISTRY
     if _REGISTRY is None:
         _REGISTRY = Registry()
+        _REGISTRY.load_builtins()
         _REGISTRY.load_entry_points()
     return _REGISTRY
 
@@ -200,7 +284,7 @@ def reset_registry() -> None:
     """Forget loaded plugins (tests; or after installing a plugin in a running process)."""
     global _REGISTRY
     if _REGISTRY is not None:
-        for name in list(_REGISTRY.plugins):
+        for name in [*_REGISTRY.plugins, *_REGISTRY.builtins]:
             _REGISTRY.unregister_plugin(name)
     _REGISTRY = None
 

@@ -411,7 +411,7 @@ class LlamaCppModel(Model):
 
 
 # ---- loading ---------------------------------------------------------------------------------
-def _gpu_layers(req: LoadRequest, meta: dict[str, Any], arch: str, n_ctx: int, kv_type: str) -> tuple[int, str]:
+def _gpu_layers(req: LoadRequest[Any], meta: dict[str, Any], arch: str, n_ctx: int, kv_type: str) -> tuple[int, str]:
     """llama.cpp's ``n_gpu_layers`` for this placement, and a note saying why."""
     p = req.placement
     if p.kind != "cuda":
@@ -430,7 +430,7 @@ def _gpu_layers(req: LoadRequest, meta: dict[str, Any], arch: str, n_ctx: int, k
     return n, ("all layers fit" if n == -1 else f"{n} of {n_layers} layers fit in {gpu.free_mib} MiB free")
 
 
-def load_gguf(req: LoadRequest, *, family: str, options: LlamaCppOptions | None = None,
+def load_gguf(req: LoadRequest[Any], *, family: str, options: LlamaCppOptions | None = None,
               model_class: type[LlamaCppModel] = LlamaCppModel,
               info_extra: Mapping[str, Any] | None = None) -> LlamaCppModel:
     """Open the GGUF file ``req.path`` on llama.cpp with the request's placement.

@@ -16,6 +16,7 @@ import sys
 import threading
 from types import FrameType
 
+from openllm_hub.cli_args import add_load_arguments, load_from_args
 from openllm_hub.errors import InvalidParameterError, NotFoundError
 
 API_KEY_ENV = "OPENLLM_HUB_API_KEY"
@@ -32,14 +33,12 @@ def _raise_terminated(signum: int, frame: FrameType | None) -> None:
 
 def add_serve_command(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:  # type: ignore[type-arg]
     """Add ``serve`` to an ``openllm-hub`` style sub-parser set; returns the new parser."""
-    from openllm_hub.cli import _load_args
-
     p: argparse.ArgumentParser = subparsers.add_parser(
         "serve", help="serve a model over an OpenAI-compatible HTTP API, with a chat page at /",
         description="Serve MODEL over HTTP: OpenAI's /v1/models, /v1/completions and /v1/chat/completions "
                     "(streaming with server-sent events), /health, and a chat page at /. "
                     "Needs the server extra: pip install 'openllm-hub[server]'.")
-    _load_args(p)
+    add_load_arguments(p)
     p.add_argument("--host", default="127.0.0.1",
                    help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
@@ -81,7 +80,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ImportError as exc:
         raise NotFoundError(f"the server needs fastapi and uvicorn ({exc})", where="openllm-hub serve",
                             fix="pip install 'openllm-hub[server]'") from None
-    from openllm_hub.cli import _load
 
     if not 0 <= args.port <= 65535:
         raise InvalidParameterError(f"port {args.port} is out of range", where="--port", fix="use 0-65535")
@@ -95,7 +93,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         allowed = [*LOOPBACK_NAMES, *(allowed or [])]
     if not allowed or "*" in allowed:
         allowed = None
-    with _load(args) as model:
+    with load_from_args(args) as model:
         app = create_app(model, api_key=api_key, queue_size=args.queue_size,
                          max_tokens_limit=args.max_tokens_limit, max_request_bytes=args.max_request_bytes,
                          model_id=model_id, shutdown_grace=args.shutdown_timeout, allowed_hosts=allowed)

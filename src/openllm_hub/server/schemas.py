@@ -24,7 +24,8 @@ class StreamOptions(BaseModel):
     include_usage: bool | None = False
 
 
-class _Request(BaseModel):
+# The fields both completion endpoints share.
+class RequestBase(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: str = Field(description="echoed back; the server answers with the one model it serves")
@@ -77,7 +78,7 @@ class ChatMessage(BaseModel):
         return "".join(p.text for p in self.content)
 
 
-class ChatCompletionRequest(_Request):
+class ChatCompletionRequest(RequestBase):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1)
     logprobs: bool | None = None
@@ -90,7 +91,7 @@ class ChatCompletionRequest(_Request):
     chat_template: str | None = Field(None, description="extension: a chat template name instead of the model's")
 
 
-class CompletionRequest(_Request):
+class CompletionRequest(RequestBase):
     prompt: str | list[str]
     echo: bool | None = None
     logprobs: int | None = None

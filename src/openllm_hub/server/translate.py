@@ -14,14 +14,14 @@ from openllm_hub.core.config import GenerationConfig
 from openllm_hub.core.model import Model
 from openllm_hub.errors import OpenLLMHubError
 from openllm_hub.server.errors import APIError, from_exception, invalid_request
-from openllm_hub.server.schemas import ChatCompletionRequest, CompletionRequest, _Request
+from openllm_hub.server.schemas import ChatCompletionRequest, CompletionRequest, RequestBase
 
 
 def _unsupported(param: str, why: str) -> APIError:
     return APIError(400, f"{param} is not supported by this server: {why}", param=param, code="unsupported_parameter")
 
 
-def _common(req: _Request, max_tokens: int | None, *, default_max: int, limit: int) -> dict[str, Any]:
+def _common(req: RequestBase, max_tokens: int | None, *, default_max: int, limit: int) -> dict[str, Any]:
     if req.n not in (None, 1):
         raise _unsupported("n", "one choice per request (send several requests instead)")
     for name in ("presence_penalty", "frequency_penalty"):

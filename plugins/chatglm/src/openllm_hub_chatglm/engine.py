@@ -32,6 +32,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import numpy.typing as npt
 
     from openllm_hub.core.family import LoadRequest
+    from openllm_hub_chatglm.options import ChatGLMOptions
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -106,20 +107,20 @@ def _device(kind: str, gpu_ids: tuple[int, ...]) -> torch.device:
     return torch.device("cpu")
 
 
-def load_chatglm(req: LoadRequest) -> ChatGLMModel:
-    """Build a :class:`ChatGLMModel` from a LoadRequest (see plugin.ChatGLMOptions)."""
+def load_chatglm(req: LoadRequest[ChatGLMOptions]) -> ChatGLMModel:
+    """Build a :class:`ChatGLMModel` from a LoadRequest (see :class:`ChatGLMOptions`)."""
     opts = req.options
     folder = Path(req.path)
     if not (folder / "config.json").is_file():
         raise NotFoundError("config.json is missing", where=folder, fix="a ChatGLM checkpoint folder holds config.json")
     cfg = read_json(folder / "config.json")
-    spec = read_spec(folder, cfg, getattr(opts, "variant", "auto"))
+    spec = read_spec(folder, cfg, opts.variant)
     tokenizer = load_tokenizer(folder, spec.variant)
     if tokenizer.vocab_size > spec.vocab_size:
         raise InvalidParameterError(f"the tokenizer has {tokenizer.vocab_size} tokens but the model only "
                                     f"{spec.vocab_size} embeddings", where=folder,
                                     fix="the tokenizer belongs to another checkpoint")
-    if getattr(opts, "lora", None):
+    if opts.lora:
         raise InvalidParameterError("LoRA adapters (lora=...) are applied by llama.cpp only", where="lora",
                                     fix="load a ChatGLM GGUF file (or quantize='q8_0', ...) with lora=..., or "
                                         "merge the adapter into the checkpoint")
@@ -128,7 +129,7 @@ def load_chatglm(req: LoadRequest) -> ChatGLMModel:
     device = _device(placement.kind, placement.gpu_ids)
     if placement.threads and placement.kind == "cpu":
         torch.set_num_threads(placement.threads)
-    plan = quant_plan(spec, getattr(opts, "quantize", None), getattr(opts, "quantize_embeddings", True), dtype)
+    plan = quant_plan(spec, opts.quantize, opts.quantize_embeddings, dtype)
     net = build_network(spec, dtype, plan, device)
     net.load_tensors(iter_tensors(folder))
     net.eval()
@@ -146,18 +147,16 @@ def load_chatglm(req: LoadRequest) -> ChatGLMModel:
                "weight_bytes": resident_bytes(net), "placement": placement.reason,
                "cpu_int4_kernel_layers": kernel_layers},
     )
-    template = getattr(opts, "chat_template", None) or spec.variant
+    template = opts.chat_template or spec.variant
     model = ChatGLMModel(info, net, tokenizer, spec, ctx, template)
-    seed = getattr(opts, "seed", None)
-    if seed is not None:
-        model.generation_defaults = model.generation_defaults.model_copy(update={"seed": seed})
+    if opts.seed is not None:
+        model.generation_defaults = model.generation_defaults.model_copy(update={"seed": opts.seed})
     return model
 
 
-def context_cap(opts: Any) -> int | None:
+def context_cap(opts: ChatGLMOptions) -> int | None:
     """The context cap the options ask for: ``context_length``, else llama.cpp's name ``n_ctx``."""
-    cap = getattr(opts, "context_length", None)
-    return cap if cap is not None else getattr(opts, "n_ctx", None)
+    return opts.context_length if opts.context_length is not None else opts.n_ctx
 
 
 def use_cpu_int4_kernels(net: GLMNetwork) -> int:

@@ -16,10 +16,11 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from openllm_hub.core.family import LoadRequest
+from openllm_hub.core.family import Family, LoadRequest
 from openllm_hub.engines.llama_cpp import LlamaCppModel, load_gguf
 from openllm_hub.errors import CorruptFileError, InvalidParameterError
 from openllm_hub_chatglm.chat import CHAT_DEFAULTS
+from openllm_hub_chatglm.options import ChatGLMOptions
 from openllm_hub_chatglm.tokenizer import V3_ROLES, encode_v2
 
 
@@ -52,7 +53,7 @@ class ChatGLMGGUFModel(LlamaCppModel):
                          roles=self._roles or None)
 
 
-def _gguf_options(opts: Any) -> Any:
+def _gguf_options(opts: ChatGLMOptions) -> ChatGLMOptions:
     """The options llama.cpp sees: ``context_length`` is ``n_ctx`` there, ``quantize`` is done."""
     from openllm_hub_chatglm.engine import context_cap
 
@@ -67,9 +68,9 @@ def _check_variant(model: ChatGLMGGUFModel, asked: str) -> ChatGLMGGUFModel:
     return model
 
 
-def load_chatglm_gguf(req: LoadRequest) -> ChatGLMGGUFModel:
+def load_chatglm_gguf(req: LoadRequest[ChatGLMOptions]) -> ChatGLMGGUFModel:
     """A ChatGLM2/3 GGUF file on llama.cpp with the request's placement and options."""
-    opts: Any = req.options
+    opts = req.options
     if opts.quantize is not None:
         raise InvalidParameterError(f"quantize={opts.quantize!r} does not apply to a GGUF file", where=req.path,
                                     fix=f"quantize the file: openllm-hub quantize {req.path} OUT.gguf q4_0")
@@ -81,15 +82,16 @@ def load_chatglm_gguf(req: LoadRequest) -> ChatGLMGGUFModel:
     return _check_variant(model, opts.variant)
 
 
-def load_quantized_via_gguf(req: LoadRequest) -> ChatGLMGGUFModel:
+def load_quantized_via_gguf(req: LoadRequest[ChatGLMOptions], family: Family) -> ChatGLMGGUFModel:
     """``quantize=<llama.cpp type>`` on a checkpoint folder: convert it once to an f16 GGUF in
-    the cache with this plugin's converter, quantize that with llama.cpp's quantizer (also
-    cached, keyed by the folder's files), and run it on llama.cpp."""
+    the cache with ``family``'s hf->gguf converter, quantize that with its GGUF quantizer
+    (llama.cpp's; also cached, keyed by the folder's files), and run it on llama.cpp."""
     from openllm_hub.core.io import read_json
     from openllm_hub.engines.llama_cpp_cache import cached_gguf
     from openllm_hub_chatglm.spec import read_spec
 
-    opts: Any = req.options
+    opts = req.options
+    assert opts.quantize is not None, "the family's load sends only quantize=<llama.cpp type> here"
     folder = Path(req.path)
     spec = read_spec(folder, read_json(folder / "config.json"), opts.variant)
     if spec.version == 1:
@@ -99,7 +101,7 @@ def load_quantized_via_gguf(req: LoadRequest) -> ChatGLMGGUFModel:
         raise InvalidParameterError(f"this checkpoint is already INT{spec.quantization_bit}; llama.cpp types are "
                                     "made from the float checkpoint", where=folder,
                                     fix=f"omit quantize, or pass quantize='int{spec.quantization_bit}'")
-    gguf = cached_gguf(folder, family="chatglm", scheme=opts.quantize,
+    gguf = cached_gguf(folder, family, source_format="hf", scheme=opts.quantize,
                        convert_options={"variant": opts.variant} if opts.variant != "auto" else None)
     gguf_req = LoadRequest(path=gguf, format="gguf", detection=req.detection, placement=req.placement,
                            options=req.options)

@@ -7,27 +7,25 @@ functions that run them.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel
 
 from openllm_hub import hookimpl
-from openllm_hub.core.chat import ChatTemplate
 from openllm_hub.core.convert import Converter, ConvertRequest
 from openllm_hub.core.detect import Probe
 from openllm_hub.core.device import DeviceSupport
 from openllm_hub.core.family import Detection, Family, LoadRequest
 from openllm_hub.core.model import Model
 from openllm_hub.core.quantize import Quantizer, QuantizeRequest
-from openllm_hub.engines.llama_cpp import LlamaCppOptions, device_rows
-from openllm_hub.engines.llama_cpp_quantize import QUANT_TYPES, gguf_quantizer
+from openllm_hub.engines.llama_cpp import device_rows
+from openllm_hub.engines.llama_cpp_quantize import gguf_quantizer
 from openllm_hub_chatglm import memory
+from openllm_hub_chatglm.chat import TEMPLATES
+from openllm_hub_chatglm.options import TORCH_QUANT, ChatGLMOptions
 
 OPENLLM_HUB_API_VERSION = 1
 
 
-#: ``quantize`` values run by this plugin's torch engine; the llama.cpp types go through GGUF.
-TORCH_QUANT = ("int8", "int4")
 #: ``--verify`` bounds of ``--to gguf``: max |logit diff| / the source's logit range, the GGUF
 #: side on an F32 KV cache. Measured on the tiny ChatGLM2/3 models of the tests
 #: (test_gguf.py): f32 2e-7 (same math in float32; llama.cpp sums in another order), f16
@@ -35,35 +33,6 @@ TORCH_QUANT = ("int8", "int4")
 #: dot product, 8-bit activations); each bound leaves a few times that. Only f32 must also
 #: reproduce the greedy tokens exactly.
 GGUF_BOUNDS = {"f32": 1e-5, "f16": 2e-3, "q8_0": 3e-2}
-
-
-class ChatGLMOptions(LlamaCppOptions):
-    """Load options of the chatglm family (device options dtype/threads are the core's).
-
-    The llama.cpp options (n_batch, use_mmap, kv_cache_type, lora, repack; see
-    :class:`LlamaCppOptions`) apply to GGUF files and to the llama.cpp ``quantize`` types;
-    ``n_ctx`` is another name for ``context_length``; ``chat_template`` and ``seed`` apply to
-    both engines.
-    """
-
-    model_config = ConfigDict(extra="forbid")
-
-    variant: Literal["auto", "chatglm", "chatglm2", "chatglm3"] = Field(
-        "auto", description="which ChatGLM; auto reads config.json (needed when it names neither v2 nor v3)")
-    quantize: str | None = Field(
-        None, description="int8/int4: weight-only quantization at load on the torch engine (official ChatGLM "
-                          "scheme); q4_0, q8_0, q4_K_M, ... (llama.cpp's types): ChatGLM2/3 converted to GGUF "
-                          "and quantized once into the cache, run on llama.cpp")
-    quantize_embeddings: bool = Field(
-        True, description="with int8/int4, also quantize the word embeddings and output layer per row")
-    context_length: int | None = Field(None, ge=16, description="cap the context (default: the model's)")
-
-    @field_validator("quantize")
-    @classmethod
-    def _known_quantize(cls, value: str | None) -> str | None:
-        if value is not None and value not in TORCH_QUANT and value not in QUANT_TYPES:
-            raise ValueError(f"unknown quantization {value!r}; use one of {', '.join((*TORCH_QUANT, *QUANT_TYPES))}")
-        return value
 
 
 def _detect(probe: Probe) -> Detection | None:
@@ -86,9 +55,8 @@ def _detect(probe: Probe) -> Detection | None:
     return Detection("hf", 0.9, f"config.json model_type=chatglm with the {what} layout", {"generation": gen})
 
 
-def _load(req: LoadRequest) -> Model:
+def _load(req: LoadRequest[ChatGLMOptions]) -> Model:
     opts = req.options
-    assert isinstance(opts, ChatGLMOptions)
     if req.format == "gguf":
         from openllm_hub_chatglm.engine_gguf import load_chatglm_gguf
 
@@ -96,7 +64,7 @@ def _load(req: LoadRequest) -> Model:
     if opts.quantize is not None and opts.quantize not in TORCH_QUANT:
         from openllm_hub_chatglm.engine_gguf import load_quantized_via_gguf
 
-        return load_quantized_via_gguf(req)
+        return load_quantized_via_gguf(req, FAMILY)
     from openllm_hub_chatglm.engine import load_chatglm
 
     return load_chatglm(req)
@@ -130,6 +98,7 @@ FAMILY = Family(
     detect=_detect,
     load=_load,
     options=ChatGLMOptions,
+    chat_templates=TEMPLATES,
     run_format=_run_format,
     devices=(
         *device_rows(("gguf",)),
@@ -152,11 +121,3 @@ FAMILY = Family(
 @hookimpl
 def register_families(register: Callable[[Family], None]) -> None:
     register(FAMILY)
-
-
-@hookimpl
-def register_chat_templates(register: Callable[[ChatTemplate], None]) -> None:
-    from openllm_hub_chatglm.chat import TEMPLATES
-
-    for tpl in TEMPLATES:
-        register(tpl)

@@ -14,6 +14,7 @@ from openllm_hub.errors import IncompatibleDeviceError
 from openllm_hub_glm130b.checkpoint import SatCheckpoint
 from openllm_hub_glm130b.engine import Backend, EngineOptions, RankEngine, preflight
 from openllm_hub_glm130b.model import GLM130BModel
+from openllm_hub_glm130b.options import GLMOptions
 from openllm_hub_glm130b.parallel import TPGroup
 from openllm_hub_glm130b.tokenizer import GLMTokenizer, SentencePieceGLMTokenizer, build_tokenizer
 
@@ -80,13 +81,11 @@ def _available_ram() -> int | None:
     return available_ram()
 
 
-def load_sat(req: LoadRequest) -> GLM130BModel:
+def load_sat(req: LoadRequest[GLMOptions]) -> GLM130BModel:
     """The family's ``load``: one in-process rank (TP=1) on the planned device."""
-    from openllm_hub_glm130b.plugin import GLMOptions
     from openllm_hub_glm130b.quant import parse_bits
 
     opts = req.options
-    assert isinstance(opts, GLMOptions)
     pl = req.placement
     device = torch.device(f"cuda:{pl.gpu_ids[0]}" if pl.kind == "cuda" else "cpu")
     offload: Any = opts.offload_layers if opts.offload_layers is not None else ()

@@ -7,9 +7,6 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
-from typing import Literal
-
-from pydantic import BaseModel, ConfigDict, Field
 
 from openllm_hub import hookimpl
 from openllm_hub.core.convert import Converter, ConvertRequest
@@ -20,20 +17,9 @@ from openllm_hub.core.model import Model
 from openllm_hub.core.quantize import Quantizer, QuantizeRequest
 from openllm_hub_glm130b import memory
 from openllm_hub_glm130b.config import CONFIG_NAME, MODEL_TYPE
+from openllm_hub_glm130b.options import GLMOptions
 
 OPENLLM_HUB_API_VERSION = 1
-
-
-class GLMOptions(BaseModel):
-    """Load options of the glm130b family (device options dtype/threads are the core's)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    quantize: Literal["int8", "int4"] | None = Field(None, description="quantize the linear layers while loading")
-    offload_layers: list[int] | Literal["all"] | None = Field(
-        None, description="layers whose weights stay in CPU memory and move to the device per step")
-    tokenizer: str | None = Field(None, description="a sentencepiece .model replacing the config's tokenizer")
-    check_memory: bool = Field(True, description="refuse early (with the planner's numbers) when it will not fit")
 
 
 def _detect(probe: Probe) -> Detection | None:
@@ -49,7 +35,7 @@ def _detect(probe: Probe) -> Detection | None:
     return None
 
 
-def _load(req: LoadRequest) -> Model:
+def _load(req: LoadRequest[GLMOptions]) -> Model:
     from openllm_hub_glm130b.loader import load_sat
 
     return load_sat(req)

@@ -31,6 +31,8 @@ if TYPE_CHECKING:  # pragma: no cover
     import numpy.typing as npt
     import torch
 
+    from openllm_hub_llama.options import LlamaOptions
+
 TORCH_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
 
@@ -178,7 +180,7 @@ class HFModel(Model):
             torch.cuda.empty_cache()
 
 
-def load_hf(req: LoadRequest) -> HFModel:
+def load_hf(req: LoadRequest[LlamaOptions]) -> HFModel:
     """Load an HF LLaMA folder with transformers on the request's placement."""
     import pickle
 
@@ -186,7 +188,7 @@ def load_hf(req: LoadRequest) -> HFModel:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     folder = Path(req.path)
-    opts: Any = req.options
+    opts = req.options
     p = req.placement
     if not (folder / "config.json").is_file():
         raise NotFoundError("config.json is missing", where=folder)
@@ -233,7 +235,7 @@ def load_hf(req: LoadRequest) -> HFModel:
                "torch": torch.__version__},
     )
     return HFModel(model, tok, info, eos_token_ids=sorted(_eos_ids(folder, tok, config)), device=device,
-                   default_template=opts.chat_template, seed=getattr(opts, "seed", None))
+                   default_template=opts.chat_template, seed=opts.seed)
 
 
 @contextlib.contextmanager

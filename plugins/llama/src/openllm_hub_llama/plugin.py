@@ -8,12 +8,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel
 
 from openllm_hub import hookimpl
-from openllm_hub.core.chat import ChatTemplate
 from openllm_hub.core.convert import Converter, ConvertRequest
 from openllm_hub.core.detect import Probe
 from openllm_hub.core.device import DeviceSupport
@@ -21,10 +20,12 @@ from openllm_hub.core.family import Detection, Family, LoadRequest
 from openllm_hub.core.lora import LoraMerger
 from openllm_hub.core.model import Model
 from openllm_hub.core.quantize import QuantizeRequest
-from openllm_hub.engines.llama_cpp import LlamaCppOptions, device_rows
+from openllm_hub.engines.llama_cpp import device_rows
 from openllm_hub.engines.llama_cpp_quantize import gguf_quantizer
 from openllm_hub_llama import memory
 from openllm_hub_llama.demo import MODEL_NAMES as DEMO_MODEL_NAMES
+from openllm_hub_llama.options import LlamaOptions
+from openllm_hub_llama.templates import TEMPLATES
 
 OPENLLM_HUB_API_VERSION = 1
 
@@ -37,18 +38,6 @@ GGUF_OUTTYPES: tuple[str, ...] = ("f32", "f16", "bf16", "q8_0")
 GGUF_BOUNDS = {"f32": 1e-4, "f16": 1e-2, "bf16": 5e-2, "q8_0": 0.15}
 #: meta <-> hf keeps values (auto, f32) or rounds them once (f16, bf16: half-precision steps).
 META_HF_BOUNDS = {"auto": 1e-6, "f32": 1e-6, "f16": 1e-2, "bf16": 5e-2}
-
-
-class LlamaOptions(LlamaCppOptions):
-    """Load options of the llama family: llama.cpp's (n_ctx, n_batch, use_mmap, kv_cache_type,
-    lora, chat_template, repack, seed; see :class:`LlamaCppOptions`) plus the engine choice and
-    Meta conversion (device options dtype/gpu_layers/threads are the core's)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    engine: Literal["auto", "llama.cpp", "transformers"] = Field(
-        "auto", description="auto: llama.cpp for GGUF files, transformers for HF folders")
-    convert: bool = Field(False, description="Meta checkpoints: convert to HF in the cache and load that")
 
 
 def _detect(probe: Probe) -> Detection | None:
@@ -70,9 +59,8 @@ def _detect(probe: Probe) -> Detection | None:
     return None
 
 
-def _load(req: LoadRequest) -> Model:
+def _load(req: LoadRequest[LlamaOptions]) -> Model:
     opts = req.options
-    assert isinstance(opts, LlamaOptions)
     if req.format == "meta":
         if not opts.convert:
             # converting writes a full HF copy (13 GB for a 7B model) into the cache: only when asked
@@ -96,7 +84,7 @@ def _load(req: LoadRequest) -> Model:
     if opts.engine == "llama.cpp":
         from openllm_hub_llama.engine_gguf import load_hf_via_gguf
 
-        return load_hf_via_gguf(req)
+        return load_hf_via_gguf(req, FAMILY)
     from openllm_hub_llama.engine_hf import load_hf
 
     return load_hf(req)
@@ -132,6 +120,7 @@ FAMILY = Family(
     detect=_detect,
     load=_load,
     options=LlamaOptions,
+    chat_templates=TEMPLATES,
     not_loadable_hint=_meta_hint,
     run_format=_run_format,
     devices=(
@@ -172,14 +161,6 @@ FAMILY = Family(
 @hookimpl
 def register_families(register: Callable[[Family], None]) -> None:
     register(FAMILY)
-
-
-@hookimpl
-def register_chat_templates(register: Callable[[ChatTemplate], None]) -> None:
-    from openllm_hub_llama.templates import TEMPLATES
-
-    for template in TEMPLATES:
-        register(template)
 
 
 @hookimpl

@@ -83,7 +83,7 @@ class TransformersRwkvModel(Model):
         self._model = None
 
 
-def _device_and_dtype(req: LoadRequest) -> tuple[str, str]:
+def _device_and_dtype(req: LoadRequest[RwkvOptions]) -> tuple[str, str]:
     p = req.placement
     if p.kind == "cuda":
         import torch
@@ -94,7 +94,7 @@ def _device_and_dtype(req: LoadRequest) -> tuple[str, str]:
     return "cpu", p.dtype
 
 
-def load_transformers(req: LoadRequest) -> TransformersRwkvModel:
+def load_transformers(req: LoadRequest[RwkvOptions]) -> TransformersRwkvModel:
     """Load an HF folder, or an RWKV-4 ``.pth`` converted in memory, on transformers."""
     import torch
     from transformers import RwkvConfig, RwkvForCausalLM
@@ -102,7 +102,6 @@ def load_transformers(req: LoadRequest) -> TransformersRwkvModel:
     from openllm_hub_rwkv.convert import hf_config, pth_state_to_hf
 
     opts = req.options
-    assert isinstance(opts, RwkvOptions)
     if opts.strategy is not None or opts.int8 or opts.stream:
         raise InvalidParameterError("strategy/int8/stream are rwkv-engine options", where="engine=transformers",
                                     fix="use device=/dtype= with the transformers engine")

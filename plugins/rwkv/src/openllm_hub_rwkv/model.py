@@ -303,10 +303,9 @@ def _fingerprint(path: Path, arch: Arch) -> str:
     return h.hexdigest()[:16]
 
 
-def resolve_strategy(req: LoadRequest, arch: Arch) -> tuple[Strategy, str]:
+def resolve_strategy(req: LoadRequest[RwkvOptions], arch: Arch) -> tuple[Strategy, str]:
     """The strategy for this load and why: the raw option, else derived from the placement."""
     opts = req.options
-    assert isinstance(opts, RwkvOptions)
     if opts.strategy is not None:
         if opts.int8 or opts.stream:
             raise InvalidParameterError("strategy= already says where layers go and in which precision",
@@ -316,10 +315,9 @@ def resolve_strategy(req: LoadRequest, arch: Arch) -> tuple[Strategy, str]:
     return parse_strategy(str(derived), version=arch.version), req.placement.reason or "placement"
 
 
-def load_rwkv(req: LoadRequest) -> RwkvModel:
+def load_rwkv(req: LoadRequest[RwkvOptions]) -> RwkvModel:
     """Load a ``.pth`` checkpoint on the rwkv package."""
     opts = req.options
-    assert isinstance(opts, RwkvOptions)
     path = Path(req.path)
     index = read_pth_index(path)
     arch = analyse(index.tensors, where=path, extras=index.extras)

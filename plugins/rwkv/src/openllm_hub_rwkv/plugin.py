@@ -10,7 +10,6 @@ from collections.abc import Callable
 from typing import Any
 
 from openllm_hub import hookimpl
-from openllm_hub.core.chat import ChatTemplate
 from openllm_hub.core.convert import Converter, ConvertRequest
 from openllm_hub.core.detect import Probe
 from openllm_hub.core.device import DeviceSupport
@@ -60,9 +59,8 @@ def _detect(probe: Probe) -> Detection | None:
     return None
 
 
-def _load(req: LoadRequest) -> Model:
+def _load(req: LoadRequest[RwkvOptions]) -> Model:
     opts = req.options
-    assert isinstance(opts, RwkvOptions)
     if req.format == "hf" or opts.engine == "transformers":
         if req.format == "hf" and opts.engine == "rwkv":
             raise InvalidParameterError(
@@ -102,6 +100,7 @@ FAMILY = Family(
     detect=_detect,
     load=_load,
     options=RwkvOptions,
+    chat_templates=TEMPLATES,
     devices=(
         DeviceSupport("cuda", ("fp16", "bf16", "fp32"), formats=("rwkv-pth",), multi_gpu=True, partial_offload=True),
         DeviceSupport("cpu", ("fp32", "bf16"), formats=("rwkv-pth",)),
@@ -122,12 +121,6 @@ FAMILY = Family(
 @hookimpl
 def register_families(register: Callable[[Family], None]) -> None:
     register(FAMILY)
-
-
-@hookimpl
-def register_chat_templates(register: Callable[[ChatTemplate], None]) -> None:
-    for tpl in TEMPLATES:
-        register(tpl)
 
 
 @hookimpl
