@@ -155,27 +155,14 @@ def random_state_dict(cfg: dict[str, Any], seed: int = 0, dtype: torch.dtype | N
 
 
 def write_weights(folder: Path, sd: dict[str, torch.Tensor], *, fmt: str = "safetensors", shards: int = 1) -> None:
-    """Write ``sd`` as HF weights: one file, or ``shards`` files with an index."""
-    import torch
-    from safetensors.torch import save_file
+    """Write ``sd`` as HF weights: one file, or up to ``shards`` files of equal tensor counts
+    with an index."""
+    from openllm_hub.engines.hf_folder import write_hf_weights
 
     names = list(sd)
     per = -(-len(names) // shards)
-    groups = [names[i:i + per] for i in range(0, len(names), per)]
-    ext, stem = (".safetensors", "model") if fmt == "safetensors" else (".bin", "pytorch_model")
-    weight_map: dict[str, str] = {}
-    for i, group in enumerate(groups):
-        file = f"{stem}{ext}" if len(groups) == 1 else f"{stem}-{i + 1:05d}-of-{len(groups):05d}{ext}"
-        part = {k: sd[k].contiguous() for k in group}
-        if fmt == "safetensors":
-            save_file(part, str(folder / file), metadata={"format": "pt"})
-        else:
-            torch.save(part, folder / file)
-        weight_map.update(dict.fromkeys(group, file))
-    if len(groups) > 1:
-        total = sum(t.numel() * t.element_size() for t in sd.values())
-        index = {"metadata": {"total_size": total}, "weight_map": weight_map}
-        (folder / f"{stem}{ext}.index.json").write_text(json.dumps(index, indent=2), encoding="utf-8")
+    groups = [{k: sd[k] for k in names[i:i + per]} for i in range(0, len(names), per)]
+    write_hf_weights(folder, groups, kind="safetensors" if fmt == "safetensors" else "bin")
 
 
 def build_checkpoint(folder: Path, variant: str = "chatglm2", *, hidden: int = 64, layers: int = 2, heads: int = 4,
