@@ -52,9 +52,8 @@ def train_sentencepiece(lines: Iterable[str], *, vocab_size: int, model_type: st
     import sentencepiece as spm
 
     given: dict[str, Any] = {"model_type": model_type, "byte_fallback": byte_fallback,
-                             "user_defined_symbols": None if user_defined_symbols is None else list(user_defined_symbols),
-                             "control_symbols": None if control_symbols is None else list(control_symbols)}
-    flags = {k: v for k, v in given.items() if v is not None}
+                             "user_defined_symbols": user_defined_symbols, "control_symbols": control_symbols}
+    flags = {k: list(v) if isinstance(v, (list, tuple)) else v for k, v in given.items() if v is not None}
     flags.update(options)
     flags.setdefault("minloglevel", 2)  # quiet: training logs are not the caller's output
     buf = io.BytesIO()
