@@ -53,7 +53,8 @@ def train_sentencepiece(lines: Iterable[str], *, vocab_size: int, model_type: st
 
     given: dict[str, Any] = {"model_type": model_type, "byte_fallback": byte_fallback,
                              "user_defined_symbols": user_defined_symbols, "control_symbols": control_symbols}
-    flags = {k: list(v) if isinstance(v, (list, tuple)) else v for k, v in given.items() if v is not None}
+    flags: dict[str, Any] = {k: list(v) if isinstance(v, (list, tuple)) else v
+                             for k, v in given.items() if v is not None}
     flags.update(options)
     flags.setdefault("minloglevel", 2)  # quiet: training logs are not the caller's output
     buf = io.BytesIO()
