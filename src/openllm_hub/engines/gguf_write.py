@@ -1,7 +1,8 @@
 """Writing GGUF files for llama.cpp, streamed tensor by tensor.
 
-A family's converter decides what is its own: the architecture name, the metadata (hyper
-parameters, vocabulary) and each tensor's GGUF name and source. This module does the rest,
+A family's converter decides what is its own: the architecture name, the metadata (its
+hyper-parameters, given as :class:`TransformerParams`, and its vocabulary) and each tensor's
+GGUF name and source. This module does the rest,
 once for every family: the GGML type each tensor gets for an outtype (llama.cpp's choices:
 1-D tensors in F32; q8_0 only for rows that are a multiple of 32 long, F16 otherwise),
 converting row chunks to that type (through float32, rounded once; q8_0 and bf16 with gguf's
@@ -90,6 +91,40 @@ def encode(chunk: np.ndarray, qtype: gguf.GGMLQuantizationType, *, bf16_bits: bo
 
 
 @dataclass(frozen=True)
+class TransformerParams:
+    """The hyper-parameters every llama.cpp decoder architecture reads, under its own
+    ``{arch}.`` prefix. ``rope_linear_factor`` set: linear rope scaling by that factor."""
+
+    context_length: int
+    embedding_length: int
+    block_count: int
+    feed_forward_length: int
+    head_count: int
+    head_count_kv: int
+    rms_norm_eps: float
+    rope_dimension_count: int
+    rope_freq_base: float
+    rope_linear_factor: float | None = None
+
+    def add_to(self, writer: gguf.GGUFWriter) -> None:
+        """Add the key/values (in llama.cpp's converter order)."""
+        import gguf
+
+        writer.add_context_length(self.context_length)
+        writer.add_embedding_length(self.embedding_length)
+        writer.add_block_count(self.block_count)
+        writer.add_feed_forward_length(self.feed_forward_length)
+        writer.add_rope_dimension_count(self.rope_dimension_count)
+        writer.add_rope_freq_base(self.rope_freq_base)
+        if self.rope_linear_factor is not None:
+            writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+            writer.add_rope_scaling_factor(self.rope_linear_factor)
+        writer.add_head_count(self.head_count)
+        writer.add_head_count_kv(self.head_count_kv)
+        writer.add_layer_norm_rms_eps(self.rms_norm_eps)
+
+
+@dataclass(frozen=True)
 class GGUFTensor:
     """One tensor to write: its GGUF name, logical shape (rows first, as in the checkpoint),
     GGML type, and ``rows``, which yields its data as row chunks (float32 / float16 numpy, or
@@ -172,5 +207,5 @@ def _write_chunk(fh: BinaryIO, arr: np.ndarray) -> int:
     return int(arr.nbytes)
 
 
-__all__ = ["OUTTYPES", "Q8_0_BLOCK", "GGUFTensor", "bf16_bits_to_f32", "check_outtype", "encode", "file_type",
-           "tensor_qtype", "write_gguf_file"]
+__all__ = ["OUTTYPES", "Q8_0_BLOCK", "GGUFTensor", "TransformerParams", "bf16_bits_to_f32", "check_outtype", "encode",
+           "file_type", "tensor_qtype", "write_gguf_file"]

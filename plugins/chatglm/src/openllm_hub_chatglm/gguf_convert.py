@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from openllm_hub.core.io import read_json
-from openllm_hub.engines.gguf_write import GGUFTensor, check_outtype, file_type, tensor_qtype, write_gguf_file
+from openllm_hub.engines import gguf_write
 from openllm_hub.engines.hf_folder import HFFolder
 from openllm_hub.errors import ConversionError
 from openllm_hub_chatglm.spec import GLMSpec, read_spec
@@ -104,8 +104,6 @@ def _vocab(folder: Path, spec: GLMSpec) -> tuple[list[bytes], list[float], list[
 
 def convert_hf_to_gguf(req: ConvertRequest) -> None:
     """Write ``req.src`` (ChatGLM2/3 folder) as a GGUF file at ``req.dst``."""
-    import gguf
-
     src = Path(req.src)
     cfg = read_json(src / "config.json")
     spec = read_spec(src, cfg, str(req.options.get("variant", "auto")))
@@ -116,27 +114,21 @@ def convert_hf_to_gguf(req: ConvertRequest) -> None:
         raise ConversionError("cannot convert an INT4/INT8 ChatGLM checkpoint to GGUF", where=src,
                               fix="convert the float16 checkpoint")
     outtype = req.outtype or "f16"
-    check_outtype(outtype, OUTTYPES)
+    gguf_write.check_outtype(outtype, OUTTYPES)
     folder = HFFolder(src)
     tokens, scores, types = _vocab(src, spec)
 
     def metadata(writer: gguf.GGUFWriter) -> None:
         writer.add_name(str(cfg.get("_name_or_path") or src.name))
-        writer.add_context_length(spec.max_length)
-        writer.add_embedding_length(spec.hidden_size)
-        writer.add_feed_forward_length(spec.ffn_size)
-        writer.add_block_count(spec.num_layers)
-        writer.add_head_count(spec.num_heads)
-        writer.add_head_count_kv(spec.num_kv_heads)
-        writer.add_layer_norm_rms_eps(spec.eps)
-        writer.add_rope_dimension_count(spec.head_dim // 2)
-        if spec.version == 3 or spec.rope_ratio == 1.0:
-            writer.add_rope_freq_base(10000.0 * spec.rope_ratio)
-        else:  # ChatGLM2's rope_ratio divides positions: linear scaling
-            writer.add_rope_freq_base(10000.0)
-            writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
-            writer.add_rope_scaling_factor(spec.rope_ratio)
-        writer.add_file_type(file_type(outtype))
+        # ChatGLM3 folds rope_ratio into the base; ChatGLM2's divides positions: linear scaling
+        linear = not (spec.version == 3 or spec.rope_ratio == 1.0)
+        gguf_write.TransformerParams(
+            context_length=spec.max_length, embedding_length=spec.hidden_size, block_count=spec.num_layers,
+            feed_forward_length=spec.ffn_size, head_count=spec.num_heads, head_count_kv=spec.num_kv_heads,
+            rms_norm_eps=spec.eps, rope_dimension_count=spec.head_dim // 2,
+            rope_freq_base=10000.0 if linear else 10000.0 * spec.rope_ratio,
+            rope_linear_factor=spec.rope_ratio if linear else None).add_to(writer)
+        writer.add_file_type(gguf_write.file_type(outtype))
         writer.add_tokenizer_model("llama")
         writer.add_tokenizer_pre("chatglm-spm")
         writer.add_token_list(tokens)
@@ -153,9 +145,10 @@ def convert_hf_to_gguf(req: ConvertRequest) -> None:
 
         return read
 
-    tensors = [GGUFTensor(str(gguf_name(name)), shape, tensor_qtype(outtype, shape), rows(name))
+    tensors = [gguf_write.GGUFTensor(str(gguf_name(name)), shape, gguf_write.tensor_qtype(outtype, shape), rows(name))
                for name, shape in folder.tensor_shapes() if gguf_name(name) is not None]
     try:
-        write_gguf_file(Path(req.dst), "chatglm", metadata, tensors, progress=req.progress, desc="hf -> gguf")
+        gguf_write.write_gguf_file(Path(req.dst), "chatglm", metadata, tensors, progress=req.progress,
+                                   desc="hf -> gguf")
     finally:
         folder.release()

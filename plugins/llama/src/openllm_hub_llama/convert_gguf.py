@@ -25,6 +25,7 @@ from openllm_hub.core.io import TMP_MARK
 from openllm_hub.engines.gguf_write import (
     OUTTYPES,
     GGUFTensor,
+    TransformerParams,
     check_outtype,
     file_type,
     tensor_qtype,
@@ -63,18 +64,11 @@ def write_gguf(src: Path, dst: Path, outtype: str, *, progress: bool = False, na
         writer.add_file_type(file_type(outtype))
         writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
         writer.add_vocab_size(hp.vocab_size)
-        writer.add_context_length(hp.max_position_embeddings)
-        writer.add_embedding_length(hp.hidden_size)
-        writer.add_block_count(hp.num_layers)
-        writer.add_feed_forward_length(hp.intermediate_size)
-        writer.add_rope_dimension_count(hp.head_dim)
-        writer.add_rope_freq_base(hp.rope_theta)
-        if hp.rope_linear_factor is not None:
-            writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
-            writer.add_rope_scaling_factor(hp.rope_linear_factor)
-        writer.add_head_count(hp.num_heads)
-        writer.add_head_count_kv(hp.num_kv_heads)
-        writer.add_layer_norm_rms_eps(hp.rms_norm_eps)
+        TransformerParams(
+            context_length=hp.max_position_embeddings, embedding_length=hp.hidden_size, block_count=hp.num_layers,
+            feed_forward_length=hp.intermediate_size, head_count=hp.num_heads, head_count_kv=hp.num_kv_heads,
+            rms_norm_eps=hp.rms_norm_eps, rope_dimension_count=hp.head_dim, rope_freq_base=hp.rope_theta,
+            rope_linear_factor=hp.rope_linear_factor).add_to(writer)
         add_vocab_to_gguf(writer, vocab)
 
     tensors = [GGUFTensor(t.gguf, t.shape, tensor_qtype(outtype, t.shape), _rows(ck, t, permute_qk),
