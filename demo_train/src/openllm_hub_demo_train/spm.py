@@ -7,11 +7,8 @@ digits split one by one, a dummy prefix space, no normalization.
 
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
-
-from openllm_hub.core.io import atomic_output
 
 DEFAULT_VOCAB = 3072
 #: For the toy pipeline run in tests: enough for every character of a few hundred documents.
@@ -37,31 +34,10 @@ def alpaca_lines(path: str | Path) -> list[str]:
 
 def train_tokenizer(lines: list[str], out: str | Path, *, vocab_size: int = DEFAULT_VOCAB) -> Path:
     """Train on ``lines`` (one sentence each) and write the model file to ``out``."""
-    import sentencepiece as spm
+    from openllm_hub.engines.spm_train import LLAMA_CONVENTIONS, train_sentencepiece_file
 
-    buf = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(lines),
-        model_writer=buf,
-        model_type="bpe",
-        vocab_size=vocab_size,
+    return train_sentencepiece_file(
+        out, lines, vocab_size=vocab_size, **LLAMA_CONVENTIONS,
         hard_vocab_limit=False,  # a small corpus may support fewer pieces; take what it has
-        byte_fallback=True,
-        split_digits=True,
-        add_dummy_prefix=True,
-        allow_whitespace_only_pieces=True,
-        remove_extra_whitespaces=False,
-        normalization_rule_name="identity",
-        character_coverage=1.0,
-        unk_id=0,
-        bos_id=1,
-        eos_id=2,
-        pad_id=-1,
         max_sentence_length=1 << 16,
-        num_threads=1,  # one thread: the merges do not depend on thread scheduling
-        minloglevel=2,
     )
-    out = Path(out)
-    with atomic_output(out, force=True) as tmp:
-        tmp.write_bytes(buf.getvalue())
-    return out

@@ -12,21 +12,25 @@ role tokens) as control tokens and ``[PADn]`` for the padding rows. ChatGLM-6B (
 llama.cpp architecture and is refused.
 
 Tensor data is streamed: the header is written from the shards' shapes, then each tensor is
-converted and appended, so memory stays at about one tensor.
+converted and appended, so memory stays at about one tensor. The types, the encoding and the
+streaming writer (closed on failure, no partial file) are :mod:`openllm_hub.engines.gguf_write`'s.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from openllm_hub.core.io import read_json
+from openllm_hub.engines import gguf_write
+from openllm_hub.engines.hf_folder import HFFolder
 from openllm_hub.errors import ConversionError
-from openllm_hub_chatglm.checkpoint import iter_tensors, tensor_shapes
 from openllm_hub_chatglm.spec import GLMSpec, read_spec
 from openllm_hub_chatglm.tokenizer import V2_FILE, V2_SPECIALS, V3_ROLES
 
 if TYPE_CHECKING:  # pragma: no cover
+    import gguf
     import numpy as np
 
     from openllm_hub.core.convert import ConvertRequest
@@ -98,34 +102,8 @@ def _vocab(folder: Path, spec: GLMSpec) -> tuple[list[bytes], list[float], list[
     return tokens, scores, types
 
 
-def _target_type(name: str, shape: tuple[int, ...], outtype: str) -> Any:
-    from gguf import GGMLQuantizationType as Q
-
-    if outtype == "f32" or len(shape) != 2:
-        return Q.F32
-    if outtype == "q8_0" and shape[-1] % 32 == 0:
-        return Q.Q8_0
-    return Q.F16
-
-
-def _convert(array: np.ndarray, qtype: Any) -> np.ndarray:
-    import numpy as np
-    from gguf import GGMLQuantizationType as Q
-    from gguf import quants
-
-    if qtype == Q.F32:
-        return array.astype(np.float32)
-    if qtype == Q.F16:
-        return array.astype(np.float16)
-    out: np.ndarray = quants.quantize(array.astype(np.float32), qtype)
-    return out
-
-
 def convert_hf_to_gguf(req: ConvertRequest) -> None:
     """Write ``req.src`` (ChatGLM2/3 folder) as a GGUF file at ``req.dst``."""
-    import gguf
-    import numpy as np
-
     src = Path(req.src)
     cfg = read_json(src / "config.json")
     spec = read_spec(src, cfg, str(req.options.get("variant", "auto")))
@@ -136,64 +114,41 @@ def convert_hf_to_gguf(req: ConvertRequest) -> None:
         raise ConversionError("cannot convert an INT4/INT8 ChatGLM checkpoint to GGUF", where=src,
                               fix="convert the float16 checkpoint")
     outtype = req.outtype or "f16"
-    if outtype not in OUTTYPES:
-        raise ConversionError(f"unknown outtype {outtype!r}", where="convert", fix=f"use one of {', '.join(OUTTYPES)}")
-    ftype = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
-             "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[outtype]
-
-    writer = gguf.GGUFWriter(str(req.dst), "chatglm")
-    writer.add_name(str(cfg.get("_name_or_path") or src.name))
-    writer.add_context_length(spec.max_length)
-    writer.add_embedding_length(spec.hidden_size)
-    writer.add_feed_forward_length(spec.ffn_size)
-    writer.add_block_count(spec.num_layers)
-    writer.add_head_count(spec.num_heads)
-    writer.add_head_count_kv(spec.num_kv_heads)
-    writer.add_layer_norm_rms_eps(spec.eps)
-    writer.add_rope_dimension_count(spec.head_dim // 2)
-    if spec.version == 3 or spec.rope_ratio == 1.0:
-        writer.add_rope_freq_base(10000.0 * spec.rope_ratio)
-    else:  # ChatGLM2's rope_ratio divides positions: linear scaling
-        writer.add_rope_freq_base(10000.0)
-        writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
-        writer.add_rope_scaling_factor(spec.rope_ratio)
-    writer.add_file_type(ftype)
+    gguf_write.check_outtype(outtype, OUTTYPES)
+    folder = HFFolder(src)
     tokens, scores, types = _vocab(src, spec)
-    writer.add_tokenizer_model("llama")
-    writer.add_tokenizer_pre("chatglm-spm")
-    writer.add_token_list(tokens)
-    writer.add_token_scores(scores)
-    writer.add_token_types(types)
-    writer.add_unk_token_id(0)
-    writer.add_eos_token_id(spec.eos_token_id if spec.eos_token_id is not None else 2)
-    writer.add_pad_token_id(0)
-    writer.add_add_bos_token(False)
 
-    shapes = [(n, s) for n, s in tensor_shapes(src) if gguf_name(n) is not None]
-    for name, shape in shapes:
-        qtype = _target_type(name, shape, outtype)
-        byte_shape = gguf.quant_shape_to_byte_shape(shape, qtype) if qtype == gguf.GGMLQuantizationType.Q8_0 \
-            else shape
-        itemsize = 4 if qtype == gguf.GGMLQuantizationType.F32 else (2 if qtype == gguf.GGMLQuantizationType.F16 else 1)
-        nbytes = int(np.prod(byte_shape)) * itemsize
-        dtype = np.float32 if qtype == gguf.GGMLQuantizationType.F32 else (
-            np.float16 if qtype == gguf.GGMLQuantizationType.F16 else np.uint8)
-        writer.add_tensor_info(str(gguf_name(name)), byte_shape, np.dtype(dtype), nbytes, raw_dtype=qtype)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_ti_data_to_file()
-    order = [n for n, _ in shapes]
-    pending: dict[str, Any] = {}
-    want = 0
-    for name, tensor in iter_tensors(src):
-        if gguf_name(name) is None:
-            continue
-        pending[name] = tensor
-        while want < len(order) and order[want] in pending:  # write in header order
-            t = pending.pop(order[want])
-            qtype = _target_type(order[want], tuple(t.shape), outtype)
-            writer.write_tensor_data(_convert(t.float().numpy(), qtype))
-            want += 1
-    writer.close()
-    if want != len(order):
-        raise ConversionError("the checkpoint's tensors changed while converting", where=src)
+    def metadata(writer: gguf.GGUFWriter) -> None:
+        writer.add_name(str(cfg.get("_name_or_path") or src.name))
+        # ChatGLM3 folds rope_ratio into the base; ChatGLM2's divides positions: linear scaling
+        linear = not (spec.version == 3 or spec.rope_ratio == 1.0)
+        gguf_write.TransformerParams(
+            context_length=spec.max_length, embedding_length=spec.hidden_size, block_count=spec.num_layers,
+            feed_forward_length=spec.ffn_size, head_count=spec.num_heads, head_count_kv=spec.num_kv_heads,
+            rms_norm_eps=spec.eps, rope_dimension_count=spec.head_dim // 2,
+            rope_freq_base=10000.0 if linear else 10000.0 * spec.rope_ratio,
+            rope_linear_factor=spec.rope_ratio if linear else None).add_to(writer)
+        writer.add_file_type(gguf_write.file_type(outtype))
+        writer.add_tokenizer_model("llama")
+        writer.add_tokenizer_pre("chatglm-spm")
+        writer.add_token_list(tokens)
+        writer.add_token_scores(scores)
+        writer.add_token_types(types)
+        writer.add_unk_token_id(0)
+        writer.add_eos_token_id(spec.eos_token_id if spec.eos_token_id is not None else 2)
+        writer.add_pad_token_id(0)
+        writer.add_add_bos_token(False)
+
+    def rows(name: str) -> Callable[[], Iterator[np.ndarray]]:
+        def read() -> Iterator[np.ndarray]:
+            yield folder.tensor(name).float().numpy()
+
+        return read
+
+    tensors = [gguf_write.GGUFTensor(str(gguf_name(name)), shape, gguf_write.tensor_qtype(outtype, shape), rows(name))
+               for name, shape in folder.tensor_shapes() if gguf_name(name) is not None]
+    try:
+        gguf_write.write_gguf_file(Path(req.dst), "chatglm", metadata, tensors, progress=req.progress,
+                                   desc="hf -> gguf")
+    finally:
+        folder.release()

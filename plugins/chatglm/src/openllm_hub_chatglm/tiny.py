@@ -1,7 +1,7 @@
 """Tiny ChatGLM checkpoints in the real on-disk layout, for tests and benchmarks.
 
 The released tokenizers cannot be downloaded here, so :func:`train_tokenizer` trains a small
-sentencepiece model with the sentencepiece trainer under the same conventions: byte
+sentencepiece model (:mod:`openllm_hub.engines.spm_train`) under the same conventions: byte
 fallback, identity normalisation (whitespace kept), a dummy-prefix space, and for ChatGLM-6B
 the special pieces ``<n>``, ``<|tab|>``, ``<|blank_2..80|>``, ``[MASK] [gMASK] [sMASK]
 <unused_0> <sop> <eop> <ENC> <dBLOCK>`` (the trainer puts user-defined pieces right after
@@ -14,7 +14,6 @@ safetensors or ``pytorch_model*.bin``.
 
 from __future__ import annotations
 
-import io
 import json
 import random
 from pathlib import Path
@@ -53,8 +52,9 @@ def _corpus(seed: int = 0, lines: int = 1500) -> list[str]:
 
 
 def train_tokenizer(path: Path, variant: str, vocab_size: int | None = None) -> Path:
-    """Train a small sentencepiece model for ``variant`` and write it to ``path``."""
-    import sentencepiece as spm
+    """Train a small sentencepiece model for ``variant`` (LLaMA's conventions, ChatGLM-6B's
+    special pieces and ``<pad>``) and write it to ``path``."""
+    from openllm_hub.engines.spm_train import LLAMA_CONVENTIONS, train_sentencepiece_file
 
     v1 = variant == "chatglm"
     lines = _corpus()
@@ -63,16 +63,9 @@ def train_tokenizer(path: Path, variant: str, vocab_size: int | None = None) -> 
 
         lines = [V1Tokenizer.normalize(s) for s in lines]
     user = (["<n>", "<|tab|>", *(f"<|blank_{n}|>" for n in range(2, MAX_BLANK + 1)), *V1_SPECIALS] if v1 else [])
-    buf = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(lines), model_writer=buf, vocab_size=vocab_size or (640 if v1 else 512),
-        model_type="bpe", byte_fallback=True, normalization_rule_name="identity", remove_extra_whitespaces=False,
-        add_dummy_prefix=True, character_coverage=1.0, num_threads=1, user_defined_symbols=user,
-        unk_id=0, bos_id=1, eos_id=2, pad_id=3 if v1 else -1, unk_surface=" \u2047 ", minloglevel=2,
-        allow_whitespace_only_pieces=True, split_digits=True,
-    )
-    path.write_bytes(buf.getvalue())
-    return path
+    settings = {**LLAMA_CONVENTIONS, "pad_id": 3 if v1 else -1, "unk_surface": " \u2047 "}
+    return train_sentencepiece_file(path, lines, vocab_size=vocab_size or (640 if v1 else 512),
+                                    user_defined_symbols=user, **settings)
 
 
 def _pad(n: int, multiple: int = 64) -> int:
@@ -155,27 +148,14 @@ def random_state_dict(cfg: dict[str, Any], seed: int = 0, dtype: torch.dtype | N
 
 
 def write_weights(folder: Path, sd: dict[str, torch.Tensor], *, fmt: str = "safetensors", shards: int = 1) -> None:
-    """Write ``sd`` as HF weights: one file, or ``shards`` files with an index."""
-    import torch
-    from safetensors.torch import save_file
+    """Write ``sd`` as HF weights: one file, or up to ``shards`` files of equal tensor counts
+    with an index."""
+    from openllm_hub.engines.hf_folder import write_hf_weights
 
     names = list(sd)
     per = -(-len(names) // shards)
-    groups = [names[i:i + per] for i in range(0, len(names), per)]
-    ext, stem = (".safetensors", "model") if fmt == "safetensors" else (".bin", "pytorch_model")
-    weight_map: dict[str, str] = {}
-    for i, group in enumerate(groups):
-        file = f"{stem}{ext}" if len(groups) == 1 else f"{stem}-{i + 1:05d}-of-{len(groups):05d}{ext}"
-        part = {k: sd[k].contiguous() for k in group}
-        if fmt == "safetensors":
-            save_file(part, str(folder / file), metadata={"format": "pt"})
-        else:
-            torch.save(part, folder / file)
-        weight_map.update(dict.fromkeys(group, file))
-    if len(groups) > 1:
-        total = sum(t.numel() * t.element_size() for t in sd.values())
-        index = {"metadata": {"total_size": total}, "weight_map": weight_map}
-        (folder / f"{stem}{ext}.index.json").write_text(json.dumps(index, indent=2), encoding="utf-8")
+    groups = [{k: sd[k] for k in names[i:i + per]} for i in range(0, len(names), per)]
+    write_hf_weights(folder, groups, kind="safetensors" if fmt == "safetensors" else "bin")
 
 
 def build_checkpoint(folder: Path, variant: str = "chatglm2", *, hidden: int = 64, layers: int = 2, heads: int = 4,

@@ -8,7 +8,6 @@ splits them, with ``latest`` and ``glm130b_config.json``.
 
 from __future__ import annotations
 
-import io
 import random
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -26,29 +25,23 @@ COMMAND_ORDER = ("[MASK]", "[gMASK]", "[sMASK]", "<eod>", "<sop>", "<eop>")
 
 def train_tokenizer(path: Path, pieces: int = 320, seed: int = 0) -> Path:
     """Train a BPE sentencepiece model with byte fallback on a generated English corpus."""
-    import sentencepiece as spm
+    from openllm_hub.engines.spm_train import train_sentencepiece_file
 
     rng = random.Random(seed)
     lines = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 12))) + "." for _ in range(2000)]
-    buf = io.BytesIO()
-    spm.SentencePieceTrainer.train(sentence_iterator=iter(lines), model_writer=buf, vocab_size=pieces,
-                                   model_type="bpe", byte_fallback=True, character_coverage=1.0, minloglevel=2)
-    path.write_bytes(buf.getvalue())
-    return path
+    return train_sentencepiece_file(path, lines, vocab_size=pieces, model_type="bpe", byte_fallback=True,
+                                    character_coverage=1.0)
 
 
 def train_char_tokenizer(path: Path, alphabet: str = "ab") -> Path:
     """A character-level sentencepiece model over ``alphabet`` (a handful of pieces, for tests
     that enumerate every sequence)."""
-    import sentencepiece as spm
+    from openllm_hub.engines.spm_train import train_sentencepiece_file
 
     rng = random.Random(0)
     lines = ["".join(rng.choice(alphabet) for _ in range(rng.randint(3, 9))) for _ in range(200)]
-    buf = io.BytesIO()
-    spm.SentencePieceTrainer.train(sentence_iterator=iter(lines), model_writer=buf, model_type="char",
-                                   vocab_size=len(alphabet) + 4, character_coverage=1.0, minloglevel=2)
-    path.write_bytes(buf.getvalue())
-    return path
+    return train_sentencepiece_file(path, lines, vocab_size=len(alphabet) + 4, model_type="char",
+                                    character_coverage=1.0)
 
 
 def tiny_config(*, pieces: int = 320, layers: int = 3, hidden: int = 64, heads: int = 4, inner: int = 96,

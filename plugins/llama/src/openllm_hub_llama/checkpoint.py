@@ -3,8 +3,9 @@
 * :class:`LlamaHParams` — the architecture numbers, from a HuggingFace ``config.json`` or a
   Meta ``params.json`` (+ tensor shapes), and back.
 * :class:`HFCheckpoint` — a HuggingFace folder: one or sharded safetensors / ``.bin`` files
-  (with their index), validated up front (missing shard, index disagreeing with the shards,
-  truncated file, unsupported dtype, missing tensor) and read by row ranges. Safetensors data
+  (with their index, found and checked by :mod:`openllm_hub.engines.hf_folder`), validated up
+  front (missing shard, index disagreeing with the shards, truncated file, unsupported dtype,
+  missing tensor) and read by row ranges. Safetensors data
   is read with ``pread`` into small buffers, not memory-mapped, so peak memory stays at the
   chunk being converted.
 * :class:`MetaCheckpoint` — ``params.json`` + ``consolidated.NN.pth`` model-parallel shards
@@ -17,7 +18,6 @@ torch is imported inside the functions that need it.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections.abc import Iterator, Mapping, Sequence
@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 
 from openllm_hub.core.io import load_torch_checkpoint, read_json, read_safetensors_header
+from openllm_hub.engines.hf_folder import HFFolder
 from openllm_hub.errors import ConversionError, CorruptFileError, NotFoundError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -292,7 +293,12 @@ def _unsupported_dtype(dtype: str, name: str, where: Path) -> ConversionError:
 
 
 class HFCheckpoint:
-    """A HuggingFace LLaMA folder, validated when opened and read tensor by tensor."""
+    """A HuggingFace LLaMA folder, validated when opened and read tensor by tensor.
+
+    Finding the weight files and checking them against their index is
+    :class:`openllm_hub.engines.hf_folder.HFFolder`'s; this adds LLaMA's checks (dtypes,
+    data sizes, every expected tensor with the shape ``config.json`` implies) and row-range
+    reads."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -300,64 +306,24 @@ class HFCheckpoint:
             raise NotFoundError("HuggingFace checkpoint folder not found", where=self.path)
         self.config: dict[str, Any] = read_json(self.path / "config.json")
         self.hparams = LlamaHParams.from_hf_config(self.config, self.path / "config.json")
-        self.files, self.format = self._weight_files()
+        self.folder = HFFolder(self.path)
+        self.files, self.format = self.folder.files, self.folder.kind
         self.infos: dict[str, TensorInfo] = {}
-        self._bin_cache: tuple[Path, dict[str, torch.Tensor]] | None = None
-        index = self._index()
         for file in self.files:
-            names = self._scan(file)
-            if index is not None:
-                listed = {n for n, f in index.items() if f == file.name}
-                if set(names) != listed:
-                    extra, missing = sorted(set(names) - listed), sorted(listed - set(names))
-                    raise CorruptFileError(
-                        f"shard disagrees with the index (in the shard only: {extra[:3]}, in the index only: "
-                        f"{missing[:3]})", where=file, fix="download the shard and its index again")
+            self._scan(file)
         self.tensors = self._check_tensors()
 
-    def _weight_files(self) -> tuple[list[Path], str]:
-        for stem, ext, fmt in (("model", "safetensors", "safetensors"), ("pytorch_model", "bin", "bin")):
-            index = self.path / f"{stem}.{ext}.index.json"
-            if index.is_file():
-                data = read_json(index)
-                wmap = data.get("weight_map") if isinstance(data, dict) else None
-                if not isinstance(wmap, dict) or not wmap:
-                    raise CorruptFileError("index file has no weight_map", where=index)
-                files = []
-                for fname in dict.fromkeys(wmap.values()):
-                    f = self.path / str(fname)
-                    if not f.is_file():
-                        raise NotFoundError(f"shard {fname} listed in the index is missing", where=f,
-                                            fix="download the missing shard")
-                    files.append(f)
-                return files, fmt
-            single = self.path / f"{stem}.{ext}"
-            if single.is_file():
-                return [single], fmt
-        raise NotFoundError("no weights (model*.safetensors or pytorch_model*.bin) in the folder", where=self.path)
-
-    def _index(self) -> dict[str, str] | None:
-        stem = "model.safetensors" if self.format == "safetensors" else "pytorch_model.bin"
-        index = self.path / f"{stem}.index.json"
-        if not index.is_file():
-            return None
-        return {str(k): str(v) for k, v in read_json(index)["weight_map"].items()}
-
-    def _scan(self, file: Path) -> list[str]:
-        names: list[str] = []
+    def _scan(self, file: Path) -> None:
         if self.format == "safetensors":
             header = read_safetensors_header(file)
             with file.open("rb") as fh:
                 n = int.from_bytes(fh.read(8), "little")
             for name, meta in header.items():
-                if name == "__metadata__":
+                if name == "__metadata__" or IGNORED_TENSOR.search(name):
                     continue
                 shape = tuple(int(x) for x in meta["shape"])
                 begin, end = (int(x) for x in meta["data_offsets"])
                 dtype = str(meta["dtype"])
-                names.append(name)
-                if IGNORED_TENSOR.search(name):
-                    continue
                 if dtype not in SUPPORTED_DTYPES:
                     raise _unsupported_dtype(dtype, name, file)
                 count = 1
@@ -368,17 +334,14 @@ class HFCheckpoint:
                                            fix="download or convert the file again")
                 self.infos[name] = TensorInfo(shape, dtype, file, 8 + n + begin)
         else:
-            state = load_torch_checkpoint(file, mmap=True)
-            for name, t in state.items():
-                names.append(name)
+            for name, t in self.folder.shard(file).items():
                 if IGNORED_TENSOR.search(name):
                     continue
                 dt = dtype_name(t.dtype)
                 if dt is None:
                     raise _unsupported_dtype(str(t.dtype), name, file)
                 self.infos[name] = TensorInfo(tuple(t.shape), dt, file)
-            del state
-        return names
+            self.folder.release()
 
     def _check_tensors(self) -> list[TensorName]:
         hp = self.hparams
@@ -417,10 +380,7 @@ class HFCheckpoint:
         rows = info.shape[0] if info.shape else 1
         stop = rows if stop is None else min(stop, rows)
         if self.format == "bin":
-            if self._bin_cache is None or self._bin_cache[0] != info.file:
-                self._bin_cache = None
-                self._bin_cache = (info.file, load_torch_checkpoint(info.file, mmap=True))
-            t = self._bin_cache[1][name]
+            t = self.folder.shard(info.file)[name]
             return t[start:stop] if t.dim() else t
         row_elems = 1
         for d in info.shape[1:]:
@@ -461,7 +421,7 @@ class HFCheckpoint:
 
     def release(self) -> None:
         """Drop the memory-mapped ``.bin`` shard held for reading."""
-        self._bin_cache = None
+        self.folder.release()
 
 
 def _read_into(fh: BinaryIO, view: memoryview, offset: int, where: Path) -> None:
@@ -583,43 +543,3 @@ class MetaCheckpoint:
     def with_context(self, ctx: int | None) -> None:
         if ctx:
             self.hparams = replace(self.hparams, max_position_embeddings=int(ctx))
-
-
-# ---- streaming safetensors writer ------------------------------------------------------------------
-class SafetensorsWriter:
-    """Writes a .safetensors file tensor by tensor: the header (names, dtypes, shapes, offsets)
-    first, then each tensor's bytes in the announced order."""
-
-    def __init__(self, path: Path, entries: Sequence[tuple[str, str, tuple[int, ...]]],
-                 metadata: Mapping[str, str] | None = None) -> None:
-        header: dict[str, Any] = {"__metadata__": dict(metadata or {"format": "pt"})}
-        offset = 0
-        self._order: list[tuple[str, int]] = []
-        for name, dtype, shape in entries:
-            n = SUPPORTED_DTYPES[dtype]
-            for d in shape:
-                n *= d
-            header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + n]}
-            self._order.append((name, n))
-            offset += n
-        raw = json.dumps(header, separators=(",", ":")).encode()
-        raw += b" " * (-len(raw) % 8)
-        self._fh = path.open("wb")
-        self._fh.write(len(raw).to_bytes(8, "little") + raw)
-        self._next = 0
-
-    def write(self, name: str, tensor: torch.Tensor) -> None:
-        import torch
-
-        want, nbytes = self._order[self._next]
-        data = tensor.contiguous().reshape(-1).view(torch.uint8)
-        if name != want or data.numel() != nbytes:
-            raise ConversionError(f"internal: wrote {name!r} ({data.numel()} bytes), expected {want!r} ({nbytes})")
-        self._fh.write(data.numpy().data)
-        self._next += 1
-
-    def close(self) -> None:
-        complete = self._next == len(self._order)
-        self._fh.close()
-        if not complete:
-            raise ConversionError("internal: safetensors file closed before every tensor was written")

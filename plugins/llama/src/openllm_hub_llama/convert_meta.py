@@ -21,11 +21,11 @@ from openllm_hub.core.convert import ConvertRequest
 from openllm_hub.core.io import atomic_output, write_json
 from openllm_hub.core.paths import cache_dir
 from openllm_hub.core.progress import Progress, progress_enabled
+from openllm_hub.engines.hf_folder import SafetensorsWriter, shard_file_name, write_index
 from openllm_hub.errors import InvalidParameterError
 from openllm_hub_llama.checkpoint import (
     HFCheckpoint,
     MetaCheckpoint,
-    SafetensorsWriter,
     dtype_name,
     permute_hf_to_meta,
     permute_meta_to_hf,
@@ -95,7 +95,7 @@ def write_hf_from_meta(src: Path, dst: Path, outtype: str = "auto", *, progress:
     total_size = 0
     with Progress(total=len(ck.tensors), desc="meta -> hf", unit="tensor", enabled=progress) as bar:
         for i, shard in enumerate(shards):
-            fname = "model.safetensors" if total == 1 else f"model-{i + 1:05d}-of-{total:05d}.safetensors"
+            fname = shard_file_name("safetensors", i, total)
             w = SafetensorsWriter(dst / fname, [(name, tname, shape) for name, shape in shard])
             try:
                 for name, _ in shard:
@@ -112,8 +112,7 @@ def write_hf_from_meta(src: Path, dst: Path, outtype: str = "auto", *, progress:
             finally:
                 w.close()
     if total > 1:
-        write_json(dst / "model.safetensors.index.json",
-                   {"metadata": {"total_size": total_size}, "weight_map": weight_map})
+        write_index(dst, "safetensors", weight_map, total_size)
     write_json(dst / "config.json", hp.hf_config(_torch_dtype_str(target)))
     write_json(dst / "generation_config.json", {"_from_model_config": True, "bos_token_id": hp.bos_token_id,
                                                 "eos_token_id": hp.eos_token_id})

@@ -21,9 +21,9 @@ from openllm_hub.core.config import GenerationConfig
 from openllm_hub.core.detok import join_pieces
 from openllm_hub.core.family import LoadRequest
 from openllm_hub.core.generate import generate_tokens
-from openllm_hub.core.io import read_safetensors_header
 from openllm_hub.core.model import Model, ModelInfo
 from openllm_hub.core.progress import progress_enabled
+from openllm_hub.engines.hf_folder import HFFolder
 from openllm_hub.errors import CorruptFileError, NotFoundError, UnsafeCheckpointError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -108,12 +108,9 @@ def _eos_ids(folder: Path, tok: SentencePieceTokenizer, config: Any) -> set[int]
 
 
 def _check_weights(folder: Path) -> None:
-    """Fail early and clearly on truncated safetensors shards or a folder without weights."""
-    st = sorted(folder.glob("*.safetensors"))
-    for f in st:
-        read_safetensors_header(f)
-    if not st and not any(folder.glob("pytorch_model*.bin")):
-        raise NotFoundError("no weights (*.safetensors or pytorch_model*.bin) in the folder", where=folder)
+    """Fail early and clearly on a folder without weights, a shard the index lists that is
+    missing or disagrees with it, or a truncated safetensors file."""
+    HFFolder(folder)
 
 
 class HFModel(Model):

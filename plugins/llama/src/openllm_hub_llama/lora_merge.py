@@ -42,12 +42,12 @@ from openllm_hub.core.convert import ConvertRequest
 from openllm_hub.core.io import TMP_MARK, write_json
 from openllm_hub.core.lora import MergeRequest
 from openllm_hub.core.progress import Progress
+from openllm_hub.engines.hf_folder import SafetensorsWriter, shard_file_name, write_index
 from openllm_hub.errors import ConversionError, CorruptFileError, InvalidParameterError, NotFoundError
 from openllm_hub_llama.checkpoint import (
     HFCheckpoint,
     LlamaHParams,
     MetaCheckpoint,
-    SafetensorsWriter,
     TensorName,
     dtype_name,
     permute_meta_to_hf,
@@ -291,7 +291,7 @@ def write_hf(base: _Base, plan: MergePlan, dst: Path, *, progress: bool = False)
     total_size = 0
     with Progress(total=len(plan.tensors), desc="merge-lora", unit="tensor", enabled=progress) as bar:
         for i, group in enumerate(groups):
-            fname = "model.safetensors" if len(groups) == 1 else f"model-{i + 1:05d}-of-{len(groups):05d}.safetensors"
+            fname = shard_file_name("safetensors", i, len(groups))
             entries = []
             for t in group:
                 dname = dtype_name(t.dtype)
@@ -309,8 +309,7 @@ def write_hf(base: _Base, plan: MergePlan, dst: Path, *, progress: bool = False)
             finally:
                 writer.close()
     if len(groups) > 1:
-        write_json(dst / "model.safetensors.index.json", {"metadata": {"total_size": total_size},
-                                                          "weight_map": weight_map})
+        write_index(dst, "safetensors", weight_map, total_size)
     _write_config(base, plan, dst)
     _write_tokenizer(base, plan, dst)
 

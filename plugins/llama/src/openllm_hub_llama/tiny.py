@@ -200,26 +200,14 @@ def _split_contiguous(names: list[str], sizes: Mapping[str, int], n: int) -> lis
 
 def write_hf_weights(path: Path, state: Mapping[str, torch.Tensor], *, shards: int = 1,
                      fmt: Literal["safetensors", "bin"] = "safetensors") -> None:
-    """Write ``state`` as HuggingFace weight files (with the index json when sharded)."""
-    import torch
-    from safetensors.torch import save_file
+    """Write ``state`` as HuggingFace weight files (with the index json when sharded), in
+    transformers' order and cut into ``shards`` runs of about equal size."""
+    from openllm_hub.engines import hf_folder
 
     names = _hf_order(list(state))
     sizes = {n: state[n].numel() * state[n].element_size() for n in names}
     groups = _split_contiguous(names, sizes, shards)
-    stem, ext = ("model", "safetensors") if fmt == "safetensors" else ("pytorch_model", "bin")
-    weight_map: dict[str, str] = {}
-    for i, group in enumerate(groups):
-        fname = f"{stem}.{ext}" if shards == 1 else f"{stem}-{i + 1:05d}-of-{shards:05d}.{ext}"
-        part = {n: state[n].contiguous() for n in group}
-        if fmt == "safetensors":
-            save_file(part, str(path / fname), metadata={"format": "pt"})
-        else:
-            torch.save(part, path / fname)
-        weight_map.update(dict.fromkeys(group, fname))
-    if shards > 1:
-        index = {"metadata": {"total_size": sum(sizes.values())}, "weight_map": weight_map}
-        (path / f"{stem}.{ext}.index.json").write_text(json.dumps(index, indent=2) + "\n")
+    hf_folder.write_hf_weights(path, [{n: state[n] for n in group} for group in groups], kind=fmt)
 
 
 def write_hf_tokenizer(path: Path, tokenizer_model: Path) -> None:
