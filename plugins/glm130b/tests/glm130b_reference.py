@@ -54,10 +54,14 @@ def reference_logits(weights: Mapping[str, Any], cfg: GLMConfig, ids: Sequence[i
     x = emb[np.asarray(ids)]
     i, j = np.arange(T)[:, None], np.arange(T)[None, :]
     allowed = (j <= i) | (j < context)
-    inv = 1.0 / 10000.0 ** (np.arange(0, D, 2) / D)
-    ang = np.asarray(positions, dtype=np.float64)[:, None] * inv[None, :]
+    # SAT's rotary works in fp16 in every dtype: fp16 inv_freq, fp16 positions, the angle rounded
+    # to fp16, cos/sin of the fp16 angle rounded to fp16
+    inv = (np.float32(1.0) / np.float32(10000.0) ** (np.arange(0, D, 2, dtype=np.float32) / np.float32(D)))
+    inv = inv.astype(np.float16).astype(np.float32)
+    pos = np.asarray(positions).astype(np.float16).astype(np.float32)
+    ang = (pos[:, None] * inv[None, :]).astype(np.float16)
     ang = np.concatenate([ang, ang], axis=-1)[:, None, :]  # [T, 1, D]
-    cos, sin = np.cos(ang), np.sin(ang)
+    cos, sin = np.cos(ang).astype(np.float64), np.sin(ang).astype(np.float64)
     for n in range(cfg.num_layers):
         p = f"transformer.layers.{n}."
         a = _ln(x, w[p + "input_layernorm.weight"], w[p + "input_layernorm.bias"], eps)

@@ -177,6 +177,9 @@ class SatCheckpoint:
             if unknown:
                 raise CorruptFileError(f"the shard has tensor(s) GLM-130B does not: {', '.join(unknown[:3])}",
                                        where=where, fix=f"check num_layers in {CONFIG_NAME}")
+            for key in st:
+                if key.endswith(OPTIONAL):
+                    check_inv_freq(st[key], self.config, key, where)
             for key, (shape, kind) in expected.items():
                 t = st[key]
                 if not isinstance(t, torch.Tensor):
@@ -225,6 +228,24 @@ class SatCheckpoint:
         for rank in range(world):
             st = self.local_state(rank, world)
             yield quantize_state(st, bits) if bits is not None else st
+
+
+def check_inv_freq(t: Any, cfg: GLMConfig, key: str, where: Path) -> None:
+    """A stored rotary ``inv_freq`` buffer must be GLM-130B's (base 10000 over the head size; SAT
+    keeps it in fp16, older saves may hold it unrounded); it is not used otherwise."""
+    import torch
+
+    from openllm_hub_glm130b.modeling import rotary_inv_freq
+
+    want = rotary_inv_freq(cfg.head_dim)
+    if not isinstance(t, torch.Tensor) or tuple(t.shape) != tuple(want.shape) or not t.is_floating_point():
+        got = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+        raise CorruptFileError(f"{key} has shape {got}, expected {tuple(want.shape)} (head size {cfg.head_dim})",
+                               where=where, fix=f"check hidden_size and num_attention_heads in {CONFIG_NAME}")
+    if not torch.allclose(t.float(), want, rtol=1e-3, atol=0.0):
+        raise CorruptFileError(f"{key} holds rotary frequencies other than GLM-130B's (base 10000 over the head "
+                               f"size {cfg.head_dim})", where=where,
+                               fix=f"check hidden_size and num_attention_heads in {CONFIG_NAME}, or remove the key")
 
 
 def _tp_hint(actual: tuple[int, ...], expected: tuple[int, ...], tp: int) -> str:

@@ -10,14 +10,18 @@ Architecture (SwissArmyTransformer's ``GLM130B`` model, ``--layernorm-order post
       m = LN2(h);  h = m * alpha + GeGLU-MLP(m)
 
 * attention: fused qkv (column-parallel, bias) laid out per head as ``[q k v]``; rotary
-  embeddings (GPT-NeoX "rotate half", base 10000) over the whole head on 1D position ids;
+  embeddings (GPT-NeoX "rotate half", base 10000) over the whole head on 1D position ids,
+  with SAT's fp16 rounding of frequencies, angles, cos and sin in every dtype;
   scores ``q k^T / sqrt(head_dim)`` with softmax in fp32; bidirectional over the context
   prefix and causal after it; the output projection is row-parallel;
 * MLP: ``dense_h_to_4h`` (column-parallel, 2 x inner) -> ``x1 * gelu(x2)`` -> ``dense_4h_to_h``
   (row-parallel).
 
-For fp16 the query is divided by ``layer + 1`` before the product and the fp32 scores
-multiplied back, as GLM-130B does to keep deep layers' scores from overflowing.
+As in GLM-130B, the query is divided by ``layer + 1`` before the product and the fp32 scores
+multiplied back (it keeps deep layers' fp16 scores from overflowing; done in every dtype).
+
+Checked against the official code (SwissArmyTransformer 0.2.12 through GLM-130B's generation
+loop) by tests/test_official_parity.py: fp32 within 1e-4 of the logit range, greedy equal.
 """
 
 from __future__ import annotations
@@ -52,6 +56,14 @@ class Layer:
     ln2_b: torch.Tensor
     h_to_4h: ColumnParallelLinear
     four_h_to_h: RowParallelLinear
+
+
+def rotary_inv_freq(head_dim: int) -> torch.Tensor:
+    """GLM-130B's rotary frequencies ``1 / 10000^(2i/D)`` as SAT's RotaryEmbedding holds them:
+    computed in fp32, then rounded to fp16 (it does so whatever the model's dtype); returned as
+    fp32 holding those fp16 values."""
+    half = torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim
+    return (1.0 / (10000.0 ** half)).half().float()
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -99,8 +111,7 @@ class GLMShard:
                 four_h_to_h=RowParallelLinear(store(p + "mlp.dense_4h_to_h.weight", off),
                                               vec(p + "mlp.dense_4h_to_h.bias"), tp),
             ))
-        half = torch.arange(0, self.head_dim, 2, dtype=torch.float32, device=device) / self.head_dim
-        self.inv_freq = 1.0 / (10000.0 ** half)
+        self.inv_freq = rotary_inv_freq(self.head_dim).to(device)
 
     # ---- memory accounting (benchmarks, info) ------------------------------------------
     def weight_bytes(self) -> dict[str, int]:
@@ -125,8 +136,16 @@ class GLMShard:
                        min_capacity=16)
 
     def _rotary(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        freqs = positions.to(torch.float32)[..., None] * self.inv_freq  # [B, T, D/2]
-        emb = torch.cat((freqs, freqs), dim=-1)[:, :, None, :]  # [B, T, 1, D]
+        """cos and sin ``[B, T, 1, D]`` of the rotary angles, rounded as the official code rounds
+        them in every dtype (SAT's RotaryEmbedding works in fp16 whatever the model's dtype): the
+        position as fp16, the angle ``position * inv_freq`` rounded to fp16 (an fp32 product of
+        two fp16 values is exact, so rounding it once gives fp16 arithmetic's result), cos and
+        sin taken of the fp16 tensor, as the official code takes them (torch's fp16 cos/sin, not
+        fp32 ones rounded: these differ where a value lies next to the midpoint of two fp16
+        numbers). Angles past 1024 radians are thus multiples of 1."""
+        pos = positions.to(torch.float16).to(torch.float32)
+        freqs = (pos[..., None] * self.inv_freq).half()  # [B, T, D/2]
+        emb = torch.cat((freqs, freqs), dim=-1)[:, :, None, :]  # [B, T, 1, D], fp16
         return emb.cos().to(self.dtype), emb.sin().to(self.dtype)
 
     def forward(self, ids: torch.Tensor, positions: torch.Tensor, cache: KVCache, context: int,
@@ -161,11 +180,14 @@ class GLMShard:
         q = q * cos + rotate_half(q) * sin
         k = k * cos + rotate_half(k) * sin
         keys, values = cache.append(n, k.transpose(1, 2), v.transpose(1, 2))  # [B, H, S, D]
-        coeff = float(n + 1) if self.dtype == torch.float16 else 1.0
+        # GLM-130B's query-key layer scaling, in every dtype as the official attention does it:
+        # q / (sqrt(D) * (layer + 1)) in the compute dtype, scores masked with -10000 in the compute
+        # dtype, then in fp32 multiplied back by (layer + 1); softmax in fp32; the probabilities go
+        # back to the compute dtype (the official code's .half(): fp16 in fp16 mode).
+        coeff = float(n + 1)
         q = q.transpose(1, 2) / (math.sqrt(self.head_dim) * coeff)
-        scores = torch.matmul(q, keys.transpose(-1, -2)).float() * coeff
-        scores = scores.masked_fill(~allowed, MASKED)
-        probs = torch.softmax(scores, dim=-1).to(self.dtype)
+        scores = torch.matmul(q, keys.transpose(-1, -2)).masked_fill(~allowed, MASKED)
+        probs = torch.softmax(scores.float() * coeff, dim=-1).to(self.dtype)
         ctx = torch.matmul(probs, values).transpose(1, 2).reshape(b, t, self.heads * self.head_dim)
         h = a * self.alpha + layer.dense(ctx)
         m = F.layer_norm(h, size, layer.ln2_w, layer.ln2_b, eps)

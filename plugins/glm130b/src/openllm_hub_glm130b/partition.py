@@ -63,7 +63,12 @@ TOP_RULES: dict[str, Rule] = {
 }
 #: The linear layers that INT8/INT4 quantization replaces (as GLM-130B's quantize()).
 QUANTIZED_LINEARS = ("attention.query_key_value", "attention.dense", "mlp.dense_h_to_4h", "mlp.dense_4h_to_h")
-OPTIONAL = ("attention.rotary_emb.inv_freq",)
+#: Keys a checkpoint may carry beyond the required ones: the rotary frequency buffer that SAT saves
+#: (per layer, ``attention.rotary_emb.inv_freq``, in GLM-130B's release; once, as
+#: ``mixins.rotary-embedding.rotary_emb.inv_freq``, in checkpoints SwissArmyTransformer 0.2.12
+#: saves). SAT never loads it (its RotaryEmbedding ignores it on load); it is replicated across
+#: ranks, verified on opening (checkpoint.py) and otherwise unused.
+OPTIONAL = ("rotary_emb.inv_freq",)
 _LAYER_KEY = re.compile(r"^transformer\.layers\.(\d+)\.(.+)$")
 
 
@@ -75,6 +80,8 @@ def split_key(key: str) -> tuple[int | None, str]:
 
 def rule_of(key: str) -> Rule | None:
     """The split rule of a checkpoint key (None for a key GLM-130B does not have)."""
+    if key.endswith(OPTIONAL):
+        return Rule("replicated")
     layer, name = split_key(key)
     if layer is None:
         return TOP_RULES.get(name)
