@@ -23,7 +23,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from openllm_hub.core.chat import ChatTemplate, Message
+from openllm_hub.api import detect
+from openllm_hub.core.chat import ChatTemplate, Message, get_template
 from openllm_hub.core.config import GenerationConfig
 from openllm_hub.core.convert import Converter, ConvertRequest, VerifyReport, verify_models
 from openllm_hub.core.detect import Probe, read_gguf_metadata
@@ -120,9 +121,11 @@ __all__ = [
     "bits_from_file_size",
     "cache_dir",
     "check_destination",
+    "detect",
     "estimate",
     "file_sha256",
     "generate_tokens",
+    "get_template",
     "gguf_dims",
     "hookimpl",
     "join_pieces",

@@ -6,10 +6,14 @@ A plugin is a module registered under the ``openllm_hub`` entry-point group, e.g
     [project.entry-points.openllm_hub]
     mything = "openllm_hub_mything.plugin"
 
-The module sets ``OPENLLM_HUB_API_VERSION = 1`` (the core refuses other values, and says so
-in ``openllm-hub plugins``) and implements any of the hooks below with ``@hookimpl``::
+The module sets ``OPENLLM_HUB_API_VERSION = API_VERSION`` (the core refuses other values, and
+says so in ``openllm-hub plugins``) and implements any of the hooks below with ``@hookimpl``.
+Everything a plugin imports comes from :mod:`openllm_hub.plugin` (and the shared engines in
+:mod:`openllm_hub.engines`), never from ``openllm_hub.core``::
 
-    from openllm_hub import hookimpl
+    from openllm_hub.plugin import API_VERSION, Family, hookimpl
+
+    OPENLLM_HUB_API_VERSION = API_VERSION
 
     @hookimpl
     def register_families(register):
@@ -59,11 +63,19 @@ hookimpl = pluggy.HookimplMarker("openllm_hub")
 def register_families(register: Callable[[Family], None]) -> None:
     """Register model families by calling ``register(Family(...))`` once per family.
 
-    A :class:`~openllm_hub.core.family.Family` bundles its ``detect`` (score a path, cheap,
+    A :class:`~openllm_hub.plugin.Family` bundles its ``detect`` (score a path, cheap,
     no engine imports), ``load`` (build a Model), supported devices, load options
     (a pydantic model; unknown options are rejected by name), converters, quantizers,
-    LoRA merger, built-in model names and its ``memory`` description (shapes for the planner,
-    see above). Family names and aliases must be unique.
+    LoRA merger, built-in model names, chat templates and its ``memory`` description (shapes
+    for the planner, see above).
+
+    :param register: call it once per :class:`~openllm_hub.plugin.Family`.
+    :return: nothing.
+
+    Called once per plugin when the registry first loads plugins (the first ``load``,
+    ``detect`` or CLI command of the process), before ``register_chat_templates``. Family names
+    and aliases are unique across plugins: a clash marks this plugin as broken and registers
+    none of its families. An exception does the same; other plugins keep working.
     """
 
 
@@ -90,14 +102,25 @@ def register_commands(cli: argparse._SubParsersAction) -> None:  # type: ignore[
     """Add CLI subcommands: ``p = cli.add_parser("name", help=...)``, then
     ``p.set_defaults(handler=fn)`` where ``fn(args) -> int | None`` runs the command.
 
-    Raise :class:`~openllm_hub.errors.OpenLLMHubError` for bad input; the CLI prints it as
-    one line and exits non-zero.
+    :param cli: the ``openllm-hub`` subparsers; :mod:`openllm_hub.cli_args` has the shared
+        flags (``add_load_arguments``, ``add_generation_arguments``) so every run command
+        speaks one flag vocabulary.
+    :return: nothing.
+
+    Called each time the CLI builds its parser (every ``openllm-hub`` invocation, ``--help``
+    included), so keep it cheap: import engines inside ``fn``. Raise
+    :class:`~openllm_hub.plugin.OpenLLMHubError` for bad input; the CLI prints it as one line
+    and exits 1. An exception here is reported and the other commands keep working.
     """
 
 
 @hookspec
 def report_engines() -> dict[str, dict[str, Any]] | None:
-    """Describe the engines this plugin uses, for ``openllm-hub devices``: a mapping from
-    engine name to facts such as version, BLAS, GPU offload and CPU features. May import
-    the engine (only ``devices`` calls it). Return None when there is nothing to report.
+    """Describe the engines this plugin uses, for ``openllm-hub devices``.
+
+    :return: a mapping from engine name to facts such as version, BLAS, GPU offload and CPU
+        features, or None when there is nothing to report.
+
+    Called only by ``openllm-hub devices`` (and ``--json``), so it may import its engine. An
+    exception is shown in that engine's row instead of its facts.
     """

@@ -12,10 +12,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from openllm_hub.core.config import GenerationConfig
-from openllm_hub.core.generate import generate_tokens
-from openllm_hub.core.model import Model, ModelInfo
-from openllm_hub.errors import CorruptFileError
+from openllm_hub.plugin import CorruptFileError, GenerationConfig, Model, ModelInfo, generate_tokens
 
 FORMAT = "openllm-hub-bigram"
 BOS, EOS, VOCAB = 256, 257, 258

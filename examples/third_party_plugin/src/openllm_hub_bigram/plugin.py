@@ -5,11 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from openllm_hub import hookimpl
-from openllm_hub.core.detect import Probe
-from openllm_hub.core.device import DeviceSupport
-from openllm_hub.core.family import Detection, Family, LoadRequest, ModelName
-from openllm_hub.core.model import Model
+from openllm_hub.plugin import Detection, DeviceSupport, Family, LoadRequest, Model, ModelName, Probe, hookimpl
 from openllm_hub_bigram import memory
 
 OPENLLM_HUB_API_VERSION = 1
@@ -18,8 +14,7 @@ OPENLLM_HUB_API_VERSION = 1
 def detect(probe: Probe) -> Detection | None:
     if not probe.path.is_file() or probe.head[:8] == b"":
         return None
-    from openllm_hub.core.io import read_safetensors_header
-    from openllm_hub.errors import CorruptFileError
+    from openllm_hub.plugin import CorruptFileError, read_safetensors_header
 
     try:
         meta = read_safetensors_header(probe.path).get("__metadata__", {})

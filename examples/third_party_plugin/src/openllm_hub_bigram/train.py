@@ -10,7 +10,7 @@ import random
 import sys
 from pathlib import Path
 
-from openllm_hub.core.io import atomic_output
+from openllm_hub.plugin import atomic_output
 from openllm_hub_bigram import BUILTIN_MODEL
 from openllm_hub_bigram.model import save, train
 

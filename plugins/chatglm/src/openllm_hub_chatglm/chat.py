@@ -20,8 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from openllm_hub.core.chat import ChatTemplate, Message
-from openllm_hub.core.config import GenerationConfig
+from openllm_hub.plugin import ChatTemplate, GenerationConfig, Message
 
 #: Sampling defaults of the official chat() of each version (HF's top_k=50 default applied
 #: there too); both engines (torch, llama.cpp) start from these.

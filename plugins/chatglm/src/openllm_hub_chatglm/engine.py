@@ -14,12 +14,17 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from openllm_hub.core.config import GenerationConfig
-from openllm_hub.core.generate import generate_tokens
-from openllm_hub.core.io import read_json
-from openllm_hub.core.model import Model, ModelInfo
 from openllm_hub.engines.torch_quant import resident_bytes
-from openllm_hub.errors import IncompatibleDeviceError, InvalidParameterError, NotFoundError
+from openllm_hub.plugin import (
+    GenerationConfig,
+    IncompatibleDeviceError,
+    InvalidParameterError,
+    Model,
+    ModelInfo,
+    NotFoundError,
+    generate_tokens,
+    read_json,
+)
 from openllm_hub_chatglm.chat import CHAT_DEFAULTS
 from openllm_hub_chatglm.checkpoint import iter_tensors
 from openllm_hub_chatglm.model import GLMNetwork, QuantPlan, build_network
@@ -31,7 +36,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
     import numpy.typing as npt
 
-    from openllm_hub.core.family import LoadRequest
+    from openllm_hub.plugin import LoadRequest
     from openllm_hub_chatglm.options import ChatGLMOptions
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}

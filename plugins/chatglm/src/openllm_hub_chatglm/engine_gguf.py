@@ -16,9 +16,8 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from openllm_hub.core.family import Family, LoadRequest
 from openllm_hub.engines.llama_cpp import LlamaCppModel, load_gguf
-from openllm_hub.errors import CorruptFileError, InvalidParameterError
+from openllm_hub.plugin import CorruptFileError, Family, InvalidParameterError, LoadRequest
 from openllm_hub_chatglm.chat import CHAT_DEFAULTS
 from openllm_hub_chatglm.options import ChatGLMOptions
 from openllm_hub_chatglm.tokenizer import V3_ROLES, encode_v2
@@ -86,8 +85,8 @@ def load_quantized_via_gguf(req: LoadRequest[ChatGLMOptions], family: Family) ->
     """``quantize=<llama.cpp type>`` on a checkpoint folder: convert it once to an f16 GGUF in
     the cache with ``family``'s hf->gguf converter, quantize that with its GGUF quantizer
     (llama.cpp's; also cached, keyed by the folder's files), and run it on llama.cpp."""
-    from openllm_hub.core.io import read_json
     from openllm_hub.engines.llama_cpp_cache import cached_gguf
+    from openllm_hub.plugin import read_json
     from openllm_hub_chatglm.spec import read_spec
 
     opts = req.options

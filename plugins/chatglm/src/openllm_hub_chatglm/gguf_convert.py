@@ -22,10 +22,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from openllm_hub.core.io import read_json
 from openllm_hub.engines import gguf_write
 from openllm_hub.engines.hf_folder import HFFolder
-from openllm_hub.errors import ConversionError
+from openllm_hub.plugin import ConversionError, read_json
 from openllm_hub_chatglm.spec import GLMSpec, read_spec
 from openllm_hub_chatglm.tokenizer import V2_FILE, V2_SPECIALS, V3_ROLES
 
@@ -33,7 +32,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import gguf
     import numpy as np
 
-    from openllm_hub.core.convert import ConvertRequest
+    from openllm_hub.plugin import ConvertRequest
 
 OUTTYPES = ("f32", "f16", "q8_0")
 _LAYER_NAMES = {

@@ -10,15 +10,21 @@ from collections.abc import Callable
 
 from pydantic import BaseModel
 
-from openllm_hub import hookimpl
-from openllm_hub.core.convert import Converter, ConvertRequest
-from openllm_hub.core.detect import Probe
-from openllm_hub.core.device import DeviceSupport
-from openllm_hub.core.family import Detection, Family, LoadRequest
-from openllm_hub.core.model import Model
-from openllm_hub.core.quantize import Quantizer, QuantizeRequest
 from openllm_hub.engines.llama_cpp import device_rows
 from openllm_hub.engines.llama_cpp_quantize import gguf_quantizer
+from openllm_hub.plugin import (
+    Converter,
+    ConvertRequest,
+    Detection,
+    DeviceSupport,
+    Family,
+    LoadRequest,
+    Model,
+    Probe,
+    Quantizer,
+    QuantizeRequest,
+    hookimpl,
+)
 from openllm_hub_chatglm import memory
 from openllm_hub_chatglm.chat import TEMPLATES
 from openllm_hub_chatglm.options import TORCH_QUANT, ChatGLMOptions

@@ -16,15 +16,13 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from openllm_hub.core.io import read_json, write_json
-from openllm_hub.core.progress import track
-from openllm_hub.errors import ConversionError
+from openllm_hub.plugin import ConversionError, read_json, track, write_json
 from openllm_hub_chatglm.checkpoint import BIN_INDEX, SAFE_INDEX, find_layout, iter_tensors
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-    from openllm_hub.core.quantize import QuantizeRequest
+    from openllm_hub.plugin import QuantizeRequest
 
 LAYER_LINEAR = re.compile(
     r"^transformer\.(?:encoder\.)?layers\.\d+\."

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from openllm_hub.errors import CorruptFileError, InvalidParameterError, UnknownFormatError
+from openllm_hub.plugin import CorruptFileError, InvalidParameterError, UnknownFormatError
 
 Variant = Literal["chatglm", "chatglm2", "chatglm3"]
 VARIANTS: tuple[Variant, ...] = ("chatglm", "chatglm2", "chatglm3")

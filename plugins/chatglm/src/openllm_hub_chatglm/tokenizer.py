@@ -24,7 +24,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from openllm_hub.errors import CorruptFileError, NotFoundError
+from openllm_hub.plugin import CorruptFileError, NotFoundError
 
 V1_SPECIALS = ("[MASK]", "[gMASK]", "[sMASK]", "<unused_0>", "<sop>", "<eop>", "<ENC>", "<dBLOCK>")
 V2_SPECIALS = ("[MASK]", "[gMASK]", "[sMASK]", "sop", "eop")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from openllm_hub.errors import OpenLLMHubError
+from openllm_hub.plugin import OpenLLMHubError
 
 
 def _follower(model: object) -> None:

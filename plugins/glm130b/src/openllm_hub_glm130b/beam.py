@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from openllm_hub.errors import InvalidParameterError
+from openllm_hub.plugin import InvalidParameterError
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np

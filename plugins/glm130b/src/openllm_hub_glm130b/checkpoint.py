@@ -26,13 +26,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from openllm_hub.core.io import atomic_output, check_destination, load_torch_checkpoint, write_json
-from openllm_hub.core.progress import track
-from openllm_hub.errors import (
+from openllm_hub.plugin import (
     ConversionError,
     CorruptFileError,
     InvalidParameterError,
     NotFoundError,
+    atomic_output,
+    check_destination,
+    load_torch_checkpoint,
+    track,
+    write_json,
 )
 from openllm_hub_glm130b.config import CONFIG_NAME, GLMConfig, read_config
 from openllm_hub_glm130b.partition import OPTIONAL, expected_local, rule_of, take

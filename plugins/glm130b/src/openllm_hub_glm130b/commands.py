@@ -14,7 +14,7 @@ import argparse
 import sys
 from typing import Any
 
-from openllm_hub.errors import InvalidParameterError
+from openllm_hub.plugin import InvalidParameterError
 
 
 # ---- run -------------------------------------------------------------------------------------
@@ -125,7 +125,7 @@ def add_repartition(cli: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
 
 def run_repartition(args: argparse.Namespace) -> int:
-    from openllm_hub.core.progress import progress_enabled
+    from openllm_hub.plugin import progress_enabled
     from openllm_hub_glm130b.checkpoint import repartition
     from openllm_hub_glm130b.quant import parse_bits
 
@@ -145,7 +145,7 @@ def add_init_config(cli: argparse._SubParsersAction) -> None:  # type: ignore[ty
 def run_init_config(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from openllm_hub.core.io import atomic_output, write_json
+    from openllm_hub.plugin import atomic_output, write_json
     from openllm_hub_glm130b.checkpoint import find_iteration, list_shards
     from openllm_hub_glm130b.config import CONFIG_NAME, GLM_130B
 

@@ -38,7 +38,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from openllm_hub.errors import CorruptFileError, InvalidParameterError, NotFoundError
+from openllm_hub.plugin import CorruptFileError, InvalidParameterError, NotFoundError
 
 CONFIG_NAME = "glm130b_config.json"
 MODEL_TYPE = "glm-130b"

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from openllm_hub.engines.kv_cache import KVCache
-from openllm_hub.errors import InvalidParameterError
+from openllm_hub.plugin import InvalidParameterError
 from openllm_hub_glm130b.checkpoint import SatCheckpoint
 from openllm_hub_glm130b.modeling import GLMShard
 from openllm_hub_glm130b.parallel import TPGroup

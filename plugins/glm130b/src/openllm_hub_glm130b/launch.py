@@ -28,7 +28,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
-from openllm_hub.errors import IncompatibleDeviceError, InvalidParameterError, OpenLLMHubError
+from openllm_hub.plugin import IncompatibleDeviceError, InvalidParameterError, OpenLLMHubError
 from openllm_hub_glm130b.engine import EngineOptions, preflight
 
 T = TypeVar("T")

@@ -8,9 +8,7 @@ from typing import Any
 
 import torch
 
-from openllm_hub.core.family import LoadRequest
-from openllm_hub.core.model import ModelInfo
-from openllm_hub.errors import IncompatibleDeviceError
+from openllm_hub.plugin import IncompatibleDeviceError, LoadRequest, ModelInfo
 from openllm_hub_glm130b.checkpoint import SatCheckpoint
 from openllm_hub_glm130b.engine import Backend, EngineOptions, RankEngine, preflight
 from openllm_hub_glm130b.model import GLM130BModel

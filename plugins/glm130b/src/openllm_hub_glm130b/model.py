@@ -16,9 +16,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from openllm_hub.core.config import GenerationConfig
-from openllm_hub.core.generate import generate_tokens
-from openllm_hub.core.model import Model, ModelInfo
+from openllm_hub.plugin import GenerationConfig, Model, ModelInfo, generate_tokens
 from openllm_hub_glm130b.beam import Beam, beam_search, check_params
 from openllm_hub_glm130b.blanks import BlankFill, fill_blanks
 from openllm_hub_glm130b.config import GLMConfig

@@ -8,13 +8,20 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 
-from openllm_hub import hookimpl
-from openllm_hub.core.convert import Converter, ConvertRequest
-from openllm_hub.core.detect import Probe
-from openllm_hub.core.device import DeviceSupport
-from openllm_hub.core.family import Detection, Family, LaunchRequest, LoadRequest
-from openllm_hub.core.model import Model
-from openllm_hub.core.quantize import Quantizer, QuantizeRequest
+from openllm_hub.plugin import (
+    Converter,
+    ConvertRequest,
+    Detection,
+    DeviceSupport,
+    Family,
+    LaunchRequest,
+    LoadRequest,
+    Model,
+    Probe,
+    Quantizer,
+    QuantizeRequest,
+    hookimpl,
+)
 from openllm_hub_glm130b import memory
 from openllm_hub_glm130b.config import CONFIG_NAME, MODEL_TYPE
 from openllm_hub_glm130b.options import GLMOptions
@@ -68,14 +75,14 @@ def _repartition(req: ConvertRequest) -> None:
     try:
         tp = int(req.options.get("tp", ck.tp))
     except (TypeError, ValueError):
-        from openllm_hub.errors import InvalidParameterError
+        from openllm_hub.plugin import InvalidParameterError
 
         raise InvalidParameterError(f"option tp must be an integer, got {req.options.get('tp')!r}",
                                     where="-o tp=N") from None
     ck.check_world(tp)
     bits = None if req.outtype in (None, "auto") else parse_bits(req.outtype)
     if ck.bits is not None:
-        from openllm_hub.errors import InvalidParameterError
+        from openllm_hub.plugin import InvalidParameterError
 
         raise InvalidParameterError("this checkpoint is already quantized", where=ck.root,
                                     fix="repartition the floating-point checkpoint")

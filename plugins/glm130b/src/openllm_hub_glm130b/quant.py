@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from openllm_hub.errors import InvalidParameterError
+from openllm_hub.plugin import InvalidParameterError
 from openllm_hub_glm130b.partition import QUANTIZED_LINEARS, split_key
 
 if TYPE_CHECKING:  # pragma: no cover

@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Protocol
 
-from openllm_hub.errors import InvalidParameterError, NotFoundError
+from openllm_hub.plugin import InvalidParameterError, NotFoundError
 from openllm_hub_glm130b.config import TokenizerSpec
 
 MASK_PATTERN = re.compile(r"\[[sg]?MASK\]")

@@ -25,9 +25,15 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 
-from openllm_hub.core.io import load_torch_checkpoint, read_json, read_safetensors_header
 from openllm_hub.engines.hf_folder import HFFolder
-from openllm_hub.errors import ConversionError, CorruptFileError, NotFoundError
+from openllm_hub.plugin import (
+    ConversionError,
+    CorruptFileError,
+    NotFoundError,
+    load_torch_checkpoint,
+    read_json,
+    read_safetensors_header,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np

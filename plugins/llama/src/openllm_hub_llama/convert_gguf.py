@@ -20,8 +20,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from openllm_hub.core.convert import ConvertRequest
-from openllm_hub.core.io import TMP_MARK
 from openllm_hub.engines.gguf_write import (
     OUTTYPES,
     GGUFTensor,
@@ -31,6 +29,7 @@ from openllm_hub.engines.gguf_write import (
     tensor_qtype,
     write_gguf_file,
 )
+from openllm_hub.plugin import TMP_MARK, ConvertRequest
 from openllm_hub_llama.checkpoint import HFCheckpoint, TensorName, permute_hf_to_meta, row_chunks
 from openllm_hub_llama.tokenizer import add_vocab_to_gguf, load_vocab
 

@@ -17,12 +17,16 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from openllm_hub.core.convert import ConvertRequest
-from openllm_hub.core.io import atomic_output, write_json
-from openllm_hub.core.paths import cache_dir
-from openllm_hub.core.progress import Progress, progress_enabled
 from openllm_hub.engines.hf_folder import SafetensorsWriter, shard_file_name, write_index
-from openllm_hub.errors import InvalidParameterError
+from openllm_hub.plugin import (
+    ConvertRequest,
+    InvalidParameterError,
+    Progress,
+    atomic_output,
+    cache_dir,
+    progress_enabled,
+    write_json,
+)
 from openllm_hub_llama.checkpoint import (
     HFCheckpoint,
     MetaCheckpoint,

@@ -4,8 +4,8 @@ once to an f16 GGUF in the cache with this plugin's converter and run from there
 
 from __future__ import annotations
 
-from openllm_hub.core.family import Family, LoadRequest
 from openllm_hub.engines.llama_cpp import LlamaCppModel, load_gguf
+from openllm_hub.plugin import Family, LoadRequest
 from openllm_hub_llama.options import LlamaOptions
 
 

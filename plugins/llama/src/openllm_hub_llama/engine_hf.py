@@ -17,14 +17,19 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from openllm_hub.core.config import GenerationConfig
-from openllm_hub.core.detok import join_pieces
-from openllm_hub.core.family import LoadRequest
-from openllm_hub.core.generate import generate_tokens
-from openllm_hub.core.model import Model, ModelInfo
-from openllm_hub.core.progress import progress_enabled
 from openllm_hub.engines.hf_folder import HFFolder
-from openllm_hub.errors import CorruptFileError, NotFoundError, UnsafeCheckpointError
+from openllm_hub.plugin import (
+    CorruptFileError,
+    GenerationConfig,
+    LoadRequest,
+    Model,
+    ModelInfo,
+    NotFoundError,
+    UnsafeCheckpointError,
+    generate_tokens,
+    join_pieces,
+    progress_enabled,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
@@ -251,7 +256,7 @@ def _transformers_progress(enabled: bool) -> Iterator[None]:
 
 
 def _free_mib(gpu_ids: Sequence[int]) -> dict[int, int]:
-    from openllm_hub.core.device import probe_machine
+    from openllm_hub.plugin import probe_machine
 
     gpus = {g.index: g for g in probe_machine().gpus}
     return {i: max(gpus[i].free_mib - 1024, 0) if i in gpus else 0 for i in gpu_ids}

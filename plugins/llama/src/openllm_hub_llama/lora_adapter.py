@@ -32,8 +32,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from openllm_hub.core.io import load_torch_checkpoint, read_json, read_safetensors_header
-from openllm_hub.errors import ConversionError, CorruptFileError, NotFoundError
+from openllm_hub.plugin import (
+    ConversionError,
+    CorruptFileError,
+    NotFoundError,
+    load_torch_checkpoint,
+    read_json,
+    read_safetensors_header,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from openllm_hub.errors import CorruptFileError, InvalidParameterError, NotFoundError
+from openllm_hub.plugin import CorruptFileError, InvalidParameterError, NotFoundError
 from openllm_hub_llama.templates import alpaca_prompt
 
 IGNORE_INDEX = -100

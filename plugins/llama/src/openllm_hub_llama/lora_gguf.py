@@ -26,9 +26,15 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from openllm_hub.core.detect import read_gguf_metadata
-from openllm_hub.core.io import atomic_output, check_destination, read_json
-from openllm_hub.errors import ConversionError, InvalidParameterError, NotFoundError
+from openllm_hub.plugin import (
+    ConversionError,
+    InvalidParameterError,
+    NotFoundError,
+    atomic_output,
+    check_destination,
+    read_gguf_metadata,
+    read_json,
+)
 from openllm_hub_llama.checkpoint import LlamaHParams, MetaCheckpoint, llama_tensors, permute_hf_to_meta
 from openllm_hub_llama.lora_adapter import EMBED, PeftLoraAdapter, check_pair_shape, check_targets, read_adapter
 

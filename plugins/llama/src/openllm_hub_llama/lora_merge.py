@@ -38,12 +38,18 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from openllm_hub.core.convert import ConvertRequest
-from openllm_hub.core.io import TMP_MARK, write_json
-from openllm_hub.core.lora import MergeRequest
-from openllm_hub.core.progress import Progress
 from openllm_hub.engines.hf_folder import SafetensorsWriter, shard_file_name, write_index
-from openllm_hub.errors import ConversionError, CorruptFileError, InvalidParameterError, NotFoundError
+from openllm_hub.plugin import (
+    TMP_MARK,
+    ConversionError,
+    ConvertRequest,
+    CorruptFileError,
+    InvalidParameterError,
+    MergeRequest,
+    NotFoundError,
+    Progress,
+    write_json,
+)
 from openllm_hub_llama.checkpoint import (
     HFCheckpoint,
     LlamaHParams,

@@ -35,14 +35,17 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from openllm_hub.core.io import atomic_output, read_json, write_json
-from openllm_hub.core.progress import Progress, progress_enabled
-from openllm_hub.errors import (
+from openllm_hub.plugin import (
     DestinationExistsError,
     IncompatibleDeviceError,
     InvalidParameterError,
     NotFoundError,
     PluginError,
+    Progress,
+    atomic_output,
+    progress_enabled,
+    read_json,
+    write_json,
 )
 from openllm_hub_llama.lora_data import Features, load_alpaca, pad_batch, split_validation, tokenize_example
 
@@ -123,7 +126,7 @@ def _require_peft() -> None:
 
 def _hf_folder(base: Path) -> Path:
     """The HuggingFace folder to train on (a Meta checkpoint is converted once into the cache)."""
-    from openllm_hub.api import detect
+    from openllm_hub.plugin import detect
 
     _fam, det = detect(base, family="llama")
     if det.format == "hf":
@@ -325,7 +328,7 @@ class _Trainer:
                                 fix="start a new run without --resume")
         weights = load_file(str(ck / "adapter_model.safetensors"))
         set_peft_model_state_dict(self.model, weights)
-        from openllm_hub.core.io import load_torch_checkpoint
+        from openllm_hub.plugin import load_torch_checkpoint
 
         state: dict[str, Any] = load_torch_checkpoint(ck / "trainer_state.pt", mmap=False)
         self.optimizer.load_state_dict(state["optimizer"])
@@ -390,7 +393,7 @@ class _Trainer:
         """The final adapter in ``OUT`` itself: weights first, config last (each renamed into place)."""
         import tempfile
 
-        from openllm_hub.core.io import TMP_MARK
+        from openllm_hub.plugin import TMP_MARK
 
         with tempfile.TemporaryDirectory(prefix=TMP_MARK, dir=self.out) as tmp:
             self.model.save_pretrained(tmp)

@@ -12,16 +12,21 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from openllm_hub import hookimpl
-from openllm_hub.core.convert import Converter, ConvertRequest
-from openllm_hub.core.detect import Probe
-from openllm_hub.core.device import DeviceSupport
-from openllm_hub.core.family import Detection, Family, LoadRequest
-from openllm_hub.core.lora import LoraMerger
-from openllm_hub.core.model import Model
-from openllm_hub.core.quantize import QuantizeRequest
 from openllm_hub.engines.llama_cpp import device_rows
 from openllm_hub.engines.llama_cpp_quantize import gguf_quantizer
+from openllm_hub.plugin import (
+    Converter,
+    ConvertRequest,
+    Detection,
+    DeviceSupport,
+    Family,
+    LoadRequest,
+    LoraMerger,
+    Model,
+    Probe,
+    QuantizeRequest,
+    hookimpl,
+)
 from openllm_hub_llama import memory
 from openllm_hub_llama.demo import MODEL_NAMES as DEMO_MODEL_NAMES
 from openllm_hub_llama.options import LlamaOptions
@@ -64,7 +69,7 @@ def _load(req: LoadRequest[LlamaOptions]) -> Model:
     if req.format == "meta":
         if not opts.convert:
             # converting writes a full HF copy (13 GB for a 7B model) into the cache: only when asked
-            from openllm_hub.errors import InvalidParameterError
+            from openllm_hub.plugin import InvalidParameterError
 
             raise InvalidParameterError("a Meta checkpoint runs only after conversion to an HF folder",
                                         where=req.path, fix=_meta_hint(req.path, req.format))
@@ -74,7 +79,7 @@ def _load(req: LoadRequest[LlamaOptions]) -> Model:
         req = LoadRequest(path=hf_dir, format="hf", detection=req.detection, placement=req.placement, options=opts)
     if req.format == "gguf":
         if opts.engine == "transformers":
-            from openllm_hub.errors import InvalidParameterError
+            from openllm_hub.plugin import InvalidParameterError
 
             raise InvalidParameterError("GGUF files run on llama.cpp only", where=req.path,
                                         fix="use engine='llama.cpp' (or 'auto'), or load the HF checkpoint")

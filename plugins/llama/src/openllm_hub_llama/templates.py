@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from openllm_hub.core.chat import ChatTemplate, Message
+from openllm_hub.plugin import ChatTemplate, Message
 
 ALPACA_SYSTEM = ("Below is an instruction that describes a task. "
                  "Write a response that appropriately completes the request.")

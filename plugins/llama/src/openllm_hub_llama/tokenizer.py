@@ -14,8 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from openllm_hub.core.io import read_json
-from openllm_hub.errors import CorruptFileError, NotFoundError
+from openllm_hub.plugin import CorruptFileError, NotFoundError, read_json
 
 if TYPE_CHECKING:  # pragma: no cover
     import gguf

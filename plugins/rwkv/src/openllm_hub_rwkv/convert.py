@@ -28,9 +28,15 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from openllm_hub.core.convert import ConvertRequest
-from openllm_hub.core.io import load_torch_checkpoint, read_json, write_json
-from openllm_hub.errors import ConversionError, CorruptFileError, NotFoundError
+from openllm_hub.plugin import (
+    ConversionError,
+    ConvertRequest,
+    CorruptFileError,
+    NotFoundError,
+    load_torch_checkpoint,
+    read_json,
+    write_json,
+)
 from openllm_hub_rwkv.layout import Arch, analyse, context_from_name
 from openllm_hub_rwkv.pth_index import TensorMeta, read_pth_index
 from openllm_hub_rwkv.tokenizer import JsonTokenizer, choose_tokenizer

@@ -11,13 +11,19 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from openllm_hub.core.chat import get_template
-from openllm_hub.core.config import GenerationConfig
-from openllm_hub.core.family import LoadRequest
-from openllm_hub.core.generate import generate_tokens
-from openllm_hub.core.io import load_torch_checkpoint, read_json
-from openllm_hub.core.model import Model, ModelInfo
-from openllm_hub.errors import CorruptFileError, IncompatibleDeviceError, InvalidParameterError
+from openllm_hub.plugin import (
+    CorruptFileError,
+    GenerationConfig,
+    IncompatibleDeviceError,
+    InvalidParameterError,
+    LoadRequest,
+    Model,
+    ModelInfo,
+    generate_tokens,
+    get_template,
+    load_torch_checkpoint,
+    read_json,
+)
 from openllm_hub_rwkv.layout import analyse
 from openllm_hub_rwkv.options import RwkvOptions
 from openllm_hub_rwkv.pth_index import read_pth_index

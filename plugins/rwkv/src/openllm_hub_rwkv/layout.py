@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from openllm_hub.errors import CorruptFileError, UnknownFormatError
+from openllm_hub.plugin import CorruptFileError, UnknownFormatError
 from openllm_hub_rwkv.pth_index import TensorMeta
 
 #: Versions this plugin runs, as the rwkv package numbers them.

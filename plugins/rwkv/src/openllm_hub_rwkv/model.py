@@ -24,12 +24,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from openllm_hub.core.chat import get_template
-from openllm_hub.core.config import GenerationConfig
-from openllm_hub.core.family import LoadRequest
-from openllm_hub.core.generate import generate_tokens
-from openllm_hub.core.model import Chunk, Model, ModelInfo
-from openllm_hub.errors import CorruptFileError, InvalidParameterError, OpenLLMHubError
+from openllm_hub.plugin import (
+    Chunk,
+    CorruptFileError,
+    GenerationConfig,
+    InvalidParameterError,
+    LoadRequest,
+    Model,
+    ModelInfo,
+    OpenLLMHubError,
+    generate_tokens,
+    get_template,
+)
 from openllm_hub_rwkv.layout import Arch, analyse, context_from_name
 from openllm_hub_rwkv.options import RwkvOptions
 from openllm_hub_rwkv.penalties import PenaltyTracker, RwkvPenalty
@@ -293,7 +299,7 @@ class RwkvModel(Model):
 
 def _fingerprint(path: Path, arch: Arch) -> str:
     """Identity of the weights for state files: architecture plus the final layer norm."""
-    from openllm_hub.core.io import load_torch_checkpoint
+    from openllm_hub.plugin import load_torch_checkpoint
 
     sd = load_torch_checkpoint(path, mmap=True)
     h = hashlib.sha256(arch.describe().encode())

@@ -28,7 +28,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from openllm_hub.core.config import GenerationConfig
+from openllm_hub.plugin import GenerationConfig
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np

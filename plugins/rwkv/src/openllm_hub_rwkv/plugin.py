@@ -9,13 +9,19 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from openllm_hub import hookimpl
-from openllm_hub.core.convert import Converter, ConvertRequest
-from openllm_hub.core.detect import Probe
-from openllm_hub.core.device import DeviceSupport
-from openllm_hub.core.family import Detection, Family, LoadRequest
-from openllm_hub.core.model import Model
-from openllm_hub.errors import InvalidParameterError, OpenLLMHubError
+from openllm_hub.plugin import (
+    Converter,
+    ConvertRequest,
+    Detection,
+    DeviceSupport,
+    Family,
+    InvalidParameterError,
+    LoadRequest,
+    Model,
+    OpenLLMHubError,
+    Probe,
+    hookimpl,
+)
 from openllm_hub_rwkv import memory
 from openllm_hub_rwkv.layout import analyse, looks_like_rwkv
 from openllm_hub_rwkv.options import RwkvOptions

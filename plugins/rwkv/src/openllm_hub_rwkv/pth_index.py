@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from openllm_hub.errors import CorruptFileError, UnsafeCheckpointError
+from openllm_hub.plugin import CorruptFileError, UnsafeCheckpointError
 
 #: torch storage class name -> (dtype name, bytes per element)
 _STORAGES: dict[str, tuple[str, int]] = {

@@ -43,7 +43,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from openllm_hub.errors import IncompatibleDeviceError, NotFoundError
+from openllm_hub.plugin import IncompatibleDeviceError, NotFoundError
 from openllm_hub_rwkv.layout import Arch, package_order, package_reads_correctly
 from openllm_hub_rwkv.pth_index import TensorMeta
 from openllm_hub_rwkv.strategy import Strategy
@@ -139,7 +139,7 @@ def model_name_for_package(path: Path, arch: Arch, tensors: dict[str, TensorMeta
     if not package_reads_correctly(arch, names, tensors):
         import torch
 
-        from openllm_hub.core.io import load_torch_checkpoint
+        from openllm_hub.plugin import load_torch_checkpoint
 
         sd = load_torch_checkpoint(path)
         ordered = {k: sd[k] for k in package_order(list(sd))}

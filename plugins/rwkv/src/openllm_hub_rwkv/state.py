@@ -19,8 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from openllm_hub.core.io import atomic_output, check_destination
-from openllm_hub.errors import CorruptFileError, InvalidParameterError, NotFoundError
+from openllm_hub.plugin import CorruptFileError, InvalidParameterError, NotFoundError, atomic_output, check_destination
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch

@@ -13,8 +13,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from openllm_hub.core.device import Placement
-from openllm_hub.errors import InvalidParameterError
+from openllm_hub.plugin import InvalidParameterError, Placement
 
 _SEGMENT = re.compile(r"^(cpu|cuda(?::\d+)?|mps|dml) +(fp16|fp32|bf16)(i8|i4|i3)?(?: +\*(\d+)(\+)?)?$")
 _HELP = "examples: 'cpu fp32', 'cpu bf16', 'cuda fp16', 'cuda:0 fp16i8', 'cuda fp16 *10 -> cpu fp32', 'cuda fp16i8 *8+'"

@@ -24,7 +24,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 
-from openllm_hub.core.chat import ChatTemplate
+from openllm_hub.plugin import ChatTemplate
 
 _BLANK_LINES = re.compile(r"\n\s*\n")
 

@@ -21,7 +21,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Protocol
 
-from openllm_hub.errors import CorruptFileError, InvalidParameterError, NotFoundError
+from openllm_hub.plugin import CorruptFileError, InvalidParameterError, NotFoundError
 
 #: Token id that ends a document in every RWKV vocabulary.
 END_OF_TEXT = 0

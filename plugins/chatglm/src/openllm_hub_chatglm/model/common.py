@@ -19,7 +19,7 @@ from torch import nn
 
 from openllm_hub.engines.kv_cache import KVCache
 from openllm_hub.engines.torch_quant import QuantEmbedding, QuantLinear
-from openllm_hub.errors import CorruptFileError, InvalidParameterError
+from openllm_hub.plugin import CorruptFileError, InvalidParameterError
 from openllm_hub_chatglm.spec import GLMSpec
 
 

@@ -18,8 +18,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from openllm_hub.core.family import ModelName
-from openllm_hub.errors import NotFoundError
+from openllm_hub.plugin import ModelName, NotFoundError
 
 HERE = Path(__file__).resolve().parent
 DEMO_DIR = HERE / "openllm-hub-demo"
