@@ -103,7 +103,7 @@ def _time_llama_cpp(path: Path, prompt_ids: list[int], tokens: int, rounds: int,
 def real_size_memory() -> list[tuple[str, str, float, float]]:
     """(model, scheme, GB, ratio to fp16) for the released shapes, counted on the meta device."""
     import torch
-    from openllm_hub_chatglm.model import QuantPlan, build_network
+    from openllm_hub_chatglm.network import QuantPlan, build_network
     from openllm_hub_chatglm.spec import read_spec
 
     from openllm_hub.engines.torch_quant import resident_bytes

@@ -66,8 +66,8 @@ class BenchJob:
 
 
 def main() -> int:
-    from openllm_hub_glm130b.engine import EngineOptions
     from openllm_hub_glm130b.launch import RunSpec, spawn_many
+    from openllm_hub_glm130b.ranks import EngineOptions
     from openllm_hub_glm130b.tiny import build_tiny
 
     ap = argparse.ArgumentParser()

@@ -26,7 +26,7 @@ PLUGIN = '''
 import time
 
 from openllm_hub.plugin import Detection, DeviceSupport, Family, hookimpl
-from openllm_hub_bigram.model import BigramModel
+from openllm_hub_bigram.engine_numpy import BigramModel
 
 OPENLLM_HUB_API_VERSION = 1
 

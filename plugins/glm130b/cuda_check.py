@@ -33,11 +33,11 @@ def rel(a: np.ndarray, b: np.ndarray) -> float:
 
 def main() -> int:
     import torch
-    from openllm_hub_glm130b.engine import EngineOptions
     from openllm_hub_glm130b.jobs import ProbeJob
     from openllm_hub_glm130b.launch import RunSpec, spawn_many
-    from openllm_hub_glm130b.layout import layout_of
-    from openllm_hub_glm130b.quant import is_quantized_linear
+    from openllm_hub_glm130b.network.positions import layout_of
+    from openllm_hub_glm130b.network.quant import is_quantized_linear
+    from openllm_hub_glm130b.ranks import EngineOptions
     from openllm_hub_glm130b.tiny import build_tiny
 
     from openllm_hub import load
@@ -65,7 +65,7 @@ def main() -> int:
         heads = max(8, n)
         path, full = build_tiny(Path(tmp) / "ckpt", tp=n, gain=1.0, hidden=args.hidden, heads=heads,
                                 inner=args.hidden * 8 // 3 // (4 * n) * 4 * n, layers=args.layers, max_seq=512)
-        from openllm_hub_glm130b.config import read_config
+        from openllm_hub_glm130b.spec import read_config
 
         cfg = read_config(path)
         with load(path, device="cpu") as cpu_model:

@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 from openllm_hub_bigram import BUILTIN_MODEL
-from openllm_hub_bigram.model import BOS, EOS, train
+from openllm_hub_bigram.engine_numpy import BOS, EOS, train
 from openllm_hub_bigram.train import corpus
 
 import openllm_hub

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from openllm_hub_chatglm.engine import ChatGLMModel
 from openllm_hub_chatglm.engine_gguf import ChatGLMGGUFModel
+from openllm_hub_chatglm.engine_torch import ChatGLMModel
 
 import openllm_hub
 from openllm_hub.core.detect import read_gguf_metadata

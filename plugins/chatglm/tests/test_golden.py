@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 import torch
 from openllm_hub_chatglm.checkpoint import iter_tensors
-from openllm_hub_chatglm.model import QuantPlan, build_network
-from openllm_hub_chatglm.model.glm1 import position_ids
+from openllm_hub_chatglm.network import QuantPlan, build_network
+from openllm_hub_chatglm.network.glm1 import position_ids
 from openllm_hub_chatglm.spec import read_spec
 from openllm_hub_chatglm.tiny import write_weights
 
@@ -133,7 +133,7 @@ def test_chatglm2_and_3_match_original_golden(tmp_path: Path, variant: str) -> N
 def test_golden_check_can_fail(tmp_path: Path) -> None:
     """The comparison is sensitive: v1's residual scale taken as sqrt(2 * num_layers) (the
     config's 1 layer instead of the reference's effective 28) is far off the golden data."""
-    from openllm_hub_chatglm.model import glm1
+    from openllm_hub_chatglm.network import glm1
 
     _, net, steps = load_golden_network(tmp_path, "glm_model.data", V1_LAYOUT, V1_CONFIG, "lm_head.weight")
     for layer in net.transformer.layers:  # type: ignore[attr-defined]

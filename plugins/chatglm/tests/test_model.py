@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 from chatglm_reference import load_transformers_glm
-from openllm_hub_chatglm.engine import ChatGLMModel
-from openllm_hub_chatglm.model.glm1 import RotaryTable2D, position_ids
+from openllm_hub_chatglm.engine_torch import ChatGLMModel
+from openllm_hub_chatglm.network.glm1 import RotaryTable2D, position_ids
 from openllm_hub_chatglm.spec import GLMSpec
 
 import openllm_hub

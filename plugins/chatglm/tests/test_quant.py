@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import torch
 from openllm_hub_chatglm.checkpoint import iter_tensors
-from openllm_hub_chatglm.engine import ChatGLMModel
-from openllm_hub_chatglm.model import QuantPlan, build_network
-from openllm_hub_chatglm.save import LAYER_LINEAR
+from openllm_hub_chatglm.engine_torch import ChatGLMModel
+from openllm_hub_chatglm.network import QuantPlan, build_network
+from openllm_hub_chatglm.quantize import LAYER_LINEAR
 from openllm_hub_chatglm.spec import read_spec
 from openllm_hub_chatglm.tiny import write_weights
 

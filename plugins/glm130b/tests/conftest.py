@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 import torch
-from openllm_hub_glm130b.config import GLMConfig, read_config
+from openllm_hub_glm130b.spec import GLMConfig, read_config
 from openllm_hub_glm130b.tiny import build_tiny, train_char_tokenizer, train_tokenizer
 
 #: Test-only modules (reference oracles, fixture builders) sit next to the tests instead of in the

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from openllm_hub_glm130b.config import GLMConfig
+from openllm_hub_glm130b.spec import GLMConfig
 
 F64 = npt.NDArray[np.float64]
 _erf = np.vectorize(math.erf, otypes=[np.float64])

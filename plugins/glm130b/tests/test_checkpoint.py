@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 import torch
 from openllm_hub_glm130b.checkpoint import SatCheckpoint, repartition, shard_name
-from openllm_hub_glm130b.config import CONFIG_NAME
-from openllm_hub_glm130b.engine import EngineOptions, preflight
 from openllm_hub_glm130b.launch import RunSpec, spawn
+from openllm_hub_glm130b.ranks import EngineOptions, preflight
+from openllm_hub_glm130b.spec import CONFIG_NAME
 
 from openllm_hub import detect
 from openllm_hub.errors import CorruptFileError, InvalidParameterError, NotFoundError, OpenLLMHubError

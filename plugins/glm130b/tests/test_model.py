@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 from glm130b_reference import reference_dequantize, reference_logits, reference_quantize
-from openllm_hub_glm130b.layout import layout_of
+from openllm_hub_glm130b.network.positions import layout_of
 from openllm_hub_glm130b.tokenizer import encode_with_masks
 
 from openllm_hub import load
@@ -208,7 +208,7 @@ def test_beam_search_finds_the_enumerated_best(small_vocab: Any, lp: float, min_
 # ---- quantization and offload ---------------------------------------------------------------
 def test_quantizer_matches_reference_packing(tiny: Any) -> None:
     import torch
-    from openllm_hub_glm130b.quant import quantize
+    from openllm_hub_glm130b.network.quant import quantize
 
     from openllm_hub.engines.torch_quant import dequantize, unpack_int4
 
@@ -228,7 +228,7 @@ def test_quantizer_matches_reference_packing(tiny: Any) -> None:
 
 
 def dequantized_weights(tiny: Any, bits: int) -> dict[str, Any]:
-    from openllm_hub_glm130b.quant import is_quantized_linear
+    from openllm_hub_glm130b.network.quant import is_quantized_linear
 
     out = {}
     for k, v in tiny.full.items():
@@ -266,7 +266,7 @@ def test_quantized_logits(smooth: Any, scheme: str, bits: int, bound: float, tmp
 
 
 def test_offloaded_layers_give_identical_logits(tiny: Any, model: Any) -> None:
-    from openllm_hub_glm130b.parallel import WeightStore
+    from openllm_hub_glm130b.network.parallel import WeightStore
 
     ids = model.tokenize("the dog runs [MASK] the city")
     base = model.logits(ids)

@@ -16,9 +16,9 @@ from typing import Any
 
 import numpy as np
 import pytest
-from openllm_hub_glm130b.engine import EngineOptions
 from openllm_hub_glm130b.jobs import ProbeJob
 from openllm_hub_glm130b.launch import RunSpec, spawn_many
+from openllm_hub_glm130b.ranks import EngineOptions
 
 DATA = Path(__file__).parent / "data" / "official"
 CASES = ("gmask_short", "mask_short", "mask_end", "gmask_long")

@@ -9,9 +9,9 @@ import sys
 from typing import Any
 
 import pytest
-from openllm_hub_glm130b.config import GLM_130B
 from openllm_hub_glm130b.memory import PUBLISHED
 from openllm_hub_glm130b.memory import spec_from_config as spec_from_glm
+from openllm_hub_glm130b.spec import GLM_130B
 
 from openllm_hub.core.plan import GIB, parse_gpus, plan
 from openllm_hub.errors import InvalidParameterError

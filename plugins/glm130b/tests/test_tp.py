@@ -13,9 +13,9 @@ from glm130b_reference import reference_dequantize, reference_logits
 from openllm_hub_glm130b.checkpoint import SatCheckpoint, repartition
 from openllm_hub_glm130b.jobs import GenerateJob, ProbeJob
 from openllm_hub_glm130b.launch import RunSpec, spawn_many
-from openllm_hub_glm130b.layout import layout_of
+from openllm_hub_glm130b.network.positions import layout_of
+from openllm_hub_glm130b.network.quant import is_quantized_linear
 from openllm_hub_glm130b.partition import rule_of, take
-from openllm_hub_glm130b.quant import is_quantized_linear
 
 # TP splits every matmul's reduction into per-rank partial sums that an all-reduce adds: fp32
 # rounding differs from TP=1 by ~1e-6 of the logit range (observed ~2e-6 at TP=2); 2e-5 is ~10x that.

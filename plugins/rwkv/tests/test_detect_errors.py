@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 import torch
-from openllm_hub_rwkv.layout import analyse, package_order, package_reading
-from openllm_hub_rwkv.pth_index import read_pth_index
+from openllm_hub_rwkv.checkpoint import read_pth_index
+from openllm_hub_rwkv.spec import analyse, package_order, package_reading
 from openllm_hub_rwkv.tiny import build_checkpoint, build_state_dict
 
 import openllm_hub
@@ -189,7 +189,7 @@ def test_strategy_conflicts(ckpt: dict[str, Path]) -> None:
 
 def test_key_order_replay() -> None:
     """The replay of the package's walk reproduces its quirk, and the reorder cures it."""
-    from openllm_hub_rwkv.pth_index import TensorMeta
+    from openllm_hub_rwkv.checkpoint import TensorMeta
 
     sd = build_state_dict("5.2", n_layer=1)
     shapes = {k: TensorMeta(tuple(v.shape), "float32") for k, v in sd.items()}

@@ -7,9 +7,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from openllm_hub_rwkv.layout import analyse
+from openllm_hub_rwkv.checkpoint import read_pth_index
 from openllm_hub_rwkv.memory import PUBLISHED, read
-from openllm_hub_rwkv.pth_index import read_pth_index
+from openllm_hub_rwkv.spec import analyse
 
 from openllm_hub.cli import main
 from openllm_hub.core.plan import parse_gpus, plan

@@ -26,7 +26,7 @@ def detect(probe: Probe) -> Detection | None:
 
 
 def load(req: LoadRequest) -> Model:
-    from openllm_hub_bigram.model import BigramModel
+    from openllm_hub_bigram.engine_numpy import BigramModel
 
     return BigramModel(req.path, device=str(req.placement))
 

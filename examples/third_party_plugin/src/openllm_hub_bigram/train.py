@@ -12,7 +12,7 @@ from pathlib import Path
 
 from openllm_hub.plugin import atomic_output
 from openllm_hub_bigram import BUILTIN_MODEL
-from openllm_hub_bigram.model import save, train
+from openllm_hub_bigram.engine_numpy import save, train
 
 NAMES = ["Lily", "Tom", "Mia", "Ben", "Anna", "Sam"]
 ANIMALS = ["cat", "dog", "bird", "fox", "rabbit", "duck"]

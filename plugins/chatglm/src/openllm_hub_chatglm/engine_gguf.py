@@ -18,8 +18,8 @@ from typing import Any
 
 from openllm_hub.engines.llama_cpp import LlamaCppModel, load_gguf
 from openllm_hub.plugin import CorruptFileError, Family, InvalidParameterError, LoadRequest
-from openllm_hub_chatglm.chat import CHAT_DEFAULTS
 from openllm_hub_chatglm.options import ChatGLMOptions
+from openllm_hub_chatglm.templates import CHAT_DEFAULTS
 from openllm_hub_chatglm.tokenizer import V3_ROLES, encode_v2
 
 
@@ -54,7 +54,7 @@ class ChatGLMGGUFModel(LlamaCppModel):
 
 def _gguf_options(opts: ChatGLMOptions) -> ChatGLMOptions:
     """The options llama.cpp sees: ``context_length`` is ``n_ctx`` there, ``quantize`` is done."""
-    from openllm_hub_chatglm.engine import context_cap
+    from openllm_hub_chatglm.engine_torch import context_cap
 
     return opts.model_copy(update={"n_ctx": context_cap(opts), "quantize": None})
 

@@ -26,8 +26,8 @@ from openllm_hub.plugin import (
     hookimpl,
 )
 from openllm_hub_chatglm import memory
-from openllm_hub_chatglm.chat import TEMPLATES
 from openllm_hub_chatglm.options import TORCH_QUANT, ChatGLMOptions
+from openllm_hub_chatglm.templates import TEMPLATES
 
 OPENLLM_HUB_API_VERSION = 1
 
@@ -71,13 +71,13 @@ def _load(req: LoadRequest[ChatGLMOptions]) -> Model:
         from openllm_hub_chatglm.engine_gguf import load_quantized_via_gguf
 
         return load_quantized_via_gguf(req, FAMILY)
-    from openllm_hub_chatglm.engine import load_chatglm
+    from openllm_hub_chatglm.engine_torch import load_chatglm
 
     return load_chatglm(req)
 
 
 def _to_gguf(req: ConvertRequest) -> None:
-    from openllm_hub_chatglm.gguf_convert import convert_hf_to_gguf
+    from openllm_hub_chatglm.convert_gguf import convert_hf_to_gguf
 
     convert_hf_to_gguf(req)
 
@@ -89,7 +89,7 @@ def _run_format(fmt: str, opts: BaseModel) -> str:
 
 
 def _quantize(req: QuantizeRequest) -> None:
-    from openllm_hub_chatglm.save import quantize_checkpoint
+    from openllm_hub_chatglm.quantize import quantize_checkpoint
 
     quantize_checkpoint(req)
 

@@ -37,8 +37,8 @@ from openllm_hub.plugin import (
     track,
     write_json,
 )
-from openllm_hub_glm130b.config import CONFIG_NAME, GLMConfig, read_config
 from openllm_hub_glm130b.partition import OPTIONAL, expected_local, rule_of, take
+from openllm_hub_glm130b.spec import CONFIG_NAME, GLMConfig, read_config
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -226,7 +226,7 @@ class SatCheckpoint:
 
     def shard_states(self, world: int, bits: int | None = None) -> Iterator[dict[str, torch.Tensor]]:
         """Every target rank's state for ``world`` ranks, one at a time (optionally quantized)."""
-        from openllm_hub_glm130b.quant import quantize_state
+        from openllm_hub_glm130b.network.quant import quantize_state
 
         for rank in range(world):
             st = self.local_state(rank, world)
@@ -238,7 +238,7 @@ def check_inv_freq(t: Any, cfg: GLMConfig, key: str, where: Path) -> None:
     keeps it in fp16, older saves may hold it unrounded); it is not used otherwise."""
     import torch
 
-    from openllm_hub_glm130b.modeling import rotary_inv_freq
+    from openllm_hub_glm130b.network.transformer import rotary_inv_freq
 
     want = rotary_inv_freq(cfg.head_dim)
     if not isinstance(t, torch.Tensor) or tuple(t.shape) != tuple(want.shape) or not t.is_floating_point():

@@ -61,9 +61,9 @@ def job_from_args(args: argparse.Namespace) -> Any:
 
 
 def spec_from_args(args: argparse.Namespace, device_kind: str) -> Any:
-    from openllm_hub_glm130b.engine import EngineOptions
     from openllm_hub_glm130b.launch import RunSpec
-    from openllm_hub_glm130b.quant import parse_bits
+    from openllm_hub_glm130b.network.quant import parse_bits
+    from openllm_hub_glm130b.ranks import EngineOptions
 
     dtype = args.dtype or ("fp16" if device_kind == "cuda" else "fp32")
     off: tuple[int, ...] | str = ()
@@ -100,7 +100,7 @@ def run_run(args: argparse.Namespace) -> int:
     if args.nproc == 1:
         import torch
 
-        from openllm_hub_glm130b.engine import preflight
+        from openllm_hub_glm130b.ranks import preflight
 
         preflight(spec.path, 1, spec.options)
         if args.threads:
@@ -127,7 +127,7 @@ def add_repartition(cli: argparse._SubParsersAction) -> None:  # type: ignore[ty
 def run_repartition(args: argparse.Namespace) -> int:
     from openllm_hub.plugin import progress_enabled
     from openllm_hub_glm130b.checkpoint import repartition
-    from openllm_hub_glm130b.quant import parse_bits
+    from openllm_hub_glm130b.network.quant import parse_bits
 
     out = repartition(args.src, args.dst, args.tp, bits=parse_bits(args.quantize), force=args.force,
                       progress=progress_enabled())
@@ -147,7 +147,7 @@ def run_init_config(args: argparse.Namespace) -> int:
 
     from openllm_hub.plugin import atomic_output, write_json
     from openllm_hub_glm130b.checkpoint import find_iteration, list_shards
-    from openllm_hub_glm130b.config import CONFIG_NAME, GLM_130B
+    from openllm_hub_glm130b.spec import CONFIG_NAME, GLM_130B
 
     root = Path(args.ckpt)
     shards = list_shards(find_iteration(root))

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from openllm_hub.plugin import IncompatibleDeviceError, InvalidParameterError, OpenLLMHubError
-from openllm_hub_glm130b.engine import EngineOptions, preflight
+from openllm_hub_glm130b.ranks import EngineOptions, preflight
 
 T = TypeVar("T")
 Job = Callable[[Any], Any]
@@ -70,9 +70,9 @@ def rank_main(spec: RunSpec, rank: int, world: int, device_kind: str, local_rank
     initialised default process group when ``world > 1``."""
     import torch
 
-    from openllm_hub_glm130b.engine import Backend, RankEngine, follow
     from openllm_hub_glm130b.loader import build_model
-    from openllm_hub_glm130b.parallel import TPGroup
+    from openllm_hub_glm130b.network.parallel import TPGroup
+    from openllm_hub_glm130b.ranks import Backend, RankEngine, follow
 
     ck = preflight(spec.path, world, spec.options)
     device = torch.device(f"cuda:{local_rank}" if device_kind == "cuda" else "cpu")

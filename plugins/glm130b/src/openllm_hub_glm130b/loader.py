@@ -10,10 +10,10 @@ import torch
 
 from openllm_hub.plugin import IncompatibleDeviceError, LoadRequest, ModelInfo
 from openllm_hub_glm130b.checkpoint import SatCheckpoint
-from openllm_hub_glm130b.engine import Backend, EngineOptions, RankEngine, preflight
-from openllm_hub_glm130b.model import GLM130BModel
+from openllm_hub_glm130b.engine_tp import GLM130BModel
+from openllm_hub_glm130b.network.parallel import TPGroup
 from openllm_hub_glm130b.options import GLMOptions
-from openllm_hub_glm130b.parallel import TPGroup
+from openllm_hub_glm130b.ranks import Backend, EngineOptions, RankEngine, preflight
 from openllm_hub_glm130b.tokenizer import GLMTokenizer, SentencePieceGLMTokenizer, build_tokenizer
 
 GIB = 1024**3
@@ -81,7 +81,7 @@ def _available_ram() -> int | None:
 
 def load_sat(req: LoadRequest[GLMOptions]) -> GLM130BModel:
     """The family's ``load``: one in-process rank (TP=1) on the planned device."""
-    from openllm_hub_glm130b.quant import parse_bits
+    from openllm_hub_glm130b.network.quant import parse_bits
 
     opts = req.options
     pl = req.placement

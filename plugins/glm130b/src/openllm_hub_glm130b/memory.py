@@ -13,11 +13,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from openllm_hub.plugin import ModelSpec
-from openllm_hub_glm130b.config import GLM_130B, GLMConfig, read_config
+from openllm_hub_glm130b.spec import GLM_130B, GLMConfig, read_config
 
 
 def spec_from_config(cfg: GLMConfig, name: str = "glm130b checkpoint", notes: str = "") -> ModelSpec:
-    """A planner spec from a :class:`~openllm_hub_glm130b.config.GLMConfig`."""
+    """A planner spec from a :class:`~openllm_hub_glm130b.spec.GLMConfig`."""
     h, inner = cfg.hidden_size, cfg.inner_hidden_size
     return ModelSpec(
         name=name, family="glm130b", num_layers=cfg.num_layers, hidden_size=h,

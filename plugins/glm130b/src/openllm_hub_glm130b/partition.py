@@ -23,7 +23,7 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from openllm_hub_glm130b.config import GLMConfig
+from openllm_hub_glm130b.spec import GLMConfig
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch

@@ -23,8 +23,8 @@ from openllm_hub.plugin import (
     hookimpl,
 )
 from openllm_hub_glm130b import memory
-from openllm_hub_glm130b.config import CONFIG_NAME, MODEL_TYPE
 from openllm_hub_glm130b.options import GLMOptions
+from openllm_hub_glm130b.spec import CONFIG_NAME, MODEL_TYPE
 
 OPENLLM_HUB_API_VERSION = 1
 
@@ -50,10 +50,10 @@ def _load(req: LoadRequest[GLMOptions]) -> Model:
 
 def _launch(req: LaunchRequest) -> int:
     """``openllm-hub run MODEL --nproc N``: spawn N tensor-parallel ranks; rank 0 streams."""
-    from openllm_hub_glm130b.engine import EngineOptions
     from openllm_hub_glm130b.jobs import GenerateJob
     from openllm_hub_glm130b.launch import RunSpec, pick_device, spawn
-    from openllm_hub_glm130b.quant import parse_bits
+    from openllm_hub_glm130b.network.quant import parse_bits
+    from openllm_hub_glm130b.ranks import EngineOptions
 
     opts = req.options
     assert isinstance(opts, GLMOptions)
@@ -69,7 +69,7 @@ def _launch(req: LaunchRequest) -> int:
 
 def _repartition(req: ConvertRequest) -> None:
     from openllm_hub_glm130b.checkpoint import SatCheckpoint, write_into
-    from openllm_hub_glm130b.quant import parse_bits
+    from openllm_hub_glm130b.network.quant import parse_bits
 
     ck = SatCheckpoint.open(req.src)
     try:
@@ -91,7 +91,7 @@ def _repartition(req: ConvertRequest) -> None:
 
 def _quantize(req: QuantizeRequest) -> None:
     from openllm_hub_glm130b.checkpoint import SatCheckpoint, write_into
-    from openllm_hub_glm130b.quant import parse_bits
+    from openllm_hub_glm130b.network.quant import parse_bits
 
     ck = SatCheckpoint.open(req.src)
     write_into(ck, req.dst, ck.tp, bits=parse_bits(req.scheme), progress=req.progress)

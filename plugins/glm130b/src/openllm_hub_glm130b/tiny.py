@@ -12,8 +12,8 @@ import random
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from openllm_hub_glm130b.config import GLMConfig, TokenizerSpec
 from openllm_hub_glm130b.partition import full_shapes, rule_of, take
+from openllm_hub_glm130b.spec import GLMConfig, TokenizerSpec
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch

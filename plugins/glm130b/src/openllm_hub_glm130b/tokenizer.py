@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Protocol
 
 from openllm_hub.plugin import InvalidParameterError, NotFoundError
-from openllm_hub_glm130b.config import TokenizerSpec
+from openllm_hub_glm130b.spec import TokenizerSpec
 
 MASK_PATTERN = re.compile(r"\[[sg]?MASK\]")
 MASKS = ("[MASK]", "[sMASK]", "[gMASK]")

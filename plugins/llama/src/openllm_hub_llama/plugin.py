@@ -170,8 +170,8 @@ def register_families(register: Callable[[Family], None]) -> None:
 
 @hookimpl
 def register_commands(cli: Any) -> None:
-    """``openllm-hub lora train`` and ``openllm-hub lora gguf`` (see :mod:`openllm_hub_llama.lora_cli`)."""
-    from openllm_hub_llama.lora_cli import add_lora_commands
+    """``openllm-hub lora train`` and ``openllm-hub lora gguf`` (see :mod:`openllm_hub_llama.commands`)."""
+    from openllm_hub_llama.commands import add_lora_commands
 
     add_lora_commands(cli)
 

@@ -1,7 +1,7 @@
 """The second engine: transformers' ``RwkvForCausalLM`` (RWKV-4 only).
 
 Runs transformers folders (format ``hf``) and, with ``engine='transformers'``, RWKV-4 ``.pth``
-files renamed in memory (:mod:`openllm_hub_rwkv.convert`). Generation is the core loop over
+files renamed in memory (:mod:`openllm_hub_rwkv.convert_hf`). Generation is the core loop over
 the RNN state that transformers returns with ``use_cache=True``.
 """
 
@@ -24,9 +24,9 @@ from openllm_hub.plugin import (
     load_torch_checkpoint,
     read_json,
 )
-from openllm_hub_rwkv.layout import analyse
+from openllm_hub_rwkv.checkpoint import read_pth_index
 from openllm_hub_rwkv.options import RwkvOptions
-from openllm_hub_rwkv.pth_index import read_pth_index
+from openllm_hub_rwkv.spec import analyse
 from openllm_hub_rwkv.tokenizer import END_OF_TEXT, RwkvTokenizer, choose_tokenizer
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -43,7 +43,7 @@ class TransformersRwkvModel(Model):
     def __init__(self, info: ModelInfo, *, model: Any, tokenizer: RwkvTokenizer, options: RwkvOptions,
                  device: str) -> None:
         super().__init__(info, eos_token_ids=(END_OF_TEXT,))
-        from openllm_hub_rwkv.model import default_template
+        from openllm_hub_rwkv.engine_rwkv import default_template
 
         self.tokenizer = tokenizer
         self.options = options
@@ -105,7 +105,7 @@ def load_transformers(req: LoadRequest[RwkvOptions]) -> TransformersRwkvModel:
     import torch
     from transformers import RwkvConfig, RwkvForCausalLM
 
-    from openllm_hub_rwkv.convert import hf_config, pth_state_to_hf
+    from openllm_hub_rwkv.convert_hf import hf_config, pth_state_to_hf
 
     opts = req.options
     if opts.strategy is not None or opts.int8 or opts.stream:

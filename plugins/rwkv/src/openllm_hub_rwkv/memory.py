@@ -13,8 +13,8 @@ import json
 from pathlib import Path
 
 from openllm_hub.plugin import CorruptFileError, InvalidParameterError, ModelSpec
-from openllm_hub_rwkv.layout import analyse
-from openllm_hub_rwkv.pth_index import read_pth_index
+from openllm_hub_rwkv.checkpoint import read_pth_index
+from openllm_hub_rwkv.spec import analyse
 
 #: RWKV has no hard context limit; plans use the training context of the released models.
 DEFAULT_CONTEXT = 4096

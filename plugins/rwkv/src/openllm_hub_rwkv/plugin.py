@@ -1,7 +1,7 @@
 """Hook implementations of the RWKV plugin: the ``rwkv`` family and ChatRWKV's chat templates.
 
 Nothing heavy is imported here: detection reads a checkpoint's pickle without torch
-(:mod:`openllm_hub_rwkv.pth_index`); engines and converters are imported when they run.
+(:mod:`openllm_hub_rwkv.checkpoint`); engines and converters are imported when they run.
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ from openllm_hub.plugin import (
     hookimpl,
 )
 from openllm_hub_rwkv import memory
-from openllm_hub_rwkv.layout import analyse, looks_like_rwkv
+from openllm_hub_rwkv.checkpoint import PthIndex, is_torch_file, read_pth_index
 from openllm_hub_rwkv.options import RwkvOptions
-from openllm_hub_rwkv.pth_index import PthIndex, is_torch_file, read_pth_index
+from openllm_hub_rwkv.spec import analyse, looks_like_rwkv
 from openllm_hub_rwkv.templates import TEMPLATES
 
 OPENLLM_HUB_API_VERSION = 1
@@ -76,14 +76,14 @@ def _load(req: LoadRequest[RwkvOptions]) -> Model:
         from openllm_hub_rwkv.engine_hf import load_transformers
 
         return load_transformers(req)
-    from openllm_hub_rwkv.model import load_rwkv
+    from openllm_hub_rwkv.engine_rwkv import load_rwkv
 
     return load_rwkv(req)
 
 
 def _lazy(func: str) -> Callable[[ConvertRequest], None]:
     def run(req: ConvertRequest) -> None:
-        from openllm_hub_rwkv import convert
+        from openllm_hub_rwkv import convert_hf as convert
 
         getattr(convert, func)(req)
 

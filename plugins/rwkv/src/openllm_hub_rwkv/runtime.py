@@ -18,7 +18,7 @@ Facts from rwkv 0.8.32's ``model.py`` this module handles:
   RWKV-7 always appends it. Files with other names are reached through a symlink ``model.pth``
   in a private temporary folder.
 * Key order: RWKV-4/5/6 infer the version and head count from the key order (see
-  :mod:`openllm_hub_rwkv.layout`); when the file's order would mislead them, a reordered copy
+  :mod:`openllm_hub_rwkv.spec`); when the file's order would mislead them, a reordered copy
   is written to the temporary folder.
 * Printing: loading prints progress (RWKV-7 always does); it is silenced.
 * ``RWKV.__init__`` calls ``gc.collect()`` after every layer, which costs a full collection of
@@ -44,8 +44,8 @@ from types import ModuleType
 from typing import Any
 
 from openllm_hub.plugin import IncompatibleDeviceError, NotFoundError
-from openllm_hub_rwkv.layout import Arch, package_order, package_reads_correctly
-from openllm_hub_rwkv.pth_index import TensorMeta
+from openllm_hub_rwkv.checkpoint import TensorMeta
+from openllm_hub_rwkv.spec import Arch, package_order, package_reads_correctly
 from openllm_hub_rwkv.strategy import Strategy
 
 _LOCK = threading.RLock()

@@ -37,8 +37,8 @@ from openllm_hub.plugin import (
     read_json,
     write_json,
 )
-from openllm_hub_rwkv.layout import Arch, analyse, context_from_name
-from openllm_hub_rwkv.pth_index import TensorMeta, read_pth_index
+from openllm_hub_rwkv.checkpoint import TensorMeta, read_pth_index
+from openllm_hub_rwkv.spec import Arch, analyse, context_from_name
 from openllm_hub_rwkv.tokenizer import JsonTokenizer, choose_tokenizer
 
 if TYPE_CHECKING:  # pragma: no cover

@@ -36,11 +36,11 @@ from openllm_hub.plugin import (
     generate_tokens,
     get_template,
 )
-from openllm_hub_rwkv.layout import Arch, analyse, context_from_name
+from openllm_hub_rwkv.checkpoint import read_pth_index
 from openllm_hub_rwkv.options import RwkvOptions
 from openllm_hub_rwkv.penalties import PenaltyTracker, RwkvPenalty
-from openllm_hub_rwkv.pth_index import read_pth_index
 from openllm_hub_rwkv.runtime import Workdir, build_package_model
+from openllm_hub_rwkv.spec import Arch, analyse, context_from_name
 from openllm_hub_rwkv.state import Snapshot, load_snapshots, save_snapshots
 from openllm_hub_rwkv.strategy import Strategy, parse_strategy, strategy_from_placement
 from openllm_hub_rwkv.templates import continuation_probe, render

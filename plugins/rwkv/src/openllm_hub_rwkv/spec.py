@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from openllm_hub.plugin import CorruptFileError, UnknownFormatError
-from openllm_hub_rwkv.pth_index import TensorMeta
+from openllm_hub_rwkv.checkpoint import TensorMeta
 
 #: Versions this plugin runs, as the rwkv package numbers them.
 VERSIONS = ("4", "5", "5.1", "5.2", "6", "7")

@@ -25,11 +25,11 @@ from openllm_hub.plugin import (
     generate_tokens,
     read_json,
 )
-from openllm_hub_chatglm.chat import CHAT_DEFAULTS
 from openllm_hub_chatglm.checkpoint import iter_tensors
-from openllm_hub_chatglm.model import GLMNetwork, QuantPlan, build_network
-from openllm_hub_chatglm.model.glm1 import position_ids
+from openllm_hub_chatglm.network import GLMNetwork, QuantPlan, build_network
+from openllm_hub_chatglm.network.glm1 import position_ids
 from openllm_hub_chatglm.spec import GLMSpec, read_spec
+from openllm_hub_chatglm.templates import CHAT_DEFAULTS
 from openllm_hub_chatglm.tokenizer import ChatGLMTokenizer, load_tokenizer
 
 if TYPE_CHECKING:  # pragma: no cover

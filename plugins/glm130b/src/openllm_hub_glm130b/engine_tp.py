@@ -19,15 +19,15 @@ from typing import TYPE_CHECKING, Any
 from openllm_hub.plugin import GenerationConfig, Model, ModelInfo, generate_tokens
 from openllm_hub_glm130b.beam import Beam, beam_search, check_params
 from openllm_hub_glm130b.blanks import BlankFill, fill_blanks
-from openllm_hub_glm130b.config import GLMConfig
-from openllm_hub_glm130b.layout import layout_of
+from openllm_hub_glm130b.network.positions import layout_of
+from openllm_hub_glm130b.spec import GLMConfig
 from openllm_hub_glm130b.tokenizer import GLMTokenizer, encode_with_masks, generation_prompt
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
     import numpy.typing as npt
 
-    from openllm_hub_glm130b.engine import Backend
+    from openllm_hub_glm130b.ranks import Backend
 
 
 @dataclass(frozen=True)

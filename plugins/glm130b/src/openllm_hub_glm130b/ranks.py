@@ -19,9 +19,9 @@ import torch
 from openllm_hub.engines.kv_cache import KVCache
 from openllm_hub.plugin import InvalidParameterError
 from openllm_hub_glm130b.checkpoint import SatCheckpoint
-from openllm_hub_glm130b.modeling import GLMShard
-from openllm_hub_glm130b.parallel import TPGroup
-from openllm_hub_glm130b.quant import quantize_state
+from openllm_hub_glm130b.network.parallel import TPGroup
+from openllm_hub_glm130b.network.quant import quantize_state
+from openllm_hub_glm130b.network.transformer import GLMShard
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np

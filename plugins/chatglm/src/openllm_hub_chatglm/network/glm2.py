@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from openllm_hub.engines.kv_cache import KVCache
-from openllm_hub_chatglm.model.common import (
+from openllm_hub_chatglm.network.common import (
     GLMNetwork,
     QuantPlan,
     RMSNorm,

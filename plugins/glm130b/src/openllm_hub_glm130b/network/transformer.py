@@ -34,14 +34,14 @@ import torch
 import torch.nn.functional as F
 
 from openllm_hub.engines.kv_cache import KVCache
-from openllm_hub_glm130b.config import GLMConfig
-from openllm_hub_glm130b.parallel import (
+from openllm_hub_glm130b.network.parallel import (
     ColumnParallelLinear,
     RowParallelLinear,
     TPGroup,
     VocabParallelEmbedding,
     WeightStore,
 )
+from openllm_hub_glm130b.spec import GLMConfig
 
 MASKED = -10000.0  # the fill value GLM-130B uses for masked scores (exp underflows to 0 in fp32)
 
