@@ -140,6 +140,8 @@ def set_sampling(driver: WebDriver, seed: int, max_tokens: int) -> None:
 def test_type_message_and_see_streamed_answer(browser: WebDriver, site: Any, model: Model,
                                               long_answer_seed: Callable[..., int]) -> None:
     open_page(browser, site.url)
+    # the page asks /v1/models after it starts: wait for the answer rather than race it
+    wait_for(browser, "return document.getElementById('model-name').textContent !== ''", "the model name")
     assert browser.find_element(By.ID, "model-name").text.startswith("bigram-stories")
     first = "Tell me a story, 讲个故事"
     seed = long_answer_seed(model, [{"role": "user", "content": first}], tokens=80, **SAMPLING)
