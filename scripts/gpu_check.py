@@ -220,6 +220,10 @@ class Check:
     def wanted(self, name: str) -> bool:
         return not self.only or any(name.startswith(o) for o in self.only)
 
+    def wants_phase(self, prefix: str) -> bool:
+        """Whether any wanted path can start with ``prefix`` (a phase's paths all do)."""
+        return not self.only or any(o.startswith(prefix) or prefix.startswith(o) for o in self.only)
+
     def out_of_time(self) -> bool:
         return time.perf_counter() > self.deadline
 
@@ -302,6 +306,8 @@ class Check:
 
     # ====================================================================================== paths
     def llama(self) -> None:
+        if not (self.wants_phase("llama-hf") or self.wants_phase("llama.cpp")):
+            return
         from openllm_hub_llama.tiny import make_tiny_hf
 
         src = self.work / "llama-hf"
@@ -334,7 +340,7 @@ class Check:
     def llama_cpp(self, hf: Path, ids: list[list[int]]) -> None:
         from openllm_hub import convert
 
-        if not any(self.wanted(n) for n in ("llama.cpp", "llama-cpp")):
+        if not self.wants_phase("llama.cpp"):
             return
         try:
             from openllm_hub.engines.llama_cpp import capabilities
@@ -368,7 +374,7 @@ class Check:
     def chatglm(self) -> None:
         from openllm_hub_chatglm.tiny import build_checkpoint
 
-        if not self.wanted("chatglm"):
+        if not self.wants_phase("chatglm"):
             return
         src = build_checkpoint(self.work / "chatglm2", "chatglm2", hidden=self.h, layers=self.layers, heads=4,
                                kv_groups=2, seq_length=256)
@@ -394,7 +400,7 @@ class Check:
     def rwkv(self) -> None:
         from openllm_hub_rwkv.tiny import Version, build_checkpoint
 
-        if not self.wanted("rwkv"):
+        if not self.wants_phase("rwkv"):
             return
         gpu = {"cuda fp16": "fp16", "cuda fp32": "fp32", "cuda fp16i8": "rwkv-i8",
                "cuda fp16 *1 -> cpu fp32": "fp16", "cuda fp16 *1+": "fp16"}
@@ -422,7 +428,7 @@ class Check:
                 self.run(f"rwkv{version}/{strategy}", one)
 
     def glm130b(self) -> None:
-        if not self.wanted("glm130b"):
+        if not self.wants_phase("glm130b"):
             return
         from openllm_hub_glm130b.engine import EngineOptions
         from openllm_hub_glm130b.launch import RunSpec, spawn_many
@@ -436,6 +442,7 @@ class Check:
         with load(src, device="cpu") as m:
             ids = tuple(tuple(m.tokenize(p)) for p in PROMPTS)
             ref = [np.asarray(m.logits(list(s)), dtype=np.float32) for s in ids]
+        f64 = float64_reference(src, _full, ids)
         qref = {}
         for b in (8, 4):
             with load(src, device="cpu", quantize=f"int{b}") as m:
@@ -447,8 +454,9 @@ class Check:
                 "int8": EngineOptions(dtype=half, quantize=8), "int4": EngineOptions(dtype=half, quantize=4)}
         if not self.cpu:
             runs["bf16"] = EngineOptions(dtype="bf16")
-        # CPU mode: two ranks over gloo (TP=2). GPU: one rank over NCCL (TP=1), two over two GPUs if present.
-        worlds = [2] if self.cpu else ([1, 2] if self.gpus >= 2 else [1])
+        # GPU: one rank over NCCL (TP=1), and one rank per GPU when there are several (the ranks
+        # re-split the TP=2 checkpoint to any degree that divides it). CPU mode: 1 and 2 ranks over gloo.
+        worlds = [1, 2] if self.cpu else ([1, self.gpus] if self.gpus >= 2 else [1])
         seq = max(map(len, ids)) + self.new_tokens
         for world in worlds:
             name = f"glm130b/tp{world} {'gloo' if self.cpu else 'nccl'}"
@@ -477,10 +485,16 @@ class Check:
                                                            dtype=opts.dtype,
                                                            offload_layers=self.layers if label == "offload" else 0))
                 r.name, r.seconds = f"{name} {label}", spent
+                r.detail["seconds_are_for"] = "all runs of these ranks together"
+                if label == "fp32":  # and against the plugin's independent float64 numpy forward pass
+                    d64 = rel_diff(res["logits"], f64)
+                    r.detail["vs_float64_reference"] = d64
+                    if d64 > BOUNDS["fp32"]:
+                        r.status = "FAIL"
                 if self.wanted(r.name):
                     self.record(r)
         if not self.cpu and self.gpus < 2:
-            self.skip("glm130b/tp2 nccl over 2 GPUs", f"needs 2 GPUs, {self.gpus} visible")
+            self.skip("glm130b/tp2 nccl (one rank per GPU)", f"needs 2 GPUs, {self.gpus} visible")
         if not self.cpu:
             self.run("glm130b/tp2 on one GPU (NCCL probe)", nccl_two_ranks_one_gpu)
 
@@ -491,7 +505,7 @@ class Check:
         self.run(f"glm130b/load() {self.dev} {self.half}", in_process)
 
     def lora(self) -> None:
-        if not self.wanted("lora"):
+        if not self.wants_phase("lora"):
             return
         from openllm_hub_llama.lora_train import TrainConfig, train_lora
         from openllm_hub_llama.tiny import make_tiny_hf
@@ -526,7 +540,7 @@ class Check:
     def bandwidth(self) -> None:
         """Decode speed of the largest LLaMA of the run against the copy-bandwidth bound: each decoded
         token reads every weight once, so tokens/s <= bandwidth / weight bytes (KV cache ignored)."""
-        if not self.wanted("bandwidth"):
+        if not self.wants_phase("bandwidth"):
             return
         from openllm_hub_llama.tiny import make_tiny_hf
 
@@ -568,6 +582,20 @@ class Check:
                 r.detail["fraction_of_bound"] = round(r.tokens_per_s / bound, 4)
             return r
         self.run(f"bandwidth/llama.cpp f16 {params / 1e6:.0f}M", gguf)
+
+
+def float64_reference(src: Path, full: dict[str, Any], ids: Sequence[Sequence[int]]) -> list[np.ndarray]:
+    """The GLM-130B plugin's float64 numpy forward pass of the unpartitioned weights."""
+    from openllm_hub_glm130b.config import read_config
+    from openllm_hub_glm130b.layout import layout_of
+    from openllm_hub_glm130b.reference import reference_logits
+
+    cfg = read_config(src)
+    out = []
+    for seq in ids:
+        lay = layout_of(seq, cfg.tokenizer.commands)
+        out.append(np.asarray(reference_logits(full, cfg, seq, lay.positions(0, len(seq)), lay.context)))
+    return out
 
 
 @dataclass(frozen=True)
