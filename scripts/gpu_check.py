@@ -54,6 +54,7 @@ import time
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -554,7 +555,9 @@ class Check:
         ref = self.probe(src, ids, engine="transformers", device="cpu", dtype="fp32", speed=False)["logits"]
         params = layers * (4 * h * h + 3 * h * inner) + 2 * 32000 * h
         weight_bytes = 2 * params
-        bound = None if self.cpu else H200_COPY_BYTES_PER_S / 2 / weight_bytes  # copy rate counts read+write
+        # one decoded token moves every weight byte once; the copy rate is the HBM traffic rate (reads
+        # and writes counted together), so it bounds reads alone as well
+        bound = None if self.cpu else H200_COPY_BYTES_PER_S / weight_bytes
         seq = max(map(len, ids)) + self.new_tokens
 
         def hf() -> Result:
@@ -627,7 +630,8 @@ def _nccl_rank(rank: int, port: int) -> None:
     import torch.distributed as dist
 
     torch.cuda.set_device(0)
-    dist.init_process_group("nccl", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    dist.init_process_group("nccl", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2,
+                            timeout=timedelta(seconds=60))
     t = torch.ones(4, device="cuda:0") * (rank + 1)
     dist.all_reduce(t)
     torch.cuda.synchronize()
@@ -642,11 +646,18 @@ def nccl_two_ranks_one_gpu() -> Result:
     from torch.multiprocessing.spawn import start_processes
 
     try:
-        start_processes(_nccl_rank, args=(free_port(),), nprocs=2, join=True,  # type: ignore[no-untyped-call]
-                        start_method="spawn")
+        ctx = start_processes(_nccl_rank, args=(free_port(),), nprocs=2, join=False,  # type: ignore[no-untyped-call]
+                              start_method="spawn")
+        give_up = time.perf_counter() + 120
+        while not ctx.join(timeout=5):
+            if time.perf_counter() > give_up:
+                for proc in ctx.processes:
+                    proc.kill()
+                raise TimeoutError("the two ranks hung for 120 s")
         verdict = "NCCL accepted two ranks on one GPU (all_reduce correct)"
     except Exception as exc:  # noqa: BLE001
-        verdict = f"NCCL refused two ranks on one GPU: {str(exc).strip().splitlines()[-1][:200]}"
+        lines = str(exc).strip().splitlines() or [type(exc).__name__]
+        verdict = f"NCCL refused two ranks on one GPU: {lines[-1][:200]}"
     return Result("", "SKIP", detail={"reason": verdict + "; the launcher maps rank r to cuda:r, so GLM-130B "
                                       "TP=2 runs only with 2 GPUs"})
 
