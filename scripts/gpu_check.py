@@ -554,7 +554,7 @@ class Check:
         ids = self.tokenize(src, engine="transformers")
         ref = self.probe(src, ids, engine="transformers", device="cpu", dtype="fp32", speed=False)["logits"]
         params = layers * (4 * h * h + 3 * h * inner) + 2 * 32000 * h
-        weight_bytes = 2 * params
+        weight_bytes = 2 * (params - 32000 * h)  # read per token: all but the embedding (one row is looked up)
         # one decoded token moves every weight byte once; the copy rate is the HBM traffic rate (reads
         # and writes counted together), so it bounds reads alone as well
         bound = None if self.cpu else H200_COPY_BYTES_PER_S / weight_bytes
