@@ -259,17 +259,29 @@ class Check:
         return Result("", "PASS" if d <= bound else "FAIL", d, bound, kind, detail.pop("tokens_per_s", None),
                       detail=detail)
 
-    # -- memory --
-    def mem_reset(self) -> None:
-        if not self.cpu:
-            self.torch.cuda.synchronize()
-            self.torch.cuda.reset_peak_memory_stats()
+    def compare_probe(self, p: dict[str, Any], ref: Sequence[np.ndarray], kind: str, **detail: Any) -> Result:
+        """:meth:`compare` for a :meth:`probe` result, with its speed, tokens and device info."""
+        return self.compare(p["logits"], ref, kind, tokens_per_s=p["tokens_per_s"], generated=p["generated"],
+                            info=p["info"], load_peak=p["load_peak"], **detail)
 
-    def mem_peak(self) -> int | None:
+    # -- memory --
+    def mem_reset(self) -> int:
+        """Start counting the peak from here; returns the bytes allocated now (the baseline)."""
+        if self.cpu:
+            return 0
+        import gc
+
+        gc.collect()  # a closed model's tensors must not count towards the next one
+        self.torch.cuda.synchronize()
+        self.torch.cuda.reset_peak_memory_stats()
+        return int(self.torch.cuda.memory_allocated())
+
+    def mem_peak(self, baseline: int = 0) -> int | None:
+        """Peak bytes allocated since :meth:`mem_reset`, above ``baseline``."""
         if self.cpu:
             return None
         self.torch.cuda.synchronize()
-        return int(self.torch.cuda.max_memory_allocated())
+        return int(self.torch.cuda.max_memory_allocated()) - baseline
 
     def memory_detail(self, model_src: Path, peak: int | None, *, bits: int | None, seq: int, dtype: str,
                       offload_layers: int = 0) -> dict[str, Any]:
@@ -286,16 +298,18 @@ class Check:
         (the steady state: weights resident, then the largest step)."""
         from openllm_hub import load
 
-        self.mem_reset()
+        baseline = self.mem_reset()
         with load(src, **load_kw) as m:
-            load_peak = self.mem_peak()
-            self.mem_reset()
+            load_peak = self.mem_peak(baseline)
+            self.mem_reset()  # the peak of use: resident weights plus the largest step
             logits = [np.asarray(m.logits(list(s)), dtype=np.float32) for s in ids]
             tps, generated = None, 0
             if speed:
+                if not self.cpu:  # first decode steps pay for kernel selection and caches
+                    m.generate(PROMPTS[1], max_new_tokens=2, temperature=0.0, seed=0)
                 out = m.generate(PROMPTS[0], max_new_tokens=self.new_tokens, temperature=0.0, seed=0)
                 tps, generated = round(out.timings.generation_tokens_per_second, 1), len(out.token_ids)
-            peak = self.mem_peak()
+            peak = self.mem_peak(baseline)
             return {"logits": logits, "tokens_per_s": tps, "generated": generated, "load_peak": load_peak, "peak": peak,
                     "info": {k: v for k, v in m.info.as_dict().items() if k in ("device", "dtype", "engine", "extra")}}
 
@@ -324,15 +338,15 @@ class Check:
         for dt in dtypes:
             def one(dt: str = dt) -> Result:
                 p = self.probe(dev_src, ids, engine="transformers", device=self.dev, dtype=dt)
-                return self.compare(p["logits"], ref, dt, tokens_per_s=p["tokens_per_s"], info=p["info"],
-                                    memory=self.memory_detail(src, p["peak"], bits=None, seq=seq, dtype=dt))
+                return self.compare_probe(p, ref, dt,
+                                          memory=self.memory_detail(src, p["peak"], bits=None, seq=seq, dtype=dt))
             self.run(f"llama-hf/{dt} device_map={self.dev}", one)
         name = "llama-hf/device_map=auto over 2 GPUs"
         if self.cpu or self.gpus >= 2:
             def split() -> Result:
                 dev = "cpu" if self.cpu else "cuda:0,1"
                 p = self.probe(dev_src, ids, engine="transformers", device=dev, dtype=self.half)
-                return self.compare(p["logits"], ref, self.half, tokens_per_s=p["tokens_per_s"], info=p["info"])
+                return self.compare_probe(p, ref, self.half)
             self.run(name, split)
         else:
             self.skip(name, f"needs 2 GPUs, {self.gpus} visible")
@@ -368,8 +382,7 @@ class Check:
                     if ngl is not None and not self.cpu:
                         kw["gpu_layers"] = ngl
                     p = self.probe(gguf, ids, **kw)
-                    return self.compare(p["logits"], ref, f"gguf-{outtype}", tokens_per_s=p["tokens_per_s"],
-                                        info=p["info"])
+                    return self.compare_probe(p, ref, f"gguf-{outtype}")
                 self.run(f"llama.cpp/{outtype} -ngl {label}", one)
 
     def chatglm(self) -> None:
@@ -385,8 +398,8 @@ class Check:
         for dt in (("bf16",) if self.cpu else ("fp16", "bf16", "fp32")):
             def one(dt: str = dt) -> Result:
                 p = self.probe(src, ids, device=self.dev, dtype=dt)
-                return self.compare(p["logits"], ref, dt, tokens_per_s=p["tokens_per_s"], info=p["info"],
-                                    memory=self.memory_detail(src, p["peak"], bits=None, seq=seq, dtype=dt))
+                return self.compare_probe(p, ref, dt,
+                                          memory=self.memory_detail(src, p["peak"], bits=None, seq=seq, dtype=dt))
             self.run(f"chatglm2/{dt}", one)
         for q in ("int8", "int4"):
             qref = self.probe(src, ids, device="cpu", dtype="fp32", quantize=q, speed=False)["logits"]
@@ -394,8 +407,8 @@ class Check:
             def quant(q: str = q, qref: list[np.ndarray] = qref) -> Result:
                 p = self.probe(src, ids, device=self.dev, dtype=self.half, quantize=q)
                 kind = q if self.half == "fp16" else f"{q}-bf16"
-                return self.compare(p["logits"], qref, kind, tokens_per_s=p["tokens_per_s"], info=p["info"],
-                                    memory=self.memory_detail(src, p["peak"], bits=int(q[3:]), seq=seq, dtype="fp16"))
+                return self.compare_probe(p, qref, kind, memory=self.memory_detail(
+                    src, p["peak"], bits=int(q[3:]), seq=seq, dtype="fp16"))
             self.run(f"chatglm2/{q} {self.half}", quant)
 
     def rwkv(self) -> None:
@@ -424,8 +437,9 @@ class Check:
                 def one(used: str = used, kind: str = kind, src: Path = src, ids: list[list[int]] = ids,
                         ref: list[np.ndarray] = ref) -> Result:
                     p = self.probe(src, ids, strategy=used)
-                    return self.compare(p["logits"], ref, kind, tokens_per_s=p["tokens_per_s"], strategy=used,
-                                        memory={"max_memory_allocated": p["peak"]})
+                    return self.compare_probe(p, ref, kind, strategy=used, memory=self.memory_detail(
+                        src, p["peak"], bits=8 if "i8" in used else None, seq=max(map(len, ids)) + self.new_tokens,
+                        dtype="fp32" if kind == "fp32" else "fp16"))
                 self.run(f"rwkv{version}/{strategy}", one)
 
     def glm130b(self) -> None:
@@ -501,8 +515,8 @@ class Check:
 
         def in_process() -> Result:
             p = self.probe(src, [list(s) for s in ids], device=self.dev, dtype=self.half)
-            return self.compare(p["logits"], ref, self.half, tokens_per_s=p["tokens_per_s"], info=p["info"],
-                                memory=self.memory_detail(src, p["peak"], bits=None, seq=seq, dtype=self.half))
+            return self.compare_probe(p, ref, self.half,
+                                      memory=self.memory_detail(src, p["peak"], bits=None, seq=seq, dtype=self.half))
         self.run(f"glm130b/load() {self.dev} {self.half}", in_process)
 
     def lora(self) -> None:
@@ -562,9 +576,9 @@ class Check:
 
         def hf() -> Result:
             p = self.probe(src, ids, engine="transformers", device=self.dev, dtype=self.half)
-            r = self.compare(p["logits"], ref, self.half, tokens_per_s=p["tokens_per_s"], params=params,
-                             weight_bytes=weight_bytes, bandwidth_bound_tokens_per_s=bound,
-                             memory=self.memory_detail(src, p["peak"], bits=None, seq=seq, dtype=self.half))
+            r = self.compare_probe(p, ref, self.half, params=params, weight_bytes=weight_bytes,
+                                   bandwidth_bound_tokens_per_s=bound,
+                                   memory=self.memory_detail(src, p["peak"], bits=None, seq=seq, dtype=self.half))
             if bound and r.tokens_per_s:
                 r.detail["fraction_of_bound"] = round(r.tokens_per_s / bound, 4)
             return r
@@ -579,8 +593,7 @@ class Check:
             convert(src, path, to="gguf", outtype="f16")
             cref = self.probe(path, ids, device="cpu", speed=False)["logits"]
             p = self.probe(path, ids, **({"device": "cpu"} if self.cpu else {"device": "cuda", "gpu_layers": -1}))
-            r = self.compare(p["logits"], cref, "gguf-f16", tokens_per_s=p["tokens_per_s"],
-                             bandwidth_bound_tokens_per_s=bound)
+            r = self.compare_probe(p, cref, "gguf-f16", bandwidth_bound_tokens_per_s=bound)
             if bound and r.tokens_per_s:
                 r.detail["fraction_of_bound"] = round(r.tokens_per_s / bound, 4)
             return r
