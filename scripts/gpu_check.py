@@ -147,22 +147,36 @@ def rel_diff(got: Sequence[np.ndarray], ref: Sequence[np.ndarray]) -> float:
 def planner_estimate(model: str | Path, *, bits: int | None, seq: int, dtype_bytes: int,
                      offload_layers: int = 0) -> dict[str, Any]:
     """The planner's predicted bytes per GPU for one rank (TP=1), without its fixed runtime reserve
-    (``max_memory_allocated`` does not see the CUDA context). Tries the core's planner
-    (``openllm_hub.core.plan``) first, then the GLM-130B plugin's; returns ``{"error": ...}`` when
-    neither can describe the model."""
-    errors = []
-    for module_name in ("openllm_hub.core.plan", "openllm_hub_glm130b.planner"):
-        try:
-            import importlib
+    (``max_memory_allocated`` does not see the CUDA context).
 
+    The planner is moving from the GLM-130B plugin into the core: this tries the core's
+    ``openllm_hub.core.plan`` first (the model's shapes from its family's ``memory`` hook, found
+    through the public ``openllm_hub.detect``), then the plugin's ``planner.resolve_spec``; it
+    returns ``{"error": ...}`` when neither can describe the model (a report, not a failure)."""
+    import importlib
+
+    errors = []
+
+    def core_spec(mod: Any) -> Any:
+        from openllm_hub import detect
+
+        fam, det = detect(Path(model))
+        memory = getattr(fam, "memory", None)
+        if memory is None:
+            raise LookupError(f"the {fam.name} family has no memory hook")
+        return memory(Path(model), det.format)
+
+    for module_name, spec_of in (("openllm_hub.core.plan", core_spec),
+                                 ("openllm_hub_glm130b.planner", lambda mod: mod.resolve_spec(str(model)))):
+        try:
             mod = importlib.import_module(module_name)
-            spec = mod.resolve_spec(str(model))
+            spec = spec_of(mod)
             est = mod.estimate(spec, tp=1, bits=bits, offload_layers=offload_layers, seq=seq,
                                dtype_bytes=dtype_bytes, reserve_gib=0.0)
             return {"planner": module_name, "predicted_bytes": int(est.total_bytes),
                     "weights_bytes": int(est.weights_bytes), "kv_cache_bytes": int(est.kv_cache_bytes),
                     "activation_bytes": int(est.activation_bytes)}
-        except Exception as exc:  # noqa: BLE001 - a report, not a failure: the other location may work
+        except Exception as exc:  # noqa: BLE001 - the other location may work
             errors.append(f"{module_name}: {type(exc).__name__}: {exc}")
     return {"error": "; ".join(errors)}
 

@@ -49,6 +49,9 @@ def test_every_path_passes_on_the_cpu_with_its_bound(tmp_path: Path) -> None:
     # decode speed is measured for every inference path (LoRA reports steps/s instead)
     assert all(p["tokens_per_s"] for n, p in paths.items() if not n.startswith("lora")), stdout
     assert report["machine"]["mode"] == "cpu"
+    # the planner's prediction is found (core planner or the GLM-130B plugin's) for the torch paths
+    llama_fp32 = next(p for n, p in paths.items() if n.startswith("llama-hf/fp32"))
+    assert llama_fp32["detail"]["memory"]["planner"]["predicted_bytes"] > 0, llama_fp32["detail"]["memory"]
 
 
 def test_negative_control_is_reported_as_fail(tmp_path: Path) -> None:
