@@ -31,9 +31,13 @@ export PATH="/usr/local/cuda/bin:$PATH"
 LOG=${OUT:-/tmp}/llama_cpp_build.log
 echo "building llama-cpp-python 0.3.36 (CMAKE_ARGS=$CMAKE_ARGS, $CMAKE_BUILD_PARALLEL_LEVEL jobs; log $LOG)"
 t0=$(date +%s)
-if ! "$PY" -m pip wheel -v --no-index --no-deps --no-build-isolation -w "$SRC/wheel" \
-     "$SRC/llama_cpp_python-0.3.36" > "$LOG" 2>&1; then
-  tail -40 "$LOG"; echo "llama-cpp-python CUDA build FAILED after $(( $(date +%s) - t0 )) s" >&2; exit 1
+# Bounded (GPU_BUILD_TIMEOUT_S, default 400 s) so that the check after it in the same 10-minute device
+# command still runs (its -ngl paths then SKIP); a build that needs longer: run this script alone with
+# GPU_BUILD_TIMEOUT_S=580, then the check in the next call while the machine is warm (/tmp/site stays).
+if ! timeout "${GPU_BUILD_TIMEOUT_S:-400}" "$PY" -m pip wheel -v --no-index --no-deps --no-build-isolation \
+     -w "$SRC/wheel" "$SRC/llama_cpp_python-0.3.36" > "$LOG" 2>&1; then
+  tail -40 "$LOG"; echo "llama-cpp-python CUDA build FAILED or timed out after $(( $(date +%s) - t0 )) s" >&2
+  rm -rf "$SRC"; exit 1
 fi
 t1=$(date +%s)
 "$PY" -m pip install -q --no-index --no-deps --no-compile --upgrade --target "$SITE" "$SRC"/wheel/llama_cpp_python-*.whl
