@@ -25,7 +25,32 @@ SDIST=$(ls "$ROOT"/.gpu/sdist/llama_cpp_python-0.3.36*.tar.gz | head -1)
 SRC=$(mktemp -d)
 tar xzf "$SDIST" -C "$SRC"
 FA=$([ "${GPU_BUILD_FA:-0}" = 1 ] && echo ON || echo OFF)
-export CMAKE_ARGS="-DGGML_CUDA=on -DCMAKE_CUDA_ARCHITECTURES=90 -DLLAVA_BUILD=OFF -DGGML_CUDA_FA=$FA ${CMAKE_ARGS_EXTRA:-}"
+# ggml-cuda links cuBLAS and the driver library. A CUDA toolkit without them (seen on a CPU machine's
+# image: nvcc and cudart only) fails at CMake's generate step ("CUDA::cublas ... target was not
+# found"); then point CMake at the ones torch's pip packages (nvidia-cublas) and the driver bring.
+CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
+NV=$("$PY" -c "import nvidia; print(' '.join(nvidia.__path__))" 2>/dev/null || true)
+LIB_ARGS=""
+for pair in cublas:libcublas.so cublasLt:libcublasLt.so cuda_driver:libcuda.so; do
+  name=${pair%%:*}; file=${pair#*:}
+  if ls "$CUDA_HOME"/lib64/"$file"* "$CUDA_HOME"/targets/*/lib/"$file"* >/dev/null 2>&1; then continue; fi
+  found=$(find $NV /usr/local/nvidia/lib64 /usr/lib/x86_64-linux-gnu "$CUDA_HOME"/lib64/stubs \
+          -name "$file*" 2>/dev/null | sort | head -1 || true)
+  if [ -n "$found" ]; then
+    LIB_ARGS="$LIB_ARGS -DCUDA_${name}_LIBRARY=$found"
+    echo "the CUDA toolkit has no $file: using $found"
+  else
+    echo "warning: no $file in $CUDA_HOME nor elsewhere; the build will likely fail" >&2
+  fi
+done
+if [ ! -f "$CUDA_HOME/include/cublas_v2.h" ] && ! ls "$CUDA_HOME"/targets/*/include/cublas_v2.h >/dev/null 2>&1; then
+  HDR=$(find $NV -name cublas_v2.h 2>/dev/null | head -1 || true)
+  if [ -n "$HDR" ]; then
+    LIB_ARGS="$LIB_ARGS -DCMAKE_CUDA_FLAGS=-I$(dirname "$HDR") -DCMAKE_CXX_FLAGS=-I$(dirname "$HDR")"
+    echo "cuBLAS headers from $(dirname "$HDR")"
+  fi
+fi
+export CMAKE_ARGS="-DGGML_CUDA=on -DCMAKE_CUDA_ARCHITECTURES=90 -DLLAVA_BUILD=OFF -DGGML_CUDA_FA=$FA$LIB_ARGS ${CMAKE_ARGS_EXTRA:-}"
 export CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}
 export PATH="/usr/local/cuda/bin:$PATH"
 LOG=${OUT:-/tmp}/llama_cpp_build.log
