@@ -67,5 +67,8 @@ fi
 t1=$(date +%s)
 "$PY" -m pip install -q --no-index --no-deps --no-compile --upgrade --target "$SITE" "$SRC"/wheel/llama_cpp_python-*.whl
 echo "llama-cpp-python CUDA build: $(( t1 - t0 )) s (install $(( $(date +%s) - t1 )) s)"
-PYTHONPATH="$SITE" "$PY" -c "import llama_cpp; print('llama_cpp', llama_cpp.__version__, 'gpu offload:', bool(llama_cpp.llama_supports_gpu_offload()))"
+# torch first: it loads the CUDA libraries (cuBLAS from pip's nvidia packages) that ggml-cuda links, as
+# the check does
+PYTHONPATH="$SITE" "$PY" -c "import torch, llama_cpp; print('llama_cpp', llama_cpp.__version__, 'gpu offload:', bool(llama_cpp.llama_supports_gpu_offload()))" \
+  || echo "warning: the built llama_cpp does not import (see above)" >&2
 rm -rf "$SRC"
