@@ -7,7 +7,7 @@
 
 What it does (at most 8 minutes on one H200; --cpu about a minute on two cores):
 
-* builds its own models with the plugins' tiny builders (a HF LLaMA, a ChatGLM2, RWKV-4/6/7 .pth
+* builds its own models with the plugins' tiny builders (a HF LLaMA, ChatGLM2 and -6B, RWKV-4/6/7 .pth
   files, a GLM-130B-shaped SAT checkpoint, a GGUF converted from the LLaMA);
 * runs each path below, compares its logits with the CPU fp32 run of the same weights
   (``max |device - cpu| / (cpu.max() - cpu.min())`` over every position of two prompts) against
@@ -19,7 +19,8 @@ What it does (at most 8 minutes on one H200; --cpu about a minute on two cores):
 
 Paths: transformers LLaMA on cuda (fp32/fp16/bf16, placed with ``device_map={"": "cuda:0"}``; the
 ``device_map="auto"`` split over two GPUs), llama.cpp CUDA offload (-ngl 0 / half / all / the
-engine's own gpu-layer plan; q8_0 with all layers), the ChatGLM torch engine (fp16, bf16, INT8, INT4),
+engine's own gpu-layer plan; q8_0 with all layers), the ChatGLM torch engine (ChatGLM2 fp16, bf16,
+fp32, INT8, INT4; ChatGLM-6B fp16, INT4),
 RWKV strategies (``cuda fp16``, ``cuda fp32``, ``cuda fp16i8``, a GPU/CPU split, streamed layers; RWKV-4,
 6 and 7), GLM-130B ranks over NCCL (TP=1 in fp32/fp16/bf16, offload, INT8, INT4; TP=2 over two GPUs;
 whether NCCL accepts two ranks on one GPU; ``load()`` in-process), LoRA training steps, and the decode
@@ -404,30 +405,39 @@ class Check:
                 self.run(f"llama.cpp/{outtype} -ngl {label}", one)
 
     def chatglm(self) -> None:
+        """ChatGLM2 in every dtype and INT8/INT4; ChatGLM-6B (v1: other blocks, 2D rotary) in fp16 and
+        INT4. The quantized paths compare with the CPU fp32 run of the same quantization."""
         from openllm_hub_chatglm.tiny import build_checkpoint
 
-        if not self.wants_phase("chatglm"):
-            return
-        src = build_checkpoint(self.work / "chatglm2", "chatglm2", hidden=self.h, layers=self.layers, heads=4,
-                               kv_groups=2, seq_length=256)
-        ids = self.tokenize(src)
-        seq = max(map(len, ids)) + self.new_tokens
-        ref = self.probe(src, ids, device="cpu", dtype="fp32", speed=False)["logits"]
-        for dt in (("bf16",) if self.cpu else ("fp16", "bf16", "fp32")):
-            def one(dt: str = dt) -> Result:
-                p = self.probe(src, ids, device=self.dev, dtype=dt)
-                return self.compare_probe(p, ref, dt,
-                                          memory=self.memory_detail(src, p["peak"], bits=None, seq=seq, dtype=dt))
-            self.run(f"chatglm2/{dt}", one)
-        for q in ("int8", "int4"):
-            qref = self.probe(src, ids, device="cpu", dtype="fp32", quantize=q, speed=False)["logits"]
+        variants = {"chatglm2": (("bf16",) if self.cpu else ("fp16", "bf16", "fp32"), ("int8", "int4")),
+                    "chatglm": ((self.half,), ("int4",))}
+        for variant, (dtypes, quants) in variants.items():
+            if not self.wants_phase(f"{variant}/"):
+                continue
+            src = build_checkpoint(self.work / variant, variant, hidden=self.h, layers=self.layers, heads=4,
+                                   kv_groups=2, seq_length=256)
+            ids = self.tokenize(src)
+            seq = max(map(len, ids)) + self.new_tokens
+            ref = self.probe(src, ids, device="cpu", dtype="fp32", speed=False)["logits"]
+            for dt in dtypes:
+                def one(dt: str = dt, src: Path = src, ids: list[list[int]] = ids, seq: int = seq,
+                        ref: list[np.ndarray] = ref) -> Result:
+                    p = self.probe(src, ids, device=self.dev, dtype=dt)
+                    return self.compare_probe(p, ref, dt, memory=self.memory_detail(
+                        src, p["peak"], bits=None, seq=seq, dtype=dt))
+                self.run(f"{variant}/{dt}", one)
+            for q in quants:
+                if not self.wanted(f"{variant}/{q}"):
+                    continue
+                qref = self.probe(src, ids, device="cpu", dtype="fp32", quantize=q, speed=False)["logits"]
 
-            def quant(q: str = q, qref: list[np.ndarray] = qref) -> Result:
-                p = self.probe(src, ids, device=self.dev, dtype=self.half, quantize=q)
-                kind = q if self.half == "fp16" else f"{q}-bf16"
-                return self.compare_probe(p, qref, kind, memory=self.memory_detail(
-                    src, p["peak"], bits=int(q[3:]), seq=seq, dtype="fp16"))
-            self.run(f"chatglm2/{q} {self.half}", quant)
+                def quant(q: str = q, qref: list[np.ndarray] = qref, src: Path = src, ids: list[list[int]] = ids,
+                          seq: int = seq) -> Result:
+                    p = self.probe(src, ids, device=self.dev, dtype=self.half, quantize=q)
+                    kind = q if self.half == "fp16" else f"{q}-bf16"
+                    return self.compare_probe(p, qref, kind, memory=self.memory_detail(
+                        src, p["peak"], bits=int(q[3:]), seq=seq, dtype="fp16"))
+                self.run(f"{variant}/{q} {self.half}", quant)
 
     def rwkv(self) -> None:
         from openllm_hub_rwkv.tiny import Version, build_checkpoint
@@ -444,7 +454,7 @@ class Check:
             src = build_checkpoint(self.work / f"rwkv{version}.pth", version, n_layer=self.layers, n_embd=self.h,
                                    head_size=16 if self.cpu else 64)
             ids = self.tokenize(src)
-            ref = self.probe(src, ids, strategy="cpu fp32", speed=False)["logits"]
+            ref = self.probe(src, ids, strategy="cpu fp32", device="cpu", speed=False)["logits"]
             for strategy, kind in gpu.items():
                 if version == "7" and ("->" in strategy or "+" in strategy or "i8" in strategy):
                     continue  # the plugin refuses splits, streaming and int8 for RWKV-7 (as the package does)
@@ -454,7 +464,7 @@ class Check:
 
                 def one(used: str = used, kind: str = kind, src: Path = src, ids: list[list[int]] = ids,
                         ref: list[np.ndarray] = ref) -> Result:
-                    p = self.probe(src, ids, strategy=used)
+                    p = self.probe(src, ids, strategy=used, device="cpu" if used.startswith("cpu") else "cuda")
                     return self.compare_probe(p, ref, kind, strategy=used, memory=self.memory_detail(
                         src, p["peak"], bits=8 if "i8" in used else None, seq=max(map(len, ids)) + self.new_tokens,
                         dtype="fp32" if kind == "fp32" else "fp16"))

@@ -14,13 +14,17 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "gpu_check.py"
 #: Every family and kind of path the GPU run checks, by name prefix (CPU mode runs each one).
-EXPECTED_PREFIXES = ("llama-hf/fp32", "llama-hf/bf16", "llama-hf/device_map=auto", "llama.cpp/f16 -ngl 0",
-                     "llama.cpp/f16 -ngl half", "llama.cpp/f16 -ngl all", "llama.cpp/f16 -ngl auto",
-                     "llama.cpp/q8_0", "chatglm2/bf16", "chatglm2/int8", "chatglm2/int4", "rwkv4/cuda fp16",
-                     "rwkv4/cuda fp32", "rwkv4/cuda fp16i8", "rwkv4/cuda fp16 *1 -> cpu fp32", "rwkv4/cuda fp16 *1+",
-                     "rwkv7/cuda fp16", "glm130b/tp1 gloo fp32", "glm130b/tp1 gloo int4", "glm130b/tp2 gloo fp32", "glm130b/tp2 gloo bf16", "glm130b/tp2 gloo offload",
-                     "glm130b/tp2 gloo int8", "glm130b/tp2 gloo int4", "glm130b/load()", "lora/train",
-                     "bandwidth/transformers", "bandwidth/llama.cpp")
+EXPECTED_PREFIXES = (
+    "llama-hf/fp32", "llama-hf/bf16", "llama-hf/device_map=auto",
+    "llama.cpp/f16 -ngl 0", "llama.cpp/f16 -ngl half", "llama.cpp/f16 -ngl all", "llama.cpp/f16 -ngl auto",
+    "llama.cpp/q8_0",
+    "chatglm2/bf16", "chatglm2/int8", "chatglm2/int4", "chatglm/bf16", "chatglm/int4",
+    "rwkv4/cuda fp16", "rwkv4/cuda fp32", "rwkv4/cuda fp16i8", "rwkv4/cuda fp16 *1 -> cpu fp32",
+    "rwkv4/cuda fp16 *1+", "rwkv7/cuda fp16",
+    "glm130b/tp1 gloo fp32", "glm130b/tp1 gloo int4", "glm130b/tp2 gloo fp32", "glm130b/tp2 gloo bf16",
+    "glm130b/tp2 gloo offload", "glm130b/tp2 gloo int8", "glm130b/tp2 gloo int4", "glm130b/load()",
+    "lora/train", "bandwidth/transformers", "bandwidth/llama.cpp",
+)
 
 
 def _run(tmp_path: Path, *args: str) -> tuple[int, dict[str, Any], str]:
