@@ -497,13 +497,18 @@ class Check:
                 "int8": EngineOptions(dtype=half, quantize=8), "int4": EngineOptions(dtype=half, quantize=4)}
         if not self.cpu:
             runs["bf16"] = EngineOptions(dtype="bf16")
-        # GPU: one rank over NCCL (TP=1), and one rank per GPU when there are several (the ranks
-        # re-split the TP=2 checkpoint to any degree that divides it). CPU mode: 1 and 2 ranks over gloo.
-        worlds = [1, 2] if self.cpu else ([1, self.gpus] if self.gpus >= 2 else [1])
+        # GPU: one rank over NCCL (TP=1), and with several GPUs one rank on each of the most GPUs that
+        # split the model evenly (2, 4 or 8: heads, MLP and vocabulary divide by 8; the ranks re-split the
+        # TP=2 checkpoint themselves). CPU mode: 1 and 2 ranks over gloo.
+        multi = [w for w in (8, 4, 2) if w <= self.gpus][:1]
+        worlds = [1, 2] if self.cpu else [1, *multi]
         seq = max(map(len, ids)) + self.new_tokens
         for world in worlds:
             name = f"glm130b/tp{world} {'gloo' if self.cpu else 'nccl'}"
             if not any(self.wanted(f"{name} {k}") for k in runs):
+                continue
+            if self.out_of_time():
+                self.skip(name, f"time budget of {self.args.budget_s} s spent (--budget-s)")
                 continue
             t0 = time.perf_counter()
             try:
