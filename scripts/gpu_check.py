@@ -753,6 +753,41 @@ def machine(cpu: bool) -> dict[str, Any]:
     return out
 
 
+def markdown_table(report: dict[str, Any]) -> str:
+    """The report as the Markdown tables benchmarks/RESULTS.md records: one row per path, then the
+    memory rows (measured peak vs the planner's prediction) and the bandwidth rows."""
+    m = report["machine"]
+    gpus = ", ".join(f"{g['name']} ({g['memory_gib']} GiB)" for g in m.get("gpus", [])) or "none (CPU mode)"
+    lines = [f"Machine: {gpus}; torch {m.get('torch')}, CUDA {m.get('cuda', '-')}, transformers "
+             f"{m.get('transformers', '-')}, llama-cpp-python {m.get('llama_cpp_python', '-')}; "
+             f"{report['seconds']} s in all; {report['counts']}.", "",
+             "| path | status | difference | bound | tokens/s |", "| --- | --- | --- | --- | --- |"]
+    for p in report["paths"]:
+        diff = "-" if p["diff"] is None else f"{p['diff']:.1e}"
+        bound = "-" if p["bound"] is None else f"{p['bound']:.0e} ({p['bound_kind']})"
+        tps = "-" if p["tokens_per_s"] is None else f"{p['tokens_per_s']:.1f}"
+        status = p["status"] + (f": {p['detail']['reason']}" if p["detail"].get("reason") else "")
+        lines.append(f"| {p['name']} | {status} | {diff} | {bound} | {tps} |")
+    mem = [(p["name"], p["detail"]["memory"]) for p in report["paths"]
+           if isinstance(p["detail"].get("memory"), dict) and p["detail"]["memory"].get("max_memory_allocated")]
+    if mem:
+        lines += ["", "| path | max_memory_allocated (MiB) | planner (MiB) | planner / measured |",
+                  "| --- | --- | --- | --- |"]
+        for name, d in mem:
+            pred = d["planner"].get("predicted_bytes")
+            planned = "-" if pred is None else f"{pred / 2**20:.1f}"
+            lines.append(f"| {name} | {d['max_memory_allocated'] / 2**20:.1f} | {planned} | "
+                         f"{d.get('predicted_over_measured', '-')} |")
+    bw = [p for p in report["paths"] if p["detail"].get("bandwidth_bound_tokens_per_s")]
+    if bw:
+        lines += ["", "| path | tokens/s | bound (4.3 TB/s / bytes per token) | fraction |",
+                  "| --- | --- | --- | --- |"]
+        for p in bw:
+            lines.append(f"| {p['name']} | {p['tokens_per_s']} | {p['detail']['bandwidth_bound_tokens_per_s']:.0f} | "
+                         f"{p['detail'].get('fraction_of_bound', '-')} |")
+    return "\n".join(lines)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--cpu", action="store_true", help="run every path with the device side on the CPU")
@@ -765,7 +800,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--budget-s", type=float, default=450.0,
                     help="seconds after which the remaining paths SKIP (the report is still written)")
     ap.add_argument("--keep", default=None, help="build the models in this folder and keep them")
+    ap.add_argument("--table", default=None, metavar="REPORT",
+                    help="print a report written earlier as Markdown tables (for benchmarks/RESULTS.md) and exit")
     args = ap.parse_args(argv)
+    if args.table:
+        print(markdown_table(json.loads(Path(args.table).read_text())))
+        return 0
     out = Path(args.out or (Path(os.environ["OUT"]) / "gpu_check.json" if os.environ.get("OUT") else "gpu_check.json"))
     os.environ.setdefault("OPENLLM_HUB_NO_PROGRESS", "1")
 
@@ -797,8 +837,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                                     detail={"error": f"{type(exc).__name__}: {exc}"[:300],
                                             "traceback": traceback.format_exc(limit=-4)}))
     counts = {s: sum(r.status == s for r in check.results) for s in ("PASS", "FAIL", "SKIP", "ERROR")}
-    report = {"machine": machine(check.cpu), "bounds": BOUNDS, "seconds": round(time.perf_counter() - t_start, 1),
-              "counts": counts, "ok": counts["FAIL"] == 0 and counts["ERROR"] == 0,
+    report = {"machine": machine(check.cpu), "args": vars(args), "bounds": BOUNDS,
+              "seconds": round(time.perf_counter() - t_start, 1), "counts": counts,
+              "ok": counts["FAIL"] == 0 and counts["ERROR"] == 0,
               "paths": [asdict(r) for r in check.results]}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2, default=str))

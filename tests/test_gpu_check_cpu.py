@@ -56,6 +56,10 @@ def test_every_path_passes_on_the_cpu_with_its_bound(tmp_path: Path) -> None:
     # the planner's prediction is found (core planner or the GLM-130B plugin's) for the torch paths
     llama_fp32 = next(p for n, p in paths.items() if n.startswith("llama-hf/fp32"))
     assert llama_fp32["detail"]["memory"]["planner"]["predicted_bytes"] > 0, llama_fp32["detail"]["memory"]
+    # the report renders as the Markdown table RESULTS.md records
+    table = subprocess.run([sys.executable, str(SCRIPT), "--table", str(tmp_path / "report.json")],
+                           capture_output=True, text=True, check=True).stdout
+    assert all(f"| {name} | PASS |" in table for name in paths), table
 
 
 def test_negative_control_is_reported_as_fail(tmp_path: Path) -> None:
