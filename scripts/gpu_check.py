@@ -128,10 +128,10 @@ class Result:
 
     def line(self) -> str:
         diff = "-" if self.diff is None else f"{self.diff:.2e}"
-        bound = "-" if self.bound is None else f"{self.bound:.0e}"
+        bound = "-" if self.bound is None else f"{self.bound:.1e}"
         tps = "-" if self.tokens_per_s is None else f"{self.tokens_per_s:.1f}"
         why = self.detail.get("reason") or self.detail.get("error") or ""
-        return (f"{self.status:5s} {self.name:40s} diff {diff:>9s} (bound {bound:>5s})  tok/s {tps:>8s}  "
+        return (f"{self.status:5s} {self.name:40s} diff {diff:>9s} (bound {bound:>7s})  tok/s {tps:>8s}  "
                 f"{self.seconds:5.1f}s  {why}".rstrip())
 
 
@@ -764,7 +764,7 @@ def markdown_table(report: dict[str, Any]) -> str:
              "| path | status | difference | bound | tokens/s |", "| --- | --- | --- | --- | --- |"]
     for p in report["paths"]:
         diff = "-" if p["diff"] is None else f"{p['diff']:.1e}"
-        bound = "-" if p["bound"] is None else f"{p['bound']:.0e} ({p['bound_kind']})"
+        bound = "-" if p["bound"] is None else f"{p['bound']:.1e} ({p['bound_kind']})"
         tps = "-" if p["tokens_per_s"] is None else f"{p['tokens_per_s']:.1f}"
         status = p["status"] + (f": {p['detail']['reason']}" if p["detail"].get("reason") else "")
         lines.append(f"| {p['name']} | {status} | {diff} | {bound} | {tps} |")
