@@ -20,6 +20,8 @@ echo "==> mypy --strict on every plugin, the demo trainer and the plugins' test 
   examples/third_party_plugin/src/openllm_hub_bigram \
   plugins/llama/tests/llama_reference.py plugins/llama/tests/llama_lora_tiny.py \
   plugins/chatglm/tests/chatglm_reference.py plugins/glm130b/tests/glm130b_reference.py || status=1
+echo "==> mypy --strict scripts/gpu_check.py"
+"$VENV/bin/mypy" --strict scripts/gpu_check.py || status=1
 echo "==> ruff"
 "$VENV/bin/ruff" check . || status=1
 exit $status

@@ -3,7 +3,7 @@
 Written straight from the architecture's formulas (see modeling.py's docstring) with none of
 the engine's machinery: unpartitioned weights, the whole sequence at once with an explicit
 attention mask, no KV cache, no torch. The tests compare the tensor-parallel engine
-against it; ``cuda_check.py`` does too on a GPU machine.
+against it; ``scripts/gpu_check.py`` does too on a GPU machine.
 """
 
 from __future__ import annotations

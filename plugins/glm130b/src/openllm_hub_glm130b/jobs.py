@@ -2,7 +2,7 @@
 
 :class:`GenerateJob` is what ``glm130b-run`` and ``python -m openllm_hub_glm130b`` run (it
 streams to stdout); :class:`ProbeJob` returns logits, greedy continuations and memory figures
-(used by the tests, the benchmark and ``cuda_check.py``).
+(used by the tests, the benchmark and ``scripts/gpu_check.py``).
 """
 
 from __future__ import annotations
