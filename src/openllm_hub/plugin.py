@@ -53,7 +53,7 @@ from openllm_hub.core.io import (
 from openllm_hub.core.lora import LoraMerger, MergeRequest
 from openllm_hub.core.model import Chunk, Completion, Model, ModelInfo, Timings, Usage
 from openllm_hub.core.paths import cache_dir
-from openllm_hub.core.plan import ModelSpec, available_ram, bits_from_file_size, estimate, gguf_dims
+from openllm_hub.core.plan import ModelSpec, available_ram, bits_from_file_size, estimate, gguf_dims, stored_as
 from openllm_hub.core.progress import Progress, progress_enabled, track
 from openllm_hub.core.quantize import Quantizer, QuantizeRequest
 from openllm_hub.core.registry import API_VERSION
@@ -135,6 +135,7 @@ __all__ = [
     "read_gguf_metadata",
     "read_json",
     "read_safetensors_header",
+    "stored_as",
     "track",
     "verify_models",
     "write_json",

@@ -129,6 +129,15 @@ def bits_from_file_size(size_bytes: int, n_params: int) -> tuple[int | None, int
     return max(1, math.ceil(bpw)), 2
 
 
+def stored_as(spec: ModelSpec, file: Path) -> ModelSpec:
+    """``spec`` with the storage (bits per weight, element size) that ``file``'s size implies
+    for its parameters: how a GGUF's quantization type enters the plan without reading it."""
+    from dataclasses import replace
+
+    bits, dtype_bytes = bits_from_file_size(file.stat().st_size, spec.n_params)
+    return replace(spec, stored_bits=bits, dtype_bytes=dtype_bytes)
+
+
 def gguf_dims(meta: Mapping[str, Any], where: Path | str) -> dict[str, int]:
     """A transformer's sizes from GGUF metadata under llama.cpp's standard keys
     (``{arch}.block_count``, ``.embedding_length``, ``.feed_forward_length``,

@@ -13,11 +13,10 @@ shapes, so no variant needs to be told apart here.
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from openllm_hub.plugin import CorruptFileError, ModelSpec, bits_from_file_size, gguf_dims, read_gguf_metadata
+from openllm_hub.plugin import CorruptFileError, ModelSpec, gguf_dims, read_gguf_metadata, stored_as
 from openllm_hub_chatglm.spec import GLMSpec, detect_generation, read_spec
 
 
@@ -53,8 +52,7 @@ def from_gguf(path: Path) -> ModelSpec:
                 num_heads=d["heads"], head_dim=d["hidden"] // d["heads"], num_kv_heads=d["kv_heads"],
                 ffn_size=d["ffn"], eps=1e-5, qkv_bias=True, linear_bias=False, max_length=d["context"])
     base = from_spec(s, str(path))
-    bits, dtype_bytes = bits_from_file_size(path.stat().st_size, base.n_params)
-    return replace(base, stored_bits=bits, dtype_bytes=dtype_bytes)
+    return stored_as(base, path)
 
 
 def read(path: Path, fmt: str) -> ModelSpec:

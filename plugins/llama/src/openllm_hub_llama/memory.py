@@ -11,7 +11,6 @@ f16/f32); its bits per weight come from its size.
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +18,9 @@ from openllm_hub.plugin import (
     CorruptFileError,
     InvalidParameterError,
     ModelSpec,
-    bits_from_file_size,
     gguf_dims,
     read_gguf_metadata,
+    stored_as,
 )
 
 #: Meta's params.json has vocab_size -1 (the tokenizer decides); LLaMA's tokenizer has 32,000 pieces.
@@ -89,8 +88,7 @@ def from_gguf(path: Path) -> ModelSpec:
     d = gguf_dims(read_gguf_metadata(path), path)
     base = spec(str(path), layers=d["layers"], hidden=d["hidden"], heads=d["heads"], kv_heads=d["kv_heads"],
                 vocab=d["vocab"], inner=d["ffn"], seq=d["context"])
-    bits, dtype_bytes = bits_from_file_size(path.stat().st_size, base.n_params)
-    return replace(base, stored_bits=bits, dtype_bytes=dtype_bytes)
+    return stored_as(base, path)
 
 
 def read(path: Path, fmt: str) -> ModelSpec:
