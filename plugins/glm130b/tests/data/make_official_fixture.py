@@ -258,8 +258,9 @@ def run_rank(rank: int, world: int, port: int, ckpt: str, fp16: bool, glm_src: s
             row = output.reshape(-1).tolist()  # [batch 1, beams 1, length]
             gen = row[ctx:]
             gen = gen[: gen.index(-1)] if -1 in gen else gen
-            results[name] = {"prompt_logits": full[0].float().numpy(), "step_logits": np.stack(strategy.seen),
-                             "greedy": np.asarray(gen, dtype=np.int64)}
+            results[name] = {"prompt_logits": full[0].float(),
+                             "step_logits": torch.from_numpy(np.stack(strategy.seen)),
+                             "greedy": torch.tensor(gen, dtype=torch.int64)}
     if rank == 0:
         torch.save(results, out)
     torch.distributed.barrier()
@@ -272,8 +273,9 @@ def spawn(world: int, ckpt: Path, fp16: bool, glm_src: Path, prompts: Any, port:
     out = tmp / f"run_tp{world}_{'fp16' if fp16 else 'fp32'}.pt"
     mp.spawn(run_rank, args=(world, port, str(ckpt), fp16, str(glm_src), prompts, str(out), eop),
              nprocs=world, join=True)
-    res: dict[str, Any] = torch.load(out, weights_only=False)
-    return res
+    # the ranks save tensors only, so the result loads without unpickling code
+    saved: dict[str, dict[str, torch.Tensor]] = torch.load(out, weights_only=True)
+    return {name: {k: v.numpy() for k, v in r.items()} for name, r in saved.items()}
 
 
 def main() -> None:
