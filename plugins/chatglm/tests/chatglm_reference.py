@@ -6,7 +6,9 @@ into ``q_proj``/``k_proj``/``v_proj`` (rows ``[heads*d | groups*d | groups*d]``)
 GLM rotary covers ``partial_rotary_factor=0.5`` of each head with interleaved pairs and
 ``inv_freq = theta**(-arange(0, d/2, 2) / (d/2))``, which is ChatGLM2's rotary exactly; its
 MLP's ``gate_up_proj`` is ``dense_h_to_4h`` (gate rows first). transformers is imported here,
-never by the engine.
+never by the engine. This mapping starts from the project's :class:`GLMSpec`; the fixture in
+``data/official_glm2/`` (``test_official_parity_glm2.py``) is the independent check, configured
+by transformers' own config parsing.
 """
 
 from __future__ import annotations
@@ -23,13 +25,18 @@ def glm_config(spec: GLMSpec) -> Any:
 
     if spec.version == 1:
         raise ValueError("transformers has no ChatGLM-6B (v1) implementation")
+    # rope_ratio: ChatGLM3(-32k) multiplies the rotary base by it; ChatGLM2-32k divides the
+    # positions by it, which is transformers' "linear" scaling (the releases' RotaryEmbedding)
+    if spec.version == 2 and spec.rope_ratio != 1.0:
+        rope = {"rope_type": "linear", "factor": spec.rope_ratio, "rope_theta": 10000.0}
+    else:
+        rope = {"rope_type": "default", "rope_theta": 10000.0 * spec.rope_ratio}
     return GlmConfig(
         vocab_size=spec.vocab_size, hidden_size=spec.hidden_size, intermediate_size=spec.ffn_size,
         num_hidden_layers=spec.num_layers, num_attention_heads=spec.num_heads, num_key_value_heads=spec.num_kv_heads,
         head_dim=spec.head_dim, rms_norm_eps=spec.eps, attention_bias=spec.qkv_bias,
         max_position_embeddings=spec.max_length, pad_token_id=0, eos_token_id=spec.eos_token_id,
-        tie_word_embeddings=False,
-        rope_parameters={"rope_type": "default", "rope_theta": 10000.0 * spec.rope_ratio, "partial_rotary_factor": 0.5},
+        tie_word_embeddings=False, rope_parameters={**rope, "partial_rotary_factor": 0.5},
     )
 
 
