@@ -19,6 +19,7 @@ from openllm_hub.cli_args import (
     add_load_arguments,
     add_option_argument,
     colors,
+    family_options,
     generation_params,
     load_from_args,
     parse_options,
@@ -103,6 +104,16 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _launches(args: argparse.Namespace) -> bool:
+    """Whether MODEL's family runs over several processes (else ``launch`` refuses, and the
+    prompt is not echoed before that error)."""
+    from openllm_hub.api import detect, resolve_source
+
+    resolved = resolve_source(args.model)
+    fam, _ = detect(resolved.path, family=args.family or resolved.family)
+    return fam.launch is not None
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     if args.file:
         prompt = read_text_file(args.file, what="-f/--file")
@@ -110,13 +121,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         prompt = args.prompt
     else:
         raise InvalidParameterError("no prompt", where="run", fix="pass -p PROMPT or -f FILE")
+    c_prompt, c_reset, c_out = colors(args)
     if args.nproc != 1:
         from openllm_hub.api import launch
 
+        options = family_options(args)
+        if args.echo and _launches(args):  # as without --nproc: the prompt, then rank 0's streamed text
+            print(f"{c_prompt}{prompt}{c_reset}", end="", flush=True)
         return launch(args.model, prompt, nproc=args.nproc, family=args.family, device=args.device,
-                      threads=args.threads, dtype=args.dtype, params=generation_params(args),
-                      **parse_options(args.option))
-    c_prompt, c_reset, c_out = colors(args)
+                      threads=args.threads, dtype=args.dtype, params=generation_params(args), **options)
     with load_from_args(args) as model:
         params = generation_params(args)
         if args.echo:
