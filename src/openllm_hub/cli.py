@@ -104,14 +104,20 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def _launches(args: argparse.Namespace) -> bool:
-    """Whether MODEL's family runs over several processes (else ``launch`` refuses, and the
-    prompt is not echoed before that error)."""
-    from openllm_hub.api import detect, resolve_source
+def _launches(args: argparse.Namespace, options: dict[str, Any]) -> bool:
+    """Whether ``run --nproc`` will start: MODEL's family runs over several processes and the
+    options and sampling flags are valid (else ``launch`` refuses, and no prompt is echoed
+    before that error)."""
+    from openllm_hub.api import detect, resolve_source, validate_options
+    from openllm_hub.core.config import GenerationConfig
 
     resolved = resolve_source(args.model)
     fam, _ = detect(resolved.path, family=args.family or resolved.family)
-    return fam.launch is not None
+    if fam.launch is None:
+        return False
+    validate_options(fam, {**(resolved.options or {}), **options}, where=resolved.path)
+    GenerationConfig.build(**generation_params(args))
+    return True
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -126,7 +132,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         from openllm_hub.api import launch
 
         options = family_options(args)
-        if args.echo and _launches(args):  # as without --nproc: the prompt, then rank 0's streamed text
+        if args.echo and _launches(args, options):  # as without --nproc: the prompt, then rank 0's streamed text
             print(f"{c_prompt}{prompt}{c_reset}", end="", flush=True)
         return launch(args.model, prompt, nproc=args.nproc, family=args.family, device=args.device,
                       threads=args.threads, dtype=args.dtype, params=generation_params(args), **options)

@@ -57,15 +57,20 @@ def add_option_argument(p: argparse.ArgumentParser, *, what: str = "a family loa
 
 
 def add_device_arguments(p: argparse.ArgumentParser, *, devices: str | None = None,
-                         dtypes: Sequence[str] | None = None, threads_help: str = "CPU threads") -> None:
+                         dtypes: Sequence[str] | None = None, threads_help: str = "CPU threads",
+                         dtype_only: bool = False) -> None:
     """``--device``, ``--dtype`` and ``-t/--threads``: where a model runs. ``devices`` and
     ``threads_help`` reword the help of commands that accept fewer devices or count threads
-    differently; ``dtypes`` restricts ``--dtype`` to those choices."""
-    p.add_argument("--device", default="auto",
-                   help=devices or "auto, cpu, cpu:blas, cuda, cuda:N or cuda:N,M (default auto)")
+    differently; ``dtypes`` restricts ``--dtype`` to those choices; ``dtype_only`` adds only
+    ``--dtype`` (for a process whose device and threads its launcher chose, e.g. under torchrun)."""
+    if not dtype_only:
+        p.add_argument("--device", default="auto",
+                       help=devices or "auto, cpu, cpu:blas, cuda, cuda:N or cuda:N,M (default auto)")
     p.add_argument("--dtype", choices=tuple(dtypes) if dtypes else None,
-                   help="compute dtype: fp32, fp16 or bf16 (engines that choose a dtype)")
-    p.add_argument("-t", "--threads", type=int, help=threads_help)
+                   help="compute dtype: " + (", ".join(dtypes) if dtypes else "fp32, fp16 or bf16") +
+                        " (engines that choose a dtype)")
+    if not dtype_only:
+        p.add_argument("-t", "--threads", type=int, help=threads_help)
 
 
 def add_load_arguments(p: argparse.ArgumentParser) -> None:

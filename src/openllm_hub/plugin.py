@@ -24,6 +24,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from openllm_hub.api import detect
+from openllm_hub.cli_args import (
+    add_device_arguments,
+    add_generation_arguments,
+    add_hidden_alias,
+    add_load_arguments,
+    generation_params,
+    load_from_args,
+)
 from openllm_hub.core.chat import ChatTemplate, Message, get_template
 from openllm_hub.core.config import GenerationConfig
 from openllm_hub.core.convert import Converter, ConvertRequest, VerifyReport, verify_models
@@ -116,6 +124,10 @@ __all__ = [
     "UnsafeCheckpointError",
     "Usage",
     "VerifyReport",
+    "add_device_arguments",
+    "add_generation_arguments",
+    "add_hidden_alias",
+    "add_load_arguments",
     "atomic_output",
     "available_ram",
     "bits_from_file_size",
@@ -125,10 +137,12 @@ __all__ = [
     "estimate",
     "file_sha256",
     "generate_tokens",
+    "generation_params",
     "get_template",
     "gguf_dims",
     "hookimpl",
     "join_pieces",
+    "load_from_args",
     "load_torch_checkpoint",
     "probe_machine",
     "progress_enabled",
