@@ -240,6 +240,53 @@ def cmd_perplexity(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- tiny (small random checkpoints of any family) ------------------------------------------------
+def cmd_tiny(args: argparse.Namespace) -> int:
+    from openllm_hub.core.tiny import tiny_families, write_tiny
+
+    if args.list:
+        builders = tiny_families()
+        if args.json:
+            _print_json([{"family": fam.name, "formats": list(b.formats), "default": b.formats[0],
+                          "options": dict(b.options)} for fam, b in builders])
+            return 0
+        for fam, b in builders:
+            print(f"{fam.name:<9} --format {b.formats[0]} (default)" + "".join(f", {f}" for f in b.formats[1:]))
+            for key, what in b.options.items():
+                print(f"{'':<9} -o {key + '=...':<12} {what}")
+        return 0
+    if not args.family or not args.out:
+        raise InvalidParameterError("tiny needs a family and an output path", where="tiny",
+                                    fix="openllm-hub tiny FAMILY OUT (families and formats: openllm-hub tiny --list)")
+    result = write_tiny(args.family, args.out, fmt=args.format, options=parse_options(args.option), force=args.force)
+    size = sum(f.stat().st_size for f in Path(args.out).rglob("*") if f.is_file()) if Path(args.out).is_dir() \
+        else Path(args.out).stat().st_size
+    kind = result.family if result.format == result.family else f"{result.family} {result.format}"
+    print(f"wrote {result.path} (tiny random {kind}, {size / 1e6:.1f} MB)")
+    print(f"try: {PROG} info {result.path}   or   {PROG} run {result.path} -p 'Once upon a time' -n 16")
+    return 0
+
+
+def _add_tiny_command(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("tiny", help="write a small random checkpoint of any family (to try workflows, for bug "
+                                    "reports)",
+                       description="Write a tiny checkpoint with random weights in a family's real on-disk layout "
+                                   "(the files, names and tokenizer a real model of that format has), to try "
+                                   "a workflow (run, chat, convert, quantize, serve) without a real model, or to "
+                                   "attach to a bug report. The same command writes the same weights (-o seed=N "
+                                   "changes them). `openllm-hub tiny --list` shows each family's formats and "
+                                   "options.")
+    p.add_argument("family", nargs="?", help="family name or alias, e.g. llama, chatglm, rwkv")
+    p.add_argument("out", nargs="?", help="where to write it (a file or folder, as the format is; refused if it "
+                                          "exists, unless --force)")
+    p.add_argument("--format", help="the layout to write (default: the family's first; see --list)")
+    add_option_argument(p, what="a builder option, e.g. seed=1 or layers=4 (see --list)")
+    p.add_argument("--force", action="store_true", help="replace an existing OUT")
+    p.add_argument("--list", action="store_true", help="list the families, formats and options tiny can write")
+    p.add_argument("--json", action="store_true", help="with --list: print JSON")
+    p.set_defaults(handler=cmd_tiny)
+
+
 # ---- plan (memory planner; torch-free, reads config alone, writes nothing) ---------------------
 def _plan_spec(model: str, family: str | None) -> Any:
     """MODEL as a path or model name (through its family's ``memory`` hook), else a published shape
@@ -408,6 +455,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_perplexity)
 
     _add_plan_command(sub)
+    _add_tiny_command(sub)
 
     from openllm_hub.server.cli import add_serve_command
 

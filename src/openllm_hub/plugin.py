@@ -45,6 +45,7 @@ from openllm_hub.core.family import (
     LoadRequest,
     ModelName,
     NoOptions,
+    TinyBuilder,
 )
 from openllm_hub.core.generate import generate_tokens
 from openllm_hub.core.hookspecs import hookimpl
@@ -65,6 +66,7 @@ from openllm_hub.core.plan import ModelSpec, available_ram, bits_from_file_size,
 from openllm_hub.core.progress import Progress, progress_enabled, track
 from openllm_hub.core.quantize import Quantizer, QuantizeRequest
 from openllm_hub.core.registry import API_VERSION
+from openllm_hub.core.tiny import choice_option, int_option
 from openllm_hub.errors import (
     ConversionError,
     CorruptFileError,
@@ -120,6 +122,7 @@ __all__ = [
     "QuantizeRequest",
     "Quantizer",
     "Timings",
+    "TinyBuilder",
     "UnknownFormatError",
     "UnsafeCheckpointError",
     "Usage",
@@ -133,6 +136,7 @@ __all__ = [
     "bits_from_file_size",
     "cache_dir",
     "check_destination",
+    "choice_option",
     "detect",
     "estimate",
     "file_sha256",
@@ -141,6 +145,7 @@ __all__ = [
     "get_template",
     "gguf_dims",
     "hookimpl",
+    "int_option",
     "join_pieces",
     "load_from_args",
     "load_torch_checkpoint",
