@@ -385,7 +385,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="generate text from a prompt (flags after llama.cpp's main)")
     add_load_arguments(p)
-    p.add_argument("-p", "--prompt")
+    p.add_argument("-p", "--prompt", help="the prompt (printed before the generated text unless --no-echo)")
     p.add_argument("-f", "--file", help="read the prompt from a file")
     p.add_argument("--no-echo", dest="echo", action="store_false", help="do not print the prompt first")
     p.add_argument("-v", "--verbose", action="store_true", help="print token counts and speeds to stderr")
