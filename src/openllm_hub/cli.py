@@ -19,6 +19,7 @@ from openllm_hub.cli_args import (
     add_load_arguments,
     add_option_argument,
     colors,
+    family_options,
     generation_params,
     load_from_args,
     parse_options,
@@ -103,6 +104,22 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _launches(args: argparse.Namespace, options: dict[str, Any]) -> bool:
+    """Whether ``run --nproc`` will start: MODEL's family runs over several processes and the
+    options and sampling flags are valid (else ``launch`` refuses, and no prompt is echoed
+    before that error)."""
+    from openllm_hub.api import detect, resolve_source, validate_options
+    from openllm_hub.core.config import GenerationConfig
+
+    resolved = resolve_source(args.model)
+    fam, _ = detect(resolved.path, family=args.family or resolved.family)
+    if fam.launch is None:
+        return False
+    validate_options(fam, {**(resolved.options or {}), **options}, where=resolved.path)
+    GenerationConfig.build(**generation_params(args))
+    return True
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     if args.file:
         prompt = read_text_file(args.file, what="-f/--file")
@@ -110,13 +127,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         prompt = args.prompt
     else:
         raise InvalidParameterError("no prompt", where="run", fix="pass -p PROMPT or -f FILE")
+    c_prompt, c_reset, c_out = colors(args)
     if args.nproc != 1:
         from openllm_hub.api import launch
 
+        options = family_options(args)
+        if args.echo and _launches(args, options):  # as without --nproc: the prompt, then rank 0's streamed text
+            print(f"{c_prompt}{prompt}{c_reset}", end="", flush=True)
         return launch(args.model, prompt, nproc=args.nproc, family=args.family, device=args.device,
-                      threads=args.threads, dtype=args.dtype, params=generation_params(args),
-                      **parse_options(args.option))
-    c_prompt, c_reset, c_out = colors(args)
+                      threads=args.threads, dtype=args.dtype, params=generation_params(args), **options)
     with load_from_args(args) as model:
         params = generation_params(args)
         if args.echo:
@@ -221,6 +240,53 @@ def cmd_perplexity(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- tiny (small random checkpoints of any family) ------------------------------------------------
+def cmd_tiny(args: argparse.Namespace) -> int:
+    from openllm_hub.core.tiny import tiny_families, write_tiny
+
+    if args.list:
+        builders = tiny_families()
+        if args.json:
+            _print_json([{"family": fam.name, "formats": list(b.formats), "default": b.formats[0],
+                          "options": dict(b.options)} for fam, b in builders])
+            return 0
+        for fam, b in builders:
+            print(f"{fam.name:<9} --format {b.formats[0]} (default)" + "".join(f", {f}" for f in b.formats[1:]))
+            for key, what in b.options.items():
+                print(f"{'':<9} -o {key + '=...':<12} {what}")
+        return 0
+    if not args.family or not args.out:
+        raise InvalidParameterError("tiny needs a family and an output path", where="tiny",
+                                    fix="openllm-hub tiny FAMILY OUT (families and formats: openllm-hub tiny --list)")
+    result = write_tiny(args.family, args.out, fmt=args.format, options=parse_options(args.option), force=args.force)
+    size = sum(f.stat().st_size for f in Path(args.out).rglob("*") if f.is_file()) if Path(args.out).is_dir() \
+        else Path(args.out).stat().st_size
+    kind = result.family if result.format == result.family else f"{result.family} {result.format}"
+    print(f"wrote {result.path} (tiny random {kind}, {size / 1e6:.1f} MB)")
+    print(f"try: {PROG} info {result.path}   or   {PROG} run {result.path} -p 'Once upon a time' -n 16")
+    return 0
+
+
+def _add_tiny_command(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("tiny", help="write a small random checkpoint of any family (to try workflows, for bug "
+                                    "reports)",
+                       description="Write a tiny checkpoint with random weights in a family's real on-disk layout "
+                                   "(the files, names and tokenizer a real model of that format has), to try "
+                                   "a workflow (run, chat, convert, quantize, serve) without a real model, or to "
+                                   "attach to a bug report. The same command writes the same weights (-o seed=N "
+                                   "changes them). `openllm-hub tiny --list` shows each family's formats and "
+                                   "options.")
+    p.add_argument("family", nargs="?", help="family name or alias, e.g. llama, chatglm, rwkv")
+    p.add_argument("out", nargs="?", help="where to write it (a file or folder, as the format is; refused if it "
+                                          "exists, unless --force)")
+    p.add_argument("--format", help="the layout to write (default: the family's first; see --list)")
+    add_option_argument(p, what="a builder option, e.g. seed=1 or layers=4 (see --list)")
+    p.add_argument("--force", action="store_true", help="replace an existing OUT")
+    p.add_argument("--list", action="store_true", help="list the families, formats and options tiny can write")
+    p.add_argument("--json", action="store_true", help="with --list: print JSON")
+    p.set_defaults(handler=cmd_tiny)
+
+
 # ---- plan (memory planner; torch-free, reads config alone, writes nothing) ---------------------
 def _plan_spec(model: str, family: str | None) -> Any:
     """MODEL as a path or model name (through its family's ``memory`` hook), else a published shape
@@ -319,7 +385,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="generate text from a prompt (flags after llama.cpp's main)")
     add_load_arguments(p)
-    p.add_argument("-p", "--prompt")
+    p.add_argument("-p", "--prompt", help="the prompt (printed before the generated text unless --no-echo)")
     p.add_argument("-f", "--file", help="read the prompt from a file")
     p.add_argument("--no-echo", dest="echo", action="store_false", help="do not print the prompt first")
     p.add_argument("-v", "--verbose", action="store_true", help="print token counts and speeds to stderr")
@@ -389,6 +455,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_perplexity)
 
     _add_plan_command(sub)
+    _add_tiny_command(sub)
 
     from openllm_hub.server.cli import add_serve_command
 

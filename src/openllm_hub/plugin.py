@@ -24,6 +24,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from openllm_hub.api import detect
+from openllm_hub.cli_args import (
+    add_device_arguments,
+    add_generation_arguments,
+    add_hidden_alias,
+    add_load_arguments,
+    generation_params,
+    load_from_args,
+)
 from openllm_hub.core.chat import ChatTemplate, Message, get_template
 from openllm_hub.core.config import GenerationConfig
 from openllm_hub.core.convert import Converter, ConvertRequest, VerifyReport, verify_models
@@ -37,6 +45,7 @@ from openllm_hub.core.family import (
     LoadRequest,
     ModelName,
     NoOptions,
+    TinyBuilder,
 )
 from openllm_hub.core.generate import generate_tokens
 from openllm_hub.core.hookspecs import hookimpl
@@ -57,6 +66,7 @@ from openllm_hub.core.plan import ModelSpec, available_ram, bits_from_file_size,
 from openllm_hub.core.progress import Progress, progress_enabled, track
 from openllm_hub.core.quantize import Quantizer, QuantizeRequest
 from openllm_hub.core.registry import API_VERSION
+from openllm_hub.core.tiny import choice_option, int_option
 from openllm_hub.errors import (
     ConversionError,
     CorruptFileError,
@@ -112,23 +122,32 @@ __all__ = [
     "QuantizeRequest",
     "Quantizer",
     "Timings",
+    "TinyBuilder",
     "UnknownFormatError",
     "UnsafeCheckpointError",
     "Usage",
     "VerifyReport",
+    "add_device_arguments",
+    "add_generation_arguments",
+    "add_hidden_alias",
+    "add_load_arguments",
     "atomic_output",
     "available_ram",
     "bits_from_file_size",
     "cache_dir",
     "check_destination",
+    "choice_option",
     "detect",
     "estimate",
     "file_sha256",
     "generate_tokens",
+    "generation_params",
     "get_template",
     "gguf_dims",
     "hookimpl",
+    "int_option",
     "join_pieces",
+    "load_from_args",
     "load_torch_checkpoint",
     "probe_machine",
     "progress_enabled",

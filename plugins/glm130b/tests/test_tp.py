@@ -123,7 +123,7 @@ def test_core_run_with_nproc(model: Any, tiny: Any) -> None:
 
     prompt = "the cat [MASK] on the mat"
     proc = subprocess.run([sys.executable, "-m", "openllm_hub.cli", "run", str(tiny.path), "-p", prompt,
-                           "--nproc", "2", "--device", "cpu", "--temp", "0", "-n", "5", "-t", "1"],
+                           "--nproc", "2", "--device", "cpu", "--temp", "0", "-n", "5", "-t", "1", "--no-echo"],
                           capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-2000:]
     expect = model.fill_blanks(prompt, temperature=0.0, max_new_tokens=5)

@@ -93,6 +93,25 @@ class ModelName:
 
 
 @dataclass(frozen=True)
+class TinyBuilder:
+    """How a family writes a small random checkpoint in its real on-disk layout, for
+    ``openllm-hub tiny FAMILY OUT`` (trying a workflow without a real model, bug reports).
+
+    ``write(dst, format, options)`` creates ``dst`` (a file or a folder; it does not exist yet
+    and is a temporary sibling of OUT that the core renames when ``write`` returns) as a tiny
+    checkpoint of ``format``, one of ``formats`` (the first is the default), and returns the
+    path to load: ``dst`` itself or a path inside it. ``options`` are the ``-o key=value`` pairs
+    (JSON-parsed), only keys named in ``options`` (key -> what it sets, for ``tiny --list``);
+    bad values raise an :class:`~openllm_hub.errors.OpenLLMHubError`. Weights are random from a
+    seed, so the same command writes the same checkpoint. Import engines inside ``write``.
+    """
+
+    formats: tuple[str, ...]
+    write: Callable[[Path, str, Mapping[str, Any]], Path] = field(compare=False)
+    options: Mapping[str, str] = field(default_factory=dict, compare=False)
+
+
+@dataclass(frozen=True)
 class Family:
     """One model family.
 
@@ -114,6 +133,11 @@ class Family:
     skips its check and lets the loader report). None: the family cannot be planned and
     ``load()`` does not check its memory. ``published_shapes`` names the shapes of published
     models (e.g. ``glm-130b``) that ``plan NAME`` accepts with no file at all.
+
+    ``tiny`` writes a small random checkpoint of the family in one of its real layouts (a
+    :class:`TinyBuilder`: the formats it writes, a writer, its ``-o`` options), for
+    ``openllm-hub tiny FAMILY OUT [--format F]``; what it writes must be detected as this family
+    and run. None: the family offers none.
     """
 
     name: str
@@ -137,6 +161,7 @@ class Family:
     run_format: Callable[[str, BaseModel], str] | None = field(default=None, compare=False)
     memory: Callable[[Path, str], ModelSpec] | None = field(default=None, compare=False)
     published_shapes: Mapping[str, ModelSpec] = field(default_factory=dict, compare=False)
+    tiny: TinyBuilder | None = field(default=None, compare=False)
 
     def can_load(self, fmt: str) -> bool:
         return fmt in (self.loadable if self.loadable is not None else self.formats)

@@ -41,6 +41,20 @@ with the numbers, a model that cannot fit the device it was placed on::
                          layer_matrices=((3 * h, h), (h, h), (4 * h, h), (h, 4 * h)), layer_small=4 * h,
                          embedding_params=2 * cfg["vocab_size"] * h, mlp_width=4 * h,
                          kv_per_token_layer=2 * h)
+
+``Family(tiny=TinyBuilder(formats, write, options))`` lets ``openllm-hub tiny mything OUT``
+write a small random checkpoint in the family's real layout (for trying workflows without a
+real model, and for bug reports). ``write(dst, format, options)`` creates ``dst`` (a file or
+folder; the core writes it atomically and refuses an existing OUT unless ``--force``) and
+returns the path to load; ``options`` holds only the ``-o`` keys the builder names::
+
+    from openllm_hub.plugin import TinyBuilder, int_option
+
+    def write_tiny(dst, fmt, options):
+        from mything.tiny import build       # torch etc. imported here, not at module level
+        return build(dst, layers=int_option(options, "layers", 2, minimum=1))
+
+    TINY = TinyBuilder(("mything",), write_tiny, {"layers": "decoder layers (default 2)"})
 """
 
 from __future__ import annotations
@@ -66,8 +80,9 @@ def register_families(register: Callable[[Family], None]) -> None:
     A :class:`~openllm_hub.plugin.Family` bundles its ``detect`` (score a path, cheap,
     no engine imports), ``load`` (build a Model), supported devices, load options
     (a pydantic model; unknown options are rejected by name), converters, quantizers,
-    LoRA merger, built-in model names, chat templates and its ``memory`` description (shapes
-    for the planner, see above).
+    LoRA merger, built-in model names, chat templates, its ``memory`` description (shapes
+    for the planner, see above) and its ``tiny`` checkpoint writer (``openllm-hub tiny``,
+    see above).
 
     :param register: call it once per :class:`~openllm_hub.plugin.Family`.
     :return: nothing.

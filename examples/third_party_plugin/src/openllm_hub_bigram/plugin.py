@@ -5,8 +5,19 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from openllm_hub.plugin import Detection, DeviceSupport, Family, LoadRequest, Model, ModelName, Probe, hookimpl
+from openllm_hub.plugin import (
+    Detection,
+    DeviceSupport,
+    Family,
+    LoadRequest,
+    Model,
+    ModelName,
+    Probe,
+    TinyBuilder,
+    hookimpl,
+)
 from openllm_hub_bigram import memory
+from openllm_hub_bigram.tiny import TINY_FORMATS, TINY_OPTIONS, write_tiny
 
 OPENLLM_HUB_API_VERSION = 1
 
@@ -49,4 +60,5 @@ def register_families(register: Callable[[Family], None]) -> None:
         description="Example plugin: byte-level bigram language model (numpy)",
         model_names=(ModelName("bigram-stories", "bigram model trained on generated stories",
                                resolve=_builtin),),
+        tiny=TinyBuilder(TINY_FORMATS, write_tiny, TINY_OPTIONS),
     ))

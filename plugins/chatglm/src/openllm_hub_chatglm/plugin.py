@@ -23,11 +23,13 @@ from openllm_hub.plugin import (
     Probe,
     Quantizer,
     QuantizeRequest,
+    TinyBuilder,
     hookimpl,
 )
 from openllm_hub_chatglm import memory
 from openllm_hub_chatglm.options import TORCH_QUANT, ChatGLMOptions
 from openllm_hub_chatglm.templates import TEMPLATES
+from openllm_hub_chatglm.tiny import TINY_FORMATS, TINY_OPTIONS, write_tiny
 
 OPENLLM_HUB_API_VERSION = 1
 
@@ -121,6 +123,7 @@ FAMILY = Family(
                   description="weight-only INT8/INT4 in the official ChatGLM layout (weight + weight_scale)"),
         gguf_quantizer(),
     ),
+    tiny=TinyBuilder(TINY_FORMATS, write_tiny, TINY_OPTIONS),
 )
 
 

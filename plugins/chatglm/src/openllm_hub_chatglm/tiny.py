@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -197,3 +198,21 @@ def build_checkpoint(folder: Path, variant: str = "chatglm2", *, hidden: int = 6
     (folder / "tokenizer_config.json").write_text(json.dumps(tok_cfg, indent=2), encoding="utf-8")
     write_weights(folder, random_state_dict(cfg, seed, dtype), fmt=fmt, shards=shards)
     return folder
+
+
+# ---- openllm-hub tiny chatglm OUT ----------------------------------------------------------------
+#: What ``openllm-hub tiny chatglm`` writes (the first is the default) and its ``-o`` options.
+TINY_FORMATS = ("chatglm3", "chatglm2", "chatglm")
+TINY_OPTIONS = {"seed": "random seed of the weights (default 0)",
+                "layers": "transformer layers (default 2)",
+                "shards": "safetensors shards, with the index file when > 1 (default 1)"}
+
+
+def write_tiny(dst: Path, fmt: str, options: Mapping[str, Any]) -> Path:
+    """``openllm-hub tiny chatglm DST --format chatglm|chatglm2|chatglm3``: a folder as the
+    THUDM repositories hold it (config.json, tokenizer files, safetensors weights), with a small
+    sentencepiece tokenizer trained here under the release's conventions."""
+    from openllm_hub.plugin import int_option
+
+    return build_checkpoint(dst, fmt, layers=int_option(options, "layers", 2, minimum=1),
+                            seed=int_option(options, "seed", 0), shards=int_option(options, "shards", 1, minimum=1))

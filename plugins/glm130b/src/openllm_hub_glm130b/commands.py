@@ -1,6 +1,7 @@
 """CLI subcommands of the plugin (added through the ``register_commands`` hook).
 
-* ``glm130b-run MODEL [--nproc N] [-p PROMPT ...]`` (prompts from stdin when none is given)
+* ``glm130b-run MODEL [--nproc N] [-p PROMPT ...]`` (prompts from stdin when none is given), with
+  ``openllm-hub run``'s sampling and device flags (``-n``, ``--temp``, ``-t``, ``--device``, ...)
 * ``glm130b-repartition SRC DST --tp N [--quantize int8|int4]``
 * ``glm130b-init-config CKPT`` (writes the published GLM-130B config next to ``latest``)
 
@@ -14,30 +15,46 @@ import argparse
 import sys
 from typing import Any
 
-from openllm_hub.plugin import InvalidParameterError
-
+from openllm_hub.plugin import (
+    InvalidParameterError,
+    add_device_arguments,
+    add_generation_arguments,
+    add_hidden_alias,
+    generation_params,
+)
 
 # ---- run -------------------------------------------------------------------------------------
-def add_run_arguments(p: argparse.ArgumentParser) -> None:
-    """Arguments shared by ``glm130b-run`` and ``python -m openllm_hub_glm130b``."""
+#: Names ``glm130b-run`` used before it took ``openllm-hub run``'s flags: still accepted, not listed.
+OLD_FLAG_NAMES = {"--max-new-tokens": ("max_new_tokens", int), "--temperature": ("temperature", float)}
+
+
+def add_run_arguments(p: argparse.ArgumentParser, *, launcher: bool = False) -> None:
+    """Arguments shared by ``glm130b-run`` (``launcher``: also ``--device`` and ``-t/--threads``)
+    and ``python -m openllm_hub_glm130b`` (under torchrun, which chooses device and threads).
+
+    Sampling and device flags are ``openllm-hub run``'s (:mod:`openllm_hub.cli_args`: ``-n``,
+    ``--temp``, ``--top-k``, ``--top-p``, ``--seed``, ...); the old ``--max-new-tokens`` and
+    ``--temperature`` still work. Beam search and blank filling have GLM's own flags.
+    """
     p.add_argument("model", help="SAT checkpoint folder (latest + mp_rank_NN_model_states.pt + glm130b_config.json)")
     p.add_argument("-p", "--prompt", action="append", default=None,
                    help="a prompt (repeatable); may contain [MASK], [sMASK] or [gMASK]. Default: one per stdin line")
-    p.add_argument("--strategy", choices=("greedy", "sample", "beam"), default="sample")
-    p.add_argument("--max-new-tokens", type=int, default=64)
-    p.add_argument("--temperature", type=float, default=None)
-    p.add_argument("--top-k", type=int, default=None)
-    p.add_argument("--top-p", type=float, default=None)
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--num-beams", type=int, default=4)
-    p.add_argument("--length-penalty", type=float, default=1.0)
-    p.add_argument("--no-repeat-ngram", type=int, default=0)
-    p.add_argument("--min-new-tokens", type=int, default=0)
-    p.add_argument("--dtype", choices=("fp16", "bf16", "fp32"), default=None,
-                   help="compute dtype (default: fp16 on CUDA, fp32 on CPU)")
-    p.add_argument("--quantize", choices=("int8", "int4"), default=None, help="quantize the linears on load")
-    p.add_argument("--offload-layers", default=None, help="'all' or comma-separated layer numbers kept in CPU memory")
-    p.add_argument("--tokenizer", default=None, help="a sentencepiece .model to use instead of the config's")
+    add_generation_arguments(p, n_default=64, color=False)
+    for flag, (dest, kind) in OLD_FLAG_NAMES.items():
+        add_hidden_alias(p, flag, dest, type=kind)
+    add_device_arguments(p, devices="auto, cpu or cuda (default auto: CUDA when every rank gets a GPU)",
+                         dtypes=("fp16", "bf16", "fp32"), threads_help="torch threads per rank (default: CPUs / ranks)",
+                         dtype_only=not launcher)
+    g = p.add_argument_group("GLM-130B")
+    g.add_argument("--strategy", choices=("greedy", "sample", "beam"), default="sample",
+                   help="greedy (ignores --temp), sample (default) or beam search")
+    g.add_argument("--num-beams", type=int, default=4, help="beams of --strategy beam (default 4)")
+    g.add_argument("--length-penalty", type=float, default=1.0, help="beam score / length**penalty (default 1)")
+    g.add_argument("--no-repeat-ngram", type=int, default=0, help="beam search: forbid repeated n-grams of this size")
+    g.add_argument("--min-new-tokens", type=int, default=0, help="beam search: tokens before an end may be chosen")
+    g.add_argument("--quantize", choices=("int8", "int4"), default=None, help="quantize the linears on load")
+    g.add_argument("--offload-layers", default=None, help="'all' or comma-separated layer numbers kept in CPU memory")
+    g.add_argument("--tokenizer", default=None, help="a sentencepiece .model to use instead of the config's")
 
 
 def job_from_args(args: argparse.Namespace) -> Any:
@@ -48,13 +65,9 @@ def job_from_args(args: argparse.Namespace) -> Any:
         prompts = [line.rstrip("\n") for line in sys.stdin if line.strip()]
     if not prompts:
         raise InvalidParameterError("no prompt given", where="glm130b-run", fix="pass -p TEXT or lines on stdin")
-    params: dict[str, Any] = {"max_new_tokens": args.max_new_tokens}
+    params = generation_params(args)
     if args.strategy == "greedy":
         params["temperature"] = 0.0
-    for name in ("temperature", "top_k", "top_p", "seed"):
-        value = getattr(args, name)
-        if value is not None and not (name == "temperature" and args.strategy == "greedy"):
-            params[name] = value
     return GenerateJob(tuple(prompts), num_beams=args.num_beams if args.strategy == "beam" else None,
                        params=tuple(params.items()), length_penalty=args.length_penalty,
                        no_repeat_ngram_size=args.no_repeat_ngram, min_new_tokens=args.min_new_tokens)
@@ -84,10 +97,8 @@ def add_run(cli: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = cli.add_parser("glm130b-run", help="run a GLM-130B checkpoint with tensor parallelism over N ranks",
                        description="Spawns --nproc ranks (NCCL on GPUs, gloo on CPU); rank 0 streams the output. "
                                    "For several machines use torchrun ... -m openllm_hub_glm130b MODEL.")
-    add_run_arguments(p)
+    add_run_arguments(p, launcher=True)
     p.add_argument("--nproc", type=int, default=1, help="tensor-parallel ranks to start on this machine")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    p.add_argument("--threads", type=int, default=None, help="torch threads per rank (default: CPUs / ranks)")
     p.set_defaults(handler=run_run)
 
 

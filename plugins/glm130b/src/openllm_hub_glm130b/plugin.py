@@ -20,11 +20,13 @@ from openllm_hub.plugin import (
     Probe,
     Quantizer,
     QuantizeRequest,
+    TinyBuilder,
     hookimpl,
 )
 from openllm_hub_glm130b import memory
 from openllm_hub_glm130b.options import GLMOptions
 from openllm_hub_glm130b.spec import CONFIG_NAME, MODEL_TYPE
+from openllm_hub_glm130b.tiny import TINY_FORMATS, TINY_OPTIONS, write_tiny
 
 OPENLLM_HUB_API_VERSION = 1
 
@@ -126,6 +128,7 @@ FAMILY = Family(
         Quantizer("sat", ("int8", "int4"), _quantize, output_is_dir=True,
                   description="INT8/INT4 weight-only quantization of the linear layers, per shard (per-row scales)"),
     ),
+    tiny=TinyBuilder(TINY_FORMATS, write_tiny, TINY_OPTIONS),
 )
 
 

@@ -9,8 +9,9 @@ splits them, with ``latest`` and ``glm130b_config.json``.
 from __future__ import annotations
 
 import random
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from openllm_hub_glm130b.partition import full_shapes, rule_of, take
 from openllm_hub_glm130b.spec import GLMConfig, TokenizerSpec
@@ -110,3 +111,21 @@ def build_tiny(dst: Path, *, tp: int = 2, seed: int = 0, tokenizer: Path | None 
     full = random_state(cfg, seed, gain=gain)
     write_sat(dst, cfg, split_state(full, tp), iteration="1000")
     return dst, full
+
+
+# ---- openllm-hub tiny glm130b OUT ----------------------------------------------------------------
+#: What ``openllm-hub tiny glm130b`` writes and its ``-o`` options.
+TINY_FORMATS = ("sat",)
+TINY_OPTIONS = {"tp": "tensor-parallel shards mp_rank_NN_model_states.pt (default 2; a divisor of the 4 heads)",
+                "seed": "random seed of the weights (default 0)", "layers": "layers (default 3)"}
+
+
+def write_tiny(dst: Path, fmt: str, options: Mapping[str, Any]) -> Path:
+    """``openllm-hub tiny glm130b DST [-o tp=N]``: a SwissArmyTransformer checkpoint folder
+    (``latest``, ``1000/mp_rank_NN_model_states.pt``, ``glm130b_config.json``) with a small
+    sentencepiece tokenizer trained here; run it with ``run DST`` or ``run DST --nproc N``."""
+    from openllm_hub.plugin import int_option
+
+    path, _ = build_tiny(dst, tp=int_option(options, "tp", 2, minimum=1), seed=int_option(options, "seed", 0),
+                         layers=int_option(options, "layers", 3, minimum=1))
+    return path

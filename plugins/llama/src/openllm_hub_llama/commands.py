@@ -2,7 +2,7 @@
 
 * ``lora train BASE DATA -o OUT`` — fine-tune a LoRA adapter on Alpaca-format data;
 * ``lora gguf ADAPTER --base BASE -o OUT.gguf`` — convert a PEFT adapter to a GGUF LoRA for
-  ``load(base.gguf, lora=[(OUT.gguf, scale)])``.
+  ``openllm-hub run BASE.gguf --lora OUT.gguf[:SCALE]`` or ``load(base.gguf, lora=[(OUT.gguf, scale)])``.
 
 (Merging is the core's ``openllm-hub merge-lora``.) Only argparse is imported here; the work
 is imported when a command runs.
@@ -35,7 +35,9 @@ def cmd_gguf(args: argparse.Namespace) -> int:
     from openllm_hub_llama.lora_gguf import convert_adapter_to_gguf
 
     out = convert_adapter_to_gguf(args.adapter, args.base, args.output, outtype=args.outtype, force=args.force)
-    print(f"wrote {out} (use: load(BASE.gguf, lora=[('{out}', 1.0)]))")
+    print(f"wrote {out}\n"
+          f"use it: openllm-hub run BASE.gguf --lora {out} -p PROMPT  (--lora {out}:0.5 halves its effect)\n"
+          f"    or: load('BASE.gguf', lora=[('{out}', 1.0)])")
     return 0
 
 
@@ -85,8 +87,10 @@ def add_lora_commands(cli: Any) -> None:
 
     p = sub.add_parser("gguf", help="convert a PEFT LoRA adapter to a GGUF LoRA for llama.cpp",
                        description="Convert a PEFT LoRA adapter to llama.cpp's GGUF LoRA format, applied at load "
-                                   "time: load(BASE.gguf, lora=[(OUT, scale)]). Adapters with full embedding/"
-                                   "lm_head weights (extended vocabularies) must be merged with merge-lora instead.")
+                                   "time: openllm-hub run BASE.gguf --lora OUT[:SCALE] (also chat, serve, "
+                                   "perplexity), or load(BASE.gguf, lora=[(OUT, scale)]). Adapters with full "
+                                   "embedding/lm_head weights (extended vocabularies) must be merged with merge-lora "
+                                   "instead.")
     p.add_argument("adapter", help="PEFT adapter folder (adapter_config.json + adapter_model.*)")
     p.add_argument("--base", required=True, help="the LLaMA base: GGUF file, HuggingFace folder or Meta checkpoint")
     p.add_argument("-o", "--output", required=True, help="output .gguf file")

@@ -25,12 +25,14 @@ from openllm_hub.plugin import (
     Model,
     Probe,
     QuantizeRequest,
+    TinyBuilder,
     hookimpl,
 )
 from openllm_hub_llama import memory
 from openllm_hub_llama.demo import MODEL_NAMES as DEMO_MODEL_NAMES
 from openllm_hub_llama.options import LlamaOptions
 from openllm_hub_llama.templates import TEMPLATES
+from openllm_hub_llama.tiny import TINY_FORMATS, TINY_OPTIONS, write_tiny
 
 OPENLLM_HUB_API_VERSION = 1
 
@@ -160,6 +162,7 @@ FAMILY = Family(
                            description="PEFT LoRA adapters (in order; extended vocabularies) -> HF folder or "
                                        "Meta consolidated.NN.pth"),
     model_names=DEMO_MODEL_NAMES,
+    tiny=TinyBuilder(TINY_FORMATS, write_tiny, TINY_OPTIONS),
 )
 
 

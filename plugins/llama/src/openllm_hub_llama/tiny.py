@@ -348,3 +348,34 @@ def make_tiny_meta(path: str | Path, *, n_shards: int = 2, vocab_size: int = 320
             hf_state[_hf_name(key)] = tensor.contiguous()
         _write_hf_folder(Path(hf_twin), spec, hf_state, dtype=dtype, shards=1, fmt="safetensors", tokenizer_model=tok)
     return out
+
+
+# ---- openllm-hub tiny llama OUT ------------------------------------------------------------------
+#: What ``openllm-hub tiny llama`` writes (the first is the default) and its ``-o`` options.
+TINY_FORMATS = ("gguf", "hf", "meta")
+TINY_OPTIONS = {"seed": "random seed of the weights (default 0)",
+                "layers": "decoder layers (default 2)",
+                "shards": "weight files: hf safetensors shards (default 1), meta consolidated.NN.pth (default 2)",
+                "outtype": "gguf tensor type: f32 (default), f16, bf16 or q8_0"}
+GGUF_TINY_OUTTYPES = ("f32", "f16", "bf16", "q8_0")
+
+
+def write_tiny(dst: Path, fmt: str, options: Mapping[str, Any]) -> Path:
+    """``openllm-hub tiny llama DST --format FMT``: a random 64-wide LLaMA with the real 32,000-piece
+    tokenizer as an HF folder, a Meta checkpoint, or a GGUF file (the HF folder through the
+    plugin's own hf -> gguf converter)."""
+    import tempfile
+
+    from openllm_hub.plugin import choice_option, int_option
+
+    seed, layers = int_option(options, "seed", 0), int_option(options, "layers", 2, minimum=1)
+    if fmt == "meta":
+        return make_tiny_meta(dst, n_shards=int_option(options, "shards", 2, minimum=1), num_layers=layers, seed=seed)
+    if fmt == "hf":
+        return make_tiny_hf(dst, num_layers=layers, seed=seed, shards=int_option(options, "shards", 1, minimum=1))
+    from openllm_hub_llama.convert_gguf import write_gguf
+
+    outtype = choice_option(options, "outtype", GGUF_TINY_OUTTYPES)
+    with tempfile.TemporaryDirectory(prefix="openllm-hub-tiny-") as tmp:
+        write_gguf(make_tiny_hf(Path(tmp) / "hf", num_layers=layers, seed=seed), dst, outtype, name="tiny-llama")
+    return dst

@@ -20,6 +20,7 @@ from openllm_hub.plugin import (
     Model,
     OpenLLMHubError,
     Probe,
+    TinyBuilder,
     hookimpl,
 )
 from openllm_hub_rwkv import memory
@@ -27,6 +28,7 @@ from openllm_hub_rwkv.checkpoint import PthIndex, is_torch_file, read_pth_index
 from openllm_hub_rwkv.options import RwkvOptions
 from openllm_hub_rwkv.spec import analyse, looks_like_rwkv
 from openllm_hub_rwkv.templates import TEMPLATES
+from openllm_hub_rwkv.tiny import TINY_FORMATS, TINY_OPTIONS, write_tiny
 
 OPENLLM_HUB_API_VERSION = 1
 OUTTYPES = ("auto", "f32", "f16", "bf16")
@@ -121,6 +123,7 @@ FAMILY = Family(
                   verify_bounds=_BOUNDS,
                   description="transformers RwkvForCausalLM folder -> ChatRWKV .pth (RWKV-4)"),
     ),
+    tiny=TinyBuilder(TINY_FORMATS, write_tiny, TINY_OPTIONS),
 )
 
 

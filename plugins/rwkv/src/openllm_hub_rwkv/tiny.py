@@ -14,9 +14,9 @@ byte-level pre-tokenizer and decoder), standing in for ``20B_tokenizer.json``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -198,3 +198,25 @@ def build_bpe_tokenizer(path: str | Path, *, vocab_size: int = 512, text: str = 
     out = Path(path)
     tok.save(str(out))
     return out
+
+
+# ---- openllm-hub tiny rwkv OUT -------------------------------------------------------------------
+#: What ``openllm-hub tiny rwkv`` writes (the first is the default) and its ``-o`` options.
+TINY_VERSIONS: dict[str, Version] = {"rwkv7": "7", "rwkv6": "6", "rwkv5": "5.2", "rwkv4": "4"}
+TINY_FORMATS = tuple(TINY_VERSIONS)
+TINY_OPTIONS = {"seed": "random seed of the weights (default 0)", "layers": "layers (default 2)"}
+
+
+def write_tiny(dst: Path, fmt: str, options: Mapping[str, Any]) -> Path:
+    """``openllm-hub tiny rwkv DST --format rwkv4|rwkv5|rwkv6|rwkv7``: one ``.pth`` file as the
+    RWKV-LM trainers write it, with the World vocabulary (65536 rows; the World tokenizer ships
+    with the rwkv package, so nothing else is needed)."""
+    import torch
+
+    from openllm_hub.plugin import int_option
+
+    sd = build_state_dict(TINY_VERSIONS[fmt], n_layer=int_option(options, "layers", 2, minimum=1),
+                          seed=int_option(options, "seed", 0), vocab_size=WORLD_VOCAB)
+    with open(dst, "wb") as f:  # a file object: torch names the archive after a path, and dst is a dot-file
+        torch.save(sd, f)
+    return dst
