@@ -24,7 +24,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from openllm_hub.api import detect
-from openllm_hub.core.chat import ChatTemplate, Message, get_template
+from openllm_hub.core.chat import ChatTemplate, Cut, Message, Piece, Special, Text, get_template
 from openllm_hub.core.config import GenerationConfig
 from openllm_hub.core.convert import Converter, ConvertRequest, VerifyReport, verify_models
 from openllm_hub.core.detect import Probe, read_gguf_metadata
@@ -84,6 +84,7 @@ __all__ = [
     "ConvertRequest",
     "Converter",
     "CorruptFileError",
+    "Cut",
     "DestinationExistsError",
     "Detection",
     "DeviceSupport",
@@ -105,12 +106,15 @@ __all__ = [
     "NoOptions",
     "NotFoundError",
     "OpenLLMHubError",
+    "Piece",
     "Placement",
     "PluginError",
     "Probe",
     "Progress",
     "QuantizeRequest",
     "Quantizer",
+    "Special",
+    "Text",
     "Timings",
     "UnknownFormatError",
     "UnsafeCheckpointError",
