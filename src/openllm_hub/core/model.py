@@ -243,7 +243,7 @@ class Model(ABC):
         tid = self._special_token_id(name)
         if tid is None:
             raise InvalidParameterError(f"the vocabulary of this {self.info.family} model has no special token "
-                                        f"{name!r}", where=self.info.path,
+                                        f"{name!r}", where="chat_template",
                                         fix="pick a chat template made for this model (openllm-hub templates lists "
                                             "them)")
         return tid
