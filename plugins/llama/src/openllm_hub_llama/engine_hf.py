@@ -155,6 +155,11 @@ class HFModel(Model):
             self._specials = self._tok.specials()
         return self._specials
 
+    def _special_token_id(self, name: str) -> int | None:  # one lookup, not the whole vocabulary
+        sp = self._tok.sp
+        pid = int(sp.piece_to_id(name))
+        return pid if 0 <= pid < self._tok.size and sp.is_control(pid) and sp.id_to_piece(pid) == name else None
+
     def _detokenize(self, ids: Sequence[int]) -> str:
         return self._tok.decode(ids)
 
