@@ -265,7 +265,9 @@ class LlamaCppModel(Model):
     Families subclass it when their prompts differ from llama.cpp's plain tokenization (a
     prefix of special tokens, role tokens) or when they bring chat defaults: override
     :meth:`_configure` (called once the context exists, before the caller's template and
-    seed apply) and :meth:`_tokenize`, and pass the class to :func:`load_gguf`.
+    seed apply) and :meth:`_tokenize`, and pass the class to :func:`load_gguf`. Chat prompts do
+    not go through :meth:`_tokenize`: template text is tokenized with control-token parsing off
+    (:meth:`_plain_ids`) and the template's special tokens are inserted by id.
     """
 
     def __init__(self, llm: Llama, info: ModelInfo, *, eos_token_ids: Sequence[int], add_space_prefix: bool,
