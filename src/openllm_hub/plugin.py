@@ -32,7 +32,7 @@ from openllm_hub.cli_args import (
     generation_params,
     load_from_args,
 )
-from openllm_hub.core.chat import ChatTemplate, Message, get_template
+from openllm_hub.core.chat import ChatTemplate, Cut, Message, Piece, Special, Text, get_template
 from openllm_hub.core.config import GenerationConfig
 from openllm_hub.core.convert import Converter, ConvertRequest, VerifyReport, verify_models
 from openllm_hub.core.detect import Probe, read_gguf_metadata
@@ -94,6 +94,7 @@ __all__ = [
     "ConvertRequest",
     "Converter",
     "CorruptFileError",
+    "Cut",
     "DestinationExistsError",
     "Detection",
     "DeviceSupport",
@@ -115,12 +116,15 @@ __all__ = [
     "NoOptions",
     "NotFoundError",
     "OpenLLMHubError",
+    "Piece",
     "Placement",
     "PluginError",
     "Probe",
     "Progress",
     "QuantizeRequest",
     "Quantizer",
+    "Special",
+    "Text",
     "Timings",
     "TinyBuilder",
     "UnknownFormatError",

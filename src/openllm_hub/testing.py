@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
+from openllm_hub.core.chat import Special
 from openllm_hub.core.model import Completion, Model
 from openllm_hub.errors import InvalidParameterError, ModelClosedError, OpenLLMHubError
 
@@ -105,14 +106,63 @@ def check_logits(model: Model, prompt: str) -> None:
         assert int(np.argmax(rows[-1])) == greedy.token_ids[0]
 
 
+def _generate_ids(model: Model, prompt_ids: list[int], **params: Any) -> Completion:
+    """generate() on prompt ids (what chat() does after laying out its prompt)."""
+    from openllm_hub.core.config import GenerationConfig
+
+    config = GenerationConfig.build(model.generation_defaults, **params)
+    return model._collect(model._stream_ids(list(prompt_ids), config))
+
+
 def check_chat_template(model: Model, messages: list[dict[str, str]]) -> None:
-    """chat() equals generate() on the prompt its template renders, with its stop strings."""
+    """chat() equals generation on the prompt ids its template lays out (chat_prompt_ids()),
+    with its stop strings; those are the ids of the rendered prompt where it holds no special
+    token."""
     tpl = model.chat_template()
-    prompt = tpl.render(messages)  # type: ignore[arg-type]
+    ids = model.chat_prompt_ids(messages)
     a = model.chat(messages, max_new_tokens=10, temperature=0.0, seed=5)
-    b = model.generate(prompt, max_new_tokens=10, temperature=0.0, seed=5, stop=list(tpl.stop))
-    assert a.text == b.text and a.token_ids == b.token_ids
+    b = _generate_ids(model, ids, max_new_tokens=10, temperature=0.0, seed=5, stop=list(tpl.stop))
+    assert a.text == b.text and a.token_ids == b.token_ids and a.usage.prompt_tokens == len(ids)
     assert "".join(c.text for c in model.stream_chat(messages, max_new_tokens=10, temperature=0.0, seed=5)) == a.text
+    if not any(isinstance(p, Special) for p in tpl.pieces(messages)):  # type: ignore[arg-type]
+        prompt = tpl.render(messages)  # type: ignore[arg-type]
+        c = model.generate(prompt, max_new_tokens=10, temperature=0.0, seed=5, stop=list(tpl.stop))
+        assert a.text == c.text and a.token_ids == c.token_ids
+
+
+#: Spellings of control tokens of many families, tried on every model besides its own.
+COMMON_SPECIALS = ("<s>", "</s>", "<unk>", "<pad>", "[INST]", "[/INST]", "<<SYS>>", "<</SYS>>", "<|im_start|>",
+                   "<|im_end|>", "<|endoftext|>", "<|system|>", "<|user|>", "<|assistant|>", "<|observation|>",
+                   "[MASK]", "[gMASK]", "[sMASK]", "sop", "eop", "<sop>", "<eop>", "<|begin_of_text|>",
+                   "<|eot_id|>", "<bos>", "<eos>", "<start_of_turn>", "<end_of_turn>")
+
+
+def check_chat_special_tokens_stay_text(model: Model, messages: list[dict[str, str]],
+                                        templates: tuple[str | None, ...] = (None,)) -> None:
+    """Message text that spells special tokens (the model's own, ``special_tokens()``, and
+    :data:`COMMON_SPECIALS`) never yields a special id: whichever message holds it (system,
+    user, past answer), the special ids of the prompt (control tokens and eos ids) are those
+    of the same conversation with harmless text, in the same order; chat() reads that prompt.
+    ``templates``: the template names to check (None: the model's default)."""
+    special_ids = set(model.special_tokens().values()) | set(model.eos_token_ids)
+    spellings = " ".join(dict.fromkeys([*model.special_tokens(), *COMMON_SPECIALS]))
+    evil = f"x{spellings}y\n{spellings}"  # glued to text and standing alone
+    base = [{"role": "system", "content": "Be brief."}, *messages]
+    for name in templates:
+        def marks(conv: list[dict[str, str]], name: str | None = name) -> list[int]:
+            return [i for i in model.chat_prompt_ids(conv, template=name) if i in special_ids]
+
+        want = marks(base)
+        for k in range(len(base)):
+            conv = [dict(m) for m in base]
+            conv[k]["content"] = evil
+            got = marks(conv)
+            assert got == want, (f"template {name or model.default_chat_template!r}: {base[k]['role']} text "
+                                 f"spelling special tokens changed the special ids {want} into {got}")
+        own = list(model.special_tokens())[:6] or list(COMMON_SPECIALS[:6])  # short: tiny contexts
+        conv = [*base[:-1], {"role": "user", "content": " ".join(own)}]
+        out = model.chat(conv, template=name, max_new_tokens=1, temperature=0.0)
+        assert out.usage.prompt_tokens == len(model.chat_prompt_ids(conv, template=name))
 
 
 def check_invalid_parameters(model: Model, prompt: str) -> None:
@@ -167,13 +217,13 @@ def check_chat_stop_merge(model: Model, messages: list[dict[str, str]]) -> None:
     """chat(stop=...) adds the caller's stop strings to the template's (it does not replace
     them): the answer is generate() with both lists, and ends before the first of either."""
     tpl = model.chat_template()
-    prompt = tpl.render(messages)  # type: ignore[arg-type]
+    ids = model.chat_prompt_ids(messages)
     greedy: dict[str, Any] = {"max_new_tokens": 24, "temperature": 0.0, "repeat_penalty": 1.0, "seed": 5}
-    free = model.generate(prompt, stop=[], **greedy).text  # no stop strings at all
+    free = _generate_ids(model, ids, stop=[], **greedy).text  # no stop strings at all
     user = next((free[i : i + 2] for i in range(len(free) // 2, len(free) - 1) if free[i : i + 2].strip()),
                 "\x00never")
     out = model.chat(messages, stop=[user], **greedy)
-    both = model.generate(prompt, stop=[user, *tpl.stop], **greedy)
+    both = _generate_ids(model, ids, stop=[user, *tpl.stop], **greedy)
     assert (out.text, out.token_ids, out.finish_reason) == (both.text, both.token_ids, both.finish_reason)
     assert free.startswith(out.text)
     stops = (user, *tpl.stop)
@@ -261,6 +311,9 @@ class ModelConformance:
 
     def test_empty_prompt(self) -> None:
         check_empty_prompt(self._shared(self))
+
+    def test_chat_special_tokens_stay_text(self) -> None:
+        check_chat_special_tokens_stay_text(self._shared(self), self.chat_messages)
 
     def test_chat_stop_merge(self) -> None:
         check_chat_stop_merge(self._shared(self), self.chat_messages)
@@ -395,5 +448,5 @@ def check_verify_catches_broken_conversion(src: str | Path, dst: str | Path, *, 
         reg.families[fam.name] = fam
 
 
-__all__ = ["Completion", "ModelConformance", "break_checkpoint", "check_verify_catches_broken_conversion",
-           "run_conformance"]
+__all__ = ["COMMON_SPECIALS", "Completion", "ModelConformance", "break_checkpoint",
+           "check_chat_special_tokens_stay_text", "check_verify_catches_broken_conversion", "run_conformance"]

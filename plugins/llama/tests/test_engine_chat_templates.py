@@ -64,10 +64,10 @@ def test_vicuna() -> None:
               "detailed, and polite answers to the user's questions.")
     tpl = get_template("vicuna")
     assert tpl.render(ONE) == fastchat_add_colon_two(system, [("USER", "Name a colour."), ("ASSISTANT", None)])
-    # history: FastChat ends a past answer with the </s> *token*; prompts are text here, so a space stands in
+    # history: FastChat ends a past answer with </s> (a control token: ids in test_chat_ids.py)
     want = fastchat_add_colon_two(system, [("USER", "Hi"), ("ASSISTANT", "Hello!"), ("USER", "How are you?"),
                                            ("ASSISTANT", None)])
-    assert tpl.render(MULTI) == want.replace("</s>", " ")
+    assert tpl.render(MULTI) == want
     assert tpl.render([{"role": "system", "content": SYS}, *ONE]) == fastchat_add_colon_two(
         SYS, [("USER", "Name a colour."), ("ASSISTANT", None)])
 
@@ -79,9 +79,9 @@ CHINESE_ALPACA_2_SYSTEM = "You are a helpful assistant. 你是一个乐于助人
 def test_llama2_layout(name: str, default: str | None) -> None:
     tpl = get_template(name)
     system = [{"role": "system", "content": default}] if default else []
-    # each Meta segment is BOS + text (+ EOS after an answer): the text parts, joined
-    assert tpl.render(ONE) == "".join(meta_llama2([*system, *ONE]))
-    assert tpl.render(MULTI) == "".join(meta_llama2([*system, *MULTI]))
+    # each Meta segment is BOS + text (+ EOS after an answer); render() spells the control tokens
+    assert tpl.render(ONE) == "<s>" + "".join(meta_llama2([*system, *ONE]))
+    assert tpl.render(MULTI) == "<s>" + "</s><s>".join(meta_llama2([*system, *MULTI]))
     with_sys = [{"role": "system", "content": SYS}, *MULTI]
-    assert tpl.render(with_sys) == "".join(meta_llama2(with_sys))
-    assert tpl.render(with_sys).startswith("[INST] <<SYS>>\nYou are terse.\n<</SYS>>\n\nHi [/INST]")
+    assert tpl.render(with_sys) == "<s>" + "</s><s>".join(meta_llama2(with_sys))
+    assert tpl.render(with_sys).startswith("<s>[INST] <<SYS>>\nYou are terse.\n<</SYS>>\n\nHi [/INST]")

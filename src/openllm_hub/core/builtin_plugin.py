@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from openllm_hub.core.chat import ChatTemplate
+from openllm_hub.core.chat import ChatTemplate, Special
 from openllm_hub.core.hookspecs import hookimpl
 
 OPENLLM_HUB_API_VERSION = 1
@@ -34,6 +34,8 @@ BUILTIN_TEMPLATES = (
         assistant="{content}<|im_end|>\n",
         system="<|im_start|>system\n{content}<|im_end|>\n",
         stop=("<|im_end|>",),
+        # control tokens where the vocabulary has them (Qwen, OpenHermes, ...), else their text
+        specials=(Special("<|im_start|>", optional=True), Special("<|im_end|>", optional=True)),
         description="ChatML (<|im_start|>role ... <|im_end|>)",
     ),
 )

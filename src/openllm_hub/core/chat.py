@@ -1,16 +1,28 @@
-"""Chat templates: how a conversation becomes one prompt string, as data.
+"""Chat templates: how a conversation becomes a prompt, as data.
 
 A :class:`ChatTemplate` names the text around each role and the stop strings that end an
 answer. Plugins add templates through the ``register_chat_templates`` hook or their
 ``Family.chat_templates``; the registry (:mod:`openllm_hub.core.registry`) holds the table and
 refuses a name another plugin already took; the generic ones (``plain``, ``chatml``) come from
 the core's built-in plugin (:mod:`openllm_hub.core.builtin_plugin`). A model names its
-default and a caller may pick another by name. Layouts that plain formats cannot express
-(ChatGLM's round counters are covered; anything stranger) give a ``render`` function instead.
+default and a caller may pick another by name.
+
+A template lays a conversation out as a sequence of *pieces* (:meth:`ChatTemplate.pieces`):
+:class:`Text` (tokenized as plain text: special-token spellings in it stay text, so a message
+can never inject a control token) and :class:`Special` (a control token named by its spelling,
+``<s>``, ``</s>``, ``<|user|>``, ``[gMASK]``, which the model resolves to its id). The model
+turns pieces into ids (:meth:`~openllm_hub.core.model.Model.chat_prompt_ids`); message text is
+always a :class:`Text`. :class:`Cut` ends a run of text where the official tokenizer encodes two
+texts separately (ChatGLM3's role metadata line and the message). ``render()`` joins the pieces
+into a string for display only (specials spelled out); it is never the path to ids. Layouts that
+plain formats cannot express give a ``pieces_fn``; any later template kind (e.g. a model-shipped
+Jinja template) produces the same pieces.
 """
 
 from __future__ import annotations
 
+import re
+import string
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, TypedDict
@@ -28,6 +40,40 @@ class Message(TypedDict):
 
 
 @dataclass(frozen=True)
+class Text:
+    """Plain text of a prompt. Adjacent :class:`Text` pieces form one run, tokenized as one
+    string with the model's plain-text tokenization: special-token spellings in it stay text."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class Special:
+    """A control token by its spelling in the model's vocabulary (``<s>``, ``</s>``,
+    ``<|user|>``, ``[gMASK]``, ``sop``, ``<|im_start|>``); the model inserts its id. A model
+    without it refuses the prompt, unless ``optional``: then the spelling is plain text (for
+    generic templates such as ChatML, which base models without the tokens also use)."""
+
+    name: str
+    optional: bool = False
+
+
+@dataclass(frozen=True)
+class Cut:
+    """Ends a run of text: the texts on either side are tokenized separately (ChatGLM3's
+    tokenizer encodes a role's metadata line apart from the message, and so must we)."""
+
+
+#: One element of a template's output.
+Piece = Text | Special | Cut
+
+
+def render_pieces(pieces: Iterable[Piece]) -> str:
+    """The pieces as one string, specials spelled out: for display and debugging only."""
+    return "".join(p.text if isinstance(p, Text) else p.name if isinstance(p, Special) else "" for p in pieces)
+
+
+@dataclass(frozen=True)
 class ChatTemplate:
     """A chat layout.
 
@@ -37,6 +83,14 @@ class ChatTemplate:
     ``system`` formats the system prompt (the caller's, else ``default_system``).
     ``normalize`` rewrites each message's text first (e.g. RWKV collapses blank lines, which
     its formats use as turn separators).
+
+    ``specials``: the control tokens the format strings (and ``prefix``) spell, e.g.
+    ``Special("</s>")`` in ``assistant=" {content}</s>"``; those spellings in the *format
+    strings* become :class:`Special` pieces, never those in message text. ``model_specials``:
+    the model's own prompt tokens (what ``tokenize(add_special=True)`` adds: LLaMA's BOS,
+    ChatGLM's ``[gMASK] sop``) go around the pieces; False for templates that place them.
+    ``pieces_fn`` lays out what format strings cannot express (``render_fn``, returning one
+    string of plain text, is the older form of it).
     """
 
     name: str
@@ -49,32 +103,70 @@ class ChatTemplate:
     description: str = ""
     render_fn: Callable[[ChatTemplate, Sequence[Message]], str] | None = field(default=None, compare=False)
     normalize: Callable[[str], str] | None = field(default=None, compare=False)
+    specials: tuple[Special, ...] = ()
+    model_specials: bool = True
+    pieces_fn: Callable[[ChatTemplate, Sequence[Message]], Sequence[Piece]] | None = field(default=None,
+                                                                                            compare=False)
 
-    def render(self, messages: Sequence[Message], *, complete: bool = True) -> str:
-        """Lay out ``messages`` (ending with a user turn) as the prompt for the next answer.
+    def pieces(self, messages: Sequence[Message], *, complete: bool = True) -> list[Piece]:
+        """Lay out ``messages`` (ending with a user turn) as the pieces of the prompt for the
+        next answer; message text is always a :class:`Text`.
 
-        ``complete=False`` renders a prefix of a conversation (e.g. only the system prompt, or
+        ``complete=False`` lays out a prefix of a conversation (e.g. only the system prompt, or
         history ending with an answer), for engines that cache the state of a prefix.
         """
         msgs = validate_messages(messages, complete=complete)  # type: ignore[arg-type]
-        if self.render_fn is not None:
+        if self.pieces_fn is not None or self.render_fn is not None:
             if not complete:
                 raise InvalidParameterError(f"template {self.name!r} can only render complete conversations",
                                             where="chat template")
-            return self.render_fn(self, msgs)
+            if self.pieces_fn is not None:
+                return list(self.pieces_fn(self, msgs))
+            assert self.render_fn is not None
+            return [Text(self.render_fn(self, msgs))]
         clean = self.normalize or (lambda text: text)
-        parts = [self.prefix]
+        out = self._format(self.prefix.replace("{", "{{").replace("}", "}}"))
         system = next((m["content"] for m in msgs if m["role"] == "system"), self.default_system)
         if system:
-            parts.append(self.system.format(content=clean(system)))
+            out += self._format(self.system, content=clean(system))
         rounds = 0
         for m in msgs:
             if m["role"] == "user":
                 rounds += 1
-                parts.append(self.user.format(content=clean(m["content"]), round=rounds, round0=rounds - 1))
+                out += self._format(self.user, content=clean(m["content"]), round=rounds, round0=rounds - 1)
             elif m["role"] == "assistant":
-                parts.append(self.assistant.format(content=clean(m["content"]), round=rounds, round0=rounds - 1))
-        return "".join(parts)
+                out += self._format(self.assistant, content=clean(m["content"]), round=rounds, round0=rounds - 1)
+        return out
+
+    def render(self, messages: Sequence[Message], *, complete: bool = True) -> str:
+        """The prompt as one string, special tokens spelled out: for display and debugging.
+        Models never tokenize it; they turn :meth:`pieces` into ids."""
+        return render_pieces(self.pieces(messages, complete=complete))
+
+    def _format(self, fmt: str, **values: object) -> list[Piece]:
+        """``fmt.format(**values)`` as pieces: the format's literal text split at the spellings
+        of ``specials``; substituted values (message text) stay :class:`Text` whatever they hold."""
+        pattern = (re.compile("|".join(re.escape(s.name) for s in sorted(self.specials, key=lambda s: -len(s.name))))
+                   if self.specials else None)
+        by_name = {s.name: s for s in self.specials}
+        out: list[Piece] = []
+        for literal, name, spec, conv in string.Formatter().parse(fmt):
+            pos = 0
+            for m in pattern.finditer(literal) if pattern is not None else ():
+                if m.start() > pos:
+                    out.append(Text(literal[pos:m.start()]))
+                out.append(by_name[m.group()])
+                pos = m.end()
+            if pos < len(literal):
+                out.append(Text(literal[pos:]))
+            if name is not None:
+                if name not in values:
+                    raise InvalidParameterError(f"template {self.name!r} uses an unknown field {{{name}}}",
+                                                where="chat template", fix="use {content}, {round} or {round0}")
+                out.append(Text(format(values[name] if conv is None else  # {x!r} etc.
+                                       (repr if conv == "r" else ascii if conv == "a" else str)(values[name]),
+                                       spec or "")))
+        return out
 
 
 def validate_messages(messages: Iterable[Mapping[str, str]], *, complete: bool = True) -> list[Message]:

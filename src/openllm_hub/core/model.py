@@ -1,7 +1,9 @@
 """Model: the one interface users touch, and the result types it returns.
 
 An engine subclasses :class:`Model` and implements five small methods (``_tokenize``,
-``_detokenize``, ``_token_stream``, ``_logits`` and optionally ``_close``). Everything users
+``_detokenize``, ``_token_stream``, ``_logits`` and optionally ``_close``), and for chat the
+tokenization of template pieces where the defaults do not fit (``_plain_ids``,
+``_special_tokens``/``_special_token_id``, ``_prompt_affixes``). Everything users
 see, generate/stream/chat, stop strings, UTF-8-safe streaming, usage and timings, is built
 here once, so every plugin behaves the same. So are the input guards: token ids outside the
 vocabulary, an empty prompt, a prompt or id list longer than the context, and chat's merge of
@@ -19,7 +21,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal
 
-from openllm_hub.core.chat import ChatTemplate, get_template
+from openllm_hub.core.chat import ChatTemplate, Cut, Piece, Special, Text, get_template
 from openllm_hub.core.config import GenerationConfig
 from openllm_hub.core.streaming import IncrementalDetokenizer, StopMatcher
 from openllm_hub.errors import InvalidParameterError, ModelClosedError
@@ -140,6 +142,32 @@ class Model(ABC):
     def _close(self) -> None:  # noqa: B027 - optional hook, not abstract
         """Free engine resources (called once)."""
 
+    # ---- chat tokenization (defaults fit engines whose _tokenize parses no special tokens) ----
+    def _plain_ids(self, text: str) -> list[int]:
+        """Ids of ``text`` as plain text: no prompt tokens (BOS, ...), and special-token
+        spellings in it are *not* turned into control ids. Message text goes through this
+        only. Default ``_tokenize(text, False)``; engines whose tokenizer parses specials
+        out of text override it."""
+        return self._tokenize(text, False)
+
+    def _special_tokens(self) -> Mapping[str, int]:
+        """The model's control tokens, spelling -> id (BOS/EOS, role tokens, ...). Default none."""
+        return {}
+
+    def _special_token_id(self, name: str) -> int | None:
+        """Id of the control token spelled ``name``, None when the vocabulary has none."""
+        return self._special_tokens().get(name)
+
+    def _prompt_affixes(self) -> tuple[list[int], list[int]]:
+        """The ids ``tokenize(add_special=True)`` puts before and after a text (LLaMA: BOS
+        before; ChatGLM2/3: ``[gMASK] sop`` before; ChatGLM-6B, GLM-130B: after). Default:
+        found by tokenizing a probe text with and without them."""
+        with_ids, plain = self._tokenize("a", True), self._tokenize("a", False)
+        for i in range(len(with_ids) - len(plain) + 1):
+            if with_ids[i : i + len(plain)] == plain:
+                return with_ids[:i], with_ids[i + len(plain) :]
+        return self._tokenize("", True), []
+
     @property
     def vocab_size(self) -> int | None:
         """Number of token ids the model has (valid ids are ``0..vocab_size - 1``), which the
@@ -190,8 +218,35 @@ class Model(ABC):
         self, messages: Sequence[Mapping[str, str]], *, template: str | None = None, **params: Any
     ) -> Iterator[Chunk]:
         tpl = self.chat_template(template)
-        prompt = tpl.render(messages)  # type: ignore[arg-type]
-        return self.stream(prompt, stop=self._chat_stops(tpl, params.pop("stop", None)), **params)
+        pieces = tpl.pieces(messages)  # type: ignore[arg-type]
+        config = GenerationConfig.build(self.generation_defaults, stop=self._chat_stops(tpl, params.pop("stop", None)),
+                                        **params)
+        self._check_open()
+        return self._stream_ids(self._pieces_ids(pieces, model_specials=tpl.model_specials), config)
+
+    def chat_prompt_ids(self, messages: Sequence[Mapping[str, str]], *, template: str | None = None) -> list[int]:
+        """The prompt ids :meth:`chat` feeds for ``messages``: the template's pieces with message
+        text tokenized as plain text (a message cannot inject a control token) and control
+        tokens inserted by id. (``chat_template().render()`` only shows them.)"""
+        self._check_open()
+        tpl = self.chat_template(template)
+        return self._pieces_ids(tpl.pieces(messages), model_specials=tpl.model_specials)  # type: ignore[arg-type]
+
+    def special_tokens(self) -> dict[str, int]:
+        """The model's control tokens, spelling -> id."""
+        self._check_open()
+        return dict(self._special_tokens())
+
+    def special_token_id(self, name: str) -> int:
+        """The id of the control token spelled ``name`` (``"</s>"``, ``"<|user|>"``, ...)."""
+        self._check_open()
+        tid = self._special_token_id(name)
+        if tid is None:
+            raise InvalidParameterError(f"the vocabulary of this {self.info.family} model has no special token "
+                                        f"{name!r}", where="chat_template",
+                                        fix="pick a chat template made for this model (openllm-hub templates lists "
+                                            "them)")
+        return tid
 
     def chat_template(self, name: str | None = None) -> ChatTemplate:
         return get_template(name or self.default_chat_template)
@@ -238,6 +293,41 @@ class Model(ABC):
         if not isinstance(user, (list, tuple)):
             return stop
         return tuple(dict.fromkeys((*user, *template.stop)))
+
+    def _pieces_ids(self, pieces: Sequence[Piece], *, model_specials: bool) -> list[int]:
+        """Ids of a template's pieces: each run of :class:`Text` through :meth:`_plain_ids`,
+        each :class:`Special` by id (an optional one the model lacks as text), then with
+        ``model_specials`` the model's prompt tokens around them. Engines that override
+        :meth:`stream_chat` call this."""
+        ids: list[int] = []
+        run: list[str] = []
+
+        def flush() -> None:
+            text = "".join(run)
+            run.clear()
+            if text:
+                ids.extend(self._plain_ids(text))
+
+        for piece in pieces:
+            if isinstance(piece, Text):
+                run.append(piece.text)
+            elif isinstance(piece, Special):
+                tid = self._special_token_id(piece.name)
+                if tid is None and piece.optional:
+                    run.append(piece.name)
+                    continue
+                flush()
+                ids.append(self.special_token_id(piece.name) if tid is None else tid)
+            elif isinstance(piece, Cut):
+                flush()
+            else:
+                raise InvalidParameterError(f"a chat template gave {piece!r}, not a Text, Special or Cut piece",
+                                            where="chat template")
+        flush()
+        if model_specials:
+            head, tail = self._prompt_affixes()
+            ids = [*head, *ids, *tail]
+        return ids
 
     def _check_prompt(self, prompt_ids: Sequence[int]) -> None:
         """Refuse a prompt to generate from: no ids, ids outside the vocabulary, or so many

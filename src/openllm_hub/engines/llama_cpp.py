@@ -265,7 +265,9 @@ class LlamaCppModel(Model):
     Families subclass it when their prompts differ from llama.cpp's plain tokenization (a
     prefix of special tokens, role tokens) or when they bring chat defaults: override
     :meth:`_configure` (called once the context exists, before the caller's template and
-    seed apply) and :meth:`_tokenize`, and pass the class to :func:`load_gguf`.
+    seed apply) and :meth:`_tokenize`, and pass the class to :func:`load_gguf`. Chat prompts do
+    not go through :meth:`_tokenize`: template text is tokenized with control-token parsing off
+    (:meth:`_plain_ids`) and the template's special tokens are inserted by id.
     """
 
     def __init__(self, llm: Llama, info: ModelInfo, *, eos_token_ids: Sequence[int], add_space_prefix: bool,
@@ -276,6 +278,7 @@ class LlamaCppModel(Model):
         self._n_ctx = llm.n_ctx()
         self._vocab = llm._model.vocab
         self._pieces: dict[int, tuple[bytes, bool]] = {}
+        self._controls: dict[str, int] | None = None
         self._add_space_prefix = add_space_prefix
         self._configure(dict(metadata or {}))
         if default_template:
@@ -293,10 +296,10 @@ class LlamaCppModel(Model):
         self._check_open()
         return self._llm
 
-    def special_token_id(self, text: str) -> int | None:
-        """The id of the control token spelled ``text`` (e.g. ``"<|user|>"``), None if the
+    def _special_token_id(self, name: str) -> int | None:
+        """The id of the control token spelled ``name`` (e.g. ``"<|user|>"``), None if the
         vocabulary has no such token."""
-        ids = list(self._llm.tokenize(text.encode("utf-8"), add_bos=False, special=True))
+        ids = list(self._llm.tokenize(name.encode("utf-8"), add_bos=False, special=True))
         if len(ids) != 1:
             return None
         import llama_cpp
@@ -304,9 +307,25 @@ class LlamaCppModel(Model):
         attr = int(llama_cpp.llama_vocab_get_attr(self._vocab, ids[0]))
         return ids[0] if attr & llama_cpp.LLAMA_TOKEN_ATTR_CONTROL else None
 
+    def _special_tokens(self) -> dict[str, int]:
+        """Every control token of the vocabulary, spelling -> id (read once)."""
+        if self._controls is None:
+            import llama_cpp
+
+            self._controls = {}
+            for i in range(self._n_vocab):
+                if int(llama_cpp.llama_vocab_get_attr(self._vocab, i)) & llama_cpp.LLAMA_TOKEN_ATTR_CONTROL:
+                    text = llama_cpp.llama_vocab_get_text(self._vocab, i)
+                    self._controls[text.decode("utf-8", errors="replace")] = i
+        return self._controls
+
     def _text_ids(self, text: str) -> list[int]:
         """llama.cpp's ids of plain ``text`` (no BOS; special-token spellings stay text)."""
         return list(self._llm.tokenize(text.encode("utf-8"), add_bos=False, special=False)) if text else []
+
+    def _plain_ids(self, text: str) -> list[int]:
+        # chat message text: control-token parsing off; template specials are inserted by id
+        return self._text_ids(text)
 
     # -- tokens
     def _tokenize(self, text: str, add_special: bool) -> list[int]:

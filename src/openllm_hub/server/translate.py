@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from openllm_hub.core.chat import validate_messages
+from openllm_hub.core.chat import Special, validate_messages
 from openllm_hub.core.config import GenerationConfig
 from openllm_hub.core.model import Model
 from openllm_hub.errors import OpenLLMHubError
@@ -94,8 +94,10 @@ def chat_params(
     raw = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in req.messages]
     try:
         messages = [{"role": m["role"], "content": m["content"]} for m in validate_messages(raw)]
-        if req.chat_template is not None:
-            model.chat_template(req.chat_template)
+        # the template's control tokens must be in the model's vocabulary (no tokenizing here)
+        for piece in model.chat_template(req.chat_template).pieces(messages):  # type: ignore[arg-type]
+            if isinstance(piece, Special) and not piece.optional:
+                model.special_token_id(piece.name)
     except OpenLLMHubError as exc:
         raise from_exception(exc) from None
     check_params(model, params)

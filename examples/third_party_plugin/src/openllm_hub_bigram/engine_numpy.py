@@ -55,6 +55,10 @@ class BigramModel(Model):
     def _tokenize(self, text: str, add_special: bool) -> list[int]:
         return ([BOS] if add_special else []) + list(text.encode("utf-8"))
 
+    def _special_tokens(self) -> dict[str, int]:
+        # what chat templates may name (e.g. vicuna's "</s>"); byte text can never produce them
+        return {"<s>": BOS, "</s>": EOS}
+
     def _detokenize(self, ids: Sequence[int]) -> str:
         return bytes(i for i in ids if i < 256).decode("utf-8", errors="replace")
 

@@ -6,7 +6,8 @@ What is ChatGLM's own stays here: prompts start with ``[gMASK] sop`` (the GGUF s
 ChatGLM3's role tokens are encoded as the official tokenizer does (the same
 :func:`~openllm_hub_chatglm.tokenizer.encode_v2` as the torch engine, with llama.cpp's
 vocabulary for the text in between), ``<|user|>`` and ``<|observation|>`` end a v3 answer,
-and each version's chat template and sampling defaults apply. The variant is read from the
+and each version's chat template and sampling defaults apply. Chat message text is tokenized
+by the shared engine's plain path (no role token parsed out of it). The variant is read from the
 vocabulary: a v3 file has the role tokens.
 """
 
@@ -31,11 +32,11 @@ class ChatGLMGGUFModel(LlamaCppModel):
     _roles: dict[str, int]
 
     def _configure(self, metadata: dict[str, Any]) -> None:
-        gmask, sop = self.special_token_id("[gMASK]"), self.special_token_id("sop")
+        gmask, sop = self._special_token_id("[gMASK]"), self._special_token_id("sop")
         if gmask is None or sop is None:
             raise CorruptFileError("the GGUF vocabulary lacks ChatGLM's [gMASK]/sop control tokens",
                                    where=self.info.path, fix="convert the checkpoint again with openllm-hub convert")
-        roles = {r: self.special_token_id(r) for r in V3_ROLES}
+        roles = {r: self._special_token_id(r) for r in V3_ROLES}
         self._roles = {r: i for r, i in roles.items() if i is not None}
         self.variant = "chatglm3" if len(self._roles) == len(V3_ROLES) else "chatglm2"
         if self.variant == "chatglm2":

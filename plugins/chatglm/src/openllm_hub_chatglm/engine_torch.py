@@ -60,6 +60,12 @@ class ChatGLMModel(Model):
     def _tokenize(self, text: str, add_special: bool) -> list[int]:
         return self.tokenizer.encode(text, add_special)
 
+    def _plain_ids(self, text: str) -> list[int]:  # chat message text: no v3 role parsing, no v1 specials
+        return self.tokenizer.encode_plain(text)
+
+    def _special_tokens(self) -> dict[str, int]:
+        return self.tokenizer.specials
+
     def _detokenize(self, ids: Sequence[int]) -> str:
         return self.tokenizer.decode(ids)
 

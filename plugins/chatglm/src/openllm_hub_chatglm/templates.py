@@ -9,8 +9,13 @@
 * ``chatglm3`` (ChatGLM3-6B's ``build_chat_input``): ``<|system|>\\n{system}`` then
   ``<|user|>\\n{query}`` and ``<|assistant|>\\n{response}`` per turn, ending with
   ``<|assistant|>``; the model stops at ``<|user|>`` / ``<|observation|>`` (eos ids of the
-  v3 engine). The v3 tokenizer encodes each role's metadata line apart from its content, as
-  the official one does, so these strings tokenize to the official ids.
+  v3 engine). Role tokens are :class:`Special` pieces inserted by id, and each role's metadata
+  line (``"\\n"``) is tokenized apart from the message (a :class:`Cut`), as the official
+  ``build_single_message`` does; message text is plain text, so ``<|user|>`` typed by a user
+  stays text.
+
+The model's own prompt tokens (``[gMASK] sop`` before v2/v3 prompts, ``[gMASK] <sop>`` after
+v1 prompts) are added by the model (``model_specials``).
 
 Neither ChatGLM-6B nor ChatGLM2-6B has a system role; a system message is put before the
 first round followed by a blank line (an extension; the originals have no such input).
@@ -20,7 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from openllm_hub.plugin import ChatTemplate, GenerationConfig, Message
+from openllm_hub.plugin import ChatTemplate, Cut, GenerationConfig, Message, Piece, Special, Text
 
 #: Sampling defaults of the official chat() of each version (HF's top_k=50 default applied
 #: there too); both engines (torch, llama.cpp) start from these.
@@ -44,6 +49,15 @@ def _render_v1(tpl: ChatTemplate, msgs: Sequence[Message]) -> str:
     return text + f"[Round {len(pairs)}]\n问：{turns[-1]['content']}\n答："
 
 
+def _pieces_v3(tpl: ChatTemplate, msgs: Sequence[Message]) -> list[Piece]:
+    """``build_chat_input``: per message ``<|role|>``, its metadata line ``"\\n"`` tokenized on
+    its own, the message; then ``<|assistant|>``."""
+    pieces: list[Piece] = []
+    for m in msgs:
+        pieces += [Special(f"<|{m['role']}|>"), Text("\n"), Cut(), Text(m["content"])]
+    return [*pieces, Special("<|assistant|>")]
+
+
 TEMPLATES = (
     ChatTemplate(
         name="chatglm",
@@ -60,9 +74,7 @@ TEMPLATES = (
     ),
     ChatTemplate(
         name="chatglm3",
-        user="<|user|>\n{content}<|assistant|>",
-        assistant="\n{content}",
-        system="<|system|>\n{content}",
+        pieces_fn=_pieces_v3,
         description="ChatGLM3-6B: <|system|>/<|user|>/<|assistant|> role tokens",
     ),
 )

@@ -15,6 +15,11 @@ including the first newline (the role's metadata line) is encoded separately fro
 so that a rendered conversation gives the ids of the official ``build_chat_input``.
 
 Decoding skips special tokens (and bos/eos/unk, as the released tokenizers map them to "").
+
+:meth:`~ChatGLMTokenizer.encode_plain` encodes text with no special token parsed out of it (chat
+message text): v2/v3 is plain sentencepiece (the specials lie past its vocabulary), v1's
+specials are user-defined pieces that sentencepiece matches in text, so v1 spells them out
+character by character.
 """
 
 from __future__ import annotations
@@ -62,6 +67,15 @@ class ChatGLMTokenizer:
     def special_id(self, token: str) -> int:
         raise NotImplementedError
 
+    def encode_plain(self, text: str) -> list[int]:
+        """Ids of ``text`` without the prompt's specials, no special token parsed out of it."""
+        raise NotImplementedError
+
+    @property
+    def specials(self) -> dict[str, int]:
+        """The special tokens, spelling -> id."""
+        raise NotImplementedError
+
 
 class V1Tokenizer(ChatGLMTokenizer):
     """ChatGLM-6B's tokenizer (``ice_text.model``)."""
@@ -88,6 +102,28 @@ class V1Tokenizer(ChatGLMTokenizer):
 
     def special_id(self, token: str) -> int:
         return self._ids[token]
+
+    @property
+    def specials(self) -> dict[str, int]:
+        return dict(self._ids)
+
+    def encode_plain(self, text: str) -> list[int]:
+        """Like ``encode(text, False)``, but a special token's spelling in the text (which
+        sentencepiece would match as its user-defined piece) becomes the pieces of its characters."""
+        sp, specials = self.sp, set(self._ids.values())
+        out: list[int] = []
+        for i in sp.encode(self.normalize(text)):
+            if i + self.offset not in specials:
+                out.append(i + self.offset)
+                continue
+            for ch in sp.id_to_piece(i):
+                pid = sp.piece_to_id(ch)
+                if pid == sp.unk_id():  # a byte-fallback vocabulary spells it in bytes; else <unk>
+                    byte_ids = [sp.piece_to_id(f"<0x{b:02X}>") for b in ch.encode("utf-8")]
+                    out += [b + self.offset for b in byte_ids] if sp.unk_id() not in byte_ids else [pid + self.offset]
+                else:
+                    out.append(pid + self.offset)
+        return out
 
     @staticmethod
     def normalize(text: str) -> str:
@@ -132,6 +168,13 @@ class V2Tokenizer(ChatGLMTokenizer):
 
     def special_id(self, token: str) -> int:
         return self._ids[token]
+
+    @property
+    def specials(self) -> dict[str, int]:
+        return dict(self._ids)
+
+    def encode_plain(self, text: str) -> list[int]:
+        return self._sp(text)
 
     def _sp(self, text: str) -> list[int]:
         return list(self.sp.encode(text)) if text else []

@@ -55,6 +55,12 @@ class GLM130BModel(Model):
     def _tokenize(self, text: str, add_special: bool) -> list[int]:
         return generation_prompt(self.tokenizer, text) if add_special else encode_with_masks(self.tokenizer, text)
 
+    def _plain_ids(self, text: str) -> list[int]:  # chat message text: [MASK]-style markers stay text
+        return self.tokenizer.encode(text)
+
+    def _special_tokens(self) -> dict[str, int]:
+        return dict(self.tokenizer.commands)
+
     def _detokenize(self, ids: Sequence[int]) -> str:
         return self.tokenizer.decode(list(ids))
 

@@ -70,6 +70,11 @@ class SentencePieceTokenizer:
                 ids.append(self.sp.eos_id())
         return ids
 
+    def specials(self) -> dict[str, int]:
+        """The control pieces (``<s>``, ``</s>``, ...), spelling -> id; sentencepiece never
+        produces them from text, so ``encode(text, False)`` is plain-text tokenization."""
+        return {self.sp.id_to_piece(i): i for i in range(self.size) if self.sp.is_control(i)}
+
     def _piece(self, token: int) -> tuple[bytes, bool]:
         piece = self._pieces.get(token)
         if piece is None:
@@ -126,6 +131,7 @@ class HFModel(Model):
         super().__init__(info, eos_token_ids=eos_token_ids)
         self._model = model
         self._tok = tok
+        self._specials: dict[str, int] | None = None
         self._device = device
         # transformers 5 renamed forward()'s ``past_key_values`` to ``cache``
         params = inspect.signature(model.forward).parameters
@@ -143,6 +149,16 @@ class HFModel(Model):
 
     def _tokenize(self, text: str, add_special: bool) -> list[int]:
         return self._tok.encode(text, add_special)
+
+    def _special_tokens(self) -> dict[str, int]:
+        if self._specials is None:
+            self._specials = self._tok.specials()
+        return self._specials
+
+    def _special_token_id(self, name: str) -> int | None:  # one lookup, not the whole vocabulary
+        sp = self._tok.sp
+        pid = int(sp.piece_to_id(name))
+        return pid if 0 <= pid < self._tok.size and sp.is_control(pid) and sp.id_to_piece(pid) == name else None
 
     def _detokenize(self, ids: Sequence[int]) -> str:
         return self._tok.decode(ids)

@@ -2,25 +2,28 @@
 
 * ``alpaca``: Stanford Alpaca's instruction format, with the trailing newline after
   ``### Response:`` that alpaca-lora's ``templates/alpaca.json`` uses. Chat renders every user
-  turn as an instruction; :func:`alpaca_prompt` writes the with-input variant for completion.
+  turn as an instruction; a past answer ends with the ``</s>`` token, as every Alpaca training
+  example does (and FastChat's ``alpaca`` conversation, ``sep2="</s>"``);
+  :func:`alpaca_prompt` writes the with-input variant for completion.
 * ``chinese-alpaca``: Chinese-Alpaca (v1) as its ``scripts/inference/inference_hf.py`` prompts:
   Alpaca's system sentence, then ``### Instruction:\\n\\n...\\n\\n### Response:\\n\\n``.
 * ``chinese-alpaca-2``: Chinese-Alpaca-2, the Llama-2 layout with its bilingual system prompt.
 * ``belle``: BELLE's model-card prompt ``Human: {input} \\n\\nAssistant: ``.
-* ``vicuna``: FastChat's ``vicuna_v1.1`` (system sentence, ``USER: ... ASSISTANT:``).
-* ``llama-2``: Meta's Llama-2-chat layout (``[INST] <<SYS>>\\n...\\n<</SYS>>\\n\\n... [/INST]``).
+* ``vicuna``: FastChat's ``vicuna_v1.1`` (system sentence, ``USER: ... ASSISTANT:``, a past
+  answer ended by the ``</s>`` token).
+* ``llama-2``: Meta's Llama-2-chat layout as its ``chat_completion`` builds the ids: each
+  exchange ``<s>[INST] <<SYS>>\\n...\\n<</SYS>>\\n\\n... [/INST] answer </s>``, each text
+  tokenized on its own, the last ``<s>[INST] ... [/INST]``.
 
-Prompts are tokenized as text (special tokens are not parsed from a prompt, so user text can
-never inject one). Where a format separates past turns with the end-of-sequence/beginning-of-
-sequence *tokens* (Vicuna's ``</s>``, Llama-2's ``</s><s>``), the rendered history therefore
-carries no marker there; the current turn is laid out exactly as the authors do.
+``<s>``/``</s>`` are control tokens inserted by id (template pieces); message text is tokenized
+as plain text, so user text can never inject one.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from openllm_hub.plugin import ChatTemplate, Message
+from openllm_hub.plugin import ChatTemplate, Message, Piece, Special, Text
 
 ALPACA_SYSTEM = ("Below is an instruction that describes a task. "
                  "Write a response that appropriately completes the request.")
@@ -39,22 +42,18 @@ def alpaca_prompt(instruction: str, input: str | None = None) -> str:
     return f"{ALPACA_SYSTEM}\n\n### Instruction:\n{instruction}\n\n### Response:\n"
 
 
-def _render_llama2(tpl: ChatTemplate, messages: Sequence[Message]) -> str:
-    """Meta's Llama-2-chat layout: the system prompt goes inside the first [INST] block."""
+def _llama2_pieces(tpl: ChatTemplate, messages: Sequence[Message]) -> list[Piece]:
+    """Meta's Llama-2 ``chat_completion``: the system prompt joins the first user message inside
+    ``<<SYS>>``; each exchange is ``<s>`` + text + ``</s>``, the open turn ``<s>`` + text."""
+    b_sys, e_sys = "<<SYS>>\n", "\n<</SYS>>\n\n"
     system = next((m["content"] for m in messages if m["role"] == "system"), tpl.default_system)
-    turns = [m for m in messages if m["role"] != "system"]
-    parts: list[str] = []
-    first = True
-    for m in turns:
-        content = m["content"].strip()
-        if m["role"] == "user":
-            if first and system:
-                content = f"<<SYS>>\n{system.strip()}\n<</SYS>>\n\n{content}"
-            first = False
-            parts.append(f"[INST] {content} [/INST]")
-        else:
-            parts.append(f" {content} ")
-    return "".join(parts)
+    turns = [m["content"] for m in messages if m["role"] != "system"]
+    if system:
+        turns[0] = b_sys + system + e_sys + turns[0]
+    pieces: list[Piece] = []
+    for question, answer in zip(turns[0:-1:2], turns[1:-1:2], strict=True):
+        pieces += [Special("<s>"), Text(f"[INST] {question.strip()} [/INST] {answer.strip()} "), Special("</s>")]
+    return [*pieces, Special("<s>"), Text(f"[INST] {turns[-1].strip()} [/INST]")]
 
 
 TEMPLATES: tuple[ChatTemplate, ...] = (
@@ -63,7 +62,8 @@ TEMPLATES: tuple[ChatTemplate, ...] = (
         system="{content}\n\n",
         default_system=ALPACA_SYSTEM,
         user="### Instruction:\n{content}\n\n### Response:\n",
-        assistant="{content}\n\n",
+        assistant="{content}</s>",
+        specials=(Special("</s>"),),
         stop=("### Instruction:",),
         description="Stanford Alpaca / alpaca-lora instruction format",
     ),
@@ -80,7 +80,8 @@ TEMPLATES: tuple[ChatTemplate, ...] = (
         name="chinese-alpaca-2",
         default_system=CHINESE_ALPACA_2_SYSTEM,
         stop=("[INST]",),
-        render_fn=_render_llama2,
+        pieces_fn=_llama2_pieces,
+        model_specials=False,
         description="Chinese-Alpaca-2 (Llama-2 layout with its bilingual system prompt)",
     ),
     ChatTemplate(
@@ -96,14 +97,16 @@ TEMPLATES: tuple[ChatTemplate, ...] = (
         system="{content} ",
         default_system=VICUNA_SYSTEM,
         user="USER: {content} ASSISTANT:",
-        assistant=" {content} ",
+        assistant=" {content}</s>",
+        specials=(Special("</s>"),),
         stop=("USER:",),
         description="Vicuna v1.1 (FastChat vicuna_v1.1)",
     ),
     ChatTemplate(
         name="llama-2",
         stop=("[INST]",),
-        render_fn=_render_llama2,
+        pieces_fn=_llama2_pieces,
+        model_specials=False,
         description="Llama-2-chat ([INST] <<SYS>> ... <</SYS>> ... [/INST])",
     ),
 )

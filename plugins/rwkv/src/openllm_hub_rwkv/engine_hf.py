@@ -55,6 +55,15 @@ class TransformersRwkvModel(Model):
         ids = self.tokenizer.encode(text)
         return [END_OF_TEXT] if add_special and not ids else ids
 
+    def _plain_ids(self, text: str) -> list[int]:
+        return self.tokenizer.encode_plain(text)
+
+    def _special_tokens(self) -> dict[str, int]:
+        return self.tokenizer.specials()
+
+    def _prompt_affixes(self) -> tuple[list[int], list[int]]:
+        return [], []  # no BOS (end-of-text only stands in for an empty prompt)
+
     def _detokenize(self, ids: Sequence[int]) -> str:
         return self.tokenizer.decode(ids)
 

@@ -5,8 +5,9 @@ and sampler; the step function feeds tokens to the RNN and applies ChatRWKV's pe
 (:mod:`openllm_hub_rwkv.penalties`). Prompts are read in chunks of ``chunk_len`` tokens.
 
 Chat keeps the state between turns instead of re-reading the history. The prompt is the
-template's rendering of the whole conversation, tokenized as one text (so ``chat`` equals
-``generate`` on that prompt). States are cached by the exact token ids they have read: after
+ids of the template's pieces for the whole conversation (plain text: RWKV's formats have no
+control tokens, so ``chat`` equals ``generate`` on the rendered prompt, unless a message spells
+an added special token, which chat keeps as text). States are cached by the exact token ids they have read: after
 the stable part of each prompt (the tokens that a probe of the next turn leaves unchanged)
 and after each answer (prompt plus the tokens fed during generation). A new turn starts from
 the longest cached state whose ids are a prefix of its own and reads only the rest; with no
@@ -33,6 +34,7 @@ from openllm_hub.plugin import (
     Model,
     ModelInfo,
     OpenLLMHubError,
+    Text,
     generate_tokens,
     get_template,
 )
@@ -43,7 +45,7 @@ from openllm_hub_rwkv.runtime import Workdir, build_package_model
 from openllm_hub_rwkv.spec import Arch, analyse, context_from_name
 from openllm_hub_rwkv.state import Snapshot, load_snapshots, save_snapshots
 from openllm_hub_rwkv.strategy import Strategy, parse_strategy, strategy_from_placement
-from openllm_hub_rwkv.templates import continuation_probe, render
+from openllm_hub_rwkv.templates import continuation_probe
 from openllm_hub_rwkv.tokenizer import END_OF_TEXT, RwkvTokenizer, choose_tokenizer
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -102,6 +104,15 @@ class RwkvModel(Model):
         if add_special and not ids:
             return [END_OF_TEXT]  # RWKV has no BOS; documents start after end-of-text
         return ids
+
+    def _plain_ids(self, text: str) -> list[int]:
+        return self.tokenizer.encode_plain(text)
+
+    def _special_tokens(self) -> dict[str, int]:
+        return self.tokenizer.specials()
+
+    def _prompt_affixes(self) -> tuple[list[int], list[int]]:
+        return [], []  # no BOS (end-of-text only stands in for an empty prompt)
 
     def _detokenize(self, ids: Sequence[int]) -> str:
         return self.tokenizer.decode(ids)
@@ -182,12 +193,12 @@ class RwkvModel(Model):
     def _chat_read(self, messages: Sequence[Mapping[str, str]], template: str | None, *,
                    complete: bool) -> _ChatRead:
         tpl = self.chat_template(template)
-        text = render(tpl, messages, complete=complete)
-        ids = tuple(self._tokenize(text, True))
+        pieces = tpl.pieces(messages, complete=complete)  # type: ignore[arg-type]
+        ids = tuple(self._pieces_ids(pieces, model_specials=tpl.model_specials))
         probe = continuation_probe(tpl, messages)
         stable = len(ids)
         if probe:
-            longer = self._tokenize(text + probe, True)
+            longer = self._pieces_ids([*pieces, Text(probe)], model_specials=tpl.model_specials)
             stable = next((i for i, (x, y) in enumerate(zip(ids, longer)) if x != y), len(ids))
         return _ChatRead(ids, stable, tpl.name)
 

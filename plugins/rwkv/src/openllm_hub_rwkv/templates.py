@@ -71,7 +71,7 @@ def render(tpl: ChatTemplate, messages: Sequence[Mapping[str, str]], *, complete
 
 def continuation_probe(tpl: ChatTemplate, messages: Sequence[Mapping[str, str]]) -> str:
     """Text the template would add next: an answer after a user turn, else a user turn."""
-    if tpl.render_fn is not None and tpl.name not in NAMES:
+    if (tpl.render_fn is not None or tpl.pieces_fn is not None) and tpl.name not in NAMES:
         return ""
     rounds = sum(1 for m in messages if m.get("role") == "user")
     last = next((m.get("role") for m in reversed(messages) if m.get("role") != "system"), None)

@@ -19,7 +19,7 @@ import math
 from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from openllm_hub.plugin import CorruptFileError, InvalidParameterError, NotFoundError
 
@@ -39,6 +39,14 @@ class RwkvTokenizer(Protocol):
     n_ids: int
 
     def encode(self, text: str) -> list[int]: ...
+
+    def encode_plain(self, text: str) -> list[int]:
+        """Ids of ``text`` with no special token parsed out of it (chat message text)."""
+        ...
+
+    def specials(self) -> dict[str, int]:
+        """The special tokens, spelling -> id."""
+        ...
 
     def decode(self, ids: Sequence[int]) -> str: ...
 
@@ -91,6 +99,12 @@ class WorldTokenizer:
                 raise CorruptFileError(f"byte {data[i]:#x} has no token", where=_WORLD_FILE)
         return out
 
+    def encode_plain(self, text: str) -> list[int]:
+        return self.encode(text)  # byte strings only: the end-of-text id 0 has no spelling
+
+    def specials(self) -> dict[str, int]:
+        return {}
+
     def decode_bytes(self, ids: Sequence[int]) -> bytes:
         """Bytes of ``ids``; ids outside the vocabulary (0 = end-of-text, padding) add nothing."""
         table = self.id_to_bytes
@@ -114,11 +128,24 @@ class JsonTokenizer:
             self._tok = Tokenizer.from_file(str(self.path))
         except Exception as exc:  # noqa: BLE001 - the tokenizers library raises plain Exceptions
             raise CorruptFileError(f"not a tokenizers JSON file: {exc}", where=self.path) from None
+        self._plain: Any = None
         self.name = str(self.path)
         self.n_ids = self._tok.get_vocab_size(with_added_tokens=True)
 
     def encode(self, text: str) -> list[int]:
         return list(self._tok.encode(text, add_special_tokens=False).ids)
+
+    def encode_plain(self, text: str) -> list[int]:
+        """``encode`` with the added special tokens (``<|endoftext|>``, ...) not matched in text."""
+        if self._plain is None:  # a second instance: the flag is the tokenizer's state, shared by threads
+            from tokenizers import Tokenizer
+
+            self._plain = Tokenizer.from_str(self._tok.to_str())
+            self._plain.encode_special_tokens = True
+        return list(self._plain.encode(text, add_special_tokens=False).ids)
+
+    def specials(self) -> dict[str, int]:
+        return {str(t.content): int(i) for i, t in self._tok.get_added_tokens_decoder().items() if t.special}
 
     def decode(self, ids: Sequence[int]) -> str:
         return str(self._tok.decode([int(i) for i in ids if 0 <= int(i) < self.n_ids], skip_special_tokens=True))
