@@ -236,3 +236,45 @@ def test_a_closed_model_refuses_batches(model: Model) -> None:
     batch.cancel(key)
     with pytest.raises(Exception, match="closed"):
         wrapped.generate_batch(["Once"])
+
+
+# ---- LLaMA: llama.cpp (one context, swapped) and transformers (a cache per stream) ------------
+@pytest.fixture(scope="module")
+def llama_paths(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    from openllm_hub_llama.convert_gguf import write_gguf
+    from openllm_hub_llama.tiny import fixture_tokenizer, make_tiny_hf
+
+    hf = make_tiny_hf(tmp_path_factory.mktemp("batch-hf"), tokenizer_model=fixture_tokenizer(), num_kv_heads=2)
+    gguf = tmp_path_factory.mktemp("batch-gguf") / "tiny-f32.gguf"
+    write_gguf(hf, gguf, "f32")
+    return {"hf": hf, "gguf": gguf}
+
+
+LLAMA_PROMPTS = ["Once upon a time", "Hello", "The little dog ran to the big house", "A"]
+
+
+@pytest.mark.parametrize("kind", ["gguf", "hf"])
+def test_llama_batches_equal_single_runs(llama_paths: dict[str, Path], kind: str) -> None:
+    with openllm_hub.load(llama_paths[kind], device="cpu", threads=1) as m:
+        assert m.batching == "interleaved"
+        assert m.sequence_interleaving == ("swap" if kind == "gguf" else "independent")
+        check_batch_equals_single(m, LLAMA_PROMPTS)
+        check_batch_join_and_cancel(m, LLAMA_PROMPTS)
+
+
+def test_llama_cpp_single_calls_in_the_middle_of_a_batch_do_not_disturb_it(llama_paths: dict[str, Path]) -> None:
+    """generate() and logits() use the one context too: the batch's running sequence is saved first."""
+    with openllm_hub.load(llama_paths["gguf"], device="cpu", threads=1) as m:
+        params = [{"seed": 1 + i, "max_new_tokens": 12, "temperature": 0.9} for i in range(2)]
+        want = [m.generate(p, **kw).text for p, kw in zip(LLAMA_PROMPTS[:2], params)]
+        aside = m.generate(LLAMA_PROMPTS[2], seed=3, max_new_tokens=8).text
+        logits = m.logits(m.tokenize(LLAMA_PROMPTS[3]))
+        texts = ["", ""]
+        steps = 0
+        for index, chunk in m.stream_batch(LLAMA_PROMPTS[:2], params):
+            texts[index] += chunk.text
+            steps += 1
+            if steps in (3, 6):
+                assert m.generate(LLAMA_PROMPTS[2], seed=3, max_new_tokens=8).text == aside
+                np.testing.assert_array_equal(m.logits(m.tokenize(LLAMA_PROMPTS[3])), logits)
+        assert texts == want

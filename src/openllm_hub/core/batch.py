@@ -24,7 +24,9 @@ where an engine keeps its generation state, which it declares in
   sequence's generator runs, the core saves the current owner's state with
   ``Model._save_sequence_state()`` and restores the next one's with
   ``Model._restore_sequence_state(state)``. Switching costs a copy of one sequence's cache,
-  so it happens only when two or more sequences are running.
+  so it happens only when two or more sequences are running. A single call (``generate``,
+  ``logits``) or another batch on the same model first lets the batch save its owner's
+  state (``Model._claim_engine_state``), so they may be mixed freely.
 * ``"serial"``: neither is possible (GLM-130B's ranks hold one cache): sequences run one
   after the other, in arrival order. Correct, not interleaved.
 
@@ -217,7 +219,15 @@ class InterleavedDecoder(BatchDecoder):
                 self.leave(key)
         return out
 
+    def evict(self) -> None:
+        """Someone else (a single ``generate``, ``logits``, another batch) is about to use the
+        engine's one state: keep the owner's state to restore it at its next turn."""
+        if self._owner is not None:
+            self._saved[self._owner] = self.model._save_sequence_state()
+            self._owner = None
+
     def _switch_to(self, key: int) -> None:
+        self.model._claim_engine_state(self)
         if self._owner == key:
             return
         if self._owner is not None:
@@ -231,6 +241,8 @@ class InterleavedDecoder(BatchDecoder):
     def close(self) -> None:
         for key in list(self._streams):
             self.leave(key)
+        if self.model._state_user is self:
+            self.model._state_user = None
 
 
 class _Sequence:

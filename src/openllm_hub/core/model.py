@@ -176,6 +176,7 @@ class Model(ABC):
             raise InvalidParameterError(f"{len(id_list)} token ids exceed the context of {ctx}", where="Model.logits",
                                         fix="pass fewer ids, or load with a larger context length")
         with self._lock:
+            self._claim_engine_state(None)
             return self._logits(id_list)
 
     def generate(self, prompt: str, **params: Any) -> Completion:
@@ -270,6 +271,7 @@ class Model(ABC):
     def _run(self, prompt_ids: list[int], config: GenerationConfig) -> Iterator[Chunk]:
         with self._lock:
             self._check_open()
+            self._claim_engine_state(None)
             out = SequenceOutput(self._detokenize, self.eos_token_ids, prompt_ids, config)
             stream = self._token_stream(prompt_ids, config)
             try:
@@ -305,6 +307,21 @@ class Model(ABC):
     #: :meth:`_restore_sequence_state`) or ``"serial"`` (one sequence after the other).
     #: The conformance kit's batch checks catch a wrong claim.
     sequence_interleaving: Interleaving = "independent"
+
+    #: who used a "swap" engine's one state last (an interleaving decoder, or None)
+    _state_user: Any = None
+
+    def _claim_engine_state(self, user: Any) -> None:
+        """Called (under the lock) before ``user`` uses a ``"swap"`` engine's one generation
+        state (None: a single call): the interleaving decoder that used it last saves its
+        running sequence's state first. Engines with their own entry points into that state
+        call it too."""
+        if self.sequence_interleaving != "swap":
+            return
+        previous = self._state_user
+        if previous is not None and previous is not user:
+            previous.evict()
+        self._state_user = user
 
     def _batch_decoder(self, slots: int) -> BatchDecoder | None:
         """Hook for engines that decode several sequences in one forward pass: a
