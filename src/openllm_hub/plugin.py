@@ -24,6 +24,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from openllm_hub.api import detect
+from openllm_hub.core.batch import BatchDecoder, StepResult
 from openllm_hub.core.chat import ChatTemplate, Message, get_template
 from openllm_hub.core.config import GenerationConfig
 from openllm_hub.core.convert import Converter, ConvertRequest, VerifyReport, verify_models
@@ -57,6 +58,7 @@ from openllm_hub.core.plan import ModelSpec, available_ram, bits_from_file_size,
 from openllm_hub.core.progress import Progress, progress_enabled, track
 from openllm_hub.core.quantize import Quantizer, QuantizeRequest
 from openllm_hub.core.registry import API_VERSION
+from openllm_hub.core.sampling import Sampler
 from openllm_hub.errors import (
     ConversionError,
     CorruptFileError,
@@ -77,6 +79,7 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = [
     "API_VERSION",
     "TMP_MARK",
+    "BatchDecoder",
     "ChatTemplate",
     "Chunk",
     "Completion",
@@ -111,6 +114,8 @@ __all__ = [
     "Progress",
     "QuantizeRequest",
     "Quantizer",
+    "Sampler",
+    "StepResult",
     "Timings",
     "UnknownFormatError",
     "UnsafeCheckpointError",

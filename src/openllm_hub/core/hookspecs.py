@@ -41,6 +41,20 @@ with the numbers, a model that cannot fit the device it was placed on::
                          layer_matrices=((3 * h, h), (h, h), (4 * h, h), (h, 4 * h)), layer_small=4 * h,
                          embedding_params=2 * cfg["vocab_size"] * h, mlp_width=4 * h,
                          kv_per_token_layer=2 * h)
+
+Several users at once: the core runs several sequences of one loaded model together
+(``Model.generate_batch``/``stream_batch``, ``openllm-hub serve --parallel N``). A model
+whose engine can decode several sequences in one forward pass overrides
+``Model._batch_decoder(slots)`` to return a :class:`~openllm_hub.plugin.BatchDecoder`
+(``join(key, prompt_ids, config)`` between steps, ``step()`` giving each sequence its next
+id, ``leave(key)`` freeing its cache; sample each sequence with its own
+:class:`~openllm_hub.plugin.Sampler` seeded from its config). Without one the core
+interleaves the model's ``_token_stream`` generators, one token each in turn; say where
+your engine keeps its generation state in ``Model.sequence_interleaving``
+(``"independent"``, the default: in each generator, as with ``generate_tokens`` and a
+per-call cache; ``"swap"``: one state on the model, with ``_save_sequence_state`` and
+``_restore_sequence_state``; ``"serial"``: neither). ``ModelConformance``'s batch checks
+prove the result equals single runs.
 """
 
 from __future__ import annotations

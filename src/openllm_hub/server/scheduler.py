@@ -144,10 +144,9 @@ def default_parallel(model: Model) -> tuple[int, str]:
     if model.info.device.startswith("cuda") and machine.gpus:
         free = machine.gpus[0].free_mib * 2**20
     else:
-        with contextlib.suppress(ValueError, OSError, AttributeError):
-            import os
+        from openllm_hub.core.plan import available_ram
 
-            free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        free = available_ram()
     if isinstance(per_token, int) and per_token > 0 and ctx and free:
         fit = max(1, int(free // 2 // (per_token * ctx)))
         if fit < n:
