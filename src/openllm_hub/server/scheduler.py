@@ -224,6 +224,8 @@ class Scheduler:
         for job in waiting:
             job.cancel()
         if thread is None:
+            if self._batch is not None:  # made for a slot check, never run: free what its decoder holds
+                self._batch.close()
             return
         thread.join(grace)
         if thread.is_alive():
