@@ -26,6 +26,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, Response
 from fastapi.staticfiles import StaticFiles
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -189,10 +190,11 @@ def _add_error_handlers(app: FastAPI) -> None:
 
 
 def _fit_slot(state: ServerState, start: Callable[[], Iterator[Chunk]], max_tokens_given: bool) -> PreparedStream:
-    """The request's prompt and config (``start()``: the model's stream, which tokenizes and
-    checks the prompt but runs nothing), checked against what a slot holds: a prompt plus
-    ``max_tokens`` over it is refused (400) before the request takes a place; without an
-    explicit ``max_tokens`` the answer is bounded by the room left."""
+    """The request's prompt and config, checked against what a slot holds. ``start()`` is
+    the model's stream, which renders, tokenizes and checks the prompt but runs nothing
+    (called off the event loop). A prompt plus ``max_tokens`` over a slot is refused (400)
+    before the request takes a place; without an explicit ``max_tokens`` the answer is
+    bounded by the room left."""
     try:
         stream = start()
     except OpenLLMHubError as exc:
@@ -268,7 +270,8 @@ def _add_routes(app: FastAPI, state: ServerState) -> None:
     @app.post("/v1/completions", response_model=None)
     async def completions(body: CompletionRequest) -> Response:
         prompt, params = completion_params(model, body, limit=state.max_tokens_limit)
-        stream = _fit_slot(state, lambda: model.stream(prompt, **params), body.max_tokens is not None)
+        stream = await run_in_threadpool(_fit_slot, state, lambda: model.stream(prompt, **params),
+                                         body.max_tokens is not None)
         return _submit(state, stream, CompletionFormat(state.model_id), stream_response=bool(body.stream),
                        include_usage=bool(body.stream_options and body.stream_options.include_usage))
 
@@ -276,7 +279,8 @@ def _add_routes(app: FastAPI, state: ServerState) -> None:
     async def chat_completions(body: ChatCompletionRequest) -> Response:
         messages, template, params = chat_params(model, body, limit=state.max_tokens_limit)
         given = body.max_tokens is not None or body.max_completion_tokens is not None
-        stream = _fit_slot(state, lambda: model.stream_chat(messages, template=template, **params), given)
+        stream = await run_in_threadpool(_fit_slot, state,
+                                         lambda: model.stream_chat(messages, template=template, **params), given)
         return _submit(state, stream, ChatFormat(state.model_id), stream_response=bool(body.stream),
                        include_usage=bool(body.stream_options and body.stream_options.include_usage))
 

@@ -183,9 +183,11 @@ class Scheduler:
         return self._get_batch().slot_tokens
 
     def _get_batch(self) -> Batch:
-        if self._batch is None:
-            self._batch = self.model.new_batch(self.parallel)
-        return self._batch
+        """The one batch, made on first use (by a request's slot check or admission)."""
+        with self._cond:  # a re-entrant lock: submit() holds it already
+            if self._batch is None:
+                self._batch = self.model.new_batch(self.parallel)
+            return self._batch
 
     # ---- event-loop side -------------------------------------------------------------
     def submit(self, stream: PreparedStream) -> Job:
