@@ -342,3 +342,19 @@ def test_serve_parallel_flag_and_start_up_line(bigram_path: Path, eventually: Ca
     r = subprocess.run([sys.executable, "-m", "openllm_hub.server", str(bigram_path), "--parallel", "0"],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 1 and "--parallel" in r.stderr
+
+
+def test_a_closed_model_fails_the_running_requests_and_the_server_keeps_answering(
+        model: Model, paced: Any, serve: Callable[..., Any], eventually: Callable[..., None]) -> None:
+    slow = _recording(paced)(model, gated=True)
+    srv = serve(create_app(slow, parallel=2))
+    results: dict[str, httpx.Response] = {}
+    t = _post(srv.url, "ab", results)
+    eventually(lambda: _health(srv.url)["running"] == 1, "the request to run")
+    slow.close()
+    slow.gate.set()
+    t.join(120)
+    assert results["ab"].status_code == 503 and results["ab"].json()["error"]["code"] == "model_closed"
+    r = httpx.post(srv.url + "/v1/completions", json={"model": "m", "prompt": "x", **GREEDY}, timeout=60)
+    assert r.status_code == 503 and r.json()["error"]["code"] == "model_closed"
+    assert _health(srv.url)["running"] == 0

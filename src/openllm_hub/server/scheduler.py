@@ -281,7 +281,15 @@ class Scheduler:
                         self.metrics.admitted(len(job.stream.prompt_ids))
                 if not by_key:
                     continue
-                for key, event in batch.step():
+                try:
+                    events = batch.step()
+                except Exception as exc:  # noqa: BLE001 - the model itself failed (closed): every running job
+                    for key, job in list(by_key.items()):
+                        batch.cancel(key)
+                        self._finish(job, exc, "error")
+                    by_key.clear()
+                    continue
+                for key, event in events:
                     job = by_key[key]
                     if isinstance(event, BaseException):
                         del by_key[key]
