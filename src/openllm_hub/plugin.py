@@ -32,6 +32,7 @@ from openllm_hub.cli_args import (
     generation_params,
     load_from_args,
 )
+from openllm_hub.core.batch import BatchDecoder, StepResult
 from openllm_hub.core.chat import ChatTemplate, Cut, Message, Piece, Special, Text, get_template
 from openllm_hub.core.config import GenerationConfig
 from openllm_hub.core.convert import Converter, ConvertRequest, VerifyReport, verify_models
@@ -66,6 +67,7 @@ from openllm_hub.core.plan import ModelSpec, available_ram, bits_from_file_size,
 from openllm_hub.core.progress import Progress, progress_enabled, track
 from openllm_hub.core.quantize import Quantizer, QuantizeRequest
 from openllm_hub.core.registry import API_VERSION
+from openllm_hub.core.sampling import Sampler
 from openllm_hub.core.tiny import choice_option, int_option
 from openllm_hub.errors import (
     ConversionError,
@@ -87,6 +89,7 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = [
     "API_VERSION",
     "TMP_MARK",
+    "BatchDecoder",
     "ChatTemplate",
     "Chunk",
     "Completion",
@@ -123,7 +126,9 @@ __all__ = [
     "Progress",
     "QuantizeRequest",
     "Quantizer",
+    "Sampler",
     "Special",
+    "StepResult",
     "Text",
     "Timings",
     "TinyBuilder",

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from openllm_hub.core.chat import Special
+from openllm_hub.core.config import GenerationConfig
 from openllm_hub.core.model import Completion, Model
 from openllm_hub.errors import InvalidParameterError, ModelClosedError, OpenLLMHubError
 
@@ -325,6 +326,15 @@ class ModelConformance:
         info = self._shared(self).info
         assert info.family and info.format and info.engine and info.device
 
+    #: prompts of different lengths for the batch checks
+    batch_prompts: ClassVar[tuple[str, ...]] = ("Once upon a time", "Hello", "The little dog ran to the big", "A")
+
+    def test_batch_equals_single(self) -> None:
+        check_batch_equals_single(self._shared(self), self.batch_prompts)
+
+    def test_batch_join_and_cancel(self) -> None:
+        check_batch_join_and_cancel(self._shared(self), self.batch_prompts)
+
 
 def run_conformance(model_factory: Any) -> Iterator[tuple[str, OpenLLMHubError | AssertionError | None]]:
     """Run every check outside pytest: yields (check name, failure or None)."""
@@ -448,5 +458,78 @@ def check_verify_catches_broken_conversion(src: str | Path, dst: str | Path, *, 
         reg.families[fam.name] = fam
 
 
-__all__ = ["COMMON_SPECIALS", "Completion", "ModelConformance", "break_checkpoint",
+
+
+# ---- several sequences at once (continuous batching) -------------------------------------------
+def _batch_params(seed: int, greedy: bool) -> dict[str, Any]:
+    return {"max_new_tokens": 10, "seed": seed, **({"temperature": 0.0} if greedy else
+                                                     {"temperature": 1.0, "top_k": 0, "top_p": 1.0})}
+
+
+def _batch_modes(model: Model) -> tuple[bool, ...]:
+    """Greedy always; sampled too where the model interleaves (each sequence then runs the very
+    computation of its single run, so even sampled text must be identical)."""
+    return (True,) if model.batching == "batched" else (True, False)
+
+
+def check_batch_equals_single(model: Model, prompts: tuple[str, ...] | list[str]) -> None:
+    """A batch of several prompts of different lengths, each with its own seed, gives exactly
+    the single runs (greedy: the same ids; sampled too, where the engine interleaves), in input
+    order, with the same usage; so does the streaming form, and a batch with fewer slots."""
+    assert len(prompts) >= 2 and len({len(p) for p in prompts}) >= 2, "give prompts of different lengths"
+    for greedy in _batch_modes(model):
+        params = [_batch_params(100 + i, greedy) for i in range(len(prompts))]
+        single = [model.generate(p, **kw) for p, kw in zip(prompts, params)]
+        batch = model.generate_batch(list(prompts), params)
+        for i, (a, b) in enumerate(zip(single, batch)):
+            assert b.token_ids == a.token_ids and b.text == a.text, \
+                f"prompt {i} ({'greedy' if greedy else 'sampled'}): batch gave {b.text!r}, alone {a.text!r}"
+            assert b.finish_reason == a.finish_reason and b.usage == a.usage, f"prompt {i}: finish reason or usage"
+        streamed: dict[int, list[str]] = {}
+        for index, chunk in model.stream_batch(list(prompts), params, slots=2):
+            streamed.setdefault(index, []).append(chunk.text)
+        assert ["".join(streamed[i]) for i in range(len(prompts))] == [a.text for a in single], \
+            "stream_batch with 2 slots differs from the single runs"
+
+
+def check_batch_join_and_cancel(model: Model, prompts: tuple[str, ...] | list[str]) -> None:
+    """A sequence that joins a running batch and one cancelled in the middle leave the others
+    unchanged: each surviving sequence equals its single run (greedy)."""
+    assert len(prompts) >= 3, "give at least three prompts"
+    params = [_batch_params(200 + i, True) for i in range(len(prompts))]
+    single = [model.generate(p, **kw) for p, kw in zip(prompts, params)]
+    configs = [GenerationConfig.build(model.generation_defaults, **kw) for kw in params]
+    ids = [model.tokenize(p) for p in prompts]
+    texts: dict[int, list[str]] = {}
+    tokens: dict[int, list[int]] = {}
+    ended: set[int] = set()
+    with model.new_batch() as batch:
+        keys = {batch.add(ids[0], configs[0]): 0, batch.add(ids[1], configs[1]): 1}
+        steps = 0
+        while batch.running:
+            if steps == 2:  # joins while the others are generating
+                keys[batch.add(ids[2], configs[2])] = 2
+            if steps == 3:  # leaves in the middle
+                victim = next(k for k, i in keys.items() if i == 1)
+                batch.cancel(victim)
+                ended.add(1)
+            for key, event in batch.step():
+                assert not isinstance(event, BaseException), f"sequence {keys[key]} failed: {event!r}"
+                texts.setdefault(keys[key], []).append(event.text)
+                tokens.setdefault(keys[key], []).extend(event.token_ids)
+                if event.finish_reason is not None:
+                    ended.add(keys[key])
+            steps += 1
+            assert steps < 10_000, "the batch never finished"
+    for i in (0, 2):
+        assert i in ended, f"sequence {i} never finished"
+        got = "".join(texts.get(i, []))
+        assert tuple(tokens.get(i, [])) == single[i].token_ids and got == single[i].text, \
+            f"prompt {i}: in a batch with a join and a cancel it gave {got!r}, alone {single[i].text!r}"
+    cancelled = tuple(tokens.get(1, []))
+    assert cancelled == single[1].token_ids[: len(cancelled)], "the cancelled sequence was corrupted before it left"
+
+
+__all__ = ["COMMON_SPECIALS", "Completion", "ModelConformance", "break_checkpoint", "check_batch_equals_single",
+           "check_batch_join_and_cancel",
            "check_chat_special_tokens_stay_text", "check_verify_catches_broken_conversion", "run_conformance"]

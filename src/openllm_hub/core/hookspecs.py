@@ -55,6 +55,20 @@ returns the path to load; ``options`` holds only the ``-o`` keys the builder nam
         return build(dst, layers=int_option(options, "layers", 2, minimum=1))
 
     TINY = TinyBuilder(("mything",), write_tiny, {"layers": "decoder layers (default 2)"})
+
+Several users at once: the core runs several sequences of one loaded model together
+(``Model.generate_batch``/``stream_batch``, ``openllm-hub serve --parallel N``). A model
+whose engine can decode several sequences in one forward pass overrides
+``Model._batch_decoder(slots)`` to return a :class:`~openllm_hub.plugin.BatchDecoder`
+(``join(key, prompt_ids, config)`` between steps, ``step()`` giving each sequence its next
+id, ``leave(key)`` freeing its cache; sample each sequence with its own
+:class:`~openllm_hub.plugin.Sampler` seeded from its config). Without one the core
+interleaves the model's ``_token_stream`` generators, one token each in turn; say where
+your engine keeps its generation state in ``Model.sequence_interleaving``
+(``"independent"``, the default: in each generator, as with ``generate_tokens`` and a
+per-call cache; ``"swap"``: one state on the model, with ``_save_sequence_state`` and
+``_restore_sequence_state``; ``"serial"``: neither). ``ModelConformance``'s batch checks
+prove the result equals single runs.
 """
 
 from __future__ import annotations

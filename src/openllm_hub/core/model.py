@@ -14,16 +14,15 @@ engine hook, in O(number of ids) python, never per generated token; engines do n
 from __future__ import annotations
 
 import threading
-import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal
 
+from openllm_hub.core.batch import Batch, BatchDecoder, Batching, Interleaving, PreparedStream, SequenceOutput
 from openllm_hub.core.chat import ChatTemplate, Cut, Piece, Special, Text, get_template
 from openllm_hub.core.config import GenerationConfig
-from openllm_hub.core.streaming import IncrementalDetokenizer, StopMatcher
 from openllm_hub.errors import InvalidParameterError, ModelClosedError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -102,7 +101,15 @@ class ModelInfo:
 class Model(ABC):
     """A loaded model. Use it as a context manager, or call :meth:`close` when done.
 
-    Calls are serialised by a lock: a model holds one KV cache, so one generation at a time.
+    Calls are serialised by a lock. Several sequences share one model through a batch
+    (:meth:`generate_batch`, :meth:`stream_batch`, :meth:`new_batch`, the server's slots):
+    an engine that decodes several sequences in one forward pass returns a
+    :class:`~openllm_hub.core.batch.BatchDecoder` from :meth:`_batch_decoder`; the others are
+    interleaved by the core, one token per sequence in turn, and say in
+    :attr:`sequence_interleaving` where they keep their generation state (``"independent"``:
+    in each ``_token_stream`` generator, the default; ``"swap"``: on the model, saved and
+    restored by :meth:`_save_sequence_state` / :meth:`_restore_sequence_state`; ``"serial"``:
+    sequences run one after the other). See :mod:`openllm_hub.core.batch`.
     """
 
     #: Chat template used when ``chat(template=None)``.
@@ -197,6 +204,7 @@ class Model(ABC):
             raise InvalidParameterError(f"{len(id_list)} token ids exceed the context of {ctx}", where="Model.logits",
                                         fix="pass fewer ids, or load with a larger context length")
         with self._lock:
+            self._claim_engine_state(None)
             return self._logits(id_list)
 
     def generate(self, prompt: str, **params: Any) -> Completion:
@@ -348,64 +356,26 @@ class Model(ABC):
     def _stream_ids(self, prompt_ids: list[int], config: GenerationConfig) -> Iterator[Chunk]:
         config = config.with_seed()
         self._check_prompt(prompt_ids)
-        return self._run(prompt_ids, config)
+        return PreparedStream(self._run(prompt_ids, config), prompt_ids, config)
 
     def _run(self, prompt_ids: list[int], config: GenerationConfig) -> Iterator[Chunk]:
         with self._lock:
             self._check_open()
-            detok = IncrementalDetokenizer(self._detokenize, prompt_ids)
-            stopper = StopMatcher(config.stop)
-            generated: list[int] = []
-            pending: list[int] = []
-            finish: FinishReason = "length"
-            t0 = time.perf_counter()
-            t_first: float | None = None
+            self._claim_engine_state(None)
+            out = SequenceOutput(self._detokenize, self.eos_token_ids, prompt_ids, config)
             stream = self._token_stream(prompt_ids, config)
             try:
                 for token in stream:
-                    if t_first is None:
-                        t_first = time.perf_counter()
-                    if token in self.eos_token_ids:
-                        finish = "stop"
-                        break
-                    generated.append(token)
-                    pending.append(token)
-                    text = stopper.push(detok.push(token))
-                    if stopper.stopped:
-                        finish = "stop"
-                        yield Chunk(text, tuple(pending))
-                        pending = []
-                        break
-                    if text:
-                        yield Chunk(text, tuple(pending))
-                        pending = []
-                    if len(generated) >= config.max_new_tokens:
+                    chunk = out.push(token)
+                    if chunk is not None:
+                        yield chunk
+                    if out.done:
                         break
             finally:
                 close = getattr(stream, "close", None)
                 if close is not None:
                     close()
-            tail = "" if stopper.stopped else stopper.push(detok.flush())
-            tail += stopper.flush()
-            if stopper.stopped:
-                finish = "stop"
-            t_end = time.perf_counter()
-            t_first = t_first or t_end
-            gen_s = max(t_end - t_first, 1e-9)
-            prompt_s = max(t_first - t0, 1e-9)
-            timings = Timings(
-                prompt_seconds=prompt_s,
-                generation_seconds=gen_s,
-                prompt_tokens_per_second=len(prompt_ids) / prompt_s,
-                generation_tokens_per_second=max(len(generated) - 1, 0) / gen_s,
-            )
-            yield Chunk(
-                tail,
-                tuple(pending),
-                finish_reason=finish,
-                usage=Usage(len(prompt_ids), len(generated)),
-                timings=timings,
-            )
+            yield out.final()
 
     @staticmethod
     def _collect(chunks: Iterator[Chunk]) -> Completion:
@@ -418,3 +388,105 @@ class Model(ABC):
             last = chunk
         assert last is not None and last.finish_reason is not None and last.usage and last.timings
         return Completion("".join(texts), tuple(ids), last.finish_reason, last.usage, last.timings)
+
+    # ---- several sequences at once (continuous batching) -------------------------------
+    #: Where this engine keeps its generation state, for the core's interleaving of several
+    #: sequences when it has no batched decoder: ``"independent"`` (each ``_token_stream``
+    #: generator holds its own cache or state, as with ``generate_tokens`` and a per-call
+    #: cache), ``"swap"`` (one state on the model: implement :meth:`_save_sequence_state` and
+    #: :meth:`_restore_sequence_state`) or ``"serial"`` (one sequence after the other).
+    #: The conformance kit's batch checks catch a wrong claim.
+    sequence_interleaving: Interleaving = "independent"
+
+    #: who used a "swap" engine's one state last (an interleaving decoder, or None)
+    _state_user: Any = None
+
+    def _claim_engine_state(self, user: Any) -> None:
+        """Called (under the lock) before ``user`` uses a ``"swap"`` engine's one generation
+        state (None: a single call): the interleaving decoder that used it last saves its
+        running sequence's state first. Engines with their own entry points into that state
+        call it too."""
+        if self.sequence_interleaving != "swap":
+            return
+        previous = self._state_user
+        if previous is not None and previous is not user:
+            previous.evict()
+        self._state_user = user
+
+    def _batch_decoder(self, slots: int) -> BatchDecoder | None:
+        """Hook for engines that decode several sequences in one forward pass: a
+        :class:`~openllm_hub.core.batch.BatchDecoder` for up to ``slots`` sequences at once
+        (join between steps, one token per sequence per step, leave and free the cache). None
+        (the default): the core interleaves ``_token_stream`` generators instead."""
+        return None
+
+    def _save_sequence_state(self) -> Any:
+        """``"swap"`` engines: the generation state of the sequence running now (e.g. its KV
+        cache and position), taken before another sequence runs."""
+        raise NotImplementedError(f"{type(self).__name__} declares sequence_interleaving='swap' "
+                                  "but does not implement _save_sequence_state")
+
+    def _restore_sequence_state(self, state: Any) -> None:
+        """``"swap"`` engines: make ``state`` (from :meth:`_save_sequence_state`) current again."""
+        raise NotImplementedError(f"{type(self).__name__} declares sequence_interleaving='swap' "
+                                  "but does not implement _restore_sequence_state")
+
+    @property
+    def batching(self) -> Batching:
+        """How this model serves several sequences: ``"batched"`` (one forward pass for all),
+        ``"interleaved"`` (one token each in turn) or ``"serial"`` (one after the other)."""
+        if type(self)._batch_decoder is not Model._batch_decoder:
+            return "batched"
+        return "serial" if self.sequence_interleaving == "serial" else "interleaved"
+
+    def new_batch(self, slots: int | None = None) -> Batch:
+        """An empty :class:`~openllm_hub.core.batch.Batch` of this model, for callers that
+        schedule sequences themselves (the server does): ``add`` sequences, ``step`` them,
+        ``cancel`` one; at most ``slots`` at a time (None: no limit)."""
+        self._check_open()
+        return Batch(self, slots)
+
+    def _batch_requests(self, prompts: Sequence[str], params: Sequence[Mapping[str, Any]] | None,
+                        shared: Mapping[str, Any]) -> list[tuple[list[int], GenerationConfig]]:
+        if isinstance(prompts, str):
+            raise InvalidParameterError("prompts must be a list of strings, not one string", where="prompts",
+                                        fix="pass [prompt], or call generate() for one prompt")
+        if params is not None and len(params) != len(prompts):
+            raise InvalidParameterError(f"{len(params)} parameter sets for {len(prompts)} prompts", where="params",
+                                        fix="give one mapping of parameters per prompt, or none")
+        self._check_open()
+        out = []
+        for i, prompt in enumerate(prompts):
+            config = GenerationConfig.build(self.generation_defaults, **{**shared, **(params[i] if params else {})})
+            ids = self._tokenize(prompt, True)
+            self._check_prompt(ids)
+            out.append((ids, config.with_seed()))
+        return out
+
+    def stream_batch(self, prompts: Sequence[str], params: Sequence[Mapping[str, Any]] | None = None, *,
+                     slots: int | None = None, **shared: Any) -> Iterator[tuple[int, Chunk]]:
+        """Generate for every prompt together, yielding ``(index, chunk)`` as text is produced;
+        each index's last chunk has its finish reason and usage.
+
+        ``params``: one mapping of :class:`GenerationConfig` fields per prompt (its own seed,
+        temperature, stop strings, ...), over the ``shared`` ones. At most ``slots`` sequences
+        run at a time (None: all); the next prompt joins as soon as one finishes. Every
+        prompt and parameter set is checked before anything runs. Each sequence samples from
+        its own generator, seeded from its config, so a prompt gives the same text as
+        :meth:`generate` with the same seed and parameters: token for token on engines that
+        interleave (see :attr:`batching`); an engine whose batched forward pass rounds
+        differently from a single row's documents where its results can differ. A sequence
+        that fails raises its exception here (the batch ends)."""
+        requests = self._batch_requests(prompts, params, shared)
+        from openllm_hub.core.batch import stream_batch
+
+        return stream_batch(self, requests, slots)
+
+    def generate_batch(self, prompts: Sequence[str], params: Sequence[Mapping[str, Any]] | None = None, *,
+                       slots: int | None = None, **shared: Any) -> list[Completion]:
+        """Complete every prompt in one batch (offline jobs); the results are in input order.
+        Parameters as :meth:`stream_batch`: per-prompt ``params`` over ``shared`` ones."""
+        chunks: list[list[Chunk]] = [[] for _ in prompts]
+        for index, chunk in self.stream_batch(prompts, params, slots=slots, **shared):
+            chunks[index].append(chunk)
+        return [self._collect(iter(c)) for c in chunks]

@@ -408,6 +408,35 @@ class LlamaCppModel(Model):
         finally:
             sampler.close()
 
+    # -- several sequences: the core interleaves them, swapping the one context's state
+    #: One context holds one sequence's KV cache, so the core's interleaving of several
+    #: sequences saves and restores it around each switch (see openllm_hub.core.batch).
+    sequence_interleaving = "swap"
+
+    def _save_sequence_state(self) -> Any:
+        """The running sequence's state: its evaluated ids and its KV cells (llama.cpp's
+        ``llama_state_seq_get_data`` of sequence 0, the used cells only, no logits)."""
+        import llama_cpp
+
+        llm = self._llm
+        ctx = llm._ctx.ctx
+        size = int(llama_cpp.llama_state_seq_get_size(ctx, 0))
+        buf = (ctypes.c_uint8 * size)()
+        written = int(llama_cpp.llama_state_seq_get_data(ctx, buf, size, 0))
+        return (llm.n_tokens, llm.input_ids[: llm.n_tokens].copy(), buf, written)
+
+    def _restore_sequence_state(self, state: Any) -> None:
+        import llama_cpp
+
+        n_tokens, ids, buf, written = state
+        llm = self._llm
+        llm._ctx.kv_cache_seq_rm(-1, 0, -1)
+        if written and int(llama_cpp.llama_state_seq_set_data(llm._ctx.ctx, buf, written, 0)) == 0:
+            llm.n_tokens = 0
+            raise RuntimeError("llama.cpp could not restore a sequence's KV cache")
+        llm.input_ids[:n_tokens] = ids
+        llm.n_tokens = n_tokens
+
     def _logits(self, ids: list[int]) -> npt.NDArray[np.float32]:
         import numpy as np
 

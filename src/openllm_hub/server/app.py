@@ -7,6 +7,7 @@ runs it with uvicorn. Routes:
 * ``POST /v1/completions`` and ``POST /v1/chat/completions``: whole or streamed (SSE,
   ending with ``data: [DONE]``), through the model's chat template;
 * ``GET /health``: up/shutting down and the queue's state (no key needed);
+* ``GET /metrics``: Prometheus metrics (see :mod:`openllm_hub.server.metrics`);
 * ``GET /``: the chat page (static files, no key needed; the page asks for one).
 
 The ``model`` field of a request is echoed, not checked: whatever name a client uses, the
@@ -25,16 +26,19 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, Response
 from fastapi.staticfiles import StaticFiles
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from openllm_hub import __version__
+from openllm_hub.core.batch import PreparedStream
 from openllm_hub.core.model import Chunk, Model
-from openllm_hub.errors import InvalidParameterError
+from openllm_hub.errors import InvalidParameterError, OpenLLMHubError
 from openllm_hub.server.auth import BearerAuthMiddleware, HostCheckMiddleware
 from openllm_hub.server.errors import APIError, from_exception
 from openllm_hub.server.formats import ChatFormat, CompletionFormat, ResponseFormat
 from openllm_hub.server.limits import BodySizeLimitMiddleware
+from openllm_hub.server.metrics import CONTENT_TYPE, ServerMetrics
 from openllm_hub.server.responses import JobResponse, error_response
 from openllm_hub.server.scheduler import QueueFullError, Scheduler, ShuttingDownError
 from openllm_hub.server.schemas import (
@@ -60,6 +64,7 @@ class ServerState:
     model: Model
     model_id: str
     scheduler: Scheduler
+    metrics: ServerMetrics
     max_tokens_limit: int
     shutdown_grace: float
     started: int = field(default_factory=lambda: int(time.time()))
@@ -102,10 +107,12 @@ def create_app(
     model_id: str | None = None,
     shutdown_grace: float = 10.0,
     allowed_hosts: list[str] | None = None,
+    parallel: int = 1,
 ) -> FastAPI:
     """An app serving ``model`` (which it does not close: its owner does).
 
-    ``queue_size`` requests may wait behind the running one; more get 429. ``max_tokens``
+    ``parallel`` requests run at once (slots of one batch, see
+    :mod:`openllm_hub.server.scheduler`); ``queue_size`` more may wait; more get 429. ``max_tokens``
     above ``max_tokens_limit`` and bodies over ``max_request_bytes`` are refused. With
     ``api_key``, every API call needs ``Authorization: Bearer <api_key>``.
     ``shutdown_grace`` is how long shutdown lets a running generation finish. With
@@ -113,13 +120,17 @@ def create_app(
     against DNS rebinding for servers on loopback).
     """
     _positive("queue_size", queue_size, 0)
+    _positive("parallel", parallel)
     _positive("max_tokens_limit", max_tokens_limit)
     _positive("max_request_bytes", max_request_bytes)
     if api_key is not None and not api_key.strip():
         raise InvalidParameterError("the API key is empty", where="create_app(api_key=)",
                                     fix="pass a non-empty key, or None for no authentication")
+    scheduler = Scheduler(model, queue_size, parallel=parallel)
+    metrics = ServerMetrics(lambda: scheduler.stats().running, lambda: scheduler.stats().waiting, parallel)
+    scheduler.metrics = metrics
     state = ServerState(model=model, model_id=model_id or Path(model.info.path).name or model.info.family,
-                        scheduler=Scheduler(queue_size), max_tokens_limit=max_tokens_limit,
+                        scheduler=scheduler, metrics=metrics, max_tokens_limit=max_tokens_limit,
                         shutdown_grace=shutdown_grace)
 
     @asynccontextmanager
@@ -178,16 +189,45 @@ def _add_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(Exception, on_any)
 
 
-def _submit(state: ServerState, start: Callable[[], Iterator[Chunk]], fmt: ResponseFormat, *, stream: bool,
+def _fit_slot(state: ServerState, start: Callable[[], Iterator[Chunk]], max_tokens_given: bool) -> PreparedStream:
+    """The request's prompt and config, checked against what a slot holds. ``start()`` is
+    the model's stream, which renders, tokenizes and checks the prompt but runs nothing
+    (called off the event loop). A prompt plus ``max_tokens`` over a slot is refused (400)
+    before the request takes a place; without an explicit ``max_tokens`` the answer is
+    bounded by the room left."""
+    try:
+        stream = start()
+    except OpenLLMHubError as exc:
+        raise from_exception(exc) from None
+    if not isinstance(stream, PreparedStream):
+        raise APIError(500, f"the engine of this model ({type(state.model).__name__}) returns streams that do not "
+                            "come from Model._stream_ids, so the server cannot schedule them",
+                       type="server_error", code="engine_error")
+    room = state.scheduler.slot_tokens
+    prompt = len(stream.prompt_ids)
+    wanted = stream.config.max_new_tokens
+    if room is None or prompt + wanted <= room:
+        return stream
+    stream.close()
+    if max_tokens_given:
+        raise APIError(400, f"the prompt is {prompt} tokens and max_tokens is {wanted}: together more than the "
+                            f"{room} tokens a request may hold on this server; lower max_tokens to at most "
+                            f"{room - prompt} or shorten the prompt", param="max_tokens",
+                       code="context_length_exceeded")
+    config = stream.config.model_copy(update={"max_new_tokens": room - prompt})
+    return state.model._stream_ids(stream.prompt_ids, config)  # type: ignore[return-value]
+
+
+def _submit(state: ServerState, stream: PreparedStream, fmt: ResponseFormat, *, stream_response: bool,
             include_usage: bool) -> JobResponse:
     try:
-        job = state.scheduler.submit(start)
+        job = state.scheduler.submit(stream)
     except QueueFullError as exc:
         raise APIError(429, f"{exc}; retry in about {exc.retry_after} s", type="rate_limit_error",
                        code="queue_full", headers={"Retry-After": str(exc.retry_after)}) from None
     except ShuttingDownError as exc:
         raise APIError(503, str(exc), type="server_error", code="shutting_down") from None
-    return JobResponse(job, fmt, stream=stream, include_usage=include_usage)
+    return JobResponse(job, fmt, stream=stream_response, include_usage=include_usage)
 
 
 def _add_routes(app: FastAPI, state: ServerState) -> None:
@@ -200,7 +240,8 @@ def _add_routes(app: FastAPI, state: ServerState) -> None:
             "family": info.family, "format": info.format, "engine": info.engine, "device": info.device,
             "parameters": info.parameters, "context_length": info.context_length,
             "chat_template": model.default_chat_template, "max_tokens_limit": state.max_tokens_limit,
-            "queue_capacity": state.scheduler.capacity,
+            "queue_capacity": state.scheduler.capacity, "parallel": state.scheduler.parallel,
+            "batching": model.batching, "slot_tokens": state.scheduler.slot_tokens,
             "defaults": {"temperature": defaults.temperature, "top_p": defaults.top_p,
                          "top_k": defaults.top_k, "repeat_penalty": defaults.repeat_penalty},
         })
@@ -210,6 +251,10 @@ def _add_routes(app: FastAPI, state: ServerState) -> None:
         s = state.scheduler.stats()
         return Health(status="shutting_down" if state.closing else "ok", running=s.running, waiting=s.waiting,
                       capacity=s.capacity, completed=s.completed)
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        return Response(state.metrics.render(), media_type=CONTENT_TYPE)
 
     @app.get("/v1/models")
     async def list_models() -> ModelList:
@@ -225,15 +270,18 @@ def _add_routes(app: FastAPI, state: ServerState) -> None:
     @app.post("/v1/completions", response_model=None)
     async def completions(body: CompletionRequest) -> Response:
         prompt, params = completion_params(model, body, limit=state.max_tokens_limit)
-        return _submit(state, lambda: model.stream(prompt, **params), CompletionFormat(state.model_id),
-                       stream=bool(body.stream), include_usage=bool(body.stream_options and
-                                                                   body.stream_options.include_usage))
+        stream = await run_in_threadpool(_fit_slot, state, lambda: model.stream(prompt, **params),
+                                         body.max_tokens is not None)
+        return _submit(state, stream, CompletionFormat(state.model_id), stream_response=bool(body.stream),
+                       include_usage=bool(body.stream_options and body.stream_options.include_usage))
 
     @app.post("/v1/chat/completions", response_model=None)
     async def chat_completions(body: ChatCompletionRequest) -> Response:
         messages, template, params = chat_params(model, body, limit=state.max_tokens_limit)
-        return _submit(state, lambda: model.stream_chat(messages, template=template, **params),
-                       ChatFormat(state.model_id), stream=bool(body.stream),
+        given = body.max_tokens is not None or body.max_completion_tokens is not None
+        stream = await run_in_threadpool(_fit_slot, state,
+                                         lambda: model.stream_chat(messages, template=template, **params), given)
+        return _submit(state, stream, ChatFormat(state.model_id), stream_response=bool(body.stream),
                        include_usage=bool(body.stream_options and body.stream_options.include_usage))
 
     @app.get("/", include_in_schema=False)

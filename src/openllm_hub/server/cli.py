@@ -44,8 +44,11 @@ def add_serve_command(subparsers: argparse._SubParsersAction) -> argparse.Argume
     p.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
     p.add_argument("--api-key", default=None,
                    help=f"require 'Authorization: Bearer KEY' on API requests (default: ${API_KEY_ENV} if set)")
+    p.add_argument("--parallel", type=int, default=None, metavar="N",
+                   help="requests generated at once, in one batch (interleaved where the engine cannot batch); "
+                        "default: from the engine, CPU threads and free memory (shown at start-up)")
     p.add_argument("--queue-size", type=int, default=8,
-                   help="requests that may wait behind the running one; more get 429 (default 8)")
+                   help="requests that may wait for a running slot; more get 429 (default 8)")
     p.add_argument("--max-tokens-limit", type=int, default=2048,
                    help="largest max_tokens a request may ask for (default 2048)")
     p.add_argument("--max-request-bytes", type=int, default=1_000_000,
@@ -93,8 +96,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
         allowed = [*LOOPBACK_NAMES, *(allowed or [])]
     if not allowed or "*" in allowed:
         allowed = None
+    if args.parallel is not None and args.parallel < 1:
+        raise InvalidParameterError(f"--parallel must be at least 1, got {args.parallel}", where="--parallel")
     with load_from_args(args) as model:
-        app = create_app(model, api_key=api_key, queue_size=args.queue_size,
+        from openllm_hub.server.scheduler import default_parallel
+
+        if args.parallel is None:
+            parallel, why = default_parallel(model)
+            why = f"default: {why}"
+        else:
+            parallel, why = args.parallel, "--parallel"
+        app = create_app(model, api_key=api_key, queue_size=args.queue_size, parallel=parallel,
                          max_tokens_limit=args.max_tokens_limit, max_request_bytes=args.max_request_bytes,
                          model_id=model_id, shutdown_grace=args.shutdown_timeout, allowed_hosts=allowed)
         config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level, lifespan="on",
@@ -103,6 +115,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"serving {model_id} ({model.info.family}, {model.info.engine} on {model.info.device}) at "
               f"http://{host}:{args.port}/ ; OpenAI API at /v1" + (" ; API key required" if api_key else ""),
               file=sys.stderr, flush=True)
+        print(f"{parallel} parallel slot{'s' if parallel != 1 else ''} ({model.batching}; {why}), "
+              f"{args.queue_size} more may wait; metrics at /metrics", file=sys.stderr, flush=True)
         # uvicorn handles SIGINT/SIGTERM itself (drain, then cancel after the timeout) and then
         # re-raises the signal to the previous handler: ours turns SIGTERM into a normal exit, so
         # the model is closed and the exit status is 0 (SIGINT still ends as KeyboardInterrupt).

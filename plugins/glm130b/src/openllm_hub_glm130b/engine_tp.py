@@ -45,6 +45,8 @@ class GLM130BModel(Model):
     default_chat_template = "plain"
     #: GLM-130B's scripts/generate.sh: temperature 1.0, top-k off, top-p 0.7, no repetition penalty.
     generation_defaults = GenerationConfig(temperature=1.0, top_k=0, top_p=0.7, repeat_penalty=1.0)
+    #: Every rank holds one KV cache ("start" resets it), so several sequences run one after the other.
+    sequence_interleaving = "serial"
 
     def __init__(self, info: ModelInfo, backend: Backend, tokenizer: GLMTokenizer, config: GLMConfig) -> None:
         cmds = tokenizer.commands
