@@ -23,6 +23,7 @@ below what a real mistake moves (one weight changed by 0.05, or 1D instead of 2D
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -109,6 +110,21 @@ def test_tokenize_and_greedy_generation_equal_official(case: str, reference: dic
     greedy = reference[f"{case}/greedy"].tolist()
     out = model.generate(text, max_new_tokens=len(greedy), temperature=0.0, repeat_penalty=1.0)
     assert list(out.token_ids) == greedy
+
+
+def test_output_layer_is_the_word_embedding(reference: dict[str, Any], tmp_path: Path) -> None:
+    """As the official model (tied output layer): a stored ``lm_head.weight`` that differs
+    from the word embeddings changes nothing; the logits still equal the official ones."""
+    from safetensors.torch import load_file, save_file
+
+    folder = tmp_path / "chatglm"
+    shutil.copytree(CHECKPOINT, folder)
+    sd = load_file(str(folder / "model.safetensors"))
+    sd["lm_head.weight"] = torch.randn(sd["lm_head.weight"].shape, generator=torch.Generator().manual_seed(1)).half()
+    save_file(sd, str(folder / "model.safetensors"))
+    with openllm_hub.load(folder, device="cpu", dtype="fp32") as model:
+        diff, bound = _compare(model.logits(reference["short/ids"].tolist()), reference["short/logits"])
+        assert diff <= bound
 
 
 def _perturbed_weight(model: ChatGLMModel, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -20,6 +20,8 @@ Facts reproduced from the reference code:
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -145,6 +147,23 @@ class GLM1Network(GLMNetwork):
 
     def output_module(self) -> nn.Module:
         return self.lm_head
+
+    def load_tensors(self, tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Install the checkpoint, then give the output layer the word embeddings' values.
+
+        The official ChatGLMConfig leaves ``tie_word_embeddings`` at transformers' default
+        (true), so ``ChatGLMForConditionalGeneration`` computes logits with the word embedding
+        matrix and never uses a stored ``lm_head.weight`` (the checkpoints it saves hold the
+        same matrix twice). Copied, not shared, so memory accounting is unchanged; a quantized
+        output layer or embedding keeps the stored ``lm_head.weight`` (equal in every
+        officially saved checkpoint).
+        """
+        super().load_tensors(tensors)
+        out, emb = self.lm_head, self.transformer.word_embeddings
+        if self.spec.raw.get("tie_word_embeddings", True) is not False and isinstance(out, nn.Linear) \
+                and isinstance(emb, nn.Embedding) and out.weight is not emb.weight:
+            with torch.no_grad():
+                out.weight.copy_(emb.weight)
 
     def embedding_module(self) -> nn.Module:
         return self.transformer.word_embeddings
