@@ -87,34 +87,7 @@ def make_checkpoint() -> None:
     build_checkpoint(folder, "chatglm", hidden=64, layers=2, heads=4, ffn=256, seq_length=SEQ_LENGTH, seed=SEED,
                      tokenizer=tok_file, dtype=torch.float16)
     tok_file.unlink()
-    adjust_weights(folder / "model.safetensors")
     print("wrote", folder, sorted(p.name for p in folder.iterdir()))
-
-
-def adjust_weights(weights: Path) -> None:
-    """Two changes to the tiny builder's random weights (still stored as fp16):
-
-    * ``lm_head.weight`` := ``transformer.word_embeddings.weight``, as in the released
-      checkpoints: the official ChatGLMConfig leaves ``tie_word_embeddings`` at transformers'
-      default (true), so ``ChatGLMForConditionalGeneration`` ties its output layer to the word
-      embeddings (the stored ``lm_head.weight`` is not used) and every checkpoint it saves
-      holds the same matrix twice. The builder draws the two separately.
-    * the attention and MLP output weights (``attention.dense``, ``mlp.dense_4h_to_h``) times
-      12 and ``attention.query_key_value`` times 3: ChatGLM-6B adds the normalised input back
-      times ``sqrt(2 * 28)``, so with tied embeddings a random network at the builder's scale
-      predicts its own input token everywhere (greedy output: ``<sop>`` forever). Scaled, the
-      attention and MLP decide the argmax and the greedy continuations vary.
-    """
-    from safetensors.torch import load_file, save_file
-
-    sd = load_file(str(weights))
-    sd["lm_head.weight"] = sd["transformer.word_embeddings.weight"].clone()
-    for name in sd:
-        if name.endswith(("attention.dense.weight", "mlp.dense_4h_to_h.weight")):
-            sd[name] = sd[name] * 12
-        elif name.endswith("attention.query_key_value.weight"):
-            sd[name] = sd[name] * 3
-    save_file(sd, str(weights), metadata={"format": "pt"})
 
 
 # ---- step 2: the official code (scratch venv) -----------------------------------------------------
@@ -204,6 +177,18 @@ def make_reference(code: Path, work: Path) -> None:
         out[f"{case}/greedy"] = np.asarray(gen, dtype=np.int64)
         out[f"{case}/logits"] = logits.astype(np.float32)
         out[f"{case}/text"] = np.asarray(spec["text"])
+    # the tokenizer alone with the older releases' image-token offset (tokenizer_config.json
+    # without num_image_tokens: the official default, 20000): ids of the chat prompts
+    tok_cfg_path = folder / "tokenizer_config.json"
+    tok_cfg = json.loads(tok_cfg_path.read_text(encoding="utf-8"))
+    del tok_cfg["num_image_tokens"]
+    tok_cfg_path.write_text(json.dumps(tok_cfg, indent=2), encoding="utf-8")
+    tok20k = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=True)
+    for case in ("short", "history", "long"):
+        text = str(out[f"{case}/text"])
+        ids20k = [int(i) for i in tok20k([text], return_tensors="pt")["input_ids"][0].tolist()]
+        assert [i - 20000 for i in ids20k] == out[f"{case}/ids"][: int(out[f"{case}/prompt_len"])].tolist()
+        out[f"offset20000/{case}/ids"] = np.asarray(ids20k, dtype=np.int64)
     out["versions"] = np.asarray(f"official THUDM/chatglm-6b code, transformers {transformers.__version__}, "
                                  f"torch {torch.__version__}")
     np.savez_compressed(HERE / "reference_logits.npz", **out)
