@@ -115,7 +115,7 @@ def random_state_dict(cfg: dict[str, Any], seed: int = 0, dtype: torch.dtype | N
     sd: dict[str, torch.Tensor] = {}
     if detect_generation(cfg) == 1:
         v, f, layers = cfg["vocab_size"], cfg["inner_hidden_size"], cfg["num_layers"]
-        sd["transformer.word_embeddings.weight"] = rnd(v, h, std=1.0)
+        sd["transformer.word_embeddings.weight"] = rnd(v, h, std=0.5)
         for i in range(layers):
             p = f"transformer.layers.{i}."
             for norm in ("input_layernorm", "post_attention_layernorm"):
@@ -126,8 +126,13 @@ def random_state_dict(cfg: dict[str, Any], seed: int = 0, dtype: torch.dtype | N
             sd[p + "mlp.dense_h_to_4h.weight"], sd[p + "mlp.dense_h_to_4h.bias"] = rnd(f, h), rnd(f)
             sd[p + "mlp.dense_4h_to_h.weight"], sd[p + "mlp.dense_4h_to_h.bias"] = rnd(h, f), rnd(h)
             sd[p + "attention.rotary_emb.inv_freq"] = torch.zeros(h // cfg["num_attention_heads"] // 4)
-        sd["transformer.final_layernorm.weight"], sd["transformer.final_layernorm.bias"] = rnd(h, mean=1.0), rnd(h)
-        sd["lm_head.weight"] = rnd(v, h, std=0.5)
+        # v1 adds the normalised input back times sqrt(2 * 28) and its output layer is the word
+        # embedding matrix, so with final-norm weights near 1 a random network predicts its own
+        # input token everywhere; weights of random sign remove that bias
+        sd["transformer.final_layernorm.weight"], sd["transformer.final_layernorm.bias"] = rnd(h, std=1.0), rnd(h)
+        # the official model ties its output layer to the word embeddings, so the checkpoints
+        # it saves hold the same matrix twice
+        sd["lm_head.weight"] = sd["transformer.word_embeddings.weight"].clone()
         return sd
     v, f, layers = cfg["padded_vocab_size"], cfg["ffn_hidden_size"], cfg["num_layers"]
     d, heads, groups = cfg["kv_channels"], cfg["num_attention_heads"], cfg["multi_query_group_num"]
