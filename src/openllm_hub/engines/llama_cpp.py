@@ -200,15 +200,43 @@ def quiet_llama_cpp() -> None:
 @contextlib.contextmanager
 def capture_log() -> Iterator[list[str]]:
     """Collect llama.cpp's log lines (instead of printing them) while the block runs, so a
-    failed load or quantization can say *why*."""
+    failed load or quantization can say *why*. What C code writes straight to the stderr
+    file descriptor meanwhile (ggml's ``ggml_validate_row_data: found nan ...``) is collected
+    too, unless :func:`debug_enabled`, where it goes to stderr as written."""
     lines: list[str] = []
     with _LOG_LOCK:
         quiet_llama_cpp()
         _SINKS.append(lines)
         try:
-            yield lines
+            with _stderr_into(lines):
+                yield lines
         finally:
             _SINKS.pop()
+
+
+@contextlib.contextmanager
+def _stderr_into(lines: list[str]) -> Iterator[None]:
+    """Point file descriptor 2 at a temporary file while the block runs; its text is added to
+    ``lines`` after. (llama.cpp is kept from aborting by validating its input first, see
+    :func:`load_gguf`; with ``OPENLLM_HUB_DEBUG`` nothing is redirected, so the text of an
+    abort would be seen.)"""
+    if debug_enabled():
+        yield
+        return
+    import tempfile
+
+    with tempfile.TemporaryFile() as tmp:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            lines.extend(tmp.read().decode("utf-8", errors="replace").splitlines(keepends=True))
 
 
 @contextlib.contextmanager
@@ -577,7 +605,9 @@ def load_gguf(req: LoadRequest[Any], *, family: str, options: LlamaCppOptions | 
         "use_mmap": opts.use_mmap,
         "type_k": ggml_kv,
         "type_v": ggml_kv,
-        "verbose": False,
+        # verbose: llama-cpp-python would point stderr at /dev/null while loading, losing
+        # llama.cpp's reasons; capture_log collects them instead (printed only when debugging)
+        "verbose": True,
     }
     if req.placement.kind == "cuda":
         kwargs["split_mode"] = llama_cpp.LLAMA_SPLIT_MODE_NONE
