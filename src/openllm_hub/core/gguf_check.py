@@ -100,12 +100,14 @@ class GGUFLayout:
     """What :func:`read_gguf_layout` read: metadata (arrays longer than ``max_array`` elided to
     ``{"__array_len__": n}``, plus ``__version__`` and ``__n_tensors__``, as
     :func:`openllm_hub.core.detect.read_gguf_metadata` gives it), each array's element type
-    and length, the tensor table, and where the data section starts."""
+    and length (and the range of integer arrays), the tensor table, and where the data
+    section starts."""
 
     path: Path
     version: int
     metadata: dict[str, Any]
     arrays: dict[str, tuple[int, int]]
+    ranges: dict[str, tuple[int, int]]  # (min, max) of each integer array
     types: dict[str, int]
     tensors: tuple[TensorInfo, ...]
     alignment: int
@@ -164,7 +166,8 @@ class _Reader:
             raise self.fail(f"{what} is not valid UTF-8 (bytes {raw[:24]!r})") from None
 
 
-def _read_value(r: _Reader, vtype: int, key: str, max_array: int, arrays: dict[str, tuple[int, int]]) -> Any:
+def _read_value(r: _Reader, vtype: int, key: str, max_array: int, arrays: dict[str, tuple[int, int]],
+                ranges: dict[str, tuple[int, int]]) -> Any:
     if vtype in _FIXED_FMT:
         return r.unpack(_FIXED_FMT[vtype], f"the value of {key!r}")
     if vtype == _STRING:
@@ -182,6 +185,13 @@ def _read_value(r: _Reader, vtype: int, key: str, max_array: int, arrays: dict[s
             if count > (r.size - r.pos) // width:
                 raise r.fail(f"GGUF header is truncated: array {key!r} claims {count} elements of {width} bytes, "
                              f"the file has {r.size - r.pos} bytes left")
+            if etype in _INT_TYPES and count:  # integer arrays are cheap to read: keep their range
+                import numpy as np
+
+                raw = r.take(count * width, f"array {key!r}")
+                values = np.frombuffer(raw, dtype=np.dtype(_FIXED_FMT[etype]))
+                ranges[key] = (int(values.min()), int(values.max()))
+                return [int(v) for v in values] if count <= max_array else {"__array_len__": count}
             if count > max_array:
                 r.skip(count * width, f"array {key!r}")
                 return {"__array_len__": count}
@@ -238,6 +248,7 @@ def _read_layout(r: _Reader, max_array: int) -> GGUFLayout:
         raise r.fail(f"GGUF header claims {n_tensors} tensors, more than a {r.size}-byte file can hold")
     meta: dict[str, Any] = {"__version__": version, "__n_tensors__": n_tensors}
     arrays: dict[str, tuple[int, int]] = {}
+    ranges: dict[str, tuple[int, int]] = {}
     types: dict[str, int] = {}
     for i in range(n_kv):
         key = r.string(f"key {i}")
@@ -247,7 +258,7 @@ def _read_layout(r: _Reader, max_array: int) -> GGUFLayout:
             raise r.fail(f"GGUF key {key!r} appears twice")
         vtype = r.unpack("<I", f"the type of {key!r}")
         types[key] = vtype
-        meta[key] = _read_value(r, vtype, key, max_array, arrays)
+        meta[key] = _read_value(r, vtype, key, max_array, arrays, ranges)
     alignment = DEFAULT_ALIGNMENT
     if "general.alignment" in meta:
         alignment = meta["general.alignment"]
@@ -290,7 +301,7 @@ def _read_layout(r: _Reader, max_array: int) -> GGUFLayout:
         tensors.append(TensorInfo(name, ne, ttype, offset, nbytes))
         expected = offset + _pad(nbytes, alignment)
     data_start = _pad(r.pos, alignment)
-    layout = GGUFLayout(r.path, version, meta, arrays, types, tuple(tensors), alignment, data_start, r.size)
+    layout = GGUFLayout(r.path, version, meta, arrays, ranges, types, tuple(tensors), alignment, data_start, r.size)
     _check_data_extent(r, layout)
     return layout
 
@@ -454,9 +465,10 @@ def check_vocabulary(layout: GGUFLayout) -> int:
             if count != n or et not in want:
                 raise CorruptFileError(f"{key} has {count} entries ({_TYPE_NAMES.get(et, '?')}) for {n} tokens",
                                        where=path, fix=fix)
-    types = meta.get("tokenizer.ggml.token_type")
-    if isinstance(types, list) and any(not 0 <= t <= 6 for t in types):
-        raise CorruptFileError("tokenizer.ggml.token_type holds values outside 0..6", where=path, fix=fix)
+    low, high = layout.ranges.get("tokenizer.ggml.token_type", (0, 0))
+    if low < 0 or high > 6:
+        raise CorruptFileError(f"tokenizer.ggml.token_type holds values outside 0..6 ({low}..{high})", where=path,
+                               fix=fix)
     size = hparam(layout, "vocab_size")
     if size is not None and size != n:
         raise CorruptFileError(f"{layout.architecture}.vocab_size is {size} but the vocabulary has {n} tokens",
@@ -505,6 +517,16 @@ class Architecture:
     block: tuple[Rule, ...]
     alternatives: tuple[tuple[tuple[Rule, ...], ...], ...] = ()
     dense_ffn: tuple[Rule, ...] = ()  # required unless the model has experts
+    optional: tuple[str, ...] = ()  # further names llama.cpp accepts (shapes not checked here)
+
+    def names(self, layers: int) -> set[str]:
+        """Every tensor name llama.cpp may load for a model of ``layers`` blocks."""
+        per_block = [r[0] for r in (*self.block, *self.dense_ffn)]
+        per_block += [r[0] for group in self.alternatives for option in group for r in option]
+        per_block += [n for n in self.optional if "{i}" in n]
+        out = {r[0] for r in self.model} | {n for n in self.optional if "{i}" not in n}
+        out.update(n.format(i=i) for i in range(layers) for n in per_block)
+        return out
 
 
 _E: Callable[[Dims], tuple[int, ...]] = lambda d: (d.embd,)  # noqa: E731 - small shape tables read best inline
@@ -524,6 +546,9 @@ ARCHITECTURES: dict[str, Architecture] = {
         dense_ffn=(("blk.{i}.ffn_gate.weight", lambda d: (d.embd, d.ffn), True),
                    ("blk.{i}.ffn_down.weight", lambda d: (d.ffn, d.embd), True),
                    ("blk.{i}.ffn_up.weight", lambda d: (d.embd, d.ffn), True)),
+        optional=("rope_freqs.weight", "blk.{i}.attn_rot_embd", "blk.{i}.attn_q.bias", "blk.{i}.attn_k.bias",
+                  "blk.{i}.attn_v.bias", "blk.{i}.attn_output.bias", "blk.{i}.ffn_gate_inp.weight",
+                  "blk.{i}.ffn_gate_exps.weight", "blk.{i}.ffn_down_exps.weight", "blk.{i}.ffn_up_exps.weight"),
     ),
     "chatglm": Architecture(
         model=(("token_embd.weight", lambda d: (d.embd, d.vocab), True),
@@ -610,6 +635,12 @@ def check_tensors(layout: GGUFLayout, n_vocab: int) -> None:
             raise CorruptFileError(problem, where=layout.path, fix=fix)
         return True
 
+    known = arch.names(dims.layers)
+    unknown = [t.name for t in layout.tensors if t.name not in known]
+    if unknown:
+        raise CorruptFileError(f"tensor {unknown[0]!r} is not one of llama.cpp's {layout.architecture} tensors"
+                               + (f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else ""),
+                               where=layout.path, fix=fix)
     for rule in arch.model:
         check(rule)
     for i in range(dims.layers):
