@@ -18,6 +18,7 @@ gguf and numpy are imported inside the functions that need them.
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -182,11 +183,15 @@ def write_gguf_file(dst: Path, arch: str, metadata: Callable[[gguf.GGUFWriter], 
         writer = gguf.GGUFWriter(tmp, arch)
         try:
             metadata(writer)
-            for t in tensors:
-                writer.add_tensor_info(t.name, t.stored_shape, t.np_dtype(), t.nbytes, raw_dtype=t.qtype)
-            writer.write_header_to_file()
-            writer.write_kv_data_to_file()
-            writer.write_ti_data_to_file()
+            try:
+                for t in tensors:
+                    writer.add_tensor_info(t.name, t.stored_shape, t.np_dtype(), t.nbytes, raw_dtype=t.qtype)
+                writer.write_header_to_file()
+                writer.write_kv_data_to_file()
+                writer.write_ti_data_to_file()
+            except (ValueError, TypeError, OverflowError, struct.error) as exc:  # the gguf library's refusals
+                raise ConversionError(f"the GGUF header cannot be written: {exc}", where=dst,
+                                      fix="check the source checkpoint's tensor names, shapes and metadata") from exc
             assert writer.fout is not None
             fh: BinaryIO = writer.fout[0]
             with Progress(total=len(tensors), desc=desc, unit="tensor", enabled=progress) as bar:

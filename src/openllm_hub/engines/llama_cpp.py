@@ -595,6 +595,7 @@ def load_gguf(req: LoadRequest[Any], *, family: str, options: LlamaCppOptions | 
     for lora_path, _ in opts.lora:
         if not Path(lora_path).is_file():
             raise NotFoundError("LoRA adapter not found", where=lora_path)
+        check_gguf(lora_path, model=False)  # header and tensor table, before llama.cpp reads it
     ggml_kv = llama_cpp.GGML_TYPE_F32 if kv_type == "f32" else llama_cpp.GGML_TYPE_F16
     kwargs: dict[str, Any] = {
         "n_gpu_layers": n_gpu_layers,
@@ -621,6 +622,7 @@ def load_gguf(req: LoadRequest[Any], *, family: str, options: LlamaCppOptions | 
             llm = Llama(model_path=str(path), **kwargs)
         except (ValueError, RuntimeError, OSError, MemoryError) as exc:
             raise _load_failure(exc, log, path, n_ctx=n_ctx, kv_type=kv_type, kv_bytes=kv_bytes) from exc
+        llm.verbose = debug_enabled()  # no timing prints from llama-cpp-python's own generation loop
         try:
             adapters = _attach_loras(llm, opts.lora)
         except Exception:
