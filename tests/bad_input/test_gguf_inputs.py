@@ -358,6 +358,11 @@ def _glm_cases() -> Iterator[Case]:
     yield Case("tensor-type-removed-q4_2", g, raw(lambda d, lay: put(d, nth_tensor(lay, 1).type_pos, "<I", 4)))
     yield Case("tensor-type-f32-as-f16", g,
                raw(lambda d, lay: put(d, lay.tensors["output.weight"].type_pos, "<I", 1)), cli=("run",))
+    yield Case("tensor-type-f32-as-i32", g,
+               raw(lambda d, lay: put(d, lay.tensors["blk.0.ffn_up.weight"].type_pos, "<I", 26)), cli=("run",))
+    yield Case("tensor-type-f32-as-f16-sized-i16", g,
+               raw(lambda d, lay: put(put(d, lay.tensors["output.weight"].type_pos, "<I", 25),
+                                      lay.tensors["output.weight"].dims_pos, "<Q", 128)))
     yield Case("tensor-type-q8_0-odd-rows", g,
                raw(lambda d, lay: put(d, lay.tensors["blk.0.attn_qkv.bias"].type_pos, "<I", 8)))
     yield Case("tensor-name-empty", g, raw(lambda d, lay: put(d, nth_tensor(lay, 0).name_pos, "<Q", 0)))
@@ -437,6 +442,10 @@ def _llama_cases() -> Iterator[Case]:
         base, dst, kv={**{k: (v, gguf.GGUFValueType.ARRAY, st) for k, v, st in _short_vocab(base, 8)},
                        "llama.vocab_size": DROP}), cli=("run",))
     yield Case("llama-nan-f16", ll, nonfinite_raw("output.weight", math.nan), cli=("run",), match="output.weight")
+    yield Case("llama-f16-as-i16", ll, raw(lambda d, lay: put(d, lay.tensors["blk.0.attn_q.weight"].type_pos,
+                                                              "<I", 25)), cli=("run",))
+    yield Case("llama-head_count-per-layer-short", ll, lambda base, dst: rebuild(
+        base, dst, kv={"llama.attention.head_count": ([4], gguf.GGUFValueType.ARRAY, gguf.GGUFValueType.UINT32)}))
     yield Case("llama-inf-f16-norm", ll, nonfinite_raw("blk.1.ffn_norm.weight", math.inf, 7),
                match="blk.1.ffn_norm.weight")
 

@@ -71,6 +71,9 @@ GGML_TYPES: dict[int, tuple[str, int, int]] = {
     39: ("MXFP4", 32, 17),
 }
 _F32, _F16, _BF16 = 0, 1, 30
+#: Types llama.cpp stores but cannot multiply with as model weights (intermediate and integer types):
+#: a weight of one of these aborts inside ggml at the first forward pass.
+NOT_WEIGHT_TYPES = {9, 15, 24, 25, 26, 27, 28}
 
 FIX_REDOWNLOAD = "download or convert the file again (openllm-hub convert SRC OUT.gguf --to gguf)"
 
@@ -404,6 +407,9 @@ def check_hparams(layout: GGUFLayout) -> None:
                 raise _hp_fail(layout, key, f"is an array of {count} {_TYPE_NAMES.get(etype)} values; "
                                             f"expected at most {MAX_LAYERS} integers")
             values = value
+            layers = hparam(layout, "block_count")
+            if layers is not None and count != layers:
+                raise _hp_fail(layout, key, f"has {count} per-layer values for {layers} blocks")
         else:
             allowed = _INT_TYPES if b.kind == "int" else _FLOAT_TYPES
             if vtype not in allowed:
@@ -415,7 +421,8 @@ def check_hparams(layout: GGUFLayout) -> None:
             if name == "attention.head_count_kv" and vtype == _ARRAY and v == 0:
                 bad = False  # per-layer 0: a layer without attention (hybrid architectures)
             if bad:
-                rng = f"{'(' if b.low_open else '['}{b.low:g}, {b.high:g}]"
+                low, high = (f"{b.low:g}", f"{b.high:g}") if b.kind == "float" else (int(b.low), int(b.high))
+                rng = f"{'(' if b.low_open else '['}{low}, {high}]"
                 raise _hp_fail(layout, key, f"is {v!r}, outside {rng}")
     embd, heads, kv = (hparam(layout, "embedding_length"), hparam(layout, "attention.head_count"),
                        hparam(layout, "attention.head_count_kv"))
@@ -593,6 +600,8 @@ def model_dims(layout: GGUFLayout, n_vocab: int) -> Dims:
 
 
 def _shape_problem(t: TensorInfo, want: tuple[int, ...]) -> str | None:
+    if t.ggml_type in NOT_WEIGHT_TYPES:
+        return f"tensor {t.name!r} is stored as {t.type_name}, which llama.cpp cannot compute with as a weight"
     if t.ne != want:
         return f"tensor {t.name!r} has shape {list(t.ne)}, expected {list(want)} from the hyper-parameters"
     if len(t.ne) == 1 and t.ggml_type != _F32:
