@@ -613,16 +613,17 @@ def check_tensors(layout: GGUFLayout, n_vocab: int) -> None:
     """Every tensor llama.cpp will ask for, with the shape it will ask for (architectures of
     :data:`ARCHITECTURES`; other architectures: only ``blk.N`` indices against the block count)."""
     arch = ARCHITECTURES.get(layout.architecture)
-    dims = model_dims(layout, n_vocab)
     fix = FIX_REDOWNLOAD
+    layers = hparam(layout, "block_count")
     for t in layout.tensors:
-        if t.name.startswith("blk."):
+        if t.name.startswith("blk.") and layers is not None:
             idx = t.name.split(".")[1]
-            if not idx.isdigit() or int(idx) >= dims.layers:
-                raise CorruptFileError(f"tensor {t.name!r} belongs to no block (the model has {dims.layers})",
+            if not idx.isdigit() or int(idx) >= layers:
+                raise CorruptFileError(f"tensor {t.name!r} belongs to no block (the model has {layers})",
                                        where=layout.path, fix=fix)
-    if arch is None:
+    if arch is None:  # an architecture this module has no table for: llama.cpp checks the rest
         return
+    dims = model_dims(layout, n_vocab)
     if n_vocab == 0:  # a vocabulary-less model: the embedding decides
         embd = layout.by_name.get("token_embd.weight")
         dims = Dims(**{**dims.__dict__, "vocab": embd.ne[-1] if embd else 0})
