@@ -479,6 +479,8 @@ def _plugin_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv or bool(os.environ.get("OPENLLM_HUB_DEBUG"))
+    if debug:  # engines show their libraries' log (llama.cpp's) only then
+        os.environ["OPENLLM_HUB_DEBUG"] = "1"
     try:
         parser = build_parser()
         args = parser.parse_args(argv)

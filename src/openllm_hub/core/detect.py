@@ -9,68 +9,25 @@ recognises the path. Formats are judged by content, never by a file name alone.
 from __future__ import annotations
 
 import json
-import struct
 from functools import cached_property
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
-from openllm_hub.errors import CorruptFileError
-
-GGUF_MAGIC = b"GGUF"
-# GGUF metadata value types (gguf spec): size in bytes of the fixed-size ones
-_GGUF_FIXED = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
-_GGUF_FMT = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
-_GGUF_STRING, _GGUF_ARRAY = 8, 9
-
-
-def _read_exact(fh: BinaryIO, n: int, path: Path) -> bytes:
-    data = fh.read(n)
-    if len(data) != n:
-        raise CorruptFileError("GGUF header is truncated", where=path, fix="download or convert the file again")
-    return data
+from openllm_hub.core.gguf_check import GGUF_MAGIC, check_gguf, read_gguf_layout
+from openllm_hub.errors import CorruptFileError, InvalidParameterError
 
 
 def read_gguf_metadata(path: str | Path, *, max_array: int = 64) -> dict[str, Any]:
     """Read a GGUF file's key/value metadata (arrays longer than ``max_array`` are elided to
-    their length) plus ``__version__``, ``__n_tensors__``. Pure Python, no gguf package."""
-    p = Path(path)
-    with p.open("rb") as fh:
-        if _read_exact(fh, 4, p) != GGUF_MAGIC:
-            raise CorruptFileError("not a GGUF file (wrong magic)", where=p)
-        (version,) = struct.unpack("<I", _read_exact(fh, 4, p))
-        if version not in (2, 3):
-            raise CorruptFileError(f"unsupported GGUF version {version}", where=p, fix="reconvert with a current tool")
-        n_tensors, n_kv = struct.unpack("<QQ", _read_exact(fh, 16, p))
-        if n_kv > 1_000_000 or n_tensors > 10_000_000:
-            raise CorruptFileError("GGUF header counts are implausible", where=p)
+    their length) plus ``__version__``, ``__n_tensors__``. Pure Python, no gguf package.
 
-        def read_str() -> str:
-            (n,) = struct.unpack("<Q", _read_exact(fh, 8, p))
-            if n > 1 << 24:
-                raise CorruptFileError("GGUF string length is implausible", where=p)
-            return _read_exact(fh, n, p).decode("utf-8", errors="replace")
-
-        def read_value(vtype: int) -> Any:
-            if vtype in _GGUF_FIXED:
-                return struct.unpack(_GGUF_FMT[vtype], _read_exact(fh, _GGUF_FIXED[vtype], p))[0]
-            if vtype == _GGUF_STRING:
-                return read_str()
-            if vtype == _GGUF_ARRAY:
-                (etype,) = struct.unpack("<I", _read_exact(fh, 4, p))
-                (count,) = struct.unpack("<Q", _read_exact(fh, 8, p))
-                if count > max_array and etype in _GGUF_FIXED:
-                    fh.seek(count * _GGUF_FIXED[etype], 1)
-                    return {"__array_len__": count}
-                items = [read_value(etype) for _ in range(count)]
-                return items if count <= max_array else {"__array_len__": count}
-            raise CorruptFileError(f"unknown GGUF value type {vtype}", where=p)
-
-        meta: dict[str, Any] = {"__version__": version, "__n_tensors__": n_tensors}
-        for _ in range(n_kv):
-            key = read_str()
-            (vtype,) = struct.unpack("<I", _read_exact(fh, 4, p))
-            meta[key] = read_value(vtype)
-    return meta
+    The file's structure (header and tensor table against the file size) and its
+    hyper-parameters' bounds are validated on the way (:mod:`openllm_hub.core.gguf_check`),
+    so every reader of a GGUF, detection first, refuses a damaged one with one clear error."""
+    if max_array == 64:
+        return dict(check_gguf(path, model=False).metadata)
+    layout = read_gguf_layout(path, max_array=max_array)
+    return dict(layout.metadata)
 
 
 class Probe:
@@ -101,8 +58,12 @@ class Probe:
         """First 16 bytes of a file (empty for folders)."""
         if not self.path.is_file():
             return b""
-        with self.path.open("rb") as fh:
-            data = fh.read(16)
+        try:
+            with self.path.open("rb") as fh:
+                data = fh.read(16)
+        except OSError as exc:
+            raise InvalidParameterError(f"cannot read the file: {exc.strerror or exc}", where=self.path,
+                                        fix="check the file's permissions") from None
         self._note(f"first bytes {data[:8]!r}")
         return data
 

@@ -9,13 +9,16 @@ converting row chunks to that type (through float32, rounded once; q8_0 and bf16
 numpy quantizers, bit-exact with ggml's reference code), and writing the file: a
 ``gguf.GGUFWriter`` on the temporary path of :func:`openllm_hub.core.io.atomic_output`, the
 header from the planned tensors, then each tensor's bytes as its chunks arrive, with a
-progress bar. The writer is always closed, and a failure leaves no file behind.
+progress bar. The writer is always closed, and a failure leaves no file behind. Before the
+file is renamed into place it is read back (:func:`check_written`): its header and tensor
+table must hold exactly the planned tensors, at offsets inside the file.
 
 gguf and numpy are imported inside the functions that need them.
 """
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -180,11 +183,15 @@ def write_gguf_file(dst: Path, arch: str, metadata: Callable[[gguf.GGUFWriter], 
         writer = gguf.GGUFWriter(tmp, arch)
         try:
             metadata(writer)
-            for t in tensors:
-                writer.add_tensor_info(t.name, t.stored_shape, t.np_dtype(), t.nbytes, raw_dtype=t.qtype)
-            writer.write_header_to_file()
-            writer.write_kv_data_to_file()
-            writer.write_ti_data_to_file()
+            try:
+                for t in tensors:
+                    writer.add_tensor_info(t.name, t.stored_shape, t.np_dtype(), t.nbytes, raw_dtype=t.qtype)
+                writer.write_header_to_file()
+                writer.write_kv_data_to_file()
+                writer.write_ti_data_to_file()
+            except (ValueError, TypeError, OverflowError, struct.error) as exc:  # the gguf library's refusals
+                raise ConversionError(f"the GGUF header cannot be written: {exc}", where=dst,
+                                      fix="check the source checkpoint's tensor names, shapes and metadata") from exc
             assert writer.fout is not None
             fh: BinaryIO = writer.fout[0]
             with Progress(total=len(tensors), desc=desc, unit="tensor", enabled=progress) as bar:
@@ -200,6 +207,27 @@ def write_gguf_file(dst: Path, arch: str, metadata: Callable[[gguf.GGUFWriter], 
                     bar.update()
         finally:
             writer.close()
+        check_written(tmp, tensors, where=dst)
+
+
+def check_written(path: Path, tensors: Sequence[GGUFTensor], *, where: Path) -> None:
+    """Read back a written GGUF file's header and tensor table
+    (:func:`~openllm_hub.core.gguf_check.check_gguf`, structure and hyper-parameters) and
+    compare its tensors with the planned ones: names, order, GGML types and sizes."""
+    from openllm_hub.core.gguf_check import check_gguf
+    from openllm_hub.errors import OpenLLMHubError
+
+    try:
+        layout = check_gguf(path, model=False)
+    except OpenLLMHubError as exc:
+        raise ConversionError(f"the written GGUF file does not read back: {exc.what}", where=where,
+                              fix="nothing was written; report this with the source checkpoint") from exc
+    got = [(t.name, int(t.ggml_type), t.nbytes) for t in layout.tensors]
+    planned = [(t.name, int(t.qtype), t.nbytes) for t in tensors]
+    if got != planned:
+        diff = next((f"{a} != {b}" for a, b in zip(got, planned) if a != b), f"{len(got)} vs {len(planned)} tensors")
+        raise ConversionError(f"the written GGUF file's tensor table differs from the plan ({diff})", where=where,
+                              fix="nothing was written; report this with the source checkpoint")
 
 
 def _write_chunk(fh: BinaryIO, arr: np.ndarray) -> int:

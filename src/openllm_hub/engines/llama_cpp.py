@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import os
+import sys
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from functools import lru_cache
@@ -28,10 +30,10 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from openllm_hub.core.config import GenerationConfig
-from openllm_hub.core.detect import read_gguf_metadata
 from openllm_hub.core.detok import join_pieces
 from openllm_hub.core.device import DeviceSupport
 from openllm_hub.core.family import LoadRequest
+from openllm_hub.core.gguf_check import check_gguf, find_nonfinite, hparam
 from openllm_hub.core.model import Model, ModelInfo
 from openllm_hub.errors import (
     CorruptFileError,
@@ -50,6 +52,10 @@ if TYPE_CHECKING:  # pragma: no cover
 #: hundred MiB; the CUDA context itself takes 300-500 MiB.
 GPU_RESERVE_MIB = 1024
 DEFAULT_MAX_CTX = 4096
+#: The most CPU threads llama.cpp is ever given (with :func:`thread_limit`).
+MAX_THREADS = 1024
+#: llama.cpp's context length is a 32-bit count.
+MAX_CTX = 2**31 - 1
 
 
 class LlamaCppOptions(BaseModel):
@@ -157,39 +163,80 @@ _SINKS: list[list[str]] = []
 _COLLECTOR: Any = None
 
 
+def debug_enabled() -> bool:
+    """``OPENLLM_HUB_DEBUG`` is set (the CLI's ``--debug`` sets it): llama.cpp's log is shown."""
+    return os.environ.get("OPENLLM_HUB_DEBUG", "").strip().lower() not in ("", "0", "false", "no")
+
+
 def _collector() -> Any:
-    """The one ctypes log callback (kept alive here) that feeds the innermost sink."""
+    """The one ctypes log callback (kept alive here): it feeds the innermost sink, and
+    otherwise drops llama.cpp's chatter (printed on stderr only when :func:`debug_enabled`)."""
     global _COLLECTOR
     if _COLLECTOR is None:
         import llama_cpp
 
         @llama_cpp.llama_log_callback  # type: ignore[untyped-decorator]
         def collect(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+            line = text.decode("utf-8", errors="replace")
             if _SINKS:
-                _SINKS[-1].append(text.decode("utf-8", errors="replace"))
+                _SINKS[-1].append(line)
+            if debug_enabled():
+                sys.stderr.write(line)
 
         _COLLECTOR = collect
     return _COLLECTOR
 
 
+def quiet_llama_cpp() -> None:
+    """Route llama.cpp's log through :func:`_collector` from now on (llama-cpp-python's own
+    logger prints errors on stderr, which would add lines before the SDK's one-line error)."""
+    import llama_cpp
+    import llama_cpp._logger  # installs its own callback when first imported: ours goes after it
+
+    with _LOG_LOCK:
+        llama_cpp.llama_log_set(_collector(), ctypes.c_void_p(0))
+
+
 @contextlib.contextmanager
 def capture_log() -> Iterator[list[str]]:
     """Collect llama.cpp's log lines (instead of printing them) while the block runs, so a
-    failed load or quantization can say *why*; llama-cpp-python's own logger is restored after."""
-    import llama_cpp
-    import llama_cpp._logger as llama_logger
-
+    failed load or quantization can say *why*. What C code writes straight to the stderr
+    file descriptor meanwhile (ggml's ``ggml_validate_row_data: found nan ...``) is collected
+    too, unless :func:`debug_enabled`, where it goes to stderr as written."""
     lines: list[str] = []
     with _LOG_LOCK:
-        if not _SINKS:
-            llama_cpp.llama_log_set(_collector(), ctypes.c_void_p(0))
+        quiet_llama_cpp()
         _SINKS.append(lines)
         try:
-            yield lines
+            with _stderr_into(lines):
+                yield lines
         finally:
             _SINKS.pop()
-            if not _SINKS:
-                llama_cpp.llama_log_set(llama_logger.llama_log_callback, ctypes.c_void_p(0))
+
+
+@contextlib.contextmanager
+def _stderr_into(lines: list[str]) -> Iterator[None]:
+    """Point file descriptor 2 at a temporary file while the block runs; its text is added to
+    ``lines`` after. (llama.cpp is kept from aborting by validating its input first, see
+    :func:`load_gguf`; with ``OPENLLM_HUB_DEBUG`` nothing is redirected, so the text of an
+    abort would be seen.)"""
+    if debug_enabled():
+        yield
+        return
+    import tempfile
+
+    with tempfile.TemporaryFile() as tmp:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            lines.extend(tmp.read().decode("utf-8", errors="replace").splitlines(keepends=True))
 
 
 @contextlib.contextmanager
@@ -400,6 +447,7 @@ class LlamaCppModel(Model):
         sampler = self._sampler(config, prompt_ids)
         try:
             while True:
+                self._check_finite(self._last_logits())
                 token = sampler.sample(llm._ctx, -1)
                 yield token
                 if llm.n_tokens + 1 >= self._n_ctx:
@@ -437,6 +485,39 @@ class LlamaCppModel(Model):
         llm.input_ids[:n_tokens] = ids
         llm.n_tokens = n_tokens
 
+    def _last_logits(self) -> npt.NDArray[np.float32]:
+        import numpy as np
+
+        ptr = self._llm._ctx.get_logits_ith(-1)
+        return np.ctypeslib.as_array(ptr, shape=(self._n_vocab,))
+
+    def _check_finite(self, logits: npt.NDArray[np.float32]) -> None:
+        """Refuse non-finite logits, naming the tensor of the file that holds NaN/Inf.
+
+        Checked on every logits row llama.cpp returns (one ``isfinite`` over the vocabulary
+        per token, negligible next to the forward pass) rather than by scanning the weights
+        at load: a scan reads the whole file (gigabytes, defeating the memory map's lazy
+        loading) on every load to find a fault that is rare. A NaN confined to one row of the
+        embedding shows only when that token comes, which the per-step check also catches.
+        Only then is the file scanned (:func:`~openllm_hub.core.gguf_check.find_nonfinite`)."""
+        import numpy as np
+
+        if bool(np.isfinite(logits).all()):
+            return
+        self._llm.n_tokens = 0  # the context holds non-finite state: the next call starts afresh
+        path = self.info.path
+        name = find_nonfinite(check_gguf(path, model=False)) if path else None
+        if name is not None:
+            raise CorruptFileError(f"the weights hold NaN or Inf values (tensor {name!r}); llama.cpp computed "
+                                   "non-finite logits", where=path,
+                                   fix="the file is damaged: download or convert the model again")
+        lora = self.info.extra.get("lora") or []
+        raise CorruptFileError("llama.cpp computed non-finite logits (NaN/Inf) although no tensor of the file holds "
+                               "one" + (" (a LoRA adapter may)" if lora else ""), where=path,
+                               fix="check the LoRA adapters and their scales" if lora else
+                                   "the model overflows in this precision: try kv_cache_type='f32' or another "
+                                   "quantization of the model")
+
     def _logits(self, ids: list[int]) -> npt.NDArray[np.float32]:
         import numpy as np
 
@@ -449,6 +530,7 @@ class LlamaCppModel(Model):
             llm._batch.set_batch(batch=chunk, n_past=start, logits_all=True)
             llm._ctx.decode(llm._batch)
             rows = np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(len(chunk) * self._n_vocab,))
+            self._check_finite(rows)
             out[start : start + len(chunk)] = rows.reshape(len(chunk), self._n_vocab)
             llm.input_ids[start : start + len(chunk)] = chunk
             llm.n_tokens = start + len(chunk)
@@ -478,6 +560,45 @@ def _gpu_layers(req: LoadRequest[Any], meta: dict[str, Any], arch: str, n_ctx: i
     return n, ("all layers fit" if n == -1 else f"{n} of {n_layers} layers fit in {gpu.free_mib} MiB free")
 
 
+def thread_limit() -> int:
+    """The most CPU threads llama.cpp is given here: 4x this machine's hardware threads (at
+    least 64), at most :data:`MAX_THREADS`. More only oversubscribes the cores, and every
+    thread costs a stack and buffers: ``-t 100000`` exhausts memory inside llama.cpp (it
+    segfaults instead of failing cleanly)."""
+    return min(MAX_THREADS, max(64, 4 * (os.cpu_count() or 1)))
+
+
+def check_threads(threads: int | None, where: str = "threads") -> None:
+    """Refuse a thread count llama.cpp cannot be given (see :func:`thread_limit`)."""
+    if threads is None:
+        return
+    limit = thread_limit()
+    if not 1 <= threads <= limit:
+        raise InvalidParameterError(
+            f"threads={threads} is out of range for llama.cpp on this machine ({os.cpu_count()} hardware threads)",
+            where=where, fix=f"pass between 1 and {limit} threads (-t N)")
+
+
+def _check_context(req: LoadRequest[Any], layout_meta: Mapping[str, Any], arch: str, n_ctx: int, kv_type: str,
+                   train_ctx: int) -> int:
+    """Refuse a context whose KV cache cannot fit the device, with the numbers, before
+    llama.cpp tries to allocate it; returns the KV cache's size in bytes."""
+    from openllm_hub.core.plan import device_memory, size
+
+    fix = f"use a smaller context (-c N, n_ctx=N; this model was trained with {train_ctx} tokens)"
+    if n_ctx > MAX_CTX:
+        raise InvalidParameterError(f"n_ctx={n_ctx} exceeds llama.cpp's limit of {MAX_CTX} tokens", where="n_ctx",
+                                    fix=fix)
+    n_layers = int(layout_meta.get(f"{arch}.block_count", 0) or 0)
+    need = n_layers * _kv_bytes_per_layer(dict(layout_meta), arch, n_ctx, kv_type)
+    have = device_memory(req.placement)
+    if have is not None and need > have[0]:
+        raise IncompatibleDeviceError(
+            f"a {n_ctx}-token context needs a {kv_type} KV cache of {size(need)} ({n_layers} layers), but "
+            f"{have[1]}", where="n_ctx", fix=fix)
+    return need
+
+
 def load_gguf(req: LoadRequest[Any], *, family: str, options: LlamaCppOptions | None = None,
               model_class: type[LlamaCppModel] = LlamaCppModel,
               info_extra: Mapping[str, Any] | None = None) -> LlamaCppModel:
@@ -500,23 +621,29 @@ def load_gguf(req: LoadRequest[Any], *, family: str, options: LlamaCppOptions | 
     path = Path(req.path)
     if not path.is_file():
         raise NotFoundError("GGUF file not found", where=path)
-    meta = read_gguf_metadata(path)
-    arch = str(meta.get("general.architecture", "llama"))
+    # header, tensor table, hyper-parameters, vocabulary and the architecture's tensors, before
+    # llama.cpp sees the file (it aborts or misreads on several of these)
+    layout = check_gguf(path)
+    meta = dict(layout.metadata)
+    arch = layout.architecture
     caps = capabilities()
     if req.placement.kind == "cuda" and not caps["gpu_offload"]:
         raise IncompatibleDeviceError(
             "the installed llama-cpp-python was built without GPU offload", where=path,
             fix='reinstall it with CMAKE_ARGS="-DGGML_CUDA=on" pip install --force-reinstall --no-cache-dir '
                 "llama-cpp-python, or use device='cpu'")
-    train_ctx = int(meta.get(f"{arch}.context_length", 0)) or DEFAULT_MAX_CTX
+    train_ctx = hparam(layout, "context_length") or DEFAULT_MAX_CTX
     n_ctx = opts.n_ctx or min(train_ctx, DEFAULT_MAX_CTX)
     kv_type = opts.kv_cache_type
+    kv_bytes = _check_context(req, meta, arch, n_ctx, kv_type, train_ctx)
+    check_threads(req.placement.threads)
     n_gpu_layers, gpu_note = _gpu_layers(req, meta, arch, n_ctx, kv_type)
-    cpu_threads = probe_machine().cpu_threads
+    cpu_threads = min(probe_machine().cpu_threads, thread_limit())
     threads = req.placement.threads or max(1, cpu_threads // 2)
     for lora_path, _ in opts.lora:
         if not Path(lora_path).is_file():
             raise NotFoundError("LoRA adapter not found", where=lora_path)
+        check_gguf(lora_path, model=False)  # header and tensor table, before llama.cpp reads it
     ggml_kv = llama_cpp.GGML_TYPE_F32 if kv_type == "f32" else llama_cpp.GGML_TYPE_F16
     kwargs: dict[str, Any] = {
         "n_gpu_layers": n_gpu_layers,
@@ -527,7 +654,9 @@ def load_gguf(req: LoadRequest[Any], *, family: str, options: LlamaCppOptions | 
         "use_mmap": opts.use_mmap,
         "type_k": ggml_kv,
         "type_v": ggml_kv,
-        "verbose": False,
+        # verbose: llama-cpp-python would point stderr at /dev/null while loading, losing
+        # llama.cpp's reasons; capture_log collects them instead (printed only when debugging)
+        "verbose": True,
     }
     if req.placement.kind == "cuda":
         kwargs["split_mode"] = llama_cpp.LLAMA_SPLIT_MODE_NONE
@@ -539,15 +668,9 @@ def load_gguf(req: LoadRequest[Any], *, family: str, options: LlamaCppOptions | 
     with capture_log() as log, model_params(use_extra_bufts=repack):
         try:
             llm = Llama(model_path=str(path), **kwargs)
-        except (ValueError, RuntimeError) as exc:
-            reason = log_error(log)
-            if "not within the file bounds" in reason or "truncated" in reason.lower():
-                raise CorruptFileError("tensor data runs past the end of the file (truncated or corrupt)",
-                                       where=path, fix=f"download or convert the file again (llama.cpp: {reason})"
-                                       ) from exc
-            raise CorruptFileError(f"llama.cpp cannot load this GGUF file: {reason}", where=path,
-                                   fix="check that the file is complete and was made by a current converter"
-                                   ) from exc
+        except (ValueError, RuntimeError, OSError, MemoryError) as exc:
+            raise _load_failure(exc, log, path, n_ctx=n_ctx, kv_type=kv_type, kv_bytes=kv_bytes) from exc
+        llm.verbose = debug_enabled()  # no timing prints from llama-cpp-python's own generation loop
         try:
             adapters = _attach_loras(llm, opts.lora)
         except Exception:
@@ -582,6 +705,24 @@ def load_gguf(req: LoadRequest[Any], *, family: str, options: LlamaCppOptions | 
     except Exception:
         llm.close()
         raise
+
+
+def _load_failure(exc: BaseException, log: Sequence[str], path: Path, *, n_ctx: int, kv_type: str,
+                  kv_bytes: int) -> Exception:
+    """The SDK error for a failed ``Llama()``: llama.cpp's own reason, blaming the context (with
+    the KV cache's size) when the model loaded but its context could not be made."""
+    from openllm_hub.core.plan import size
+
+    reason = log_error(log)
+    if "context" in str(exc).lower() or isinstance(exc, MemoryError):
+        return IncompatibleDeviceError(
+            f"llama.cpp could not create a {n_ctx}-token context (its {kv_type} KV cache alone needs "
+            f"{size(kv_bytes)}): {reason}", where="n_ctx", fix="use a smaller context (-c N, n_ctx=N)")
+    if "not within the file bounds" in reason or "truncated" in reason.lower():
+        return CorruptFileError("tensor data runs past the end of the file (truncated or corrupt)",
+                                where=path, fix=f"download or convert the file again (llama.cpp: {reason})")
+    return CorruptFileError(f"llama.cpp cannot load this GGUF file: {reason}", where=path,
+                            fix="check that the file is complete and was made by a current converter")
 
 
 @contextlib.contextmanager
@@ -631,5 +772,6 @@ def _attach_loras(llm: Llama, loras: Sequence[tuple[str, float]]) -> int:
     return len(ptrs)
 
 
-__all__ = ["LlamaCppModel", "LlamaCppOptions", "capabilities", "capture_log", "default_repack", "device_rows",
-           "ftype_names", "load_gguf", "log_error", "model_params", "plan_gpu_layers"]
+__all__ = ["LlamaCppModel", "LlamaCppOptions", "capabilities", "capture_log", "check_threads", "debug_enabled",
+           "default_repack", "device_rows", "ftype_names", "load_gguf", "log_error", "model_params", "plan_gpu_layers",
+           "quiet_llama_cpp", "thread_limit"]
