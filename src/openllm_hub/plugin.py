@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from openllm_hub.api import detect
 from openllm_hub.core.chat import ChatTemplate, Message, get_template
 from openllm_hub.core.config import GenerationConfig
-from openllm_hub.core.convert import Converter, ConvertRequest, VerifyReport, verify_models
+from openllm_hub.core.convert import Converter, ConverterOptions, ConvertRequest, VerifyReport, verify_models
 from openllm_hub.core.detect import Probe, read_gguf_metadata
 from openllm_hub.core.detok import join_pieces
 from openllm_hub.core.device import DeviceSupport, Placement, probe_machine
@@ -48,6 +48,7 @@ from openllm_hub.core.io import (
     load_torch_checkpoint,
     read_json,
     read_safetensors_header,
+    scratch_dir,
     write_json,
 )
 from openllm_hub.core.lora import LoraMerger, MergeRequest
@@ -83,6 +84,7 @@ __all__ = [
     "ConversionError",
     "ConvertRequest",
     "Converter",
+    "ConverterOptions",
     "CorruptFileError",
     "DestinationExistsError",
     "Detection",
@@ -135,6 +137,7 @@ __all__ = [
     "read_gguf_metadata",
     "read_json",
     "read_safetensors_header",
+    "scratch_dir",
     "track",
     "verify_models",
     "write_json",

@@ -8,8 +8,11 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 
+from pydantic import Field
+
 from openllm_hub.plugin import (
     Converter,
+    ConverterOptions,
     ConvertRequest,
     Detection,
     DeviceSupport,
@@ -72,13 +75,7 @@ def _repartition(req: ConvertRequest) -> None:
     from openllm_hub_glm130b.network.quant import parse_bits
 
     ck = SatCheckpoint.open(req.src)
-    try:
-        tp = int(req.options.get("tp", ck.tp))
-    except (TypeError, ValueError):
-        from openllm_hub.plugin import InvalidParameterError
-
-        raise InvalidParameterError(f"option tp must be an integer, got {req.options.get('tp')!r}",
-                                    where="-o tp=N") from None
+    tp = int(req.options.get("tp", ck.tp))  # validated by RepartitionOptions
     ck.check_world(tp)
     bits = None if req.outtype in (None, "auto") else parse_bits(req.outtype)
     if ck.bits is not None:
@@ -95,6 +92,11 @@ def _quantize(req: QuantizeRequest) -> None:
 
     ck = SatCheckpoint.open(req.src)
     write_into(ck, req.dst, ck.tp, bits=parse_bits(req.scheme), progress=req.progress)
+
+
+class RepartitionOptions(ConverterOptions):
+    tp: int | None = Field(None, ge=1, le=4096, description="tensor-parallel degree of the output (default: "
+                           "the source's)")
 
 
 FAMILY = Family(
@@ -120,6 +122,7 @@ FAMILY = Family(
                   # quantization bounds (~4x / ~3.5x headroom). A chaotic random-init network amplifies
                   # rounding far beyond them, and --verify then refuses, as it should.
                   verify_bounds={"auto": 1e-5, "int8": 1e-2, "int4": 0.15}, exact_outtypes=("auto",),
+                  options=RepartitionOptions,
                   description="re-split for another TP degree (options: tp=N); int8/int4 quantize per shard"),
     ),
     quantizers=(
