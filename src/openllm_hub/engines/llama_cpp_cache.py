@@ -64,7 +64,6 @@ def cached_gguf(folder: str | Path, family: Family, *, source_format: str = "hf"
     src = Path(folder)
     base_type = "f32" if scheme in ("f32", "bf16") else "f16"
     converter = _gguf_converter(family, source_format, base_type)
-    convert_options = converter.validate_options(convert_options, where="GGUF cache conversion options")
     quantizer = None if scheme == base_type else _gguf_quantizer(family, scheme)
     out_dir = cache_dir() / f"{family.name}-gguf"
     stem = f"{src.resolve().name}-{source_fingerprint(src, convert_options)}"

@@ -38,10 +38,14 @@ def _detect(probe: Probe) -> Detection | None:
     cfg = probe.json(CONFIG_NAME)
     if cfg is not None and cfg.get("model_type") == MODEL_TYPE:
         return Detection("sat", 0.95, f"SwissArmyTransformer checkpoint with {CONFIG_NAME} (model_type={MODEL_TYPE})")
-    name = (probe.path / "latest").read_text(encoding="utf-8", errors="replace").strip()
-    folder = probe.path / name
-    if name and folder.is_dir() and any(p.name.startswith("mp_rank_") for p in folder.iterdir()):
-        return Detection("sat", 0.4, f"SwissArmyTransformer checkpoint without {CONFIG_NAME}")
+    try:
+        with (probe.path / "latest").open("rb") as fh:
+            name = fh.read(256).decode("utf-8", errors="replace").strip()
+        folder = probe.path / name
+        if name and folder.is_dir() and any(p.name.startswith("mp_rank_") for p in folder.iterdir()):
+            return Detection("sat", 0.4, f"SwissArmyTransformer checkpoint without {CONFIG_NAME}")
+    except (OSError, ValueError):  # an unreadable or absurd 'latest' is not ours to judge here
+        pass
     return None
 
 
