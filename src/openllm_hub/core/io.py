@@ -11,7 +11,7 @@ Two promises of the SDK live here:
 
 Where temporaries live: beside their destination, in the destination's own folder (so the
 final rename never crosses a file system), named
-``.openllm-hub-tmp-<pid>@<host>-<random>[.old|.scratch]-<destination name>``: the writing
+``.openllm-hub-tmp-<pid>@<host>-<random>[.old|.scratch|.probe]-<destination name>``: the writing
 process's id, a short hash of the machine's host name, and the name of what it becomes. A
 writer that fails, or is interrupted by a signal Python sees (Ctrl-C, SIGTERM turned into an
 exception), removes its temporary itself. A process killed outright (SIGKILL, power loss)
@@ -51,7 +51,7 @@ if TYPE_CHECKING:  # pragma: no cover
 TMP_MARK = ".openllm-hub-tmp-"
 #: Longest file name most file systems accept (bytes).
 NAME_MAX = 255
-_TMP_RE = re.compile(r"^\.openllm-hub-tmp-(\d+)@([0-9a-f]{6})-[0-9a-f]{8}(\.old|\.scratch)?-(.*)$", re.DOTALL)
+_TMP_RE = re.compile(r"^\.openllm-hub-tmp-(\d+)@([0-9a-f]{6})-[0-9a-f]{8}(\.old|\.scratch|\.probe)?-(.*)$", re.DOTALL)
 
 
 def _host_tag() -> str:
@@ -66,7 +66,8 @@ def _host_tag() -> str:
 def temporary_path(dst: str | Path, *, kind: str = "") -> Path:
     """A fresh temporary sibling of ``dst`` named after this process and ``dst`` (see the module
     docstring); ``kind`` is ``""`` (the output being written), ``"old"`` (a replaced output on
-    its way out) or ``"scratch"`` (intermediate files). Over-long names are cut to fit."""
+    its way out), ``"scratch"`` (intermediate files) or ``"probe"`` (an empty file that tests
+    whether the folder is writable). Over-long names are cut to fit."""
     out = Path(dst)
     head = f"{TMP_MARK}{os.getpid()}@{_host_tag()}-{uuid.uuid4().hex[:8]}{'.' + kind if kind else ''}-"
     name = (head + out.name).encode("utf-8", "surrogateescape")[:NAME_MAX].decode("utf-8", "ignore")
@@ -164,7 +165,7 @@ def _check_writable_folder(out: Path) -> None:
     if not parent.is_dir():
         raise InvalidParameterError("the output's folder is not a folder", where=parent,
                                     fix="choose an output path inside an existing folder")
-    probe = temporary_path(out, kind="scratch")
+    probe = temporary_path(out, kind="probe")
     try:
         fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except OSError as exc:
