@@ -126,7 +126,7 @@ def names_file(content: bytes | str | object) -> Callable[[P], None]:
 
 
 # ---- SAT folders ------------------------------------------------------------------------------
-def sat_copy(edit: Callable[[Path], None]) -> Callable[[P], None]:
+def sat_copy(edit: Callable[[Path], object]) -> Callable[[P], None]:
     def setup(p: P) -> None:
         shutil.copytree(p.sat_source, p.sat)
         edit(p.sat)
@@ -155,8 +155,9 @@ def sat_config(**changes: Any) -> Callable[[Path], None]:
     return edit
 
 
-def sat_edit(fn: Callable[[Path], None]) -> Callable[[Path], None]:
-    return fn
+def latest_folder(root: Path) -> None:
+    (root / "latest").unlink()
+    (root / "latest").mkdir()
 
 
 def load_cpu(path: Path, **options: Any) -> Callable[[P], object]:
@@ -296,7 +297,7 @@ CASES: list[Case] = [
     Case("sat-latest-missing-iteration", ("info", "{sat}", "--device", "cpu"), lambda p: load_cpu(p.sat)(p),
          sat_copy(latest(b"49300"))),
     Case("sat-latest-is-a-folder", ("info", "{sat}", "--device", "cpu"), lambda p: load_cpu(p.sat)(p),
-         sat_copy(lambda r: ((r / "latest").unlink(), (r / "latest").mkdir()))),
+         sat_copy(latest_folder)),
     Case("sat-missing-rank", ("info", "{sat}", "--device", "cpu"), lambda p: load_cpu(p.sat)(p),
          sat_copy(lambda r: (r / "1000" / "mp_rank_01_model_states.pt").unlink())),
     Case("sat-config-layers-text", ("info", "{sat}", "--device", "cpu"), lambda p: load_cpu(p.sat)(p),
