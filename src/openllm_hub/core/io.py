@@ -31,6 +31,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import struct
 import uuid
 from collections.abc import Iterable, Iterator
@@ -85,10 +86,10 @@ def _process_gone(pid: int) -> bool:
     except (PermissionError, OverflowError):
         return pid > 2**22  # another user's live process; a pid no kernel hands out is gone
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
+        line = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return False
-    return stat.rsplit(")", 1)[-1].split()[:1] == ["Z"]
+    return line.rsplit(")", 1)[-1].split()[:1] == ["Z"]
 
 
 def stale_temporaries(folder: str | Path) -> list[Path]:
@@ -144,7 +145,8 @@ def _size(path: Path) -> int:
         if path.is_dir() and not path.is_symlink():
             for p in path.rglob("*"):
                 with contextlib.suppress(OSError):
-                    total += p.lstat().st_size
+                    st = p.lstat()
+                    total += st.st_size if stat.S_ISREG(st.st_mode) else 0
         else:
             total += path.lstat().st_size
     return total
@@ -283,6 +285,7 @@ def scratch_dir(near: str | Path) -> Iterator[Path]:
     """A temporary folder for intermediate files of the output ``near`` (in its folder, named
     like every temporary here, so a killed writer's scratch is cleaned up as well); removed when
     the block ends."""
+    remove_stale_temporaries(Path(near).parent)
     path = temporary_path(Path(near), kind="scratch")
     path.mkdir()
     try:
