@@ -83,8 +83,10 @@ def _process_gone(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return True
-    except (PermissionError, OverflowError):
-        return pid > 2**22  # another user's live process; a pid no kernel hands out is gone
+    except PermissionError:  # another user's live process
+        return False
+    except OverflowError:  # a pid no kernel hands out
+        return True
     try:
         line = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
