@@ -48,6 +48,7 @@ from openllm_hub.core.io import (
     load_torch_checkpoint,
     read_json,
     read_safetensors_header,
+    read_text_file,
     scratch_dir,
     write_json,
 )
@@ -137,6 +138,7 @@ __all__ = [
     "read_gguf_metadata",
     "read_json",
     "read_safetensors_header",
+    "read_text_file",
     "scratch_dir",
     "track",
     "verify_models",

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from openllm_hub_llama.lora_data import load_alpaca
 
 import openllm_hub
 import openllm_hub.core.perplexity
@@ -341,7 +342,36 @@ CASES: list[Case] = [
                                                           stride=-1), write("some text here")),
     Case("quantize-unknown-type", ("quantize", "{gguf}", "{tmp}/q.gguf", "q9_9"),
          lambda p: openllm_hub.quantize(p.gguf, p.tmp / "q.gguf", "q9_9")),
+    # ---- a LoRA training dataset named on the command line ------------------------------------------
+    Case("lora-train-dataset-not-utf8", ("lora", "train", "{hf}", "{f}", "-o", "{tmp}/adapter"),
+         lambda p: load_alpaca(p.f), write(NOT_UTF8)),
+    Case("lora-train-dataset-deep-json", ("lora", "train", "{hf}", "{f}", "-o", "{tmp}/adapter"),
+         lambda p: load_alpaca(p.f), write("[" * 100_000 + "]" * 100_000)),
 ]
+
+#: Words the error of a case must contain (CLI line and API message): it names what is wrong
+#: and where, so a case cannot pass on an unrelated error raised earlier.
+EXPECT: dict[str, str] = {
+    "run-f-missing": "no such file", "run-f-directory": "is a directory", "run-f-not-utf8": "not UTF-8",
+    "run-f-symlink-loop": "symbolic links", "run-f-over-long-name": "too long",
+    "chat-system-file-not-utf8": "not UTF-8", "perplexity-file-not-utf8": "not UTF-8",
+    "perplexity-file-empty": "too short", "name-unknown": "neither an existing path nor a model name",
+    "name-over-long": "too long", "name-broken-symlink": "broken symbolic link",
+    **{c.id: "models.json" for c in CASES if c.id.startswith("models-json")},
+    "models-add-builtin-name": "built-in", "models-add-missing-path": "not found",
+    "convert-into-missing-folder": "does not exist", "convert-into-unwritable-folder": "cannot write into",
+    "quantize-into-unwritable-folder": "cannot write into", "quantize-into-missing-folder": "does not exist",
+    "merge-lora-into-missing-folder": "does not exist", "convert-into-a-file": "not a folder",
+    "convert-onto-its-source": "overwrite an input", "quantize-onto-its-source": "overwrite an input",
+    "convert-existing-without-force": "already exists", "convert-over-long-name": "longer than 255",
+    "convert-option-unknown": "bogus", "convert-option-misspelt": "shard", "convert-option-shards-zero": "shards",
+    "convert-option-sat-tp-zero": "tp", "convert-option-sat-unknown": "world",
+    **{c.id: "latest" for c in CASES if c.id.startswith("sat-latest") and c.id != "sat-latest-is-a-folder"},
+    "sat-missing-rank": "rank 1", **{c.id: "glm130b_config.json" for c in CASES if c.id.startswith("sat-config")},
+    "n-negative": "max_new_tokens", "n-huge": "max_new_tokens", "temp-nan": "temperature", "top-p-two": "top_p",
+    "top-k-negative": "top_k", "seed-negative": "seed", "ctx-zero": "n_ctx", "threads-zero": "threads",
+    "lora-train-dataset-not-utf8": "not UTF-8", "lora-train-dataset-deep-json": "nested too deeply",
+}
 
 
 # ---- models, built once per module ------------------------------------------------------------------
@@ -375,6 +405,7 @@ def _argv(case: Case, p: P) -> list[str]:
 
 def test_the_corpus_is_big_enough() -> None:
     assert len(CASES) >= 40 and len({c.id for c in CASES}) == len(CASES)
+    assert set(EXPECT) <= {c.id for c in CASES}
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
@@ -392,5 +423,7 @@ def test_cli_and_api_give_one_clear_error(case: Case, paths: P) -> None:
         if hasattr(result, "close"):
             result.close()
     assert "\n" not in str(info.value)
+    expect = EXPECT.get(case.id, "")
+    assert expect in lines[0] and expect in str(info.value), (expect, lines[0], str(info.value))
     if before is not None:  # a refused write leaves nothing behind
         assert sorted(str(x) for x in paths.tmp.rglob("*")) == before
