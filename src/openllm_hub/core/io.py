@@ -12,14 +12,15 @@ Two promises of the SDK live here:
 Where temporaries live: beside their destination, in the destination's own folder (so the
 final rename never crosses a file system), named
 ``.openllm-hub-tmp-<pid>@<host>-<random>[.old|.scratch|.probe]-<destination name>``: the writing
-process's id, a short hash of the machine's host name, and the name of what it becomes. A
-writer that fails, or is interrupted by a signal Python sees (Ctrl-C, SIGTERM turned into an
-exception), removes its temporary itself. A process killed outright (SIGKILL, power loss)
-cannot: its temporary stays until the next writer into that folder (:func:`check_destination`,
-:func:`atomic_output`, :func:`scratch_dir`) or ``openllm-hub cache clean`` removes it
-(:func:`remove_stale_temporaries`). Only temporaries of this machine whose process is gone are
-removed, never one a live writer is still using. Cache entries (the GGUF cache, converted Meta
-checkpoints) are written the same way inside the cache folder.
+process's id, a short hash of the machine's host name, and the name of what it becomes
+(cut to 255 bytes). A writer that raises (an error, or Ctrl-C's KeyboardInterrupt) removes its
+temporary itself. A process that dies without running Python code (SIGKILL, a default
+SIGTERM, a crash, power loss) cannot: its temporary stays until the next writer into that
+folder (:func:`check_destination`, :func:`atomic_output`, :func:`scratch_dir`), the next use of
+that cache folder, or ``openllm-hub cache clean`` removes it (:func:`remove_stale_temporaries`).
+Only temporaries of this machine whose process is gone are removed, never one a live writer is
+still using (a process id that is reused before the clean-up only delays it). Cache entries
+(the GGUF cache, converted Meta checkpoints) are written the same way inside the cache folder.
 
 torch is imported only inside the functions that need it.
 """
