@@ -16,8 +16,8 @@ process's id, a short hash of the machine's host name, and the name of what it b
 (cut to 255 bytes). A writer that raises (an error, or Ctrl-C's KeyboardInterrupt) removes its
 temporary itself. A process that dies without running Python code (SIGKILL, a default
 SIGTERM, a crash, power loss) cannot: its temporary stays until the next writer into that
-folder (:func:`check_destination`, :func:`atomic_output`, :func:`scratch_dir`), the next use of
-that cache folder, or ``openllm-hub cache clean`` removes it (:func:`remove_stale_temporaries`).
+folder (:func:`check_destination`, :func:`atomic_output`, :func:`scratch_dir`; the GGUF cache
+also on every use) or ``openllm-hub cache clean`` removes it (:func:`remove_stale_temporaries`).
 Only temporaries of this machine whose process is gone are removed, never one a live writer is
 still using (a process id that is reused before the clean-up only delays it). Cache entries
 (the GGUF cache, converted Meta checkpoints) are written the same way inside the cache folder.
