@@ -50,24 +50,64 @@ def _user_names_file() -> Path:
 
 
 def user_model_names() -> dict[str, dict[str, Any]]:
-    """Names the user gave to paths (``openllm-hub models add``)."""
+    """Names the user gave to paths (``openllm-hub models add``), from ``models.json`` in the
+    config folder; a malformed file or entry is one :class:`CorruptFileError` naming the file,
+    the entry and the fix."""
     path = _user_names_file()
-    if not path.is_file():
-        return {}
+    fix = f"repair or delete {path} (openllm-hub models add NAME PATH writes it again)"
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        if not path.exists():
+            return {}
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise CorruptFileError(f"cannot read the model names file: {exc.strerror or exc}", where=path,
+                               fix=fix) from None
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise CorruptFileError(f"the model names file is not UTF-8 (byte {exc.start})", where=path, fix=fix) from None
     except json.JSONDecodeError as exc:
-        raise CorruptFileError(f"invalid JSON: {exc}", where=path, fix="fix or delete the file") from exc
+        raise CorruptFileError(f"invalid JSON: {exc}", where=path, fix=fix) from None
+    except RecursionError:
+        raise CorruptFileError("invalid JSON: nested too deeply", where=path, fix=fix) from None
     if not isinstance(data, dict):
-        raise CorruptFileError("expected an object of name -> {path, family, options}", where=path)
+        raise CorruptFileError(f"expected an object of name -> {{path, family, options}}, found "
+                               f"{type(data).__name__}", where=path, fix=fix)
+    for name, entry in data.items():
+        _check_name_entry(name, entry, path, fix)
     return data
+
+
+def _check_name_entry(name: str, entry: Any, path: Path, fix: str) -> None:
+    what = f"entry {name!r}"
+    if not isinstance(entry, dict):
+        raise CorruptFileError(f"{what} is a {type(entry).__name__}, not an object with a path", where=path, fix=fix)
+    unknown = sorted(set(entry) - {"path", "family", "options"})
+    if unknown:
+        raise CorruptFileError(f"{what} has unknown key(s) {', '.join(map(repr, unknown))}", where=path,
+                               fix=f"keep only path, family and options; {fix}")
+    p = entry.get("path")
+    if not isinstance(p, str) or not p or "\0" in p:
+        raise CorruptFileError(f"{what} has no path (a non-empty string), found {p!r}", where=path, fix=fix)
+    if not isinstance(entry.get("family"), (str, type(None))):
+        raise CorruptFileError(f"{what}: family must be a string, found {entry['family']!r}", where=path, fix=fix)
+    opts = entry.get("options")
+    if not isinstance(opts, (dict, type(None))) or (opts and not all(isinstance(k, str) for k in opts)):
+        raise CorruptFileError(f"{what}: options must be an object, found {opts!r}", where=path, fix=fix)
 
 
 def add_model_name(name: str, path: str | Path, *, family: str | None = None,
                    options: Mapping[str, Any] | None = None, force: bool = False) -> None:
     """Give ``path`` a name usable as ``load(name)``."""
-    p = Path(path).expanduser().resolve()
-    if not p.exists():
+    if not name or not name.strip() or any(c in name for c in "\0\n\r") or len(name) > 200:
+        raise InvalidParameterError(f"{name!r} cannot be a model name", where="models add",
+                                    fix="use a short name without line breaks, e.g. my-7b")
+    try:
+        p = Path(path).expanduser().resolve()
+        exists = p.exists()
+    except (OSError, RuntimeError, ValueError) as exc:
+        raise InvalidParameterError(f"cannot use this path: {exc}", where=str(path), fix="check the path") from None
+    if not exists:
         raise NotFoundError("path not found", where=p)
     builtin = next((fam.name for fam, mn in get_registry().model_names() if mn.name == name), None)
     if builtin is not None:
@@ -102,9 +142,20 @@ def resolve_source(source: str | Path) -> Resolved:
 
     Built-in names come first so that a user entry can never silently shadow one (``models add``
     refuses such names; an old or hand-edited entry is listed as hidden by ``openllm-hub models``)."""
+    if isinstance(source, str) and not source.strip():
+        raise InvalidParameterError("no model given (an empty name)", where="model",
+                                    fix="pass a file, a folder or a model name (openllm-hub models)")
     p = Path(source).expanduser()
-    if p.exists():
+    try:
+        found = p.exists()
+    except (OSError, ValueError) as exc:  # over-long names, NUL bytes
+        raise InvalidParameterError(f"cannot use this path: {exc}", where=str(source)[:200],
+                                    fix="check the path") from None
+    if found:
         return Resolved(p)
+    if p.is_symlink():
+        raise NotFoundError("the path is a broken symbolic link (or a symlink loop)", where=p,
+                            fix="point the link at an existing model")
     name = str(source)
     reg = get_registry()
     for fam, mn in reg.model_names():
@@ -116,10 +167,22 @@ def resolve_source(source: str | Path) -> Resolved:
         return Resolved(Path(entry["path"]), entry.get("family"), entry.get("options"), name)
     known = sorted({*user, *(mn.name for _, mn in reg.model_names())})
     raise NotFoundError(
-        f"{name!r} is neither an existing path nor a model name",
-        where=str(p.resolve()),
+        f"{name[:200]!r} is neither an existing path nor a model name",
+        where=str(p.absolute())[:300],
         fix=("check the path; known model names: " + ", ".join(known)) if known else "check the path",
     )
+
+
+# ---- cache -------------------------------------------------------------------------------
+def clean_cache() -> tuple[Path, int]:
+    """Remove the temporaries that killed writers left anywhere in the cache folder (GGUF
+    cache, converted checkpoints); live writers' temporaries are kept. Returns the cache folder
+    and the bytes freed. (Each cache folder is also cleaned whenever it is used.)"""
+    from openllm_hub.core.io import remove_stale_temporaries_below
+    from openllm_hub.core.paths import cache_dir
+
+    root = cache_dir()
+    return root, remove_stale_temporaries_below(root) if root.is_dir() else 0
 
 
 # ---- detection ---------------------------------------------------------------------------
@@ -262,12 +325,13 @@ def convert(src: str | Path, dst: str | Path, *, to: str, outtype: str | None = 
         raise InvalidParameterError(
             f"--verify has no measured bound for {det.format}->{to} outtype {otype!r}, so it could not fail",
             where="verify", fix=f"drop --verify for this outtype; outtypes it can verify: {bounded}")
+    conv_opts = conv.validate_options(options)
     out = check_destination(dst, sources=[src_path], force=force)
     show = progress_enabled() if progress is None else progress
     report: VerifyReport | None = None
     with atomic_output(out, force=force, is_dir=conv.output_is_dir) as tmp:
         conv.run(ConvertRequest(src=src_path, dst=tmp, source_format=det.format, outtype=otype, progress=show,
-                                options=dict(options or {})))
+                                options=conv_opts))
         if verify:
             bound = conv.verify_bounds[otype or ""]
             with load(src_path, family=fam.name, device="cpu", **conv.source_load_options) as a, \

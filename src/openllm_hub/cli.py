@@ -287,6 +287,27 @@ def _add_tiny_command(sub: argparse._SubParsersAction) -> None:  # type: ignore[
     p.set_defaults(handler=cmd_tiny)
 
 
+# ---- cache -------------------------------------------------------------------------------------
+def cmd_cache(args: argparse.Namespace) -> int:
+    from openllm_hub.api import clean_cache
+    from openllm_hub.core.paths import cache_dir
+
+    if args.action == "dir":
+        print(cache_dir())
+        return 0
+    root, freed = clean_cache()
+    print(f"removed {freed / 1e6:.1f} MB of temporaries left by killed writers in {root}")
+    return 0
+
+
+def _add_cache_command(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("cache", help="the cache folder (GGUF files made on demand): where it is; clean it",
+                       description="dir: print the cache folder. clean: remove the temporaries that killed "
+                                   "writers left in it (any writer also cleans the folder it writes into).")
+    p.add_argument("action", choices=("dir", "clean"))
+    p.set_defaults(handler=cmd_cache)
+
+
 # ---- plan (memory planner; torch-free, reads config alone, writes nothing) ---------------------
 def _plan_spec(model: str, family: str | None) -> Any:
     """MODEL as a path or model name (through its family's ``memory`` hook), else a published shape
@@ -456,6 +477,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_plan_command(sub)
     _add_tiny_command(sub)
+    _add_cache_command(sub)
 
     from openllm_hub.server.cli import add_serve_command
 

@@ -35,7 +35,7 @@ from openllm_hub.cli_args import (
 from openllm_hub.core.batch import BatchDecoder, StepResult
 from openllm_hub.core.chat import ChatTemplate, Cut, Message, Piece, Special, Text, get_template
 from openllm_hub.core.config import GenerationConfig
-from openllm_hub.core.convert import Converter, ConvertRequest, VerifyReport, verify_models
+from openllm_hub.core.convert import Converter, ConverterOptions, ConvertRequest, VerifyReport, verify_models
 from openllm_hub.core.detect import Probe, read_gguf_metadata
 from openllm_hub.core.detok import join_pieces
 from openllm_hub.core.device import DeviceSupport, Placement, probe_machine
@@ -58,6 +58,8 @@ from openllm_hub.core.io import (
     load_torch_checkpoint,
     read_json,
     read_safetensors_header,
+    read_text_file,
+    scratch_dir,
     write_json,
 )
 from openllm_hub.core.lora import LoraMerger, MergeRequest
@@ -96,6 +98,7 @@ __all__ = [
     "ConversionError",
     "ConvertRequest",
     "Converter",
+    "ConverterOptions",
     "CorruptFileError",
     "Cut",
     "DestinationExistsError",
@@ -163,6 +166,8 @@ __all__ = [
     "read_gguf_metadata",
     "read_json",
     "read_safetensors_header",
+    "read_text_file",
+    "scratch_dir",
     "stored_as",
     "track",
     "verify_models",

@@ -1,9 +1,10 @@
 """A conversion killed mid-write leaves nothing at the destination.
 
 The conversion runs ``openllm_hub.convert`` in a subprocess and gets SIGKILL while the
-temporary sibling (``.openllm-hub-tmp-*``) is being written. A killed process cannot delete
-its temporary file, so such a sibling may remain (documented); the promise tested is that
-the destination path itself never holds a partial file, and that a rerun succeeds.
+temporary sibling (``.openllm-hub-tmp-<pid>@...``) is being written. A killed process cannot
+delete its temporary file; the promises tested are that the destination path itself never
+holds a partial file, and that a rerun removes the leftover and succeeds (every writer removes
+the temporaries of dead processes in its folder; tests/bad_input/test_kill.py tries every writer).
 """
 
 from __future__ import annotations
@@ -53,3 +54,4 @@ def test_killed_conversion_leaves_no_destination(tmp_path: Path, tiny_hf_factory
     # a rerun is not blocked by the leftover temporary sibling
     openllm_hub.convert(src, dst, to="gguf", outtype="f16", verify=False)
     assert dst.read_bytes()[:4] == b"GGUF"
+    assert not [p for p in out_dir.iterdir() if p.name.startswith(TMP_MARK)]  # the leftover is gone

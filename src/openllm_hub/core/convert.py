@@ -13,6 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from openllm_hub.core.family import NoOptions
+from openllm_hub.errors import InvalidParameterError
+
 if TYPE_CHECKING:  # pragma: no cover
     from openllm_hub.core.model import Model
 
@@ -30,6 +35,14 @@ class ConvertRequest:
     options: Mapping[str, Any] = field(default_factory=dict)
 
 
+class ConverterOptions(BaseModel):
+    """Base of a converter's declared options (``-o KEY=VALUE`` of ``openllm-hub convert``):
+    unknown names are refused; numbers given for a text option are taken as text. Declare
+    each option as ``T | None = None`` when the converter picks its default itself."""
+
+    model_config = ConfigDict(extra="forbid", coerce_numbers_to_str=True)
+
+
 @dataclass(frozen=True)
 class Converter:
     """Converts ``source`` format to ``target`` format for one family.
@@ -40,7 +53,10 @@ class Converter:
     ``--verify`` accepts; for ``exact_outtypes`` (lossless ones, e.g. f32) the greedy tokens
     must also be identical, while for lossy ones a near-tie may flip a token, so their
     agreement is reported but only the bound decides. ``source_load_options`` are passed to
-    ``load()`` when the source side is loaded for verification.
+    ``load()`` when the source side is loaded for verification. ``options`` is the pydantic
+    model of the options the converter takes (default: none); :meth:`validate_options` checks
+    what the user gave against it before anything is written, so ``-o bogus=1`` is refused by
+    name, and ``run`` gets the validated values in ``request.options``.
     """
 
     source: str
@@ -54,6 +70,22 @@ class Converter:
     source_load_options: Mapping[str, Any] = field(default_factory=dict)
     target_load_options: Mapping[str, Any] = field(default_factory=dict)
     description: str = ""
+    options: type[BaseModel] = NoOptions
+
+    def validate_options(self, options: Mapping[str, Any] | None, *, where: str = "-o/--option") -> dict[str, Any]:
+        """``options`` checked against :attr:`options`: the values given (validated and
+        coerced; ``None`` ones dropped so the converter's own default applies), or an
+        :class:`InvalidParameterError` naming each unknown or invalid option."""
+        try:
+            model = self.options(**dict(options or {}))
+        except ValidationError as exc:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'options'}: {e['msg']}" for e in exc.errors())
+            names = list(self.options.model_fields)
+            raise InvalidParameterError(
+                f"invalid option for the {self.source} -> {self.target} converter: {problems}", where=where,
+                fix=("its options: " + ", ".join(names)) if names else "this converter takes no options; drop -o",
+            ) from None
+        return model.model_dump(exclude_none=True)
 
 
 @dataclass(frozen=True)

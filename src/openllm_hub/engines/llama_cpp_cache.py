@@ -6,8 +6,9 @@ quantization type, quantize that with the family's GGUF quantizer. The loader pa
 :class:`~openllm_hub.core.family.Family`, whose converter and quantizer objects are called
 directly (no detection again, no re-entry through the public :func:`openllm_hub.convert`);
 each file is written to a temporary name and renamed into place (a killed run leaves no half
-file). Entries are keyed by a fingerprint of the source folder's files, so an edited
-checkpoint makes new ones.
+file at the entry's name; its temporary, ``.openllm-hub-tmp-<pid>@...`` in the same cache
+folder, is removed by the next use of that folder or by ``openllm-hub cache clean``). Entries
+are keyed by a fingerprint of the source folder's files, so an edited checkpoint makes new ones.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from openllm_hub.core.convert import ConvertRequest
-from openllm_hub.core.io import atomic_output, check_destination
+from openllm_hub.core.io import atomic_output, check_destination, remove_stale_temporaries
 from openllm_hub.core.progress import progress_enabled
 from openllm_hub.core.quantize import QuantizeRequest
 from openllm_hub.errors import DestinationExistsError, InvalidParameterError
@@ -67,6 +68,7 @@ def cached_gguf(folder: str | Path, family: Family, *, source_format: str = "hf"
     out_dir = cache_dir() / f"{family.name}-gguf"
     stem = f"{src.resolve().name}-{source_fingerprint(src, convert_options)}"
     target = out_dir / f"{stem}-{scheme}.gguf"
+    remove_stale_temporaries(out_dir)  # what killed writers left here
     if target.is_file():
         return target
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -7,13 +7,15 @@ functions that run them.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from openllm_hub.engines.llama_cpp import device_rows
 from openllm_hub.engines.llama_cpp_quantize import gguf_quantizer
 from openllm_hub.plugin import (
     Converter,
+    ConverterOptions,
     ConvertRequest,
     Detection,
     DeviceSupport,
@@ -96,6 +98,11 @@ def _quantize(req: QuantizeRequest) -> None:
     quantize_checkpoint(req)
 
 
+class ToGgufOptions(ConverterOptions):
+    variant: Literal["auto", "chatglm", "chatglm2", "chatglm3"] = Field("auto", description="which ChatGLM (default: "
+                                                             "from the config and names)")
+
+
 FAMILY = Family(
     name="chatglm",
     memory=memory.read, published_shapes=memory.PUBLISHED,
@@ -116,6 +123,7 @@ FAMILY = Family(
     converters=(
         Converter("hf", "gguf", _to_gguf, outtypes=("f32", "f16", "q8_0"), default_outtype="f16",
                   verify_bounds=GGUF_BOUNDS, exact_outtypes=("f32",), target_load_options={"kv_cache_type": "f32"},
+                  options=ToGgufOptions,
                   description="ChatGLM2/3 HuggingFace folder -> GGUF for llama.cpp's chatglm architecture"),
     ),
     quantizers=(

@@ -50,24 +50,58 @@ def shard_name(rank: int) -> str:
     return f"mp_rank_{rank:02d}_model_states.pt"
 
 
-def find_iteration(root: Path) -> Path:
-    """The iteration folder named by ``root/latest``."""
+#: The longest ``latest`` file read (SAT writes an iteration number, e.g. ``49300``).
+LATEST_LIMIT = 256
+
+
+def read_latest(root: Path) -> str:
+    """The iteration folder's name that ``root/latest`` holds, checked: a text file of at most
+    :data:`LATEST_LIMIT` bytes naming one folder inside ``root`` (binary, empty, over-long or
+    path-like contents are refused with the fix)."""
     latest = root / "latest"
-    if not latest.is_file():
-        raise NotFoundError("no 'latest' file: not a SwissArmyTransformer checkpoint folder", where=root,
-                            fix="point at the folder that holds 'latest' and the iteration folder")
-    name = latest.read_text(encoding="utf-8").strip()
-    if not name or "/" in name or name in (".", ".."):
-        raise CorruptFileError(f"'latest' names {name!r}, not an iteration folder", where=latest)
+    fix = "write the iteration folder's name into it, e.g. `echo 49300 > latest`"
+    try:
+        is_file = latest.is_file()
+        if not is_file:
+            if latest.is_dir():
+                raise CorruptFileError("'latest' is a folder, not the file naming the iteration", where=latest,
+                                       fix=fix)
+            raise NotFoundError("no 'latest' file: not a SwissArmyTransformer checkpoint folder", where=root,
+                                fix="point at the folder that holds 'latest' and the iteration folder")
+        with latest.open("rb") as fh:
+            raw = fh.read(LATEST_LIMIT + 1)
+    except OSError as exc:
+        raise CorruptFileError(f"cannot read 'latest': {exc.strerror or exc}", where=latest, fix=fix) from None
+    if len(raw) > LATEST_LIMIT:
+        raise CorruptFileError(f"'latest' is longer than {LATEST_LIMIT} bytes, not an iteration name", where=latest,
+                               fix=fix)
+    try:
+        name = raw.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        raise CorruptFileError("'latest' holds binary data, not an iteration name", where=latest, fix=fix) from None
+    if (not name or name in (".", "..") or any(c in name for c in "/\\\0\n\r")
+            or len(name.encode()) > 255 or not name.isprintable()):
+        raise CorruptFileError(f"'latest' names {name[:80]!r}, not an iteration folder", where=latest, fix=fix)
+    return name
+
+
+def find_iteration(root: Path) -> Path:
+    """The iteration folder named by ``root/latest`` (see :func:`read_latest`)."""
+    name = read_latest(root)
     folder = root / name
     if not folder.is_dir():
-        raise NotFoundError(f"'latest' names iteration {name!r} but that folder is missing", where=folder)
+        raise NotFoundError(f"'latest' names iteration {name!r} but that folder is missing", where=folder,
+                            fix="copy the iteration folder too, or fix 'latest'")
     return folder
 
 
 def list_shards(folder: Path) -> dict[int, Path]:
     out: dict[int, Path] = {}
-    for p in folder.iterdir():
+    try:
+        entries = list(folder.iterdir())
+    except OSError as exc:
+        raise CorruptFileError(f"cannot list the iteration folder: {exc.strerror or exc}", where=folder) from None
+    for p in entries:
         m = SHARD_RE.match(p.name)
         if m:
             out[int(m.group(1))] = p

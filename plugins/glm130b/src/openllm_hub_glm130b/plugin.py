@@ -8,8 +8,11 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 
+from pydantic import Field
+
 from openllm_hub.plugin import (
     Converter,
+    ConverterOptions,
     ConvertRequest,
     Detection,
     DeviceSupport,
@@ -37,10 +40,14 @@ def _detect(probe: Probe) -> Detection | None:
     cfg = probe.json(CONFIG_NAME)
     if cfg is not None and cfg.get("model_type") == MODEL_TYPE:
         return Detection("sat", 0.95, f"SwissArmyTransformer checkpoint with {CONFIG_NAME} (model_type={MODEL_TYPE})")
-    name = (probe.path / "latest").read_text(encoding="utf-8", errors="replace").strip()
-    folder = probe.path / name
-    if name and folder.is_dir() and any(p.name.startswith("mp_rank_") for p in folder.iterdir()):
-        return Detection("sat", 0.4, f"SwissArmyTransformer checkpoint without {CONFIG_NAME}")
+    try:
+        with (probe.path / "latest").open("rb") as fh:
+            name = fh.read(256).decode("utf-8", errors="replace").strip()
+        folder = probe.path / name
+        if name and folder.is_dir() and any(p.name.startswith("mp_rank_") for p in folder.iterdir()):
+            return Detection("sat", 0.4, f"SwissArmyTransformer checkpoint without {CONFIG_NAME}")
+    except (OSError, ValueError):  # an unreadable or absurd 'latest' is not ours to judge here
+        pass
     return None
 
 
@@ -74,13 +81,7 @@ def _repartition(req: ConvertRequest) -> None:
     from openllm_hub_glm130b.network.quant import parse_bits
 
     ck = SatCheckpoint.open(req.src)
-    try:
-        tp = int(req.options.get("tp", ck.tp))
-    except (TypeError, ValueError):
-        from openllm_hub.plugin import InvalidParameterError
-
-        raise InvalidParameterError(f"option tp must be an integer, got {req.options.get('tp')!r}",
-                                    where="-o tp=N") from None
+    tp = int(req.options.get("tp", ck.tp))  # validated by RepartitionOptions
     ck.check_world(tp)
     bits = None if req.outtype in (None, "auto") else parse_bits(req.outtype)
     if ck.bits is not None:
@@ -97,6 +98,11 @@ def _quantize(req: QuantizeRequest) -> None:
 
     ck = SatCheckpoint.open(req.src)
     write_into(ck, req.dst, ck.tp, bits=parse_bits(req.scheme), progress=req.progress)
+
+
+class RepartitionOptions(ConverterOptions):
+    tp: int | None = Field(None, ge=1, le=4096, description="tensor-parallel degree of the output (default: "
+                           "the source's)")
 
 
 FAMILY = Family(
@@ -122,6 +128,7 @@ FAMILY = Family(
                   # quantization bounds (~4x / ~3.5x headroom). A chaotic random-init network amplifies
                   # rounding far beyond them, and --verify then refuses, as it should.
                   verify_bounds={"auto": 1e-5, "int8": 1e-2, "int4": 0.15}, exact_outtypes=("auto",),
+                  options=RepartitionOptions,
                   description="re-split for another TP degree (options: tp=N); int8/int4 quantize per shard"),
     ),
     quantizers=(

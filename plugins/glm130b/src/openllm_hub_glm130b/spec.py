@@ -160,19 +160,66 @@ class GLMConfig:
         values = dict(data)
         values.pop("model_type", None)
         tok = values.pop("tokenizer", None)
+        _check_values(values, where)
         spec = TokenizerSpec()
         if tok is not None:
             if not isinstance(tok, dict) or set(tok) - {"type", "path", "id_offset", "commands"}:
                 raise InvalidParameterError("tokenizer must be an object with type, path, id_offset, commands",
                                             where=where)
-            commands = {str(k): int(v) for k, v in (tok.get("commands") or ICETK_COMMANDS).items()}
-            spec = TokenizerSpec(type=str(tok.get("type", "icetk")), path=tok.get("path"),
-                                 id_offset=int(tok.get("id_offset", 0)), commands=commands)
+            spec = _tokenizer_spec(tok, where)
         try:
             cfg = cls(tokenizer=spec, **values)
         except TypeError as exc:
             raise InvalidParameterError(f"invalid config: {exc}", where=where) from None
         return cfg.check(where)
+
+
+#: Bounds of the config's numbers: far beyond any real GLM, small enough that a typo (or a
+#: hostile file) cannot make a check loop over billions of ranks or layers.
+LIMITS: dict[str, tuple[int, int]] = {
+    "num_layers": (1, 10_000), "hidden_size": (1, 1 << 20), "num_attention_heads": (1, 1 << 16),
+    "vocab_size": (1, 1 << 24), "inner_hidden_size": (0, 1 << 22), "max_sequence_length": (1, 1 << 24),
+    "model_parallel_size": (1, 4096),
+}
+
+
+def _check_values(values: dict[str, Any], where: str | Path) -> None:
+    """Types and bounds of the config's numbers and names (before the dataclass sees them)."""
+    for name, (lo, hi) in LIMITS.items():
+        if name in values:
+            v = values[name]
+            if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
+                raise InvalidParameterError(f"{name} must be an integer from {lo} to {hi}, got {v!r}", where=where,
+                                            fix="run `openllm-hub glm130b-init-config` for the published values")
+    eps = values.get("layernorm_epsilon", 1e-5)
+    if not isinstance(eps, (int, float)) or isinstance(eps, bool) or not 0 < eps < 1:
+        raise InvalidParameterError(f"layernorm_epsilon must be a number between 0 and 1, got {eps!r}", where=where)
+    qbits = values.get("quantization_bit_width")
+    if isinstance(qbits, bool):
+        raise InvalidParameterError(f"quantization_bit_width must be null, 8 or 4, got {qbits!r}", where=where)
+    if not isinstance(values.get("dtype", "fp16"), str):
+        raise InvalidParameterError(f"dtype must be one of {', '.join(DTYPES)}, got {values['dtype']!r}", where=where)
+
+
+def _tokenizer_spec(tok: dict[str, Any], where: str | Path) -> TokenizerSpec:
+    """The ``tokenizer`` object, its types checked (names are strings, ids integers)."""
+    def _id(value: Any, what: str) -> int:
+        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 1 << 31:
+            raise InvalidParameterError(f"tokenizer.{what} must be a non-negative integer, got {value!r}",
+                                        where=where)
+        return value
+
+    kind, path = tok.get("type", "icetk"), tok.get("path")
+    if not isinstance(kind, str):
+        raise InvalidParameterError(f"tokenizer.type must be a string, got {kind!r}", where=where)
+    if path is not None and (not isinstance(path, str) or not path or "\0" in path):
+        raise InvalidParameterError(f"tokenizer.path must be a file name, got {path!r}", where=where)
+    commands = tok.get("commands") or ICETK_COMMANDS
+    if not isinstance(commands, dict):
+        raise InvalidParameterError(f"tokenizer.commands must be an object of name -> id, got {commands!r}",
+                                    where=where)
+    return TokenizerSpec(type=kind, path=path, id_offset=_id(tok.get("id_offset", 0), "id_offset"),
+                         commands={str(k): _id(v, f"commands[{k!r}]") for k, v in commands.items()})
 
 
 def read_config(folder: str | Path) -> GLMConfig:
@@ -189,6 +236,10 @@ def read_config(folder: str | Path) -> GLMConfig:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise CorruptFileError(f"invalid JSON: {exc}", where=path) from exc
+    except RecursionError:
+        raise CorruptFileError("invalid JSON: nested too deeply", where=path) from None
+    except OSError as exc:
+        raise CorruptFileError(f"cannot read the config: {exc.strerror or exc}", where=path) from None
     return GLMConfig.from_json(data, where=path)
 
 

@@ -15,7 +15,6 @@ the encoding and the streaming writer are :mod:`openllm_hub.engines.gguf_write`'
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -29,7 +28,7 @@ from openllm_hub.engines.gguf_write import (
     tensor_qtype,
     write_gguf_file,
 )
-from openllm_hub.plugin import TMP_MARK, ConvertRequest
+from openllm_hub.plugin import ConvertRequest, scratch_dir
 from openllm_hub_llama.checkpoint import HFCheckpoint, TensorName, permute_hf_to_meta, row_chunks
 from openllm_hub_llama.tokenizer import add_vocab_to_gguf, load_vocab
 
@@ -102,8 +101,7 @@ def convert_meta_to_gguf(req: ConvertRequest) -> None:
     """Converter entry point: Meta shards -> HF folder (temporary, next to the output) -> GGUF."""
     from openllm_hub_llama.convert_meta import write_hf_from_meta
 
-    with tempfile.TemporaryDirectory(prefix=TMP_MARK, dir=req.dst.parent) as tmp:
-        hf = Path(tmp)
+    with scratch_dir(req.dst) as hf:
         write_hf_from_meta(req.src, hf, "auto", progress=req.progress, options=req.options)
         write_gguf(hf, req.dst, req.outtype or "f16", progress=req.progress,
                    name=req.options.get("name") or req.src.name)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from openllm_hub.plugin import CorruptFileError, InvalidParameterError, NotFoundError
+from openllm_hub.plugin import CorruptFileError, InvalidParameterError, read_text_file
 from openllm_hub_llama.templates import alpaca_prompt
 
 IGNORE_INDEX = -100
@@ -51,15 +51,16 @@ def _record(obj: Any, where: str) -> AlpacaExample:
 def load_alpaca(path: str | Path) -> list[AlpacaExample]:
     """Read an Alpaca JSON (list) or JSONL file; every record is checked."""
     p = Path(path)
-    if not p.is_file():
-        raise NotFoundError("dataset file not found", where=p)
-    text = p.read_text(encoding="utf-8")
+    text = read_text_file(p, what="the dataset")  # missing, a folder, unreadable, not UTF-8: one clear error
     records: list[Any]
     try:
         data = json.loads(text)
         records = data if isinstance(data, list) else [data]
         if isinstance(data, dict) and isinstance(data.get("data"), list):
             records = data["data"]
+    except RecursionError:
+        raise CorruptFileError("the dataset's JSON is nested too deeply", where=p,
+                               fix="use a JSON list of records or one JSON object per line") from None
     except json.JSONDecodeError:
         records = []
         for i, line in enumerate(text.splitlines(), 1):
@@ -67,7 +68,7 @@ def load_alpaca(path: str | Path) -> list[AlpacaExample]:
                 continue
             try:
                 records.append(json.loads(line))
-            except json.JSONDecodeError as exc:
+            except (json.JSONDecodeError, RecursionError) as exc:
                 raise CorruptFileError(f"line {i} is not JSON: {exc}", where=p,
                                        fix="use a JSON list of records or one JSON object per line") from exc
     examples = [_record(r, f"{p} (example {i})") for i, r in enumerate(records)]

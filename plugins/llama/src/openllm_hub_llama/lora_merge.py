@@ -32,7 +32,6 @@ writing it, as any torch.save of that layout does.
 from __future__ import annotations
 
 import shutil
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -40,7 +39,6 @@ from typing import TYPE_CHECKING, Any
 
 from openllm_hub.engines.hf_folder import SafetensorsWriter, shard_file_name, write_index
 from openllm_hub.plugin import (
-    TMP_MARK,
     ConversionError,
     ConvertRequest,
     CorruptFileError,
@@ -48,6 +46,7 @@ from openllm_hub.plugin import (
     MergeRequest,
     NotFoundError,
     Progress,
+    scratch_dir,
     write_json,
 )
 from openllm_hub_llama.checkpoint import (
@@ -369,8 +368,7 @@ def write_pth(base: _Base, plan: MergePlan, dst: Path, *, progress: bool = False
     from openllm_hub_llama.convert_meta import convert_hf_to_meta
 
     shards = meta_shard_count(base)
-    with tempfile.TemporaryDirectory(prefix=TMP_MARK, dir=dst.parent) as tmp:
-        hf = Path(tmp)
+    with scratch_dir(dst) as hf:
         write_hf(base, plan, hf, progress=progress)
         base.release()
         convert_hf_to_meta(ConvertRequest(src=hf, dst=dst, source_format="hf", outtype="auto", progress=progress,

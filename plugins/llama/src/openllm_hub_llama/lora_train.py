@@ -391,15 +391,13 @@ class _Trainer:
 
     def _write_adapter(self) -> None:
         """The final adapter in ``OUT`` itself: weights first, config last (each renamed into place)."""
-        import tempfile
+        from openllm_hub.plugin import scratch_dir
 
-        from openllm_hub.plugin import TMP_MARK
-
-        with tempfile.TemporaryDirectory(prefix=TMP_MARK, dir=self.out) as tmp:
-            self.model.save_pretrained(tmp)
+        with scratch_dir(self.out / "adapter") as tmp:
+            self.model.save_pretrained(str(tmp))
             for name in ("adapter_model.safetensors", "README.md", "adapter_config.json"):
-                if (Path(tmp) / name).is_file():
-                    os.replace(Path(tmp) / name, self.out / name)
+                if (tmp / name).is_file():
+                    os.replace(tmp / name, self.out / name)
 
 
 def train_lora(cfg: TrainConfig, *, resume: bool = False, progress: bool | None = None) -> TrainResult:

@@ -10,12 +10,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from openllm_hub.engines.llama_cpp import device_rows
 from openllm_hub.engines.llama_cpp_quantize import gguf_quantizer
 from openllm_hub.plugin import (
     Converter,
+    ConverterOptions,
     ConvertRequest,
     Detection,
     DeviceSupport,
@@ -117,6 +118,27 @@ def _lazy(module: str, func: str) -> Callable[..., None]:
     return run
 
 
+class MetaToHfOptions(ConverterOptions):
+    """Options of meta -> hf (and of meta -> gguf, which goes through an HF folder)."""
+
+    context_length: int | None = Field(None, ge=1, le=1 << 24, description="config's max_position_embeddings "
+                                       "(default 2048 for LLaMA-1, 4096 for Llama-2)")
+    max_shard_size: int | None = Field(None, ge=1, description="bytes per safetensors shard")
+
+
+class HfToMetaOptions(ConverterOptions):
+    shards: int | None = Field(None, ge=1, le=1024, description="consolidated.NN.pth files (default: Meta's "
+                               "count for the size)")
+
+
+class ToGgufOptions(ConverterOptions):
+    name: str | None = Field(None, max_length=1000, description="general.name written into the GGUF")
+
+
+class MetaToGgufOptions(MetaToHfOptions, ToGgufOptions):
+    pass
+
+
 FAMILY = Family(
     name="llama",
     memory=memory.read, published_shapes=memory.PUBLISHED,
@@ -139,22 +161,22 @@ FAMILY = Family(
         Converter("meta", "hf", _lazy("convert_meta", "convert_meta_to_hf"), output_is_dir=True,
                   outtypes=("f32", "f16", "bf16", "auto"), default_outtype="auto",
                   verify_bounds=META_HF_BOUNDS, exact_outtypes=("auto", "f32"),
-                  source_load_options={"convert": True},
+                  source_load_options={"convert": True}, options=MetaToHfOptions,
                   description="Meta consolidated.NN.pth shards -> HuggingFace folder (sharded safetensors)"),
         Converter("hf", "meta", _lazy("convert_meta", "convert_hf_to_meta"), output_is_dir=True,
                   outtypes=("auto",), default_outtype="auto", verify_bounds={"auto": 1e-6},
                   exact_outtypes=("auto",),
-                  target_load_options={"convert": True},
+                  target_load_options={"convert": True}, options=HfToMetaOptions,
                   description="HuggingFace folder -> Meta layout (params.json, consolidated.NN.pth); "
                               "-o shards=N, default Meta's count for the size (7B 1, 13B 2, 30B 4, 65B/70B 8)"),
         Converter("hf", "gguf", _lazy("convert_gguf", "convert_hf_to_gguf"), outtypes=GGUF_OUTTYPES,
                   default_outtype="f16", verify_bounds=GGUF_BOUNDS, exact_outtypes=("f32",),
-                  target_load_options={"kv_cache_type": "f32"},
+                  target_load_options={"kv_cache_type": "f32"}, options=ToGgufOptions,
                   description="HuggingFace folder -> GGUF (f32, f16, bf16, q8_0) with tokenizer"),
         Converter("meta", "gguf", _lazy("convert_gguf", "convert_meta_to_gguf"), outtypes=GGUF_OUTTYPES,
                   default_outtype="f16", source_load_options={"convert": True},
                   verify_bounds=GGUF_BOUNDS, exact_outtypes=("f32",),
-                  target_load_options={"kv_cache_type": "f32"},
+                  target_load_options={"kv_cache_type": "f32"}, options=MetaToGgufOptions,
                   description="Meta shards -> GGUF (through an HF folder in a temporary directory)"),
     ),
     quantizers=(gguf_quantizer(),),

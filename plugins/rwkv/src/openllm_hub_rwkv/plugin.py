@@ -9,8 +9,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from pydantic import Field
+
 from openllm_hub.plugin import (
     Converter,
+    ConverterOptions,
     ConvertRequest,
     Detection,
     DeviceSupport,
@@ -99,6 +102,12 @@ def _lazy(func: str) -> Callable[[ConvertRequest], None]:
 #: for long prompts. f16/bf16 outputs round every weight (bf16: 8 bits of mantissa).
 _BOUNDS = {"auto": 1e-4, "f32": 1e-4, "f16": 2e-2, "bf16": 1e-1}
 
+class PthToHfOptions(ConverterOptions):
+    tokenizer: str | None = Field(None, description="auto, world, or a tokenizers JSON file")
+    context_length: int | None = Field(None, ge=1, le=1 << 24, description="config's context length (default: "
+                                       "from the file name, else 1024)")
+
+
 FAMILY = Family(
     name="rwkv",
     memory=memory.read, published_shapes=memory.PUBLISHED,
@@ -117,7 +126,7 @@ FAMILY = Family(
     ),
     converters=(
         Converter("rwkv-pth", "hf", _lazy("convert_pth_to_hf"), outtypes=OUTTYPES, default_outtype="auto",
-                  output_is_dir=True, verify_bounds=_BOUNDS,
+                  output_is_dir=True, verify_bounds=_BOUNDS, options=PthToHfOptions,
                   description="RWKV-4 .pth -> transformers RwkvForCausalLM folder (config.json, model.safetensors)"),
         Converter("hf", "rwkv-pth", _lazy("convert_hf_to_pth"), outtypes=OUTTYPES, default_outtype="auto",
                   verify_bounds=_BOUNDS,
