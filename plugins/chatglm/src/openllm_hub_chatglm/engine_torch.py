@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from openllm_hub.engines.finite import finite_tensors
 from openllm_hub.engines.torch_quant import resident_bytes
 from openllm_hub.plugin import (
     GenerationConfig,
@@ -136,7 +137,7 @@ def load_chatglm(req: LoadRequest[ChatGLMOptions]) -> ChatGLMModel:
         torch.set_num_threads(placement.threads)
     plan = quant_plan(spec, opts.quantize, opts.quantize_embeddings, dtype)
     net = build_network(spec, dtype, plan, device)
-    net.load_tensors(iter_tensors(folder))
+    net.load_tensors(finite_tensors(iter_tensors(folder), folder))  # NaN/Inf weights refused by name
     net.eval()
     kernel_layers = use_cpu_int4_kernels(net) if plan.bits == 4 and dtype == torch.bfloat16 else 0
     cap = context_cap(opts)
