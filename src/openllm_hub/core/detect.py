@@ -129,7 +129,7 @@ class Probe:
                     loaded = json.loads((self.path / name).read_text(encoding="utf-8"))
                     value = loaded if isinstance(loaded, dict) else None
                     self._note(f"{name}" + (f" (model_type={value.get('model_type')!r})" if value else ""))
-                except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+                except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
                     self._note(f"{name} (unreadable)")
             self.__dict__[key] = value
         return self.__dict__[key]  # type: ignore[no-any-return]

@@ -5,9 +5,8 @@ notes), a load report (missing/unexpected keys) and a "Loading weights" bar on s
 front of the SDK's own one-line messages. Every call site that hands work to those libraries
 (LLaMA's transformers engine, LoRA training and merging, RWKV's transformers engine) wraps it
 in :func:`hf_quiet`, so stderr carries only what the SDK itself says. With ``--debug``
-(``OPENLLM_HUB_DEBUG`` set, which the CLI also sets for ``--debug``) nothing is silenced.
-The libraries' own progress bar is shown only where the SDK shows progress
-(:func:`openllm_hub.core.progress.progress_enabled`) and debugging is on.
+(or ``OPENLLM_HUB_DEBUG`` set) nothing is silenced. The SDK's own progress bars
+(:mod:`openllm_hub.core.progress`) are not affected.
 
 transformers is imported inside :func:`hf_quiet` only.
 """
@@ -17,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sys
 import warnings
 from collections.abc import Iterator
 from typing import Any
@@ -26,17 +26,16 @@ _LOGGERS = ("transformers", "peft", "accelerate", "huggingface_hub", "safetensor
 
 
 def debug_enabled() -> bool:
-    """Whether library output should be shown: ``OPENLLM_HUB_DEBUG`` is set (``--debug``)."""
-    return bool(os.environ.get("OPENLLM_HUB_DEBUG"))
+    """Whether library output should be shown: ``OPENLLM_HUB_DEBUG`` is set, or the process
+    runs the CLI with ``--debug``."""
+    return bool(os.environ.get("OPENLLM_HUB_DEBUG")) or "--debug" in sys.argv[1:]
 
 
 @contextlib.contextmanager
-def hf_quiet(*, progress: bool = False) -> Iterator[None]:
+def hf_quiet() -> Iterator[None]:
     """Run the block with transformers/peft warnings, load reports and progress bars off.
 
-    ``progress`` keeps transformers' weight-loading bar (the caller passes
-    ``progress_enabled()`` where a bar is wanted on a terminal). Under ``--debug`` the block
-    runs untouched. Levels and filters are restored afterwards.
+    Under ``--debug`` the block runs untouched. Levels and filters are restored afterwards.
     """
     if debug_enabled():
         yield
@@ -54,7 +53,7 @@ def hf_quiet(*, progress: bool = False) -> Iterator[None]:
             logging.getLogger(name).setLevel(logging.ERROR)
         if hf_logging is not None:
             hf_logging.set_verbosity_error()
-            (hf_logging.enable_progress_bar if progress else hf_logging.disable_progress_bar)()
+            hf_logging.disable_progress_bar()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             yield

@@ -423,6 +423,17 @@ def check_hf_tensors(folder: Path, cfg: HFLlamaConfig, raw: Mapping[str, Any],
                                    where=folder, fix="use the config.json that belongs to these weights")
 
 
+def check_hf_folder(folder: Path) -> tuple[dict[str, Any], HFLlamaConfig]:
+    """Everything transformers would read from an HF LLaMA folder, checked before it does:
+    ``config.json`` (bounded numbers), the weight files (index, shards, safetensors headers)
+    and the stored tensors against the config. Returns the raw and the validated config."""
+    raw, checked = read_hf_config(folder)
+    weights = HFFolder(folder)
+    check_hf_tensors(folder, checked, raw, weights.tensor_shapes())
+    weights.release()
+    return raw, checked
+
+
 # ---- HuggingFace folders -------------------------------------------------------------------------
 @dataclass(frozen=True)
 class TensorInfo:

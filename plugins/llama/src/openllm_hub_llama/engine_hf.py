@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from openllm_hub.engines.finite import check_finite
-from openllm_hub.engines.hf_folder import HFFolder
 from openllm_hub.engines.hf_quiet import hf_quiet
 from openllm_hub.plugin import (
     CorruptFileError,
@@ -29,10 +28,9 @@ from openllm_hub.plugin import (
     UnsafeCheckpointError,
     generate_tokens,
     join_pieces,
-    progress_enabled,
     read_json,
 )
-from openllm_hub_llama.checkpoint import check_hf_tensors, read_hf_config
+from openllm_hub_llama.checkpoint import check_hf_folder
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
@@ -188,11 +186,8 @@ def load_hf(req: LoadRequest[LlamaOptions]) -> HFModel:
     p = req.placement
     if not (folder / "config.json").is_file():
         raise NotFoundError("config.json is missing", where=folder)
-    raw, checked = read_hf_config(folder)
+    check_hf_folder(folder)  # config.json, index, shards, headers, tensors against the config
     tok = SentencePieceTokenizer(folder)
-    weights = HFFolder(folder)  # index, shards and safetensors headers checked
-    check_hf_tensors(folder, checked, raw, weights.tensor_shapes())
-    weights.release()
     try:
         with hf_quiet():
             config = LlamaConfig.from_pretrained(folder, local_files_only=True)
@@ -215,7 +210,7 @@ def load_hf(req: LoadRequest[LlamaOptions]) -> HFModel:
     elif p.kind == "cuda":  # straight onto the GPU, never a full copy in host memory
         kwargs["device_map"] = {"": f"cuda:{p.gpu_ids[0] if p.gpu_ids else 0}"}
     try:
-        with hf_quiet(progress=progress_enabled()):
+        with hf_quiet():
             model: Any = LlamaForCausalLM.from_pretrained(folder, **kwargs)
     except pickle.UnpicklingError as exc:
         raise UnsafeCheckpointError("refusing to load: the checkpoint needs code execution to unpickle",

@@ -158,7 +158,8 @@ def read_adapter_config(path: Path) -> dict[str, Any]:
                                 "(or adapter_model.bin), as PeftModel.save_pretrained writes them")
     cfg = read_json(cfg_path)
     if not isinstance(cfg, dict):
-        raise CorruptFileError("adapter_config.json must hold an object", where=cfg_path)
+        raise CorruptFileError("adapter_config.json must hold an object", where=cfg_path,
+                               fix="restore adapter_config.json as PeftModel.save_pretrained wrote it")
     ptype = str(cfg.get("peft_type", "")).upper()
     if ptype != "LORA":
         raise _refuse(cfg_path, f"adapter type {cfg.get('peft_type')!r} is not supported; only LoRA (peft_type LORA) "
