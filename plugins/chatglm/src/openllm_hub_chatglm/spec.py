@@ -223,7 +223,8 @@ def read_spec(path: Path, cfg: dict[str, Any], requested: str = "auto") -> GLMSp
             max_length=_opt_int(cfg, "max_sequence_length", 2048, where), quantization_bit=qbit, torch_dtype=dtype,
             mask_token_id=_token(cfg, "mask_token_id", vocab, where),
             gmask_token_id=_token(cfg, "gmask_token_id", vocab, where),
-            bos_token_id=_token(cfg, "bos_token_id", vocab, where), eos_token_id=_token(cfg, "eos_token_id", vocab, where),
+            bos_token_id=_token(cfg, "bos_token_id", vocab, where),
+            eos_token_id=_token(cfg, "eos_token_id", vocab, where),
             raw=dict(cfg),
         )
     for key, want in _V2_REQUIRED.items():
@@ -236,16 +237,16 @@ def read_spec(path: Path, cfg: dict[str, Any], requested: str = "auto") -> GLMSp
     if heads % groups or head_dim % 4:
         raise CorruptFileError("num_attention_heads must divide into multi_query_group_num groups and kv_channels "
                                "by 4", where=where)
-    vocab = cfg.get("padded_vocab_size") or cfg.get("vocab_size")
-    if not isinstance(vocab, int) or isinstance(vocab, bool) or vocab <= 0:
-        raise CorruptFileError(f"config.json: 'padded_vocab_size' must be a positive integer, got {vocab!r}",
+    vocab2: Any = cfg.get("padded_vocab_size") or cfg.get("vocab_size")
+    if not isinstance(vocab2, int) or isinstance(vocab2, bool) or vocab2 <= 0:
+        raise CorruptFileError(f"config.json: 'padded_vocab_size' must be a positive integer, got {vocab2!r}",
                                where=where, fix="restore config.json from the checkpoint's source")
     eos = cfg.get("eos_token_id", 2)
-    if isinstance(eos, int) and not isinstance(eos, bool) and not 0 <= eos < vocab:
-        raise CorruptFileError(f"config.json: 'eos_token_id' must be a token id in [0, {vocab}), got {eos!r}",
+    if isinstance(eos, int) and not isinstance(eos, bool) and not 0 <= eos < vocab2:
+        raise CorruptFileError(f"config.json: 'eos_token_id' must be a token id in [0, {vocab2}), got {eos!r}",
                                where=where, fix="restore config.json from the checkpoint's source")
     return GLMSpec(
-        variant=variant, vocab_size=vocab, hidden_size=hidden, num_layers=_int(cfg, "num_layers", where),
+        variant=variant, vocab_size=vocab2, hidden_size=hidden, num_layers=_int(cfg, "num_layers", where),
         num_heads=heads, head_dim=head_dim, num_kv_heads=groups, ffn_size=_int(cfg, "ffn_hidden_size", where),
         eps=_opt_float(cfg, "layernorm_epsilon", 1e-5, where, below=1.0),
         qkv_bias=bool(cfg.get("add_qkv_bias", True) or cfg.get("add_bias_linear", False)),
