@@ -1,13 +1,18 @@
 """Safe reading and atomic writing of checkpoint files.
 
-Two promises of the SDK live here:
+Three promises of the SDK live here:
 
 * nothing half-written: every output goes to a temporary sibling and is renamed into place
   only when complete (:func:`atomic_output`); inputs are never overwritten
   (:func:`check_destination`);
 * no code from a checkpoint: tensors are read with safetensors or
   ``torch.load(weights_only=True)`` (:func:`load_torch_checkpoint`), and a pickle that
-  needs anything else is refused with :class:`UnsafeCheckpointError`.
+  needs anything else is refused with :class:`UnsafeCheckpointError`;
+* one clear error for every malformed input at the boundary: JSON files (:func:`read_json`:
+  bad syntax, bad UTF-8, nesting deep enough to exhaust the parser), safetensors headers
+  (:func:`read_safetensors_header`), torch files (random bytes, empty, truncated), paths that
+  are folders, symlink loops, over-long names or unreadable (:func:`open_input`), and config
+  files validated by a family's pydantic model (:func:`parse_config`).
 
 torch is imported only inside the functions that need it.
 """

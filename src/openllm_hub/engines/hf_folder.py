@@ -12,7 +12,9 @@ lives in one place, one function per check (the ``check_*`` functions below): th
 ``weight_map`` is well-formed, every shard it names is a plain file name inside the folder,
 every such shard exists, and each shard holds exactly the tensors the index places in it.
 A failed check raises an :class:`~openllm_hub.errors.OpenLLMHubError` naming the file (and
-the tensor) and how to fix it.
+the tensor) and how to fix it. Each safetensors header is validated by
+:func:`openllm_hub.core.io.read_safetensors_header` (offsets tiling the data exactly, dtypes,
+shapes against byte sizes), so ``safetensors`` itself never sees a header it would reject.
 
 torch and safetensors are imported inside the functions that need them.
 """
@@ -257,7 +259,7 @@ class _SafetensorsShard(Mapping[str, "torch.Tensor"]):
                 self._handle = safe_open(str(self.path), framework="pt", device="cpu")
             tensor: torch.Tensor = self._handle.get_tensor(name)
             return tensor
-        except (OSError, ValueError, RuntimeError) as exc:
+        except Exception as exc:  # safetensors.SafetensorError, OSError, ...: never past this boundary
             raise CorruptFileError(f"cannot read tensor {name!r} from the safetensors shard: {exc}", where=self.path,
                                    fix="download the shard again") from exc
 
