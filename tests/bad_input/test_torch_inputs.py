@@ -517,7 +517,7 @@ case("glm-num-image-tokens-negative", cli=True)(glm("v1", lambda f: cfg_edit(f /
 case("glm-num-image-tokens-string")(glm("v1", lambda f: cfg_edit(f / "tokenizer_config.json",
                                                                num_image_tokens="0")))
 case("glm-v1-inner-hidden-string")(glm("v1", lambda f: cfg_edit(f / "config.json", inner_hidden_size="256")))
-case("glm-v1-mask-token-outside-vocab")(glm("v1", lambda f: cfg_edit(f / "config.json", mask_token_id=10**9)))
+case("glm-v1-mask-token-negative")(glm("v1", lambda f: cfg_edit(f / "config.json", mask_token_id=-1)))
 case("glm-v1-max-sequence-length-negative")(glm("v1", lambda f: cfg_edit(f / "config.json",
                                                                       max_sequence_length=-1)))
 case("glm-hidden-size-string")(glm("v2", lambda f: cfg_edit(f / "config.json", hidden_size="64")))
@@ -525,7 +525,7 @@ case("glm-layernorm-eps-string")(glm("v2", lambda f: cfg_edit(f / "config.json",
 case("glm-seq-length-negative")(glm("v2", lambda f: cfg_edit(f / "config.json", seq_length=-1)))
 case("glm-kv-channels-zero")(glm("v2", lambda f: cfg_edit(f / "config.json", kv_channels=0)))
 case("glm-rope-ratio-negative")(glm("v2", lambda f: cfg_edit(f / "config.json", rope_ratio=-1)))
-case("glm-eos-outside-vocab")(glm("v2", lambda f: cfg_edit(f / "config.json", eos_token_id=10**9)))
+case("glm-eos-string")(glm("v2", lambda f: cfg_edit(f / "config.json", eos_token_id="2")))
 case("glm-config-list")(glm("v2", lambda f: (f / "config.json").write_text('["chatglm"]')))
 case("glm-nan-weight", cli=True)(glm("v2", lambda f: state_edit(
     f / "model.safetensors", poison("transformer.encoder.layers.0.mlp.dense_4h_to_h.weight"))))
