@@ -52,6 +52,7 @@ class Bases:
     glm2: Path  # ChatGLM2 layout
     rwkv: Path  # RWKV-5.2 .pth
     rwkv4: Path  # RWKV-4 .pth
+    rwkv_hf: Path  # the RWKV-4 as a transformers folder
     glm130b_cfg: Any  # GLM-130B tiny config, tokenizer in glm130b_tok
     glm130b_tok: Path
 
@@ -93,11 +94,12 @@ def bases(tmp_path_factory: pytest.TempPathFactory) -> Bases:
     glm2 = build_glm(root / "glm2", "chatglm2", layers=1)
     rwkv = build_rwkv(root / "tiny-rwkv.pth", "5.2", n_layer=2, n_embd=64)
     rwkv4 = build_rwkv(root / "tiny-rwkv4.pth", "4", n_layer=2, n_embd=64)
+    rwkv_hf = openllm_hub.convert(rwkv4, root / "rwkv-hf", to="hf").path
     tok = train_tokenizer(root / "glm130b-tokenizer.model")
     import sentencepiece as spm
 
     pieces = spm.SentencePieceProcessor(model_file=str(tok)).get_piece_size()
-    return Bases(hf, hf_bin, hf_sharded, meta, adapter, glm1, glm2, rwkv, rwkv4,
+    return Bases(hf, hf_bin, hf_sharded, meta, adapter, glm1, glm2, rwkv, rwkv4, rwkv_hf,
                  tiny_config(tp=1, pieces=pieces, layers=2), tok)
 
 
@@ -569,6 +571,38 @@ def _(b: Bases, tmp: Path) -> tuple[str, tuple[Any, ...]]:
     return "load", (tmp / "x.pth",)
 
 
+def rwkv_hf(edit: Callable[[Path], object], action: str = "load",
+            ) -> Callable[[Bases, Path], tuple[str, tuple[Any, ...]]]:
+    def make(b: Bases, tmp: Path) -> tuple[str, tuple[Any, ...]]:
+        folder = copy(b.rwkv_hf, tmp)
+        edit(folder)
+        return (action, (folder,)) if action == "load" else ("convert", (folder, tmp / "out.pth", "rwkv-pth"))
+    return make
+
+
+case("rwkv-hf-missing-tensor", cli=True)(rwkv_hf(lambda f: state_edit(
+    f / "model.safetensors", lambda sd: sd.pop("rwkv.blocks.1.attention.key.weight"))))
+case("rwkv-hf-nan-weight")(rwkv_hf(lambda f: state_edit(
+    f / "model.safetensors", poison("rwkv.blocks.0.feed_forward.value.weight"))))
+case("rwkv-hf-vocab-size-string")(rwkv_hf(lambda f: cfg_edit(f / "config.json", vocab_size="65536")))
+case("rwkv-hf-overlapping-offsets")(rwkv_hf(lambda f: st_edit(f / "model.safetensors", _overlap)))
+case("rwkv-convert-layers-string")(rwkv_hf(lambda f: cfg_edit(f / "config.json", num_hidden_layers="2"),
+                                           action="convert"))
+case("rwkv-convert-truncated")(rwkv_hf(lambda f: (f / "model.safetensors").write_bytes(
+    (f / "model.safetensors").read_bytes()[:-64]), action="convert"))
+
+
+@case("rwkv-state-file-overlapping-offsets")
+def _(b: Bases, tmp: Path) -> tuple[str, tuple[Any, ...]]:
+    from safetensors.torch import save_file
+
+    state = tmp / "state.safetensors"
+    save_file({"s0.ids": torch.zeros(4, dtype=torch.int64), "s0.logits": torch.zeros(8)}, str(state),
+              metadata={"format": "openllm-hub-rwkv-state"})
+    st_edit(state, _overlap)
+    return "rwkv_state", (b.rwkv, state)
+
+
 # GLM-130B ---------------------------------------------------------------------------------------------------
 @case("glm130b-nan-weight", cli=True)
 def _(b: Bases, tmp: Path) -> tuple[str, tuple[Any, ...]]:
@@ -595,6 +629,9 @@ def run_api(action: str, args: tuple[Any, ...]) -> None:
         openllm_hub.convert(args[0], args[1], to=args[2], outtype="f32" if args[2] == "gguf" else None)
     elif action == "merge":
         openllm_hub.merge_lora(args[0], [args[1]], args[2])
+    elif action == "rwkv_state":
+        with openllm_hub.load(args[0], device="cpu") as model:
+            model.load_state(args[1])  # type: ignore[attr-defined]
     elif action == "header":
         read_safetensors_header(args[0])
     elif action == "json":

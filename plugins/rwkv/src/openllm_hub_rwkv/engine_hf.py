@@ -150,9 +150,10 @@ def load_transformers(req: LoadRequest[RwkvOptions]) -> TransformersRwkvModel:
         sd = pth_state_to_hf(load_torch_checkpoint(path))
         # clone: transformers rescales weights in place; never write into a memory-mapped file
         sd = {k: v.to(torch_dtype).clone() for k, v in sd.items()}
-        config = RwkvConfig.from_dict(hf_config(arch, context_length=1024, dtype=_DTYPES[dtype]))
-        with torch.device("meta"):
-            model = RwkvForCausalLM(config)
+        with hf_quiet():
+            config = RwkvConfig.from_dict(hf_config(arch, context_length=1024, dtype=_DTYPES[dtype]))
+            with torch.device("meta"):
+                model = RwkvForCausalLM(config)
         try:
             model.load_state_dict(sd, strict=True, assign=True)
         except RuntimeError as exc:
