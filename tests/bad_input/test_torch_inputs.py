@@ -620,6 +620,31 @@ def _(b: Bases, tmp: Path) -> tuple[str, tuple[Any, ...]]:
     return "load", (dst,)
 
 
+def glm130b(edit: Callable[[dict[str, Any]], object]) -> Callable[[Bases, Path], tuple[str, tuple[Any, ...]]]:
+    def make(b: Bases, tmp: Path) -> tuple[str, tuple[Any, ...]]:
+        from openllm_hub_glm130b.checkpoint import write_sat
+        from openllm_hub_glm130b.tiny import random_state, split_state
+
+        dst = tmp / "glm130b"
+        dst.mkdir()
+        shutil.copyfile(b.glm130b_tok, dst / "tokenizer.model")
+        write_sat(dst, b.glm130b_cfg, split_state(random_state(b.glm130b_cfg, 0), 1), iteration="1000")
+        cfg_path = dst / "glm130b_config.json"
+        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+        edit(cfg)
+        cfg_path.write_text(json.dumps(cfg), encoding="utf-8")
+        return "load", (dst,)
+    return make
+
+
+case("glm130b-hidden-size-string")(glm130b(lambda c: c.update(hidden_size="64")))
+case("glm130b-layernorm-eps-string")(glm130b(lambda c: c.update(layernorm_epsilon="abc")))
+case("glm130b-layernorm-eps-nan")(glm130b(lambda c: c.update(layernorm_epsilon=float("nan"))))
+case("glm130b-commands-list")(glm130b(lambda c: c["tokenizer"].update(commands=[1, 2])))
+case("glm130b-id-offset-string")(glm130b(lambda c: c["tokenizer"].update(id_offset="20000")))
+case("glm130b-heads-zero")(glm130b(lambda c: c.update(num_attention_heads=0)))
+
+
 # ---- running them -----------------------------------------------------------------------------------------
 def run_api(action: str, args: tuple[Any, ...]) -> None:
     if action == "load":
