@@ -446,6 +446,20 @@ def _(b: Bases, tmp: Path) -> tuple[str, tuple[Any, ...]]:
     return "convert", (folder, tmp / "out.gguf", "gguf")
 
 
+def hf_convert_state(to: str, edit: Callable[[dict[str, torch.Tensor]], object],
+                     ) -> Callable[[Bases, Path], tuple[str, tuple[Any, ...]]]:
+    def make(b: Bases, tmp: Path) -> tuple[str, tuple[Any, ...]]:
+        folder = copy(b.hf, tmp)
+        state_edit(folder / "model.safetensors", edit)
+        return "convert", (folder, tmp / ("out.gguf" if to == "gguf" else "out"), to)
+    return make
+
+
+case("convert-gguf-nan-weight")(hf_convert_state("gguf", poison("model.layers.1.self_attn.o_proj.weight")))
+case("convert-meta-inf-weight")(hf_convert_state("meta", poison("lm_head.weight", float("-inf"))))
+case("convert-gguf-missing-tensor")(hf_convert_state("gguf", lambda sd: sd.pop("model.layers.0.mlp.up_proj.weight")))
+
+
 # Meta checkpoints -----------------------------------------------------------------------------------------
 def meta(edit: Callable[[Path], object]) -> Callable[[Bases, Path], tuple[str, tuple[Any, ...]]]:
     def make(b: Bases, tmp: Path) -> tuple[str, tuple[Any, ...]]:
@@ -465,6 +479,7 @@ case("meta-params-deep")(meta(lambda f: (f / "params.json").write_text(DEEP)))
 case("meta-params-list")(meta(lambda f: (f / "params.json").write_text("[]")))
 case("meta-shard-random-bytes")(meta(lambda f: (f / "consolidated.00.pth").write_bytes(os.urandom(2048))))
 case("meta-shard-empty")(meta(lambda f: (f / "consolidated.00.pth").write_bytes(b"")))
+case("meta-nan-weight")(meta(lambda f: state_edit(f / "consolidated.00.pth", poison("layers.1.attention.wv.weight"))))
 
 
 # LoRA adapters (merge-lora) -------------------------------------------------------------------------------

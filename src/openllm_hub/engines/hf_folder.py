@@ -27,7 +27,7 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import TYPE_CHECKING, Any, Literal
 
 from openllm_hub.core.io import load_torch_checkpoint, read_json, read_safetensors_header, write_json
-from openllm_hub.errors import ConversionError, CorruptFileError, NotFoundError
+from openllm_hub.errors import ConversionError, CorruptFileError, NotFoundError, OpenLLMHubError
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -301,6 +301,7 @@ def write_hf_weights(folder: Path, groups: Sequence[Mapping[str, torch.Tensor]],
         part = {n: t.contiguous() for n, t in group.items()}
         if kind == "safetensors":
             save_file(part, str(folder / fname), metadata={"format": "pt"})
+            _check_written(folder / fname)
         else:
             torch.save(part, folder / fname)
         weight_map.update(dict.fromkeys(group, fname))
@@ -332,6 +333,7 @@ class SafetensorsWriter:
             offset += n
         raw = json.dumps(header, separators=(",", ":")).encode()
         raw += b" " * (-len(raw) % 8)
+        self.path = path
         self._fh = path.open("wb")
         self._fh.write(len(raw).to_bytes(8, "little") + raw)
         self._next = 0
@@ -347,10 +349,27 @@ class SafetensorsWriter:
         self._next += 1
 
     def close(self) -> None:
+        """Close the file; when every tensor was written, read its header back. Called from a
+        ``finally`` while an error propagates, it only closes (the error is what the user sees)."""
+        import sys
+
         complete = self._next == len(self._order)
         self._fh.close()
+        if sys.exc_info()[1] is not None:
+            return
         if not complete:
             raise ConversionError("internal: safetensors file closed before every tensor was written")
+        _check_written(self.path)
+
+
+def _check_written(path: Path) -> None:
+    """Read back the header of a safetensors file just written (offsets, sizes, file length)
+    before it is renamed into place, so a short write is never published."""
+    try:
+        read_safetensors_header(path)
+    except OpenLLMHubError as exc:
+        raise ConversionError(f"the written file does not read back: {exc.what}", where=path,
+                              fix="check the free space of the destination's disk and retry") from None
 
 
 __all__ = [

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Annotated, Any, BinaryIO, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, model_validator
 
+from openllm_hub.engines.finite import check_finite
 from openllm_hub.engines.hf_folder import HFFolder
 from openllm_hub.plugin import (
     ConversionError,
@@ -549,7 +550,9 @@ class HFCheckpoint:
         stop = rows if stop is None else min(stop, rows)
         if self.format == "bin":
             t = self.folder.shard(info.file)[name]
-            return t[start:stop] if t.dim() else t
+            t = t[start:stop] if t.dim() else t
+            check_finite(name, t, info.file)
+            return t
         row_elems = 1
         for d in info.shape[1:]:
             row_elems *= d
@@ -560,6 +563,7 @@ class HFCheckpoint:
             _read_into(fh, memoryview(buf), info.offset + start * row_elems * item, info.file)
         t = torch.frombuffer(buf, dtype=torch_dtype_of(info.dtype)) if nbytes else \
             torch.empty(0, dtype=torch_dtype_of(info.dtype))
+        check_finite(name, t, info.file)  # converters and mergers never carry NaN/Inf weights along
         return t.reshape((stop - start, *info.shape[1:]) if info.shape else ())
 
     def read_numpy(self, name: str, start: int = 0, stop: int | None = None) -> np.ndarray:
@@ -585,6 +589,10 @@ class HFCheckpoint:
         if out.size:
             with info.file.open("rb", buffering=0) as fh:
                 _read_into(fh, out.view(np.uint8).data, info.offset + start * row_elems * item, info.file)
+            finite = bool(((out & 0x7F80) != 0x7F80).all()) if info.dtype == "BF16" else bool(np.isfinite(out).all())
+            if not finite:
+                raise CorruptFileError(f"tensor {name!r} holds NaN or Inf values", where=info.file,
+                                       fix="the weights are damaged; download or convert the checkpoint again")
         return out.reshape((stop - start, *info.shape[1:]) if info.shape else ())
 
     def release(self) -> None:
@@ -698,6 +706,8 @@ class MetaCheckpoint:
         import torch
 
         pieces = [s[t.meta] for s in self.shards]
+        for i, piece in enumerate(pieces):
+            check_finite(t.meta, piece, self.shard_files[i])
         if t.meta_split is None:
             for i, piece in enumerate(pieces[1:], 1):
                 if not torch.equal(piece, pieces[0]):

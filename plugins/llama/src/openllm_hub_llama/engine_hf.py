@@ -4,13 +4,13 @@ Weights load with ``local_files_only`` and ``weights_only`` (no network, no code
 checkpoint, never ``trust_remote_code``); grouped-query attention, tied embeddings and rope
 settings come from ``config.json`` through transformers. Tokens come from the folder's
 ``tokenizer.model`` through sentencepiece, which is what the GGUF side reproduces, so both
-engines give the same ids for the same text.
+engines give the same ids for the same text. Generation is the core's KV-cache loop
+(:func:`openllm_hub.core.generate.generate_tokens`) over a ``DynamicCache``.
 
 Before transformers sees the folder, ``config.json`` is validated (bounded numbers) and the
 stored tensors are checked against it (:func:`openllm_hub_llama.checkpoint.check_hf_folder`):
 transformers would otherwise run a missing tensor as random numbers. After loading, a NaN or
-Inf weight is refused by name; library warnings and bars stay off stderr unless ``--debug``. Generation is the core's KV-cache loop
-(:func:`openllm_hub.core.generate.generate_tokens`) over a ``DynamicCache``.
+Inf weight is refused by name; library warnings and bars stay off stderr unless ``--debug``.
 """
 
 from __future__ import annotations
