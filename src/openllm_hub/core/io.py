@@ -1,13 +1,18 @@
 """Safe reading and atomic writing of checkpoint files.
 
-Two promises of the SDK live here:
+Three promises of the SDK live here:
 
 * nothing half-written: every output goes to a temporary sibling and is renamed into place
   only when complete (:func:`atomic_output`); inputs are never overwritten
   (:func:`check_destination`);
 * no code from a checkpoint: tensors are read with safetensors or
   ``torch.load(weights_only=True)`` (:func:`load_torch_checkpoint`), and a pickle that
-  needs anything else is refused with :class:`UnsafeCheckpointError`.
+  needs anything else is refused with :class:`UnsafeCheckpointError`;
+* one clear error for every malformed input at the boundary: JSON files (:func:`read_json`:
+  bad syntax, bad UTF-8, nesting deep enough to exhaust the parser), safetensors headers
+  (:func:`read_safetensors_header`), torch files (random bytes, empty, truncated), paths that
+  are folders, symlink loops, over-long names or unreadable (:func:`open_input`), and config
+  files validated by a family's pydantic model (:func:`parse_config`).
 
 Where temporaries live: beside their destination, in the destination's own folder (so the
 final rename never crosses a file system), named
@@ -28,6 +33,7 @@ torch is imported only inside the functions that need it.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import re
@@ -37,7 +43,7 @@ import struct
 import uuid
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 
 from openllm_hub.errors import (
     CorruptFileError,
@@ -311,14 +317,80 @@ def write_json(path: str | Path, data: Any) -> None:
 
 
 def read_json(path: str | Path) -> Any:
-    """Read a JSON file, turning a missing or malformed file into a clear error."""
+    """Read a JSON file, turning a missing, unreadable or malformed file (bad UTF-8, bad
+    syntax, nesting deep enough to exhaust the parser) into one clear error."""
     p = Path(path)
-    if not p.is_file():
-        raise NotFoundError("file not found", where=p)
+    with open_input(p, what="JSON file") as fh:
+        raw = fh.read()
+    return parse_json(raw, p)
+
+
+def parse_json(raw: bytes | str, where: str | Path, *, what: str = "invalid JSON") -> Any:
+    """``json.loads`` with every failure (syntax, encoding, recursion depth) as :class:`CorruptFileError`."""
     try:
-        return json.loads(p.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CorruptFileError(f"invalid JSON: {exc}", where=p, fix="restore the file from its source") from exc
+        return json.loads(raw)
+    except RecursionError:
+        raise CorruptFileError(f"{what}: nested too deeply", where=where,
+                               fix="restore the file from its source") from None
+    except (UnicodeDecodeError, ValueError) as exc:  # JSONDecodeError is a ValueError
+        raise CorruptFileError(f"{what}: {exc}", where=where, fix="restore the file from its source") from None
+
+
+ConfigT = TypeVar("ConfigT")
+
+
+def parse_config(model: type[ConfigT], data: Any, where: str | Path, *, fix: str | None = None) -> ConfigT:
+    """Validate ``data`` (a parsed config file) with the pydantic ``model``; every failure
+    becomes one :class:`CorruptFileError` naming the file, each offending key with its value
+    and what it must be, and the fix. Families describe their config files (LLaMA's
+    ``config.json``, Meta's ``params.json``, ...) as pydantic models with bounds, so a string
+    size, a zero head count or ``vocab_size: 32000.5`` never reaches ``int()`` or an engine."""
+    from pydantic import BaseModel, ValidationError
+
+    assert issubclass(model, BaseModel)
+    name = Path(str(where)).name
+    if not isinstance(data, dict):
+        raise CorruptFileError(f"{name} must hold a JSON object, not a {type(data).__name__}", where=where,
+                               fix=fix or "restore the file from the model's source")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        parts = []
+        for err in exc.errors()[:3]:
+            key = ".".join(str(x) for x in err["loc"]) or "(file)"
+            value = err.get("input")
+            shown = "" if isinstance(value, dict) or not err["loc"] else f" = {value!r}"[:80]
+            parts.append(f"{key}{shown}: {err['msg']}")
+        more = f" (and {exc.error_count() - 3} more)" if exc.error_count() > 3 else ""
+        first = ".".join(str(x) for x in exc.errors()[0]["loc"]) or "the values"
+        raise CorruptFileError(f"{name}: " + "; ".join(parts) + more, where=where,
+                               fix=fix or f"correct {first} in {name} (or restore the file from the model's "
+                                          "source)") from None
+
+
+#: errno values that mean "there is no such file to read" (rather than "the file is bad").
+_NOT_THERE = {errno.ENOENT, errno.ENOTDIR, errno.ELOOP, errno.ENAMETOOLONG}
+
+
+def open_input(path: str | Path, *, what: str = "file") -> BinaryIO:
+    """Open an input file for reading in binary, or raise one clear error: missing, a folder,
+    a symlink loop, a name too long (:class:`NotFoundError`), permission denied or any other
+    OS failure (:class:`CorruptFileError`), each naming the path and the fix."""
+    p = Path(path)
+    try:
+        if p.is_dir():
+            raise CorruptFileError(f"the {what} is a folder, not a file", where=p, fix=f"pass the {what} itself")
+        return p.open("rb")
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        if exc.errno in _NOT_THERE or isinstance(exc, FileNotFoundError):
+            raise NotFoundError(f"{what} not found ({reason})", where=p,
+                                fix="check the path (and any symbolic link in it)") from None
+        if isinstance(exc, PermissionError):
+            raise CorruptFileError(f"cannot read the {what}: permission denied", where=p,
+                                   fix="make the file readable (chmod u+r) or run as its owner") from None
+        raise CorruptFileError(f"cannot read the {what}: {reason}", where=p,
+                               fix="check the file and its disk") from None
 
 
 #: The largest text file :func:`read_text_file` reads (a device like /dev/zero never ends).
@@ -349,37 +421,96 @@ def read_text_file(path: str | Path, *, what: str = "file") -> str:
         raise InvalidParameterError(f"{p} is not UTF-8 text (byte {exc.start})", where=what, fix=fix) from None
 
 
+#: bytes per element of every safetensors dtype (sub-byte float formats are not read).
+SAFETENSORS_DTYPE_SIZE: dict[str, int] = {
+    "F64": 8, "F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "F8_E5M2": 1, "F8_E8M0": 1,
+    "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U64": 8, "U32": 4, "U16": 2, "U8": 1, "BOOL": 1,
+}
+_SAFETENSORS_FIX = "download or convert the file again"
+
+
 def read_safetensors_header(path: str | Path) -> dict[str, Any]:
     """Return the JSON header of a .safetensors file without reading tensor data.
 
-    Validates the header length and that every tensor's data lies inside the file, so a
-    truncated download is reported here rather than as a crash deep inside an engine.
+    Everything the safetensors library would refuse is refused here first, as a
+    :class:`CorruptFileError` (or :class:`NotFoundError`) naming the file, the tensor and the
+    fix, so no caller ever sees ``safetensors.SafetensorError``: the header must be a JSON
+    object; ``__metadata__`` a map of strings; every tensor a known dtype, a shape of
+    non-negative integers and two integer offsets whose span is exactly the shape's byte size;
+    and the tensors must tile the data area exactly (no gap, overlap or trailing bytes), so a
+    truncated or crafted file is reported here rather than deep inside an engine.
     """
     p = Path(path)
-    size = p.stat().st_size
-    with p.open("rb") as fh:
+    with open_input(p, what="safetensors file") as fh:
+        size = os.fstat(fh.fileno()).st_size
         raw = fh.read(8)
         if len(raw) < 8:
-            raise CorruptFileError("not a safetensors file (shorter than its 8-byte header length)", where=p)
+            raise CorruptFileError("not a safetensors file (shorter than its 8-byte header length)", where=p,
+                                   fix=_SAFETENSORS_FIX)
         (n,) = struct.unpack("<Q", raw)
-        if n > size - 8 or n > 100_000_000:
-            raise CorruptFileError("safetensors header length runs past the end of the file", where=p)
-        try:
-            header: dict[str, Any] = json.loads(fh.read(n))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise CorruptFileError(f"safetensors header is not valid JSON: {exc}", where=p) from exc
+        if n < 2 or n > size - 8 or n > 100_000_000:
+            raise CorruptFileError(f"not a safetensors file: header length {n} does not fit the file "
+                                   f"({size} bytes; truncated?)", where=p, fix=_SAFETENSORS_FIX)
+        header = parse_json(fh.read(n), p, what="safetensors header is not valid JSON")
+    if not isinstance(header, dict):
+        raise CorruptFileError(f"safetensors header is a JSON {type(header).__name__}, not an object", where=p,
+                               fix=_SAFETENSORS_FIX)
     data_len = size - 8 - n
+    spans: list[tuple[int, int, str]] = []
     for name, info in header.items():
         if name == "__metadata__":
+            _check_safetensors_metadata(info, p)
             continue
-        offsets = info.get("data_offsets") if isinstance(info, dict) else None
-        if not offsets or len(offsets) != 2 or offsets[1] > data_len:
-            raise CorruptFileError(
-                f"tensor {name!r} lies past the end of the file (truncated?)",
-                where=p,
-                fix="download or convert the file again",
-            )
+        spans.append((*_check_safetensors_entry(name, info, p), name))
+    spans.sort()
+    at = 0
+    for begin, end, name in spans:
+        if begin != at:
+            problem = "overlaps the previous tensor" if begin < at else f"leaves a gap of {begin - at} bytes before it"
+            raise CorruptFileError(f"tensor {name!r}: data_offsets [{begin}, {end}] {problem}", where=p,
+                                   fix=_SAFETENSORS_FIX)
+        at = end
+    if at != data_len:
+        how = "past the end of the file (truncated?)" if at > data_len else f"{data_len - at} bytes short of it"
+        raise CorruptFileError(f"the tensors' data ends {how}: offsets cover {at} bytes, the file holds {data_len}",
+                               where=p, fix=_SAFETENSORS_FIX)
     return header
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_safetensors_metadata(info: Any, where: Path) -> None:
+    if not isinstance(info, dict) or not all(isinstance(v, str) for v in info.values()):
+        raise CorruptFileError("safetensors __metadata__ must map names to strings", where=where,
+                               fix=_SAFETENSORS_FIX)
+
+
+def _check_safetensors_entry(name: str, info: Any, where: Path) -> tuple[int, int]:
+    """One tensor entry's (begin, end), checked: dtype, shape, offsets and their byte size."""
+    def bad(what: str) -> CorruptFileError:
+        return CorruptFileError(f"tensor {name!r}: {what}", where=where, fix=_SAFETENSORS_FIX)
+
+    if not isinstance(info, dict):
+        raise bad("header entry is not an object")
+    dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
+    if not isinstance(dtype, str) or dtype not in SAFETENSORS_DTYPE_SIZE:
+        raise bad(f"unknown dtype {dtype!r} (known: {', '.join(SAFETENSORS_DTYPE_SIZE)})")
+    if not isinstance(shape, list) or not all(_is_int(d) and d >= 0 for d in shape):
+        raise bad(f"shape {shape!r} is not a list of non-negative integers")
+    if (not isinstance(offsets, list) or len(offsets) != 2 or not all(_is_int(o) and o >= 0 for o in offsets)):
+        raise bad(f"data_offsets {offsets!r} are not two non-negative integers")
+    begin, end = offsets
+    if end < begin:
+        raise bad(f"data_offsets [{begin}, {end}] end before they begin")
+    count = 1
+    for d in shape:
+        count *= d
+    if end - begin != count * SAFETENSORS_DTYPE_SIZE[dtype]:
+        raise bad(f"shape {shape} of {dtype} needs {count * SAFETENSORS_DTYPE_SIZE[dtype]} bytes but its "
+                  f"data_offsets span {end - begin}")
+    return begin, end
 
 
 def load_torch_checkpoint(path: str | Path, *, mmap: bool = True) -> dict[str, torch.Tensor]:
@@ -394,21 +525,39 @@ def load_torch_checkpoint(path: str | Path, *, mmap: bool = True) -> dict[str, t
     import torch
 
     p = Path(path)
-    if not p.is_file():
-        raise NotFoundError("checkpoint file not found", where=p)
-    use_mmap = mmap and zipfile.is_zipfile(p)
+    with open_input(p, what="checkpoint file") as fh:
+        head = fh.read(8)
+    fix = "download the checkpoint again (or pass the right file)"
+    if not head:
+        raise CorruptFileError("the checkpoint file is empty (0 bytes)", where=p, fix=fix)
+    zipped = zipfile.is_zipfile(p)
+    if not zipped and head[:2] == b"PK":
+        raise CorruptFileError("cannot read PyTorch checkpoint: its zip archive is truncated or damaged", where=p,
+                               fix=fix)
+    if not zipped and head[:1] != b"\x80":  # torch.save writes a zip, or (legacy) a protocol-2 pickle
+        raise CorruptFileError("not a torch checkpoint (neither a torch.save zip archive nor a pickle)", where=p,
+                               fix=fix)
     try:
-        obj = torch.load(p, map_location="cpu", weights_only=True, mmap=use_mmap)
+        obj = torch.load(p, map_location="cpu", weights_only=True, mmap=mmap and zipped)
     except pickle.UnpicklingError as exc:
+        if "GLOBAL" not in str(exc) and "global" not in str(exc):
+            raise CorruptFileError("not a torch checkpoint (its pickle is malformed)", where=p, fix=fix) from None
         raise UnsafeCheckpointError(
             "refusing to load: the checkpoint needs code execution to unpickle",
             where=p,
             fix="convert it to safetensors with the tool that made it, from a source you trust",
         ) from exc
-    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as exc:
-        raise CorruptFileError(f"cannot read PyTorch checkpoint: {exc}", where=p, fix="download it again") from exc
+    except RecursionError:
+        raise CorruptFileError("cannot read PyTorch checkpoint: its pickle is nested too deeply", where=p,
+                               fix=fix) from None
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError, TypeError, KeyError, IndexError,
+            AttributeError, MemoryError, OverflowError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CorruptFileError(f"cannot read PyTorch checkpoint ({type(exc).__name__}: {reason[:200]})", where=p,
+                               fix=fix) from None
     if not isinstance(obj, dict):
-        raise CorruptFileError("checkpoint does not hold a state dict", where=p)
+        raise CorruptFileError(f"the checkpoint holds a {type(obj).__name__}, not a state dict", where=p,
+                               fix="pass a file saved with torch.save(model.state_dict())")
     return obj
 
 

@@ -12,7 +12,9 @@ lives in one place, one function per check (the ``check_*`` functions below): th
 ``weight_map`` is well-formed, every shard it names is a plain file name inside the folder,
 every such shard exists, and each shard holds exactly the tensors the index places in it.
 A failed check raises an :class:`~openllm_hub.errors.OpenLLMHubError` naming the file (and
-the tensor) and how to fix it.
+the tensor) and how to fix it. Each safetensors header is validated by
+:func:`openllm_hub.core.io.read_safetensors_header` (offsets tiling the data exactly, dtypes,
+shapes against byte sizes), so ``safetensors`` itself never sees a header it would reject.
 
 torch and safetensors are imported inside the functions that need them.
 """
@@ -25,7 +27,7 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import TYPE_CHECKING, Any, Literal
 
 from openllm_hub.core.io import load_torch_checkpoint, read_json, read_safetensors_header, write_json
-from openllm_hub.errors import ConversionError, CorruptFileError, NotFoundError
+from openllm_hub.errors import ConversionError, CorruptFileError, NotFoundError, OpenLLMHubError
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -257,7 +259,7 @@ class _SafetensorsShard(Mapping[str, "torch.Tensor"]):
                 self._handle = safe_open(str(self.path), framework="pt", device="cpu")
             tensor: torch.Tensor = self._handle.get_tensor(name)
             return tensor
-        except (OSError, ValueError, RuntimeError) as exc:
+        except Exception as exc:  # safetensors.SafetensorError, OSError, ...: never past this boundary
             raise CorruptFileError(f"cannot read tensor {name!r} from the safetensors shard: {exc}", where=self.path,
                                    fix="download the shard again") from exc
 
@@ -299,6 +301,7 @@ def write_hf_weights(folder: Path, groups: Sequence[Mapping[str, torch.Tensor]],
         part = {n: t.contiguous() for n, t in group.items()}
         if kind == "safetensors":
             save_file(part, str(folder / fname), metadata={"format": "pt"})
+            _check_written(folder / fname)
         else:
             torch.save(part, folder / fname)
         weight_map.update(dict.fromkeys(group, fname))
@@ -330,6 +333,7 @@ class SafetensorsWriter:
             offset += n
         raw = json.dumps(header, separators=(",", ":")).encode()
         raw += b" " * (-len(raw) % 8)
+        self.path = path
         self._fh = path.open("wb")
         self._fh.write(len(raw).to_bytes(8, "little") + raw)
         self._next = 0
@@ -345,10 +349,27 @@ class SafetensorsWriter:
         self._next += 1
 
     def close(self) -> None:
+        """Close the file; when every tensor was written, read its header back. Called from a
+        ``finally`` while an error propagates, it only closes (the error is what the user sees)."""
+        import sys
+
         complete = self._next == len(self._order)
         self._fh.close()
+        if sys.exc_info()[1] is not None:
+            return
         if not complete:
             raise ConversionError("internal: safetensors file closed before every tensor was written")
+        _check_written(self.path)
+
+
+def _check_written(path: Path) -> None:
+    """Read back the header of a safetensors file just written (offsets, sizes, file length)
+    before it is renamed into place, so a short write is never published."""
+    try:
+        read_safetensors_header(path)
+    except OpenLLMHubError as exc:
+        raise ConversionError(f"the written file does not read back: {exc.what}", where=path,
+                              fix="check the free space of the destination's disk and retry") from None
 
 
 __all__ = [

@@ -14,8 +14,10 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from openllm_hub.engines.finite import finite_tensors
 from openllm_hub.engines.torch_quant import resident_bytes
 from openllm_hub.plugin import (
+    CorruptFileError,
     GenerationConfig,
     IncompatibleDeviceError,
     InvalidParameterError,
@@ -142,7 +144,12 @@ def load_chatglm(req: LoadRequest[ChatGLMOptions]) -> ChatGLMModel:
         torch.set_num_threads(placement.threads)
     plan = quant_plan(spec, opts.quantize, opts.quantize_embeddings, dtype)
     net = build_network(spec, dtype, plan, device)
-    net.load_tensors(iter_tensors(folder))
+    try:
+        net.load_tensors(finite_tensors(iter_tensors(folder), folder))  # NaN/Inf weights refused by name
+    except CorruptFileError as exc:  # the network names the tensor; the error names the folder it came from
+        if exc.where != "checkpoint":
+            raise
+        raise CorruptFileError(exc.what, where=folder, fix=exc.fix) from None
     net.eval()
     kernel_layers = use_cpu_int4_kernels(net) if plan.bits == 4 and dtype == torch.bfloat16 else 0
     cap = context_cap(opts)

@@ -93,6 +93,42 @@ def _int(cfg: dict[str, Any], key: str, where: Path) -> int:
     return value
 
 
+def _opt_int(cfg: dict[str, Any], key: str, default: int, where: Path, *, low: int = 1) -> int:
+    """An optional integer key (``default`` when absent or null), at least ``low``."""
+    value = cfg.get(key)
+    if value is None:
+        return default
+    if not isinstance(value, int) or isinstance(value, bool) or value < low:
+        raise CorruptFileError(f"config.json: {key!r} must be an integer >= {low}, got {value!r}", where=where,
+                               fix=f"correct {key} in config.json, or restore it from the checkpoint's source")
+    return value
+
+
+def _opt_float(cfg: dict[str, Any], key: str, default: float, where: Path, *, below: float | None = None) -> float:
+    """An optional positive finite number (``default`` when absent or null), under ``below``."""
+    value = cfg.get(key)
+    if value is None:
+        return default
+    if (not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value) or value <= 0
+            or (below is not None and value >= below)):
+        bound = f" below {below}" if below is not None else ""
+        raise CorruptFileError(f"config.json: {key!r} must be a positive number{bound}, got {value!r}", where=where,
+                               fix=f"correct {key} in config.json, or restore it from the checkpoint's source")
+    return float(value)
+
+
+def _token(cfg: dict[str, Any], key: str, where: Path) -> int | None:
+    """An optional special-token id: a non-negative integer (it need not lie inside the
+    embedding: ChatGLM-6B only compares ids against it, and tiny test models keep the real ids)."""
+    value = cfg.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise CorruptFileError(f"config.json: {key!r} must be a non-negative token id, got {value!r}", where=where,
+                               fix=f"correct {key} in config.json, or restore it from the checkpoint's source")
+    return value
+
+
 def _names(path: Path, cfg: dict[str, Any]) -> str:
     """The names the checkpoint was published under (config and tokenizer config), lower-cased."""
     import json
@@ -157,6 +193,9 @@ def resolve_variant(path: Path, cfg: dict[str, Any], requested: str = "auto") ->
 def read_spec(path: Path, cfg: dict[str, Any], requested: str = "auto") -> GLMSpec:
     """Parse and check ``cfg`` (config.json of the folder ``path``)."""
     where = path / "config.json"
+    if not isinstance(cfg, dict):
+        raise CorruptFileError(f"config.json must hold a JSON object, not a {type(cfg).__name__}", where=where,
+                               fix="restore config.json from the checkpoint's source")
     variant = resolve_variant(path, cfg, requested)
     if cfg.get("pre_seq_len") not in (None, 0):
         raise UnknownFormatError("P-tuning v2 checkpoints (pre_seq_len) are not supported", where=where,
@@ -176,36 +215,43 @@ def read_spec(path: Path, cfg: dict[str, Any], requested: str = "auto") -> GLMSp
         if hidden % heads or (hidden // heads) % 4:
             raise CorruptFileError("hidden_size must split into heads whose size divides by 4 (2D rotary)",
                                    where=where)
+        vocab = _int(cfg, "vocab_size", where)
         return GLMSpec(
-            variant=variant, vocab_size=_int(cfg, "vocab_size", where), hidden_size=hidden,
+            variant=variant, vocab_size=vocab, hidden_size=hidden,
             num_layers=_int(cfg, "num_layers", where), num_heads=heads, head_dim=hidden // heads,
-            num_kv_heads=heads, ffn_size=int(cfg.get("inner_hidden_size") or 4 * hidden),
-            eps=float(cfg.get("layernorm_epsilon", 1e-5)), qkv_bias=True, linear_bias=True,
-            max_length=int(cfg.get("max_sequence_length") or 2048), quantization_bit=qbit, torch_dtype=dtype,
-            mask_token_id=cfg.get("mask_token_id"), gmask_token_id=cfg.get("gmask_token_id"),
-            bos_token_id=cfg.get("bos_token_id"), eos_token_id=cfg.get("eos_token_id"), raw=dict(cfg),
+            num_kv_heads=heads, ffn_size=_opt_int(cfg, "inner_hidden_size", 4 * hidden, where),
+            eps=_opt_float(cfg, "layernorm_epsilon", 1e-5, where, below=1.0), qkv_bias=True, linear_bias=True,
+            max_length=_opt_int(cfg, "max_sequence_length", 2048, where), quantization_bit=qbit, torch_dtype=dtype,
+            mask_token_id=_token(cfg, "mask_token_id", where),
+            gmask_token_id=_token(cfg, "gmask_token_id", where),
+            bos_token_id=_token(cfg, "bos_token_id", where),
+            eos_token_id=_token(cfg, "eos_token_id", where),
+            raw=dict(cfg),
         )
     for key, want in _V2_REQUIRED.items():
         if cfg.get(key, want) != want:
             raise UnknownFormatError(f"ChatGLM2/3 configs with {key}={cfg.get(key)!r} are not supported "
                                      "(unknown ChatGLM variant)", where=where)
     hidden, heads = _int(cfg, "hidden_size", where), _int(cfg, "num_attention_heads", where)
-    head_dim = int(cfg.get("kv_channels") or hidden // heads)
+    head_dim = _opt_int(cfg, "kv_channels", hidden // heads, where)
     groups = _int(cfg, "multi_query_group_num", where)
     if heads % groups or head_dim % 4:
         raise CorruptFileError("num_attention_heads must divide into multi_query_group_num groups and kv_channels "
                                "by 4", where=where)
-    vocab = cfg.get("padded_vocab_size") or cfg.get("vocab_size")
-    if not isinstance(vocab, int) or vocab <= 0:
-        raise CorruptFileError("config.json has no padded_vocab_size", where=where)
-    eos = cfg.get("eos_token_id", 2)
+    vocab2: Any = cfg.get("padded_vocab_size") or cfg.get("vocab_size")
+    if not isinstance(vocab2, int) or isinstance(vocab2, bool) or vocab2 <= 0:
+        raise CorruptFileError(f"config.json: 'padded_vocab_size' must be a positive integer, got {vocab2!r}",
+                               where=where, fix="restore config.json from the checkpoint's source")
+    eos: Any = cfg.get("eos_token_id", 2)
+    if "eos_token_id" in cfg and not isinstance(eos, list):
+        eos = _token(cfg, "eos_token_id", where)  # a string or a negative id is refused
     return GLMSpec(
-        variant=variant, vocab_size=vocab, hidden_size=hidden, num_layers=_int(cfg, "num_layers", where),
+        variant=variant, vocab_size=vocab2, hidden_size=hidden, num_layers=_int(cfg, "num_layers", where),
         num_heads=heads, head_dim=head_dim, num_kv_heads=groups, ffn_size=_int(cfg, "ffn_hidden_size", where),
-        eps=float(cfg.get("layernorm_epsilon", 1e-5)),
+        eps=_opt_float(cfg, "layernorm_epsilon", 1e-5, where, below=1.0),
         qkv_bias=bool(cfg.get("add_qkv_bias", True) or cfg.get("add_bias_linear", False)),
-        linear_bias=bool(cfg.get("add_bias_linear", False)), max_length=int(cfg.get("seq_length") or 8192),
-        rope_ratio=float(cfg.get("rope_ratio") or 1.0), tie_word_embeddings=bool(cfg.get("tie_word_embeddings")),
+        linear_bias=bool(cfg.get("add_bias_linear", False)), max_length=_opt_int(cfg, "seq_length", 8192, where),
+        rope_ratio=_opt_float(cfg, "rope_ratio", 1.0, where), tie_word_embeddings=bool(cfg.get("tie_word_embeddings")),
         quantization_bit=qbit, torch_dtype=dtype,
         eos_token_id=eos if isinstance(eos, int) else None, raw=dict(cfg),
     )

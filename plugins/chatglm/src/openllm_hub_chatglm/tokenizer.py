@@ -29,7 +29,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from openllm_hub.plugin import CorruptFileError, NotFoundError
+from openllm_hub.plugin import CorruptFileError, NotFoundError, read_json
 
 V1_SPECIALS = ("[MASK]", "[gMASK]", "[sMASK]", "<unused_0>", "<sop>", "<eop>", "<ENC>", "<dBLOCK>")
 V2_SPECIALS = ("[MASK]", "[gMASK]", "[sMASK]", "sop", "eop")
@@ -219,16 +219,18 @@ def _segment(text: str, encode: Callable[[str], list[int]], *, after_role: bool)
 def load_tokenizer(folder: Path, variant: str) -> ChatGLMTokenizer:
     """The tokenizer of a checkpoint folder for ``variant`` (chatglm, chatglm2, chatglm3)."""
     if variant == "chatglm":
-        import json
-
         offset = 20000
         cfg = folder / "tokenizer_config.json"
-        if cfg.is_file():
-            try:
-                data = json.loads(cfg.read_text(encoding="utf-8"))
-            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-                raise CorruptFileError(f"invalid JSON: {exc}", where=cfg) from exc
-            if isinstance(data, dict) and isinstance(data.get("num_image_tokens"), int):
-                offset = data["num_image_tokens"]
+        if cfg.exists():
+            data = read_json(cfg)
+            value = data.get("num_image_tokens") if isinstance(data, dict) else None
+            if value is not None:
+                # every text id is shifted by this offset: a negative or non-integer one would shift them all
+                if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 1 << 24:
+                    raise CorruptFileError(f"tokenizer_config.json: 'num_image_tokens' must be a non-negative "
+                                           f"integer, got {value!r}", where=cfg,
+                                           fix="restore tokenizer_config.json from the checkpoint's source "
+                                               "(0 for the final ChatGLM-6B release, 20000 for the first)")
+                offset = value
         return V1Tokenizer(folder / V1_FILE, offset)
     return V2Tokenizer(folder / V2_FILE, roles=variant == "chatglm3")

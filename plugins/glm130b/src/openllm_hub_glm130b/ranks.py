@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from openllm_hub.engines.finite import check_finite
 from openllm_hub.engines.kv_cache import KVCache
 from openllm_hub.plugin import InvalidParameterError
 from openllm_hub_glm130b.checkpoint import SatCheckpoint
@@ -71,6 +72,8 @@ class RankEngine:
 
     def __init__(self, ck: SatCheckpoint, tp: TPGroup, device: torch.device, options: EngineOptions) -> None:
         state = ck.local_state(tp.rank, tp.world)
+        for name, tensor in state.items():  # NaN/Inf weights refused by name, before they reach the logits
+            check_finite(name, tensor, ck.files[tp.rank] if ck.tp == tp.world else ck.root)
         bits = ck.bits
         if options.quantize is not None:
             state = quantize_state(state, options.quantize)

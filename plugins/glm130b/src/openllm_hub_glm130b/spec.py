@@ -33,12 +33,11 @@ the planner reads this without torch.
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from openllm_hub.plugin import CorruptFileError, InvalidParameterError, NotFoundError
+from openllm_hub.plugin import CorruptFileError, InvalidParameterError, NotFoundError, read_json
 
 CONFIG_NAME = "glm130b_config.json"
 MODEL_TYPE = "glm-130b"
@@ -81,7 +80,7 @@ class GLMConfig:
     tokenizer: TokenizerSpec = field(default_factory=TokenizerSpec)
 
     def __post_init__(self) -> None:
-        if self.inner_hidden_size == 0:
+        if self.inner_hidden_size == 0 and isinstance(self.hidden_size, int):  # check() reports other types
             object.__setattr__(self, "inner_hidden_size", 4 * self.hidden_size * 2 // 3)
 
     @property
@@ -109,6 +108,9 @@ class GLMConfig:
         if self.head_dim % 2:
             raise InvalidParameterError(f"the head size {self.head_dim} must be even for rotary embeddings",
                                         where=where)
+        eps = self.layernorm_epsilon
+        if not isinstance(eps, int | float) or isinstance(eps, bool) or not 0 < eps < 1:
+            raise InvalidParameterError(f"layernorm_epsilon must be a number in (0, 1), got {eps!r}", where=where)
         if self.quantization_bit_width not in (None, 4, 8):
             raise InvalidParameterError(f"quantization_bit_width must be null, 8 or 4, got "
                                         f"{self.quantization_bit_width!r}", where=where)
@@ -232,15 +234,7 @@ def read_config(folder: str | Path) -> GLMConfig:
             where=path,
             fix=f"run `openllm-hub glm130b-init-config {p}` to write the published GLM-130B config "
                 "(or write one with num_layers, hidden_size, num_attention_heads, vocab_size)")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CorruptFileError(f"invalid JSON: {exc}", where=path) from exc
-    except RecursionError:
-        raise CorruptFileError("invalid JSON: nested too deeply", where=path) from None
-    except OSError as exc:
-        raise CorruptFileError(f"cannot read the config: {exc.strerror or exc}", where=path) from None
-    return GLMConfig.from_json(data, where=path)
+    return GLMConfig.from_json(read_json(path), where=path)
 
 
 #: The published GLM-130B (configs/model_glm_130b.sh of THUDM/GLM-130B).

@@ -23,14 +23,18 @@ import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, BinaryIO, Literal, TypeVar
 
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, model_validator
+
+from openllm_hub.engines.finite import check_finite
 from openllm_hub.engines.hf_folder import HFFolder
 from openllm_hub.plugin import (
     ConversionError,
     CorruptFileError,
     NotFoundError,
     load_torch_checkpoint,
+    parse_config,
     read_json,
     read_safetensors_header,
 )
@@ -42,6 +46,87 @@ if TYPE_CHECKING:  # pragma: no cover
 #: safetensors dtype names the converters accept, with their item size.
 SUPPORTED_DTYPES: dict[str, int] = {"F32": 4, "F16": 2, "BF16": 2}
 DEFAULT_ROPE_THETA = 10000.0
+
+
+# ---- config files, validated -------------------------------------------------------------------
+_PosInt = Annotated[StrictInt, Field(gt=0, le=1 << 31)]
+_PosFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+#: torch_dtype / dtype values transformers understands for a LLaMA checkpoint.
+HF_DTYPES = ("float32", "float16", "bfloat16", "float64", "auto")
+
+
+class _RopeParameters(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    rope_theta: _PosFloat | None = None
+    factor: _PosFloat | None = None
+
+
+class HFLlamaConfig(BaseModel):
+    """The numbers of a LLaMA ``config.json`` that shape the network, with their bounds (what
+    transformers would otherwise take with a bare ``int()`` or divide by); other keys pass."""
+
+    model_config = ConfigDict(extra="allow")
+    vocab_size: _PosInt
+    hidden_size: _PosInt
+    intermediate_size: _PosInt
+    num_hidden_layers: _PosInt
+    num_attention_heads: _PosInt
+    num_key_value_heads: _PosInt | None = None
+    head_dim: _PosInt | None = None
+    rms_norm_eps: Annotated[float, Field(gt=0, lt=1, allow_inf_nan=False)]
+    rope_theta: _PosFloat | None = None
+    max_position_embeddings: _PosInt | None = None
+    tie_word_embeddings: StrictBool | None = None
+    torch_dtype: Literal["float32", "float16", "bfloat16", "float64", "auto"] | None = None
+    dtype: Literal["float32", "float16", "bfloat16", "float64", "auto"] | None = None
+    rope_parameters: _RopeParameters | None = None
+    rope_scaling: _RopeParameters | None = None
+
+    @model_validator(mode="after")
+    def _heads(self) -> HFLlamaConfig:
+        heads, kv = self.num_attention_heads, self.num_key_value_heads or self.num_attention_heads
+        if self.hidden_size % heads:
+            raise ValueError(f"hidden_size {self.hidden_size} does not split into {heads} attention heads")
+        head_dim = self.head_dim or self.hidden_size // heads
+        if head_dim % 2:
+            raise ValueError(f"the head size {head_dim} must be even (rotary embeddings rotate pairs)")
+        if heads % kv:
+            raise ValueError(f"num_key_value_heads {kv} does not divide num_attention_heads {heads}")
+        return self
+
+
+class MetaParams(BaseModel):
+    """Meta's ``params.json``, with bounds."""
+
+    model_config = ConfigDict(extra="allow")
+    dim: _PosInt
+    n_heads: _PosInt
+    n_layers: _PosInt
+    norm_eps: Annotated[float, Field(gt=0, lt=1, allow_inf_nan=False)]
+    n_kv_heads: _PosInt | None = None
+    rope_theta: _PosFloat | None = None
+    vocab_size: Annotated[StrictInt, Field(ge=-1)] = -1
+    max_seq_len: _PosInt | None = None
+    multiple_of: _PosInt | None = None
+    ffn_dim_multiplier: _PosFloat | None = None
+
+    @model_validator(mode="after")
+    def _heads(self) -> MetaParams:
+        kv = self.n_kv_heads or self.n_heads
+        if self.dim % self.n_heads or (self.dim // self.n_heads) % 2:
+            raise ValueError(f"dim {self.dim} does not split into {self.n_heads} heads of an even size")
+        if self.n_heads % kv:
+            raise ValueError(f"n_kv_heads {kv} does not divide n_heads {self.n_heads}")
+        if self.vocab_size == 0:
+            raise ValueError("vocab_size must be -1 (taken from the weights) or positive")
+        return self
+
+
+def read_hf_config(path: Path) -> tuple[dict[str, Any], HFLlamaConfig]:
+    """``config.json`` of an HF LLaMA folder: the raw mapping and its validated numbers."""
+    where = path / "config.json"
+    raw = read_json(where)
+    return raw, parse_config(HFLlamaConfig, raw, where)
 
 
 # ---- hyper-parameters ----------------------------------------------------------------------------
@@ -72,6 +157,9 @@ class LlamaHParams:
     @classmethod
     def from_hf_config(cls, cfg: Mapping[str, Any], where: str | Path) -> LlamaHParams:
         """Parse a LLaMA ``config.json`` (classic or transformers-5 ``rope_parameters`` layout)."""
+        if not isinstance(cfg, Mapping):
+            parse_config(HFLlamaConfig, cfg, where)  # raises: not a JSON object
+
         def need(key: str) -> Any:
             if key not in cfg:
                 raise CorruptFileError(f"config.json lacks {key!r}", where=where,
@@ -80,6 +168,10 @@ class LlamaHParams:
 
         if cfg.get("model_type") not in (None, "llama") and "LlamaForCausalLM" not in (cfg.get("architectures") or []):
             raise ConversionError(f"not a LLaMA config (model_type={cfg.get('model_type')!r})", where=where)
+        for key in ("num_attention_heads", "hidden_size", "vocab_size", "intermediate_size", "num_hidden_layers",
+                    "rms_norm_eps"):
+            need(key)
+        valid = parse_config(HFLlamaConfig, dict(cfg), where)
         heads = int(need("num_attention_heads"))
         hidden = int(need("hidden_size"))
         kv = int(cfg.get("num_key_value_heads") or heads)
@@ -96,7 +188,8 @@ class LlamaHParams:
             raise ConversionError(f"hidden_act {cfg.get('hidden_act')!r} is not LLaMA's silu", where=where)
         rope = cfg.get("rope_parameters") or {}
         scaling = cfg.get("rope_scaling") or {}
-        theta = rope.get("rope_theta", cfg.get("rope_theta", DEFAULT_ROPE_THETA))
+        theta = (valid.rope_parameters.rope_theta if valid.rope_parameters else None) or valid.rope_theta \
+            or DEFAULT_ROPE_THETA
         rope_type = scaling.get("rope_type", scaling.get("type")) or rope.get("rope_type", "default")
         factor: float | None = None
         if rope_type == "linear":
@@ -272,6 +365,76 @@ def llama_tensors(hp: LlamaHParams) -> list[TensorName]:
 IGNORED_TENSOR = re.compile(r"(^|\.)rotary_emb\.inv_freq$|^rope\.freqs$")
 
 
+# ---- an HF folder's tensors against its config.json (the transformers engine) ------------------------
+_LAYER = re.compile(r"^model\.layers\.(\d+)\.")
+
+
+def expected_hf_shapes(cfg: HFLlamaConfig, raw: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
+    """Every tensor ``LlamaForCausalLM`` builds for ``cfg``, with its shape (biases when
+    ``attention_bias``/``mlp_bias`` ask for them; ``lm_head`` unless the embeddings are tied)."""
+    h, f = cfg.hidden_size, cfg.intermediate_size
+    heads = cfg.num_attention_heads
+    head_dim = cfg.head_dim or h // heads
+    q, kv = heads * head_dim, (cfg.num_key_value_heads or heads) * head_dim
+    per_layer: dict[str, tuple[int, ...]] = {
+        "self_attn.q_proj.weight": (q, h), "self_attn.k_proj.weight": (kv, h), "self_attn.v_proj.weight": (kv, h),
+        "self_attn.o_proj.weight": (h, q), "mlp.gate_proj.weight": (f, h), "mlp.up_proj.weight": (f, h),
+        "mlp.down_proj.weight": (h, f), "input_layernorm.weight": (h,), "post_attention_layernorm.weight": (h,)}
+    if raw.get("attention_bias"):
+        per_layer |= {"self_attn.q_proj.bias": (q,), "self_attn.k_proj.bias": (kv,), "self_attn.v_proj.bias": (kv,),
+                      "self_attn.o_proj.bias": (h,)}
+    if raw.get("mlp_bias"):
+        per_layer |= {"mlp.gate_proj.bias": (f,), "mlp.up_proj.bias": (f,), "mlp.down_proj.bias": (h,)}
+    out = {"model.embed_tokens.weight": (cfg.vocab_size, h), "model.norm.weight": (h,)}
+    for i in range(cfg.num_hidden_layers):
+        out |= {f"model.layers.{i}.{k}": v for k, v in per_layer.items()}
+    if not cfg.tie_word_embeddings:
+        out["lm_head.weight"] = (cfg.vocab_size, h)
+    return out
+
+
+def check_hf_tensors(folder: Path, cfg: HFLlamaConfig, raw: Mapping[str, Any],
+                     stored: Sequence[tuple[str, tuple[int, ...]]]) -> None:
+    """The stored tensors must be exactly the ones ``config.json`` implies, with their shapes:
+    transformers would otherwise fill a missing tensor with random numbers, drop an unexpected
+    one, or build a different number of layers than the checkpoint holds, and run anyway."""
+    where = folder / "config.json"
+    have = {name: shape for name, shape in stored if not IGNORED_TENSOR.search(name)}
+    layers = {int(m.group(1)) for n in have if (m := _LAYER.match(n))}
+    if layers and max(layers) + 1 != cfg.num_hidden_layers:
+        raise CorruptFileError(f"config.json says num_hidden_layers {cfg.num_hidden_layers} but the weights hold "
+                               f"{max(layers) + 1} layers", where=where,
+                               fix="set num_hidden_layers to the stored layer count, or restore the missing shards")
+    want = expected_hf_shapes(cfg, raw)
+    if cfg.tie_word_embeddings:
+        have.pop("lm_head.weight", None)
+    missing = [n for n in want if n not in have]
+    if missing:
+        raise CorruptFileError(f"{len(missing)} tensor(s) that config.json implies are missing from the weights "
+                               f"(e.g. {missing[:2]}); they would run as random numbers", where=folder,
+                               fix="download the complete checkpoint (every shard)")
+    extra = sorted(set(have) - set(want))
+    if extra:
+        raise CorruptFileError(f"{len(extra)} tensor(s) in the weights are not part of the LLaMA that config.json "
+                               f"describes (e.g. {extra[:2]})", where=folder,
+                               fix="use the config.json that belongs to these weights")
+    for name, shape in want.items():
+        if tuple(have[name]) != shape:
+            raise CorruptFileError(f"tensor {name!r} has shape {list(have[name])}, config.json implies {list(shape)}",
+                                   where=folder, fix="use the config.json that belongs to these weights")
+
+
+def check_hf_folder(folder: Path) -> tuple[dict[str, Any], HFLlamaConfig]:
+    """Everything transformers would read from an HF LLaMA folder, checked before it does:
+    ``config.json`` (bounded numbers), the weight files (index, shards, safetensors headers)
+    and the stored tensors against the config. Returns the raw and the validated config."""
+    raw, checked = read_hf_config(folder)
+    weights = HFFolder(folder)
+    check_hf_tensors(folder, checked, raw, weights.tensor_shapes())
+    weights.release()
+    return raw, checked
+
+
 # ---- HuggingFace folders -------------------------------------------------------------------------
 @dataclass(frozen=True)
 class TensorInfo:
@@ -387,7 +550,9 @@ class HFCheckpoint:
         stop = rows if stop is None else min(stop, rows)
         if self.format == "bin":
             t = self.folder.shard(info.file)[name]
-            return t[start:stop] if t.dim() else t
+            t = t[start:stop] if t.dim() else t
+            check_finite(name, t, info.file)
+            return t
         row_elems = 1
         for d in info.shape[1:]:
             row_elems *= d
@@ -398,6 +563,7 @@ class HFCheckpoint:
             _read_into(fh, memoryview(buf), info.offset + start * row_elems * item, info.file)
         t = torch.frombuffer(buf, dtype=torch_dtype_of(info.dtype)) if nbytes else \
             torch.empty(0, dtype=torch_dtype_of(info.dtype))
+        check_finite(name, t, info.file)  # converters and mergers never carry NaN/Inf weights along
         return t.reshape((stop - start, *info.shape[1:]) if info.shape else ())
 
     def read_numpy(self, name: str, start: int = 0, stop: int | None = None) -> np.ndarray:
@@ -423,6 +589,10 @@ class HFCheckpoint:
         if out.size:
             with info.file.open("rb", buffering=0) as fh:
                 _read_into(fh, out.view(np.uint8).data, info.offset + start * row_elems * item, info.file)
+            finite = bool(((out & 0x7F80) != 0x7F80).all()) if info.dtype == "BF16" else bool(np.isfinite(out).all())
+            if not finite:
+                raise CorruptFileError(f"tensor {name!r} holds NaN or Inf values", where=info.file,
+                                       fix="the weights are damaged; download or convert the checkpoint again")
         return out.reshape((stop - start, *info.shape[1:]) if info.shape else ())
 
     def release(self) -> None:
@@ -510,7 +680,9 @@ class MetaCheckpoint:
         where = self.path / "params.json"
         for key in ("dim", "n_heads", "n_layers", "norm_eps"):
             if key not in p:
-                raise CorruptFileError(f"params.json lacks {key!r}", where=where)
+                raise CorruptFileError(f"params.json lacks {key!r}", where=where,
+                                       fix="restore params.json from the model's source")
+        parse_config(MetaParams, p, where)
         s0 = self.shards[0]
         if "tok_embeddings.weight" not in s0 or "layers.0.feed_forward.w1.weight" not in s0:
             raise CorruptFileError("shards lack tok_embeddings / feed_forward weights", where=self.shard_files[0])
@@ -534,6 +706,8 @@ class MetaCheckpoint:
         import torch
 
         pieces = [s[t.meta] for s in self.shards]
+        for i, piece in enumerate(pieces):
+            check_finite(t.meta, piece, self.shard_files[i])
         if t.meta_split is None:
             for i, piece in enumerate(pieces[1:], 1):
                 if not torch.equal(piece, pieces[0]):

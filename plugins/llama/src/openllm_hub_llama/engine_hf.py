@@ -6,18 +6,22 @@ settings come from ``config.json`` through transformers. Tokens come from the fo
 ``tokenizer.model`` through sentencepiece, which is what the GGUF side reproduces, so both
 engines give the same ids for the same text. Generation is the core's KV-cache loop
 (:func:`openllm_hub.core.generate.generate_tokens`) over a ``DynamicCache``.
+
+Before transformers sees the folder, ``config.json`` is validated (bounded numbers) and the
+stored tensors are checked against it (:func:`openllm_hub_llama.checkpoint.check_hf_folder`):
+transformers would otherwise run a missing tensor as random numbers. After loading, a NaN or
+Inf weight is refused by name; library warnings and bars stay off stderr unless ``--debug``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import inspect
-import json
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from openllm_hub.engines.hf_folder import HFFolder
+from openllm_hub.engines.finite import check_finite
+from openllm_hub.engines.hf_quiet import hf_quiet
 from openllm_hub.plugin import (
     CorruptFileError,
     GenerationConfig,
@@ -25,11 +29,13 @@ from openllm_hub.plugin import (
     Model,
     ModelInfo,
     NotFoundError,
+    OpenLLMHubError,
     UnsafeCheckpointError,
     generate_tokens,
     join_pieces,
-    progress_enabled,
+    read_json,
 )
+from openllm_hub_llama.checkpoint import check_hf_folder
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
@@ -96,12 +102,9 @@ class SentencePieceTokenizer:
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
-    if not path.is_file():
+    if not path.exists():
         return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CorruptFileError(f"invalid JSON: {exc}", where=path) from exc
+    data = read_json(path)
     return data if isinstance(data, dict) else None
 
 
@@ -111,16 +114,10 @@ def _eos_ids(folder: Path, tok: SentencePieceTokenizer, config: Any) -> set[int]
         if isinstance(value, int):
             ids.add(value)
         elif isinstance(value, list):
-            ids.update(int(v) for v in value)
+            ids.update(v for v in value if isinstance(v, int))
     if tok.sp.eos_id() >= 0:
         ids.add(tok.sp.eos_id())
     return ids
-
-
-def _check_weights(folder: Path) -> None:
-    """Fail early and clearly on a folder without weights, a shard the index lists that is
-    missing or disagrees with it, or a truncated safetensors file."""
-    HFFolder(folder)
 
 
 class HFModel(Model):
@@ -210,12 +207,14 @@ def load_hf(req: LoadRequest[LlamaOptions]) -> HFModel:
     p = req.placement
     if not (folder / "config.json").is_file():
         raise NotFoundError("config.json is missing", where=folder)
+    check_hf_folder(folder)  # config.json, index, shards, headers, tensors against the config
     tok = SentencePieceTokenizer(folder)
-    _check_weights(folder)
     try:
-        config = LlamaConfig.from_pretrained(folder, local_files_only=True)
-    except (OSError, ValueError) as exc:
-        raise CorruptFileError(f"cannot read config.json: {exc}", where=folder / "config.json") from exc
+        with hf_quiet():
+            config = LlamaConfig.from_pretrained(folder, local_files_only=True)
+    except Exception as exc:  # the library's parse errors
+        raise CorruptFileError(f"cannot read config.json: {exc}", where=folder / "config.json",
+                               fix="restore config.json from the model's source") from exc
     if tok.size > config.vocab_size:
         raise CorruptFileError(
             f"tokenizer.model has {tok.size} pieces but the embedding has {config.vocab_size} rows",
@@ -232,14 +231,18 @@ def load_hf(req: LoadRequest[LlamaOptions]) -> HFModel:
     elif p.kind == "cuda":  # straight onto the GPU, never a full copy in host memory
         kwargs["device_map"] = {"": f"cuda:{p.gpu_ids[0] if p.gpu_ids else 0}"}
     try:
-        with _transformers_progress(progress_enabled()):
+        with hf_quiet():
             model: Any = LlamaForCausalLM.from_pretrained(folder, **kwargs)
     except pickle.UnpicklingError as exc:
         raise UnsafeCheckpointError("refusing to load: the checkpoint needs code execution to unpickle",
                                     where=folder, fix="convert it to safetensors from a source you trust") from exc
-    except (OSError, RuntimeError, ValueError, KeyError, EOFError) as exc:
-        raise CorruptFileError(f"cannot load the weights: {exc}", where=folder,
+    except OpenLLMHubError:
+        raise
+    except Exception as exc:  # safetensors/torch/transformers errors
+        raise CorruptFileError(f"cannot load the weights: {type(exc).__name__}: {exc}", where=folder,
                                fix="check that every shard is complete") from exc
+    for name, param in model.state_dict().items():  # NaN/Inf weights would only show as NaN logits
+        check_finite(name, param, folder)
     model.eval()
     device = model.get_input_embeddings().weight.device
     n_params = sum(t.numel() for t in model.parameters())
@@ -254,21 +257,6 @@ def load_hf(req: LoadRequest[LlamaOptions]) -> HFModel:
     )
     return HFModel(model, tok, info, eos_token_ids=sorted(_eos_ids(folder, tok, config)), device=device,
                    default_template=opts.chat_template, seed=opts.seed)
-
-
-@contextlib.contextmanager
-def _transformers_progress(enabled: bool) -> Iterator[None]:
-    """Show transformers' weight-loading bar only where the SDK shows progress (a terminal)."""
-    from transformers.utils import logging as hf_logging_module
-
-    hf_logging: Any = hf_logging_module
-
-    was = hf_logging.is_progress_bar_enabled()
-    (hf_logging.enable_progress_bar if enabled else hf_logging.disable_progress_bar)()
-    try:
-        yield
-    finally:
-        (hf_logging.enable_progress_bar if was else hf_logging.disable_progress_bar)()
 
 
 def _free_mib(gpu_ids: Sequence[int]) -> dict[int, int]:

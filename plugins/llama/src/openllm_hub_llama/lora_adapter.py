@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from openllm_hub.engines.finite import check_finite
 from openllm_hub.plugin import (
     ConversionError,
     CorruptFileError,
@@ -157,7 +158,8 @@ def read_adapter_config(path: Path) -> dict[str, Any]:
                                 "(or adapter_model.bin), as PeftModel.save_pretrained writes them")
     cfg = read_json(cfg_path)
     if not isinstance(cfg, dict):
-        raise CorruptFileError("adapter_config.json must hold an object", where=cfg_path)
+        raise CorruptFileError("adapter_config.json must hold an object", where=cfg_path,
+                               fix="restore adapter_config.json as PeftModel.save_pretrained wrote it")
     ptype = str(cfg.get("peft_type", "")).upper()
     if ptype != "LORA":
         raise _refuse(cfg_path, f"adapter type {cfg.get('peft_type')!r} is not supported; only LoRA (peft_type LORA) "
@@ -168,9 +170,11 @@ def read_adapter_config(path: Path) -> dict[str, Any]:
                           "(PeftModel.from_pretrained(...).merge_and_unload()) and save the result")
     r, alpha = cfg.get("r"), cfg.get("lora_alpha")
     if not isinstance(r, int) or isinstance(r, bool) or r <= 0:
-        raise CorruptFileError(f"r must be a positive integer, not {r!r}", where=cfg_path)
-    if not isinstance(alpha, int | float) or isinstance(alpha, bool):
-        raise CorruptFileError(f"lora_alpha must be a number, not {alpha!r}", where=cfg_path)
+        raise CorruptFileError(f"r must be a positive integer, not {r!r}", where=cfg_path,
+                               fix="set r in adapter_config.json to the adapter's rank")
+    if not isinstance(alpha, int | float) or isinstance(alpha, bool) or not math.isfinite(alpha) or alpha <= 0:
+        raise CorruptFileError(f"lora_alpha must be a positive finite number, not {alpha!r}", where=cfg_path,
+                               fix="set lora_alpha in adapter_config.json to the value the adapter was trained with")
     return cfg
 
 
@@ -196,12 +200,18 @@ class _TensorSource:
 
     def get(self, name: str) -> torch.Tensor:
         if self._bin is not None:
+            check_finite(name, self._bin[name], self.file or "adapter")
             return self._bin[name]
         from safetensors import safe_open
 
         assert self.file is not None
-        with safe_open(str(self.file), "pt") as fh:
-            t: torch.Tensor = fh.get_tensor(name)
+        try:
+            with safe_open(str(self.file), "pt") as fh:
+                t: torch.Tensor = fh.get_tensor(name)
+        except Exception as exc:  # safetensors.SafetensorError, OSError: the header was checked, the data was not
+            raise CorruptFileError(f"cannot read tensor {name!r}: {exc}", where=self.file,
+                                   fix="download or save the adapter again") from exc
+        check_finite(name, t, self.file)
         return t
 
 

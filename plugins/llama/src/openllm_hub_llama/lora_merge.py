@@ -37,6 +37,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from openllm_hub.engines.finite import check_finite
 from openllm_hub.engines.hf_folder import SafetensorsWriter, shard_file_name, write_index
 from openllm_hub.plugin import (
     ConversionError,
@@ -258,6 +259,7 @@ def _merged(base: _Base, plan: _TensorPlan) -> torch.Tensor:
     if plan.replacement is None and not plan.deltas:
         for start, stop in base.chunks(plan.name):
             out[start:stop] = base.read(plan.name, start, stop)
+        check_finite(plan.name, out, base.path)
         return out
     chunks = base.chunks(plan.name) if plan.replacement is None else list(row_chunks(plan.shape, 4))
     for start, stop in chunks:
@@ -267,6 +269,7 @@ def _merged(base: _Base, plan: _TensorPlan) -> torch.Tensor:
             acc.add_(pair.delta_rows(start, stop))
         out[start:stop] = acc
         del acc
+    check_finite(plan.name, out, base.path)  # a NaN/Inf in the base or the adapter, or an fp16 overflow
     return out
 
 

@@ -35,7 +35,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from openllm_hub.engines.hf_quiet import hf_quiet
 from openllm_hub.plugin import (
+    CorruptFileError,
     DestinationExistsError,
     IncompatibleDeviceError,
     InvalidParameterError,
@@ -45,8 +47,10 @@ from openllm_hub.plugin import (
     atomic_output,
     progress_enabled,
     read_json,
+    read_safetensors_header,
     write_json,
 )
+from openllm_hub_llama.checkpoint import check_hf_folder
 from openllm_hub_llama.lora_data import Features, load_alpaca, pad_batch, split_validation, tokenize_example
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -220,13 +224,20 @@ class _Trainer:
         use_bf16 = self.device.type == "cuda" and torch.cuda.is_bf16_supported()
         self.dtype = torch.bfloat16 if use_bf16 else torch.float32
         torch.manual_seed(cfg.seed)
-        model = LlamaForCausalLM.from_pretrained(str(hf), dtype=self.dtype, local_files_only=True)
+        check_hf_folder(hf)
+        try:
+            with hf_quiet():
+                model = LlamaForCausalLM.from_pretrained(str(hf), dtype=self.dtype, local_files_only=True)
+        except Exception as exc:  # the library's errors at the load boundary
+            raise CorruptFileError(f"cannot load the base model: {type(exc).__name__}: {exc}", where=hf,
+                                   fix="check that every shard of the base is complete") from exc
         alpha: Any = int(cfg.alpha) if float(cfg.alpha).is_integer() else cfg.alpha
         lcfg = LoraConfig(r=cfg.r, lora_alpha=alpha, lora_dropout=cfg.dropout,
                           target_modules=list(cfg.target_modules), bias="none", task_type="CAUSAL_LM",
                           use_rslora=cfg.use_rslora)
         try:
-            self.model = get_peft_model(model, lcfg)
+            with hf_quiet():
+                self.model = get_peft_model(model, lcfg)
         except ValueError as exc:
             raise InvalidParameterError(f"cannot apply LoRA: {exc}", where="target_modules",
                                         fix="LLaMA modules: q_proj k_proj v_proj o_proj gate_proj up_proj "
@@ -326,8 +337,14 @@ class _Trainer:
         if ck is None:
             raise NotFoundError("nothing to resume: no checkpoints in the output folder", where=self.out,
                                 fix="start a new run without --resume")
-        weights = load_file(str(ck / "adapter_model.safetensors"))
-        set_peft_model_state_dict(self.model, weights)
+        read_safetensors_header(ck / "adapter_model.safetensors")  # every header problem, as one clear error
+        try:
+            weights = load_file(str(ck / "adapter_model.safetensors"))
+            with hf_quiet():
+                set_peft_model_state_dict(self.model, weights)
+        except Exception as exc:  # safetensors/peft errors at the resume boundary
+            raise CorruptFileError(f"cannot resume from this checkpoint: {type(exc).__name__}: {exc}", where=ck,
+                                   fix="delete the damaged checkpoint folder and resume from an earlier one") from exc
         from openllm_hub.plugin import load_torch_checkpoint
 
         state: dict[str, Any] = load_torch_checkpoint(ck / "trainer_state.pt", mmap=False)

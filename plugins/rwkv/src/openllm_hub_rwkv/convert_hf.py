@@ -35,6 +35,7 @@ from openllm_hub.plugin import (
     NotFoundError,
     load_torch_checkpoint,
     read_json,
+    read_safetensors_header,
     write_json,
 )
 from openllm_hub_rwkv.checkpoint import TensorMeta, read_pth_index
@@ -160,6 +161,7 @@ def read_hf_state(folder: Path) -> dict[str, torch.Tensor]:
     sd: dict[str, torch.Tensor] = {}
     if files:
         for f in files:
+            read_safetensors_header(f)  # every header problem as one clear error naming the tensor
             try:
                 sd.update(load_file(str(f)))
             except Exception as exc:  # noqa: BLE001 - safetensors raises several exception types
@@ -195,11 +197,15 @@ def convert_hf_to_pth(req: ConvertRequest) -> None:
     import torch
 
     cfg = read_json(req.src / "config.json")
-    if cfg.get("model_type") != "rwkv":
-        raise ConversionError(f"config.json has model_type {cfg.get('model_type')!r}, not 'rwkv'", where=req.src)
+    if not isinstance(cfg, dict) or cfg.get("model_type") != "rwkv":
+        got = cfg.get("model_type") if isinstance(cfg, dict) else cfg
+        raise ConversionError(f"config.json has model_type {got!r}, not 'rwkv'", where=req.src / "config.json")
+    n_layer = cfg.get("num_hidden_layers")
+    if not isinstance(n_layer, int) or isinstance(n_layer, bool) or n_layer <= 0:
+        raise CorruptFileError(f"config.json: 'num_hidden_layers' must be a positive integer, got {n_layer!r}",
+                               where=req.src / "config.json", fix="restore config.json from the model's source")
     hf = read_hf_state(req.src)
     sd = {hf_name_to_pth(k): v for k, v in hf.items()}
-    n_layer = int(cfg.get("num_hidden_layers", 0))
     ordered = {k: sd[k].contiguous() for k in pth_order(list(sd), n_layer)}
     ordered = _cast(ordered, req.outtype)
     arch = analyse({k: TensorMeta(tuple(v.shape), str(v.dtype)) for k, v in ordered.items()}, where=req.src)

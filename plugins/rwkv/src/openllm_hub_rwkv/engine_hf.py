@@ -11,6 +11,9 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from openllm_hub.engines.finite import check_finite
+from openllm_hub.engines.hf_folder import HFFolder
+from openllm_hub.engines.hf_quiet import hf_quiet
 from openllm_hub.plugin import (
     CorruptFileError,
     GenerationConfig,
@@ -126,11 +129,25 @@ def load_transformers(req: LoadRequest[RwkvOptions]) -> TransformersRwkvModel:
     model: Any
     if req.format == "hf":
         cfg = read_json(path / "config.json")
-        vocab = int(cfg.get("vocab_size", 0))
+        vocab = cfg.get("vocab_size") if isinstance(cfg, dict) else None
+        if not isinstance(vocab, int) or isinstance(vocab, bool) or vocab <= 0:
+            raise CorruptFileError(f"config.json: 'vocab_size' must be a positive integer, got {vocab!r}",
+                                   where=path / "config.json", fix="restore config.json from the model's source")
+        HFFolder(path)  # index, shards and safetensors headers checked before transformers reads them
         try:
-            model = RwkvForCausalLM.from_pretrained(str(path), dtype=torch_dtype, local_files_only=True)
-        except (OSError, ValueError, RuntimeError) as exc:
-            raise CorruptFileError(f"transformers cannot load this RWKV folder: {exc}", where=path) from None
+            with hf_quiet():
+                loaded: Any = RwkvForCausalLM.from_pretrained(str(path), dtype=torch_dtype, local_files_only=True,
+                                                  output_loading_info=True)
+            model, loading = loaded
+        except Exception as exc:  # the library's errors at the load boundary
+            raise CorruptFileError(f"transformers cannot load this RWKV folder: {type(exc).__name__}: {exc}",
+                                   where=path, fix="check that the folder holds a complete RWKV checkpoint") from exc
+        for kind in ("missing_keys", "unexpected_keys", "mismatched_keys"):
+            keys = sorted(str(k) for k in loading.get(kind) or ())
+            if keys:  # missing ones would run as random numbers
+                raise CorruptFileError(f"the weights do not match config.json: {kind.replace('_', ' ')} {keys[:3]}",
+                                       where=path, fix="use the config.json that belongs to these weights, or "
+                                                       "download the complete checkpoint")
         parameters = sum(p.numel() for p in model.parameters())
         version = "4"
     else:
@@ -142,11 +159,18 @@ def load_transformers(req: LoadRequest[RwkvOptions]) -> TransformersRwkvModel:
         sd = pth_state_to_hf(load_torch_checkpoint(path))
         # clone: transformers rescales weights in place; never write into a memory-mapped file
         sd = {k: v.to(torch_dtype).clone() for k, v in sd.items()}
-        config = RwkvConfig.from_dict(hf_config(arch, context_length=1024, dtype=_DTYPES[dtype]))
-        with torch.device("meta"):
-            model = RwkvForCausalLM(config)
-        model.load_state_dict(sd, strict=True, assign=True)
+        with hf_quiet():
+            config = RwkvConfig.from_dict(hf_config(arch, context_length=1024, dtype=_DTYPES[dtype]))
+            with torch.device("meta"):
+                model = RwkvForCausalLM(config)
+        try:
+            model.load_state_dict(sd, strict=True, assign=True)
+        except RuntimeError as exc:
+            raise CorruptFileError(f"the checkpoint does not fit an RWKV-4 of its own dimensions: {exc}", where=path,
+                                   fix="check that the file is a complete RWKV checkpoint") from exc
         vocab, parameters, version = arch.vocab_size, arch.parameters, arch.version
+    for name, tensor in model.state_dict().items():  # NaN/Inf weights would only show as NaN logits
+        check_finite(name, tensor, path)
     model.eval()
     model.to(device)
     tokenizer = choose_tokenizer(opts.tokenizer, vocab, path)

@@ -309,10 +309,16 @@ class RwkvModel(Model):
 
 
 def _fingerprint(path: Path, arch: Arch) -> str:
-    """Identity of the weights for state files: architecture plus the final layer norm."""
+    """Identity of the weights for state files: architecture plus the final layer norm. The
+    memory-mapped state dict is also where NaN/Inf weights are refused, by name, before the
+    package builds a model from them (one pass over the file)."""
+    from openllm_hub.engines.finite import check_finite
     from openllm_hub.plugin import load_torch_checkpoint
 
     sd = load_torch_checkpoint(path, mmap=True)
+    for name, tensor in sd.items():
+        if hasattr(tensor, "dtype"):
+            check_finite(name, tensor, path)
     h = hashlib.sha256(arch.describe().encode())
     for key in ("ln_out.weight", "ln_out.bias"):
         h.update(sd[key].float().contiguous().numpy().tobytes())

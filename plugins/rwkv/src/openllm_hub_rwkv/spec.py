@@ -171,17 +171,52 @@ def analyse(tensors: Mapping[str, TensorMeta], *, where: Path | str = "checkpoin
     if n_head * head_size != n_att:
         raise CorruptFileError(f"{n_head} heads of {head_size} do not make the attention width {n_att}",
                                where=where, fix="the checkpoint is inconsistent; download it again")
-    for i in range(n_layer):
-        for name, want in ((f"blocks.{i}.att.key.weight", (n_att, c)), (f"blocks.{i}.ffn.key.weight", (n_ffn, c)),
-                           (f"blocks.{i}.ffn.value.weight", (c, n_ffn)), (f"blocks.{i}.ln1.weight", (c,))):
-            if tensors[name].shape != want:
-                raise CorruptFileError(f"{name} has shape {tensors[name].shape}, expected {want}", where=where,
-                                       fix="the checkpoint is inconsistent; download it again")
+    check_shapes(tensors, version, n_layer, c, n_att, n_ffn, where)
     dtypes = {t.dtype for k, t in tensors.items() if k.endswith(".weight") and len(t.shape) == 2}
     return Arch(version=version, n_layer=n_layer, n_embd=c, vocab_size=vocab, n_att=n_att, n_ffn=n_ffn,
                 n_head=n_head, head_size=head_size, parameters=sum(t.numel for t in tensors.values()),
                 dtype="/".join(sorted(dtypes)) or "unknown",
                 state_tuned=any(n.endswith(".att.time_state") for n in names))
+
+
+def check_shapes(tensors: Mapping[str, TensorMeta], version: str, n_layer: int, c: int, n_att: int, n_ffn: int,
+                 where: Path | str) -> None:
+    """Every tensor's shape, not only the few the dimensions are read from: the matrices and
+    norms of each block against the model width ``c``, attention width ``n_att`` and FFN width
+    ``n_ffn``; the mixing vectors hold ``c`` values; and every other tensor of a block has the
+    shape the same tensor has in the other blocks (a wrongly shaped tensor anywhere is refused
+    here, not as a shape error deep inside the ``rwkv`` package)."""
+    fix = "the checkpoint is inconsistent; download it again"
+    want: dict[str, tuple[int, ...]] = {"ln_out.weight": (c,), "ln_out.bias": (c,)}
+    for i in range(n_layer):
+        b, a, f = f"blocks.{i}.", f"blocks.{i}.att.", f"blocks.{i}.ffn."
+        want |= {b + n: (c,) for n in ("ln1.weight", "ln1.bias", "ln2.weight", "ln2.bias", "ln0.weight", "ln0.bias")}
+        want |= {a + "key.weight": (n_att, c), a + "value.weight": (n_att, c), a + "receptance.weight": (n_att, c),
+                 a + "output.weight": (c, n_att), a + "gate.weight": (n_att, c), a + "ln_x.weight": (n_att,),
+                 a + "ln_x.bias": (n_att,), f + "key.weight": (n_ffn, c), f + "value.weight": (c, n_ffn),
+                 f + "receptance.weight": (c, c)}
+    for name, meta in tensors.items():
+        shape = want.get(name)
+        if shape is not None and meta.shape != shape:
+            raise CorruptFileError(f"{name} has shape {meta.shape}, expected {shape}", where=where, fix=fix)
+        leaf = name.rsplit(".", 1)[-1]
+        is_mix = (leaf.startswith(("time_mix_", "time_maa_")) and leaf not in ("time_maa_w1", "time_maa_w2")) or (
+            version == "7" and leaf in ("x_r", "x_w", "x_k", "x_v", "x_a", "x_g"))
+        if is_mix and name.startswith("blocks.") and meta.numel != c:
+            raise CorruptFileError(f"{name} has shape {meta.shape}, expected {c} values (the model width)",
+                                   where=where, fix=fix)
+        if any(d <= 0 for d in meta.shape) and name.startswith("blocks."):
+            raise CorruptFileError(f"{name} has an empty shape {meta.shape}", where=where, fix=fix)
+    reference: dict[str, tuple[str, tuple[int, ...]]] = {}
+    for name, meta in tensors.items():
+        m = _BLOCK.match(name)
+        if m is None:
+            continue
+        suffix = name[m.end():]
+        first = reference.setdefault(suffix, (name, meta.shape))
+        if meta.shape != first[1]:
+            raise CorruptFileError(f"{name} has shape {meta.shape}, but {first[0]} has {first[1]}: blocks must "
+                                   "agree", where=where, fix=fix)
 
 
 def _dims(meta: TensorMeta, rank: int, name: str, where: Path | str) -> tuple[int, int]:

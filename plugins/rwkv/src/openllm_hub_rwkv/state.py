@@ -19,7 +19,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from openllm_hub.plugin import CorruptFileError, InvalidParameterError, NotFoundError, atomic_output, check_destination
+from openllm_hub.plugin import (
+    CorruptFileError,
+    InvalidParameterError,
+    NotFoundError,
+    atomic_output,
+    check_destination,
+    read_safetensors_header,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -75,6 +82,7 @@ def load_snapshots(path: str | Path, *, meta: dict[str, str], like: list[torch.T
     p = Path(path)
     if not p.is_file():
         raise NotFoundError("state file not found", where=p)
+    read_safetensors_header(p)  # a damaged header is reported with the tensor it concerns
     try:
         with safe_open(str(p), framework="pt") as fh:
             found: dict[str, Any] = dict(fh.metadata() or {})
