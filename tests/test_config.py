@@ -27,3 +27,10 @@ def test_stop_accepts_a_string() -> None:
 def test_with_seed_fixes_a_seed() -> None:
     c = GenerationConfig().with_seed()
     assert c.seed is not None and c.with_seed().seed == c.seed
+
+
+@pytest.mark.parametrize("field", ["temperature", "top_p", "repeat_penalty"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_non_finite_numbers_are_named_as_such(field: str, value: float) -> None:
+    with pytest.raises(InvalidParameterError, match=f"{field}: Input should be a finite number"):
+        GenerationConfig.build(**{field: value})

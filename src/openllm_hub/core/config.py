@@ -16,7 +16,7 @@ class GenerationConfig(BaseModel):
     model, seed and parameters give the same text in every plugin.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)  # NaN/inf: "finite number"
 
     max_new_tokens: int = Field(128, ge=1, le=1_000_000, description="most tokens to generate")
     temperature: float = Field(0.8, ge=0.0, le=100.0, description="0 = greedy")
