@@ -47,6 +47,8 @@ if TYPE_CHECKING:  # pragma: no cover
     import numpy.typing as npt
     from llama_cpp import Llama
 
+    from openllm_hub.core.batch import BatchDecoder
+
 #: GPU memory kept free for the CUDA context and llama.cpp's compute buffers when layers are
 #: fitted automatically (MiB). llama.cpp's compute buffer for a 7B model at 4k context is a few
 #: hundred MiB; the CUDA context itself takes 300-500 MiB.
@@ -456,7 +458,15 @@ class LlamaCppModel(Model):
         finally:
             sampler.close()
 
-    # -- several sequences: the core interleaves them, swapping the one context's state
+    # -- several sequences in one forward pass (openllm_hub.engines.llama_cpp_batch)
+    def _batch_decoder(self, slots: int) -> BatchDecoder | None:
+        """A decoder of up to ``slots`` sequences in one ``llama_decode`` per step, on its own
+        context over this model's weights (the single-sequence path keeps the model's context)."""
+        from openllm_hub.engines.llama_cpp_batch import LlamaCppBatchDecoder
+
+        return LlamaCppBatchDecoder(self, slots)
+
+    # -- several sequences without a batched decoder: the core interleaves them, swapping the one context's state
     #: One context holds one sequence's KV cache, so the core's interleaving of several
     #: sequences saves and restores it around each switch (see openllm_hub.core.batch).
     sequence_interleaving = "swap"
