@@ -202,3 +202,31 @@ def test_lora_adapters_apply_in_the_batch(tiny_hf_factory: Callable[..., Path], 
         assert [b.token_ids for b in batch] == [a.token_ids for a in single]
     with openllm_hub.load(gguf, device="cpu", threads=1) as plain:  # control: the adapter matters
         assert [plain.generate(p, **_greedy(10)).token_ids for p in PROMPTS[:4]] != [a.token_ids for a in single]
+
+
+def test_server_slots_run_the_gguf_model_batched(model: LlamaCppModel) -> None:
+    """``serve --parallel 4`` on the GGUF model: four concurrent requests, each answered as the
+    SDK answers it alone, and the model card says the engine batches."""
+    import threading
+
+    from fastapi.testclient import TestClient
+
+    from openllm_hub.server.app import create_app
+
+    params = [{"max_tokens": 10 + i, "temperature": 0.0 if i % 2 else 0.8, "seed": 40 + i} for i in range(4)]
+    want = [model.generate(PROMPTS[i], max_new_tokens=10 + i, temperature=params[i]["temperature"],
+                           seed=40 + i).text for i in range(4)]
+    got: dict[int, object] = {}
+    with TestClient(create_app(model, parallel=4)) as client:
+        def run(i: int) -> None:
+            r = client.post("/v1/completions", json={"model": "m", "prompt": PROMPTS[i], **params[i]})
+            got[i] = r.json()["choices"][0]["text"] if r.status_code == 200 else r.text
+
+        threads = [threading.Thread(target=run, args=(i,)) for i in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        card = client.get("/v1/models").json()["data"][0]["meta"]
+    assert [got.get(i) for i in range(4)] == want
+    assert card["batching"] == "batched" and card["parallel"] == 4

@@ -704,6 +704,8 @@ def load_gguf(req: LoadRequest[Any], *, family: str, options: LlamaCppOptions | 
         context_length=llm.n_ctx(), vocab_size=llm.n_vocab(), dtype=ftype,
         extra={"n_ctx_train": train_ctx, "n_layers": n_layers, "n_gpu_layers": n_gpu_layers,
                "threads": threads, "kv_cache_type": kv_type, "repack": repack, "n_batch": llm.n_batch,
+               # what one token's KV cache costs (a batch holds slots x n_ctx of them; serve's default --parallel)
+               "kv_bytes_per_token": kv_bytes // n_ctx,
                "description": llm._model.desc(), "size_bytes": int(llama_cpp.llama_model_size(model_ptr)),
                "lora": [{"path": p, "scale": s} for p, s in opts.lora], "llama_cpp": caps["version"],
                "loras_attached": adapters, **(info_extra or {})},
