@@ -157,6 +157,49 @@ def test_context_grows_when_more_sequences_join(model: Model) -> None:
     assert [tuple(got[i]) for i in range(5)] == [s.token_ids for s in single]
 
 
+def test_sequences_wait_when_the_context_cannot_grow(model: LlamaCppModel) -> None:
+    """At its limit (here ``max_seqs=2``; by default llama.cpp's and half the RAM's) a joining
+    sequence waits for a free sequence id, then runs as alone; a waiting one may be cancelled."""
+    single = [model.generate(p, **_greedy(8)) for p in PROMPTS[:5]]
+    dec = LlamaCppBatchDecoder(model, 1, max_seqs=2)
+    got: dict[int, list[int]] = {k: [] for k in range(5)}
+    try:
+        for key in range(5):
+            dec.join(key, model.tokenize(PROMPTS[key]), _config(model, **_greedy(8)))
+        assert dec.n_seq_max == 2
+        dec.leave(3)  # cancelled while waiting
+        live = {0, 1, 2, 4}
+        for _ in range(100):
+            out = dec.step()
+            assert len(out) <= 2
+            for key, token in out.items():
+                assert isinstance(token, int)
+                got[key].append(token)
+                if len(got[key]) == 8:
+                    dec.leave(key)
+                    live.discard(key)
+            if not live:
+                break
+        assert not live
+    finally:
+        dec.close()
+    assert [tuple(got[k]) for k in (0, 1, 2, 4)] == [single[k].token_ids for k in (0, 1, 2, 4)]
+    assert got[3] == []
+
+
+def test_closing_the_model_under_an_open_batch(gguf: Path) -> None:
+    """The batch's context is freed with the model (before it); the batch then refuses to step."""
+    m = openllm_hub.load(gguf, device="cpu", threads=1)
+    batch = m.new_batch(2)
+    key = batch.add(m.tokenize("Once"), _config(m, **_greedy()))
+    batch.step()
+    m.close()
+    with pytest.raises(Exception, match="closed"):
+        batch.step()
+    batch.cancel(key)
+    batch.close()
+
+
 def test_finished_sequences_leave_the_kv_cache(model: LlamaCppModel) -> None:
     import llama_cpp
 

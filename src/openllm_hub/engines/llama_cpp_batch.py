@@ -24,7 +24,8 @@ Sequences get sequence ids from a free list; when more join than the context was
 (the core asks for a decoder with ``slots or 1`` sequences when a batch has no slot limit),
 the context is remade with twice the sequences and each running sequence's KV cells are
 copied into it (``llama_state_seq_get_data``/``set_data``), up to llama.cpp's
-``llama_max_parallel_sequences()``.
+``llama_max_parallel_sequences()`` and, on the CPU, as many full-slot KV caches as half the
+available RAM holds. Beyond that, a joining sequence waits (no result yet) until one leaves.
 
 Where results can differ from a single run: llama.cpp's CPU kernels do not promise the same
 rounding for a batch of rows as for one. Matrix products over several rows may take other
@@ -77,7 +78,7 @@ class LlamaCppBatchDecoder(BatchDecoder):
     sampled from (:attr:`logits`), for tests that compare them with the single run."""
 
     def __init__(self, model: LlamaCppModel, slots: int, *, step_tokens: int | None = None,
-                 keep_logits: bool = False) -> None:
+                 max_seqs: int | None = None, keep_logits: bool = False) -> None:
         import llama_cpp
 
         if slots < 1:
@@ -85,7 +86,13 @@ class LlamaCppBatchDecoder(BatchDecoder):
         self.model = model
         self._slot: int = model._n_ctx
         self.slot_tokens = self._slot
-        self._max_seqs = int(llama_cpp.llama_max_parallel_sequences())
+        #: the most sequences the context may grow to: llama.cpp's limit, ``max_seqs``, and (on the
+        #: CPU) as many full-slot KV caches as half the available RAM holds
+        self._max_seqs = min(int(llama_cpp.llama_max_parallel_sequences()), max_seqs or 2**31,
+                             max(slots, self._memory_cap()))
+        #: sequences joined while every sequence id was taken and the context could not grow:
+        #: admitted in join order as ids free up (no result for them until then)
+        self._waiting: dict[int, tuple[list[int], Any]] = {}
         self._budget = step_tokens or int(model._llm.n_batch)
         self._seqs: dict[int, _Seq] = {}
         self._ctx: Any = None
@@ -96,6 +103,17 @@ class LlamaCppBatchDecoder(BatchDecoder):
         #: key -> the logits rows its tokens were sampled from (with ``keep_logits``)
         self.logits: dict[int, list[npt.NDArray[np.float32]]] = {}
         self._make_context(min(slots, self._max_seqs))
+
+    def _memory_cap(self) -> int:
+        """How many full-slot KV caches half the available RAM holds (CPU models; a GPU's
+        context fails cleanly when it cannot be allocated)."""
+        per_token = self.model.info.extra.get("kv_bytes_per_token")
+        if not self.model.info.device.startswith("cpu") or not isinstance(per_token, int) or per_token <= 0:
+            return 2**31
+        from openllm_hub.core.plan import available_ram
+
+        free = available_ram()
+        return 2**31 if free is None else max(1, free // 2 // (per_token * self._slot))
 
     # -- the context
     def _make_context(self, n_seq_max: int) -> None:
@@ -154,30 +172,44 @@ class LlamaCppBatchDecoder(BatchDecoder):
     def join(self, key: int, prompt_ids: list[int], config: GenerationConfig) -> None:
         if not prompt_ids:
             raise InvalidParameterError("an empty prompt cannot join a batch", where="prompt")
-        if not self._free:
-            if self._n_seq_max >= self._max_seqs:
-                raise InvalidParameterError(
-                    f"llama.cpp runs at most {self._max_seqs} sequences in one context", where="slots",
-                    fix=f"use at most {self._max_seqs} slots")
-            self._make_context(min(self._max_seqs, 2 * self._n_seq_max))
+        if not self._free and self._n_seq_max < self._max_seqs and not self._waiting:
+            try:
+                self._make_context(min(self._max_seqs, 2 * self._n_seq_max))
+            except IncompatibleDeviceError:  # no memory for a larger one: this one stays, the newcomer waits
+                self._max_seqs = self._n_seq_max
         sampler = self.model._sampler(config, prompt_ids)
-        self._seqs[key] = _Seq(self._free.pop(), list(prompt_ids), sampler)
         if self.keep_logits:
             self.logits[key] = []
+        if not self._free or self._waiting:
+            self._waiting[key] = (list(prompt_ids), sampler)
+            return
+        self._seqs[key] = _Seq(self._free.pop(), list(prompt_ids), sampler)
+
+    def _admit(self) -> None:
+        """Give freed sequence ids to waiting sequences, first come first served."""
+        while self._free and self._waiting:
+            key = next(iter(self._waiting))
+            prompt_ids, sampler = self._waiting.pop(key)
+            self._seqs[key] = _Seq(self._free.pop(), prompt_ids, sampler)
 
     def leave(self, key: int) -> None:
         import llama_cpp
 
+        waiting = self._waiting.pop(key, None)
+        if waiting is not None:
+            waiting[1].close()
         seq = self._seqs.pop(key, None)
         if seq is None:
             return
         seq.sampler.close()
-        if self._ctx is not None and self._ctx.memory is not None:
+        # (a context freed with its model, which was closed first, holds nothing to remove)
+        if self._ctx is not None and self._ctx.ctx is not None and self._ctx.memory is not None:
             llama_cpp.llama_memory_seq_rm(self._ctx.memory, seq.seq_id, -1, -1)
         self._free.append(seq.seq_id)
         self._free.sort(reverse=True)
 
     def step(self) -> dict[int, StepResult]:
+        self._admit()
         out: dict[int, StepResult] = {}
         batch = self._batch.batch
         n = 0
@@ -241,7 +273,7 @@ class LlamaCppBatchDecoder(BatchDecoder):
         return out
 
     def close(self) -> None:
-        for key in list(self._seqs):
+        for key in [*self._waiting, *self._seqs]:
             self.leave(key)
         if self._batch is not None:
             self._batch.close()
