@@ -107,7 +107,7 @@ def main() -> None:
     report: dict[str, Any] = {"model": str(path), "parameters": model.info.parameters, "dtype": model.info.dtype,
                               "threads": args.threads, "tokens_per_sequence": args.tokens, "machine": machine(),
                               "rows": []}
-    print(f"{model.info.parameters / 1e6:.0f}M parameters, {model.info.dtype}, {args.threads} thread(s), "
+    print(f"{(model.info.parameters or 0) / 1e6:.0f}M parameters, {model.info.dtype}, {args.threads} thread(s), "
           f"{args.tokens} tokens per sequence, best (median) of {args.reps}")
     print(f"{'mode':<12} {'N':>3} {'wall tok/s':>16} {'CPU tok/s':>16} {'x (CPU)':>8}  {'decode wall':>16} "
           f"{'decode CPU':>16} {'x (CPU)':>8}")
