@@ -253,13 +253,23 @@ def llama_paths(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 LLAMA_PROMPTS = ["Once upon a time", "Hello", "The little dog ran to the big house", "A"]
 
 
-@pytest.mark.parametrize("kind", ["gguf", "hf"])
+@pytest.mark.parametrize("kind", ["gguf", "gguf-swap", "hf"])
 def test_llama_batches_equal_single_runs(llama_paths: dict[str, Path], kind: str) -> None:
-    with openllm_hub.load(llama_paths[kind], device="cpu", threads=1) as m:
-        assert m.batching == "interleaved"
-        assert m.sequence_interleaving == ("swap" if kind == "gguf" else "independent")
+    """llama.cpp decodes a batch in one forward pass (openllm_hub.engines.llama_cpp_batch);
+    "gguf-swap" is the same model without its batched decoder: the core's interleaving, which
+    swaps the one context's state between sequences (``sequence_interleaving = "swap"``)."""
+    with openllm_hub.load(llama_paths[kind.removesuffix("-swap")], device="cpu", threads=1) as m:
+        if kind == "gguf-swap":
+            m.__class__ = _swap_only(type(m))
+        assert m.batching == {"gguf": "batched", "gguf-swap": "interleaved", "hf": "interleaved"}[kind]
+        assert m.sequence_interleaving == ("independent" if kind == "hf" else "swap")
         check_batch_equals_single(m, LLAMA_PROMPTS)
         check_batch_join_and_cancel(m, LLAMA_PROMPTS)
+
+
+def _swap_only(cls: type[Model]) -> type[Model]:
+    """``cls`` without its batched decoder (the core's default hook: interleave)."""
+    return type(f"SwapOnly{cls.__name__}", (cls,), {"_batch_decoder": Model._batch_decoder})
 
 
 def test_llama_cpp_single_calls_in_the_middle_of_a_batch_do_not_disturb_it(llama_paths: dict[str, Path]) -> None:

@@ -47,6 +47,8 @@ if TYPE_CHECKING:  # pragma: no cover
     import numpy.typing as npt
     from llama_cpp import Llama
 
+    from openllm_hub.core.batch import BatchDecoder
+
 #: GPU memory kept free for the CUDA context and llama.cpp's compute buffers when layers are
 #: fitted automatically (MiB). llama.cpp's compute buffer for a 7B model at 4k context is a few
 #: hundred MiB; the CUDA context itself takes 300-500 MiB.
@@ -456,7 +458,15 @@ class LlamaCppModel(Model):
         finally:
             sampler.close()
 
-    # -- several sequences: the core interleaves them, swapping the one context's state
+    # -- several sequences in one forward pass (openllm_hub.engines.llama_cpp_batch)
+    def _batch_decoder(self, slots: int) -> BatchDecoder | None:
+        """A decoder of up to ``slots`` sequences in one ``llama_decode`` per step, on its own
+        context over this model's weights (the single-sequence path keeps the model's context)."""
+        from openllm_hub.engines.llama_cpp_batch import LlamaCppBatchDecoder
+
+        return LlamaCppBatchDecoder(self, slots)
+
+    # -- several sequences without a batched decoder: the core interleaves them, swapping the one context's state
     #: One context holds one sequence's KV cache, so the core's interleaving of several
     #: sequences saves and restores it around each switch (see openllm_hub.core.batch).
     sequence_interleaving = "swap"
@@ -694,6 +704,8 @@ def load_gguf(req: LoadRequest[Any], *, family: str, options: LlamaCppOptions | 
         context_length=llm.n_ctx(), vocab_size=llm.n_vocab(), dtype=ftype,
         extra={"n_ctx_train": train_ctx, "n_layers": n_layers, "n_gpu_layers": n_gpu_layers,
                "threads": threads, "kv_cache_type": kv_type, "repack": repack, "n_batch": llm.n_batch,
+               # what one token's KV cache costs (a batch holds slots x n_ctx of them; serve's default --parallel)
+               "kv_bytes_per_token": kv_bytes // n_ctx,
                "description": llm._model.desc(), "size_bytes": int(llama_cpp.llama_model_size(model_ptr)),
                "lora": [{"path": p, "scale": s} for p, s in opts.lora], "llama_cpp": caps["version"],
                "loras_attached": adapters, **(info_extra or {})},

@@ -1,0 +1,134 @@
+"""Batching on llama.cpp: aggregate generated tokens/s with 1, 2, 4 and 8 sequences at once.
+
+Each round runs ``Model.generate_batch`` over N different prompts (10 to 20 tokens each,
+greedy, ``--tokens`` new tokens each) on one loaded model, and reports the generated tokens
+of all sequences divided by the round's wall-clock time (prompt reading included) and by
+its process CPU time (with one thread, llama.cpp computes on the calling thread, so CPU time
+is robust to neighbours on a shared machine), and the same two rates for the decode steps
+alone (after the first step, which reads every prompt and samples each first token). Modes:
+
+* ``batched``: the engine's batched decoder (openllm_hub.engines.llama_cpp_batch), one
+  ``llama_decode`` per step for all sequences;
+* ``interleaved``: the same model without it (the core's fallback, which swaps the one
+  context's KV cache between sequences), i.e. what the server did before.
+
+Rounds alternate between the modes and N; the best of ``--reps`` is reported (and the median).
+Without ``--model`` the random LLaMA of bench_llama_overhead.py (hidden 768, 12 layers, about
+134M parameters, f16 GGUF) is built in ``--work``. Usage::
+
+    nice python benchmarks/bench_batch.py [--model x.gguf] [--threads 1] [--tokens 48] [--reps 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+PROMPTS = ["Building a website can be done in 10 simple steps:\n1.", "Once upon a time, in a land far away,",
+           "The capital of France is", "Here is a recipe for pancakes. Ingredients:",
+           "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"",
+           "The three laws of thermodynamics are", "Dear hiring manager, I am writing to apply for",
+           "In 1969, the first humans landed on"]
+
+
+def main() -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bench_llama_overhead import build_model, machine
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", type=Path)
+    ap.add_argument("--work", type=Path, default=Path("/tmp/openllm-hub-bench"))
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--tokens", type=int, default=48)
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--clients", default="1,2,4,8")
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+    args.work.mkdir(parents=True, exist_ok=True)
+    path = args.model or build_model(args.work)
+
+    import openllm_hub
+    from openllm_hub.core.config import GenerationConfig
+    from openllm_hub.core.model import Model
+
+    model = openllm_hub.load(path, device="cpu", threads=args.threads, n_ctx=512)
+    batched_cls = type(model)
+    interleaved_cls = type("Interleaved" + batched_cls.__name__, (batched_cls,),
+                           {"_batch_decoder": Model._batch_decoder})
+    counts = [int(c) for c in args.clients.split(",")]
+    params = {"max_new_tokens": args.tokens, "temperature": 0.0}
+    results: dict[str, dict[int, list[tuple[float, float, float, float]]]] = {"batched": {}, "interleaved": {}}
+    texts: dict[int, list[str]] = {}  # the first round's texts, which every later round should repeat
+    differing: dict[str, int] = {}
+
+    def run(mode: str, n: int) -> None:
+        """One round: N prompts joined at once, stepped until all finish. The first step reads
+        every prompt (they fit one step's budget) and samples each first token; the decode
+        rate counts the steps after it."""
+        model.__class__ = batched_cls if mode == "batched" else interleaved_cls
+        configs = [GenerationConfig.build(model.generation_defaults, **params).with_seed() for _ in range(n)]
+        c0, t0 = time.process_time(), time.perf_counter()
+        got: dict[int, list[str]] = {}
+        tokens = 0
+        with model.new_batch(n) as batch:
+            keys = {batch.add(model.tokenize(p), cfg): i for i, (p, cfg) in enumerate(zip(PROMPTS[:n], configs))}
+            first: tuple[float, float] | None = None
+            while batch.running:
+                for key, event in batch.step():
+                    assert not isinstance(event, BaseException), event
+                    got.setdefault(keys[key], []).append(event.text)
+                    if event.usage is not None:
+                        tokens += event.usage.completion_tokens
+                if first is None:
+                    first = (time.process_time(), time.perf_counter())
+        cpu, wall = time.process_time() - c0, time.perf_counter() - t0
+        assert first is not None
+        dec_cpu, dec_wall = time.process_time() - first[0], time.perf_counter() - first[1]
+        dec_tokens = tokens - n
+        results[mode].setdefault(n, []).append((tokens / wall, tokens / cpu, dec_tokens / dec_wall,
+                                                dec_tokens / dec_cpu))
+        text = ["".join(got[i]) for i in range(n)]
+        want = texts.setdefault(n, text)
+        differing[mode] = differing.get(mode, 0) + sum(a != b for a, b in zip(text, want))
+
+    run("batched", 1)  # warm-up (page in the weights)
+    for _ in range(args.reps):
+        for n in counts:
+            for mode in ("batched", "interleaved"):
+                run(mode, n)
+    model.__class__ = batched_cls
+    model.close()
+
+    report: dict[str, Any] = {"model": str(path), "parameters": model.info.parameters, "dtype": model.info.dtype,
+                              "threads": args.threads, "tokens_per_sequence": args.tokens, "machine": machine(),
+                              "rows": []}
+    print(f"{(model.info.parameters or 0) / 1e6:.0f}M parameters, {model.info.dtype}, {args.threads} thread(s), "
+          f"{args.tokens} tokens per sequence, best (median) of {args.reps}")
+    print(f"{'mode':<12} {'N':>3} {'wall tok/s':>16} {'CPU tok/s':>16} {'x (CPU)':>8}  {'decode wall':>16} "
+          f"{'decode CPU':>16} {'x (CPU)':>8}")
+    names = ("wall", "cpu", "decode_wall", "decode_cpu")
+    for mode in ("batched", "interleaved"):
+        base = [max(r[j] for r in results[mode][counts[0]]) for j in range(4)]
+        for n in counts:
+            rows = results[mode][n]
+            best = [max(r[j] for r in rows) for j in range(4)]
+            med = [statistics.median(r[j] for r in rows) for j in range(4)]
+            print(f"{mode:<12} {n:>3} {best[0]:>7.1f} ({med[0]:>6.1f}) {best[1]:>7.1f} ({med[1]:>6.1f}) "
+                  f"{best[1] / base[1]:>7.2f}x  {best[2]:>7.1f} ({med[2]:>6.1f}) {best[3]:>7.1f} ({med[3]:>6.1f}) "
+                  f"{best[3] / base[3]:>7.2f}x")
+            report["rows"].append({"mode": mode, "clients": n, **{f"{k}_tok_s_best": b for k, b in zip(names, best)},
+                                   **{f"{k}_tok_s_median": m for k, m in zip(names, med)}})
+    report["texts_differing_from_first_round"] = differing
+    print("texts differing from the first round (greedy):", differing)
+    print(json.dumps(report["machine"], indent=1))
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()
