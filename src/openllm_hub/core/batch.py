@@ -259,14 +259,16 @@ class Batch:
     server's worker, or the caller of ``Model.stream_batch``); each step holds the model's lock.
     """
 
-    def __init__(self, model: Model, slots: int | None = None) -> None:
+    def __init__(self, model: Model, slots: int | None = None, *, expected: int | None = None) -> None:
+        """``expected``: how many sequences the caller knows will run at once when ``slots`` is
+        None, so a batched decoder is sized once instead of growing from one."""
         if slots is not None and slots < 1:
             from openllm_hub.errors import InvalidParameterError
 
             raise InvalidParameterError(f"a batch needs at least one slot, got {slots}", where="slots")
         self.model = model
         self.slots = slots
-        decoder = model._batch_decoder(slots or 1)
+        decoder = model._batch_decoder(slots or max(expected or 1, 1))
         self.decoder: BatchDecoder = decoder if decoder is not None else InterleavedDecoder(model)
         self._seqs: dict[int, _Sequence] = {}
         self._next_key = 0
@@ -389,7 +391,7 @@ def stream_batch(model: Model, requests: Iterable[tuple[list[int], GenerationCon
     in input order. The exception of a failed sequence is raised at once (the caller asked
     for every result), after which the batch is closed."""
     todo = list(requests)
-    batch = Batch(model, slots)
+    batch = Batch(model, slots, expected=len(todo))
     keys: dict[int, int] = {}
     nxt = 0
     try:
