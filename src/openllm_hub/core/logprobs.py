@@ -82,8 +82,9 @@ def score(logits: npt.NDArray[np.floating], token: int, top_k: int) -> ScoredTok
     top: tuple[tuple[int, float], ...] = ()
     if top_k > 0:
         k = min(top_k, lp.shape[0])
-        cand = np.argpartition(-lp, k - 1)[:k]
-        order = sorted(cand.tolist(), key=lambda i: (-lp[i], i))
+        kth = np.partition(lp, lp.shape[0] - k)[lp.shape[0] - k]  # the k-th largest value
+        cand = np.flatnonzero(lp >= kth)  # every id tied with it too, in id order
+        order = cand[np.argsort(-lp[cand], kind="stable")][:k]
         top = tuple((int(i), float(lp[i])) for i in order)
     return ScoredToken(int(token), float(lp[int(token)]), top)
 
