@@ -26,7 +26,7 @@ import pytest
 
 import openllm_hub
 from openllm_hub.core.config import GenerationConfig
-from openllm_hub.core.logprobs import MAX_TOP_LOGPROBS, log_softmax
+from openllm_hub.core.logprobs import MAX_TOP_LOGPROBS, TokenLogprob, log_softmax
 from openllm_hub.core.model import Completion, Model
 from openllm_hub.errors import InvalidParameterError
 
@@ -102,7 +102,7 @@ def test_stream_chunks_carry_their_tokens_logprobs(engine: tuple[Model, float]) 
     done = model.generate(PROMPT, max_new_tokens=20, temperature=0.7, seed=9, top_logprobs=2)
     assert done.logprobs is not None  # top_logprobs alone implies logprobs
     ids: list[int] = []
-    scores = []
+    scores: list[TokenLogprob] = []
     for chunk in model.stream(PROMPT, max_new_tokens=20, temperature=0.7, seed=9, top_logprobs=2):
         assert chunk.logprobs is not None and len(chunk.logprobs) == len(chunk.token_ids)
         ids.extend(chunk.token_ids)
