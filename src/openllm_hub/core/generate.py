@@ -28,13 +28,16 @@ def generate_tokens(
     *,
     context_length: int | None = None,
     prompt_chunk: int = 512,
+    raw_logits: Callable[[], npt.NDArray[np.float32]] | None = None,
 ) -> Iterator[int]:
     """Yield sampled ids until the caller stops iterating or the context is full.
 
     The prompt is fed in chunks of ``prompt_chunk`` ids. End-of-sequence and stop strings
     are the caller's business (see :class:`openllm_hub.core.model.Model`). With
     ``config.wants_logprobs`` each id is a :class:`~openllm_hub.core.logprobs.ScoredToken`
-    scored against the raw logits ``step`` returned for its position.
+    scored against the logits ``step`` returned for its position; an engine whose ``step``
+    returns logits it already adjusted (its own penalty) passes ``raw_logits``, giving the
+    model's unadjusted row of the last step, so logprobs stay those of the raw logits.
     """
     if not prompt_ids:
         raise ValueError("generation needs at least one prompt id (e.g. BOS)")
@@ -48,7 +51,10 @@ def generate_tokens(
     while context_length is None or len(history) < context_length:
         token = sample(logits, history)
         history.append(token)
-        yield score(logits, token, top_k) if scored else token
+        if scored:
+            yield score(logits if raw_logits is None else raw_logits(), token, top_k)
+        else:
+            yield token
         if context_length is not None and len(history) >= context_length:
             return
         logits = step([token])

@@ -166,7 +166,8 @@ class Model(ABC):
         checked. Default: this engine cannot embed."""
         raise InvalidParameterError(f"the {self.info.engine} engine of this {self.info.family} model cannot compute "
                                     "embeddings", where="embed",
-                                    fix="load the model with an engine that embeds (llama.cpp, transformers)")
+                                    fix="embeddings come from engines with a hidden-state hook: llama.cpp (GGUF "
+                                        "files) and transformers (HF LLaMA folders)")
 
     # ---- chat tokenization (defaults fit engines whose _tokenize parses no special tokens) ----
     def _plain_ids(self, text: str) -> list[int]:
