@@ -3,7 +3,8 @@
 An engine subclasses :class:`Model` and implements five small methods (``_tokenize``,
 ``_detokenize``, ``_token_stream``, ``_logits`` and optionally ``_close``), and for chat the
 tokenization of template pieces where the defaults do not fit (``_plain_ids``,
-``_special_tokens``/``_special_token_id``, ``_prompt_affixes``). Everything users
+``_special_tokens``/``_special_token_id``, ``_prompt_affixes``); for :meth:`Model.embed`
+``_hidden_states``, for logprobs' token bytes ``_token_bytes``. Everything users
 see, generate/stream/chat, stop strings, UTF-8-safe streaming, usage and timings, is built
 here once, so every plugin behaves the same. So are the input guards: token ids outside the
 vocabulary, an empty prompt, a prompt or id list longer than the context, and chat's merge of
