@@ -93,6 +93,7 @@ def test_asking_for_logprobs_changes_no_token(engine: tuple[Model, float]) -> No
     plain = model.generate(PROMPT, max_new_tokens=16, temperature=0.8, seed=3)
     scored = model.generate(PROMPT, max_new_tokens=16, temperature=0.8, seed=3, logprobs=True)
     assert scored.token_ids == plain.token_ids and scored.text == plain.text
+    assert all(type(t) is int for t in scored.token_ids)  # plain ids, the scores are in .logprobs
     assert plain.logprobs is None
     assert scored.logprobs is not None and all(lp.top == () for lp in scored.logprobs)
 

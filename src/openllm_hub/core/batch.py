@@ -109,10 +109,11 @@ class SequenceOutput:
             self.finish = "stop"
             self.done = True
             return None
-        self.generated.append(token)
-        self._pending.append(token)
         if self._scores is not None:
             self._scores.append(self._logprob(token))
+            token = int(token)  # chunks hold plain ids
+        self.generated.append(token)
+        self._pending.append(token)
         text = self._stopper.push(self._detok.push(token))
         if self._stopper.stopped:
             self.finish = "stop"

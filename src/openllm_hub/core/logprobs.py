@@ -62,6 +62,9 @@ class ScoredToken(int):
         obj.top = top
         return obj
 
+    def __reduce__(self) -> tuple[type[ScoredToken], tuple[int, float, tuple[tuple[int, float], ...]]]:
+        return (ScoredToken, (int(self), self.logprob, self.top))
+
 
 def log_softmax(logits: npt.NDArray[np.floating]) -> npt.NDArray[np.float64]:
     """``log_softmax`` of one row of logits, in float64 (stable: the maximum is subtracted)."""
