@@ -125,6 +125,43 @@ def test_embedding_bad_input(engine: tuple[Model, float]) -> None:
     assert model.embed([]) == []
 
 
+def copy_with_pooling(src: Path, dst: Path, pooling: int) -> Path:
+    """``src`` rewritten with ``llama.pooling_type`` set, as an embedding model's GGUF declares it."""
+    import gguf
+
+    reader = gguf.GGUFReader(src)
+    writer = gguf.GGUFWriter(dst, "llama")
+    for field in reader.fields.values():
+        if field.name.startswith("GGUF.") or field.name == "general.architecture":
+            continue
+        kind = field.types[0]
+        if kind == gguf.GGUFValueType.ARRAY:
+            writer.add_key_value(field.name, field.contents(), kind, sub_type=field.types[-1])
+        else:
+            writer.add_key_value(field.name, field.contents(), kind)
+    writer.add_uint32("llama.pooling_type", pooling)
+    for tensor in reader.tensors:
+        writer.add_tensor(tensor.name, np.asarray(tensor.data), raw_dtype=tensor.tensor_type)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return dst
+
+
+def test_a_gguf_with_its_own_pooling_gets_llama_cpps_pooled_vector(tiny_llama: tuple[Path, Path],
+                                                                   tmp_path: Path) -> None:
+    """llama.pooling_type=1 (mean): llama.cpp pools (llama_get_embeddings_seq), one row per text,
+    equal to the SDK's own mean over the per-token states of the plain GGUF."""
+    pooled = copy_with_pooling(tiny_llama[1], tmp_path / "pooled.gguf", 1)
+    with openllm_hub.load(tiny_llama[1], device="cpu", threads=1, kv_cache_type="f32") as plain:
+        want = np.asarray(plain.embed(TEXTS))
+    with openllm_hub.load(pooled, device="cpu", threads=1, kv_cache_type="f32") as m:
+        assert m._hidden_states(m.tokenize(TEXTS[0])).shape[0] == 1
+        got = np.asarray(m.embed(TEXTS))
+    assert np.abs(got - want).max() <= 1e-6
+
+
 def test_an_engine_that_cannot_embed_says_so(bigram: Model) -> None:
     with pytest.raises(InvalidParameterError, match="cannot compute embeddings"):
         bigram.embed(["hello"])

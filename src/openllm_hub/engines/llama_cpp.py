@@ -546,18 +546,26 @@ class LlamaCppModel(Model):
 
     def _hidden_states(self, ids: list[int]) -> npt.NDArray[np.float32]:
         """llama.cpp's embedding mode on the model's own context: ``llama_set_embeddings`` on
-        for one pass over ``ids`` (sequence 0, an output for every token), the per-token
-        embeddings read with ``llama_get_embeddings_ith``, then off again. The context keeps
-        llama.cpp's pooling for generative models (none), so these are the final-norm hidden
-        states; :meth:`Model.embed` mean-pools them, which is what llama.cpp's
-        ``pooling_type=MEAN`` computes. The KV cache is cleared (the next call re-evaluates)."""
+        for one pass over ``ids`` (sequence 0, an output for every token), then off again.
+
+        A generative model's context has llama.cpp's pooling ``none``: the per-token embeddings
+        (``llama_get_embeddings_ith``) are the final-norm hidden states, and :meth:`Model.embed`
+        mean-pools them, which is what llama.cpp's ``pooling_type=MEAN`` computes. A GGUF that
+        declares its own pooling (an embedding model: mean, CLS, last) gets llama.cpp's pooled
+        vector (``llama_get_embeddings_seq``) as the one row, so its own pooling applies; such
+        a text must fit one batch. The KV cache is cleared (the next call re-evaluates)."""
         import llama_cpp
         import numpy as np
 
         llm: Any = self._llm
         ctx = llm._ctx.ctx
         n_embd = int(llama_cpp.llama_model_n_embd(llm._model.model))
-        out = np.empty((len(ids), n_embd), dtype=np.float32)
+        pooled = int(llama_cpp.llama_pooling_type(ctx)) not in (llama_cpp.LLAMA_POOLING_TYPE_NONE, -1)
+        if pooled and len(ids) > llm.n_batch:
+            raise InvalidParameterError(f"the text is {len(ids)} tokens; this embedding model pools a text in one "
+                                        f"batch of at most {llm.n_batch}", where="embed",
+                                        fix="shorten the text or load with a larger n_batch")
+        out = np.empty((1 if pooled else len(ids), n_embd), dtype=np.float32)
         llm.n_tokens = 0
         llm._ctx.kv_cache_seq_rm(-1, 0, -1)
         llama_cpp.llama_set_embeddings(ctx, True)
@@ -566,10 +574,11 @@ class LlamaCppModel(Model):
                 chunk = ids[start : start + llm.n_batch]
                 llm._batch.set_batch(batch=chunk, n_past=start, logits_all=True)
                 llm._ctx.decode(llm._batch)
-                for i in range(len(chunk)):
-                    ptr = llama_cpp.llama_get_embeddings_ith(ctx, i)
+                rows = [llama_cpp.llama_get_embeddings_seq(ctx, 0)] if pooled else \
+                    [llama_cpp.llama_get_embeddings_ith(ctx, i) for i in range(len(chunk))]
+                for i, ptr in enumerate(rows):
                     if not ptr:
-                        raise RuntimeError("llama.cpp returned no embedding for a token")
+                        raise RuntimeError("llama.cpp returned no embedding")
                     out[start + i] = np.ctypeslib.as_array(ptr, shape=(n_embd,))
         finally:
             llama_cpp.llama_set_embeddings(ctx, False)
