@@ -231,8 +231,9 @@ class Model(ABC):
     def embed(self, texts: Sequence[str], *, normalize: bool = False) -> list[list[float]]:
         """One vector per text: the **mean** of the model's last hidden states (after the final
         norm) over all of the text's tokens, prompt tokens such as BOS included
-        (``tokenize(text)``), as llama.cpp's mean pooling does. ``normalize``: scaled to unit
-        L2 length (for cosine similarity by dot product)."""
+        (``tokenize(text)``), as llama.cpp's mean pooling does; a GGUF that declares its own
+        pooling (an embedding model) gets llama.cpp's pooled vector instead. ``normalize``:
+        scaled to unit L2 length (for cosine similarity by dot product)."""
         import numpy as np
 
         if isinstance(texts, str):
