@@ -14,6 +14,7 @@ from openllm_hub.api import add_model_name, convert, detect, load, merge_lora, q
 from openllm_hub.core.chat import ChatTemplate, Message
 from openllm_hub.core.config import GenerationConfig
 from openllm_hub.core.hookspecs import hookimpl
+from openllm_hub.core.logprobs import TokenLogprob, TopLogprob
 from openllm_hub.core.model import Chunk, Completion, Model, ModelInfo, Timings, Usage
 from openllm_hub.errors import OpenLLMHubError
 
@@ -29,6 +30,8 @@ __all__ = [
     "ModelInfo",
     "OpenLLMHubError",
     "Timings",
+    "TokenLogprob",
+    "TopLogprob",
     "Usage",
     "__version__",
     "add_model_name",

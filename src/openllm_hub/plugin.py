@@ -63,6 +63,7 @@ from openllm_hub.core.io import (
     scratch_dir,
     write_json,
 )
+from openllm_hub.core.logprobs import ScoredToken, TokenLogprob, TopLogprob, score
 from openllm_hub.core.lora import LoraMerger, MergeRequest
 from openllm_hub.core.model import Chunk, Completion, Model, ModelInfo, Timings, Usage
 from openllm_hub.core.paths import cache_dir
@@ -131,11 +132,14 @@ __all__ = [
     "QuantizeRequest",
     "Quantizer",
     "Sampler",
+    "ScoredToken",
     "Special",
     "StepResult",
     "Text",
     "Timings",
     "TinyBuilder",
+    "TokenLogprob",
+    "TopLogprob",
     "UnknownFormatError",
     "UnsafeCheckpointError",
     "Usage",
@@ -169,6 +173,7 @@ __all__ = [
     "read_json",
     "read_safetensors_header",
     "read_text_file",
+    "score",
     "scratch_dir",
     "stored_as",
     "track",

@@ -66,6 +66,7 @@ def test_malformed_json(client: TestClient) -> None:
     (chat_body(stop=[""]), "stop"),
     (chat_body(max_tokens=0), "max_tokens"),
     (chat_body(unknown_field=1), "unknown_field"),
+    (chat_body(logprobs=True, top_logprobs=21), "top_logprobs"),
     ({"model": "m", "messages": [{"role": "tool", "content": "x"}]}, "messages.0.role"),
 ])
 def test_invalid_fields_name_the_parameter(client: TestClient, body: dict[str, Any], param: str) -> None:
@@ -75,7 +76,6 @@ def test_invalid_fields_name_the_parameter(client: TestClient, body: dict[str, A
 
 @pytest.mark.parametrize(("body", "param"), [
     (chat_body(n=2), "n"),
-    (chat_body(logprobs=True), "logprobs"),
     (chat_body(tools=[{"type": "function"}]), "tools"),
     (chat_body(presence_penalty=0.5), "presence_penalty"),
     (chat_body(logit_bias={"1": 5}), "logit_bias"),

@@ -49,6 +49,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 from openllm_hub.core.config import GenerationConfig
+from openllm_hub.core.logprobs import ScoredToken, TokenLogprob, TopLogprob, token_text
 from openllm_hub.core.streaming import IncrementalDetokenizer, StopMatcher
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -70,13 +71,19 @@ class SequenceOutput:
     held back); :attr:`done` says when the sequence ended (end-of-sequence id, stop string,
     ``max_new_tokens``). :meth:`final` gives the last chunk, with the finish reason, usage and
     timings. ``Model.stream`` and :class:`Batch` both use it, so their output is the same.
+
+    With ``config.wants_logprobs`` every id pushed must be a
+    :class:`~openllm_hub.core.logprobs.ScoredToken` (the engine scored it); each chunk then
+    carries one :class:`~openllm_hub.core.logprobs.TokenLogprob` per id, its text and bytes
+    from ``token_bytes``.
     """
 
-    __slots__ = ("_chunk", "_detok", "_eos", "_max_new", "_pending", "_stopper", "done", "finish", "generated",
-                 "prompt_tokens", "t0", "t_first")
+    __slots__ = ("_chunk", "_detok", "_eos", "_max_new", "_pending", "_scores", "_stopper", "_token_bytes",
+                 "done", "finish", "generated", "prompt_tokens", "t0", "t_first")
 
     def __init__(self, decode: Callable[[Sequence[int]], str], eos_token_ids: frozenset[int],
-                 prompt_ids: Sequence[int], config: GenerationConfig) -> None:
+                 prompt_ids: Sequence[int], config: GenerationConfig,
+                 token_bytes: Callable[[int], bytes] | None = None) -> None:
         from openllm_hub.core.model import Chunk
 
         self._chunk = Chunk  # looked up once per sequence, not per token
@@ -85,6 +92,9 @@ class SequenceOutput:
         self._eos = eos_token_ids
         self._max_new = config.max_new_tokens
         self._pending: list[int] = []
+        #: the pending ids' logprobs (None: not asked for)
+        self._scores: list[TokenLogprob] | None = [] if config.wants_logprobs else None
+        self._token_bytes = token_bytes or (lambda t: decode([t]).encode("utf-8"))
         self.generated: list[int] = []
         self.prompt_tokens = len(prompt_ids)
         self.finish: FinishReason = "length"
@@ -99,19 +109,19 @@ class SequenceOutput:
             self.finish = "stop"
             self.done = True
             return None
+        if self._scores is not None:
+            self._scores.append(self._logprob(token))
+            token = int(token)  # chunks hold plain ids
         self.generated.append(token)
         self._pending.append(token)
         text = self._stopper.push(self._detok.push(token))
         if self._stopper.stopped:
             self.finish = "stop"
             self.done = True
-            stopped = self._chunk(text, tuple(self._pending))
-            self._pending = []
-            return stopped
+            return self._take(text)
         chunk: Chunk | None = None
         if text:
-            chunk = self._chunk(text, tuple(self._pending))
-            self._pending = []
+            chunk = self._take(text)
         if len(self.generated) >= self._max_new:
             self.done = True
         return chunk
@@ -134,9 +144,33 @@ class SequenceOutput:
                           prompt_tokens_per_second=self.prompt_tokens / prompt_s,
                           generation_tokens_per_second=max(len(self.generated) - 1, 0) / gen_s)
         chunk = Chunk(tail, tuple(self._pending), finish_reason=self.finish,
-                      usage=Usage(self.prompt_tokens, len(self.generated)), timings=timings)
+                      usage=Usage(self.prompt_tokens, len(self.generated)), timings=timings,
+                      logprobs=self._take_scores())
         self._pending = []
         return chunk
+
+    def _take(self, text: str) -> Chunk:
+        """A chunk of ``text`` with the pending ids (and their logprobs)."""
+        chunk = self._chunk(text, tuple(self._pending), logprobs=self._take_scores())
+        self._pending = []
+        return chunk
+
+    def _take_scores(self) -> tuple[TokenLogprob, ...] | None:
+        if self._scores is None:
+            return None
+        scores, self._scores = tuple(self._scores), []
+        return scores
+
+    def _logprob(self, token: int) -> TokenLogprob:
+        if not isinstance(token, ScoredToken):
+            from openllm_hub.errors import InvalidParameterError
+
+            raise InvalidParameterError("this engine's generation does not report log-probabilities",
+                                        where="logprobs", fix="generate without logprobs/top_logprobs")
+        raw = self._token_bytes(int(token))
+        top = tuple(TopLogprob(t, token_text(b), b, lp)
+                    for t, lp in token.top for b in (self._token_bytes(t),))
+        return TokenLogprob(int(token), token_text(raw), raw, token.logprob, top)
 
 
 class BatchDecoder(ABC):
@@ -298,7 +332,7 @@ class Batch:
                                         fix="step until a sequence finishes, or make a batch with more slots")
         key = self._next_key
         self._next_key += 1
-        out = SequenceOutput(self.model._detokenize, self.model.eos_token_ids, ids, config)
+        out = SequenceOutput(self.model._detokenize, self.model.eos_token_ids, ids, config, self.model._token_bytes)
         with self.model._lock:
             self.decoder.join(key, ids, config)
         self._seqs[key] = _Sequence(key, out, tag)
@@ -336,7 +370,12 @@ class Batch:
                 events.append((key, result))
                 continue
             if result is not None:
-                chunk = seq.out.push(result)
+                try:
+                    chunk = seq.out.push(result)
+                except Exception as exc:  # noqa: BLE001 - e.g. logprobs the engine does not give: this sequence only
+                    self.cancel(key)
+                    events.append((key, exc))
+                    continue
                 if chunk is not None:
                     events.append((key, chunk))
                 if not seq.out.done:

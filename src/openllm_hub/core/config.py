@@ -26,6 +26,8 @@ class GenerationConfig(BaseModel):
     repeat_last_n: int = Field(64, ge=0, description="window of recent tokens the penalty sees")
     stop: tuple[str, ...] = Field((), description="strings that end generation (not included in the text)")
     seed: int | None = Field(None, ge=0, lt=2**32, description="None = a fresh random seed per call")
+    logprobs: bool = Field(False, description="report each generated token's log-probability (raw logits)")
+    top_logprobs: int = Field(0, ge=0, le=20, description="also the most likely tokens at each position (0..20)")
 
     @field_validator("stop", mode="before")
     @classmethod
@@ -46,6 +48,11 @@ class GenerationConfig(BaseModel):
     @property
     def greedy(self) -> bool:
         return self.temperature == 0.0
+
+    @property
+    def wants_logprobs(self) -> bool:
+        """Tokens are scored (see :mod:`openllm_hub.core.logprobs`): ``logprobs`` or ``top_logprobs > 0``."""
+        return self.logprobs or self.top_logprobs > 0
 
     @classmethod
     def build(cls, base: GenerationConfig | None = None, **params: Any) -> GenerationConfig:

@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
 from openllm_hub.core.config import GenerationConfig
+from openllm_hub.core.logprobs import score
 from openllm_hub.core.sampling import Sampler
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -27,11 +28,16 @@ def generate_tokens(
     *,
     context_length: int | None = None,
     prompt_chunk: int = 512,
+    raw_logits: Callable[[], npt.NDArray[np.float32]] | None = None,
 ) -> Iterator[int]:
     """Yield sampled ids until the caller stops iterating or the context is full.
 
     The prompt is fed in chunks of ``prompt_chunk`` ids. End-of-sequence and stop strings
-    are the caller's business (see :class:`openllm_hub.core.model.Model`).
+    are the caller's business (see :class:`openllm_hub.core.model.Model`). With
+    ``config.wants_logprobs`` each id is a :class:`~openllm_hub.core.logprobs.ScoredToken`
+    scored against the logits ``step`` returned for its position; an engine whose ``step``
+    returns logits it already adjusted (its own penalty) passes ``raw_logits``, giving the
+    model's unadjusted row of the last step, so logprobs stay those of the raw logits.
     """
     if not prompt_ids:
         raise ValueError("generation needs at least one prompt id (e.g. BOS)")
@@ -41,10 +47,14 @@ def generate_tokens(
     for start in range(0, len(prompt_ids), prompt_chunk):
         logits = step(prompt_ids[start : start + prompt_chunk])
     assert logits is not None
+    scored, top_k = config.wants_logprobs, config.top_logprobs
     while context_length is None or len(history) < context_length:
         token = sample(logits, history)
         history.append(token)
-        yield token
+        if scored:
+            yield score(logits if raw_logits is None else raw_logits(), token, top_k)
+        else:
+            yield token
         if context_length is not None and len(history) >= context_length:
             return
         logits = step([token])

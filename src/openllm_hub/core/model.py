@@ -3,7 +3,8 @@
 An engine subclasses :class:`Model` and implements five small methods (``_tokenize``,
 ``_detokenize``, ``_token_stream``, ``_logits`` and optionally ``_close``), and for chat the
 tokenization of template pieces where the defaults do not fit (``_plain_ids``,
-``_special_tokens``/``_special_token_id``, ``_prompt_affixes``). Everything users
+``_special_tokens``/``_special_token_id``, ``_prompt_affixes``); for :meth:`Model.embed`
+``_hidden_states``, for logprobs' token bytes ``_token_bytes``. Everything users
 see, generate/stream/chat, stop strings, UTF-8-safe streaming, usage and timings, is built
 here once, so every plugin behaves the same. So are the input guards: token ids outside the
 vocabulary, an empty prompt, a prompt or id list longer than the context, and chat's merge of
@@ -23,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from openllm_hub.core.batch import Batch, BatchDecoder, Batching, Interleaving, PreparedStream, SequenceOutput
 from openllm_hub.core.chat import ChatTemplate, Cut, Piece, Special, Text, get_template
 from openllm_hub.core.config import GenerationConfig
+from openllm_hub.core.logprobs import TokenLogprob
 from openllm_hub.errors import InvalidParameterError, ModelClosedError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -54,13 +56,16 @@ class Timings:
 
 @dataclass(frozen=True)
 class Chunk:
-    """A piece of streamed output. The last chunk has ``finish_reason`` set, plus usage."""
+    """A piece of streamed output. The last chunk has ``finish_reason`` set, plus usage.
+    With ``logprobs``/``top_logprobs`` asked for, ``logprobs`` has one entry per id of
+    ``token_ids`` (see :mod:`openllm_hub.core.logprobs`); otherwise it is None."""
 
     text: str
     token_ids: tuple[int, ...] = ()
     finish_reason: FinishReason | None = None
     usage: Usage | None = None
     timings: Timings | None = None
+    logprobs: tuple[TokenLogprob, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -72,6 +77,8 @@ class Completion:
     finish_reason: FinishReason
     usage: Usage
     timings: Timings
+    #: one per id of ``token_ids`` when logprobs were asked for, else None
+    logprobs: tuple[TokenLogprob, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -149,6 +156,20 @@ class Model(ABC):
     def _close(self) -> None:  # noqa: B027 - optional hook, not abstract
         """Free engine resources (called once)."""
 
+    def _token_bytes(self, token_id: int) -> bytes:
+        """The bytes of one token as logprobs report it. Default: its text alone, UTF-8;
+        engines with a byte vocabulary (llama.cpp) give the piece's exact bytes."""
+        return self._detokenize([token_id]).encode("utf-8")
+
+    def _hidden_states(self, ids: list[int]) -> npt.NDArray[np.float32]:
+        """Hook for :meth:`embed`: the last hidden states of ``ids`` (shape ``(len(ids), dim)``,
+        after the final norm, the vectors the output layer reads). The ids are already
+        checked. Default: this engine cannot embed."""
+        raise InvalidParameterError(f"the {self.info.engine} engine of this {self.info.family} model cannot compute "
+                                    "embeddings", where="embed",
+                                    fix="embeddings come from engines with a hidden-state hook: llama.cpp (GGUF "
+                                        "files) and transformers (HF LLaMA folders)")
+
     # ---- chat tokenization (defaults fit engines whose _tokenize parses no special tokens) ----
     def _plain_ids(self, text: str) -> list[int]:
         """Ids of ``text`` as plain text: no prompt tokens (BOS, ...), and special-token
@@ -206,6 +227,41 @@ class Model(ABC):
         with self._lock:
             self._claim_engine_state(None)
             return self._logits(id_list)
+
+    def embed(self, texts: Sequence[str], *, normalize: bool = False) -> list[list[float]]:
+        """One vector per text: the **mean** of the model's last hidden states (after the final
+        norm) over all of the text's tokens, prompt tokens such as BOS included
+        (``tokenize(text)``), as llama.cpp's mean pooling does; a GGUF that declares its own
+        pooling (an embedding model) gets llama.cpp's pooled vector instead. ``normalize``:
+        scaled to unit L2 length (for cosine similarity by dot product)."""
+        import numpy as np
+
+        if isinstance(texts, str):
+            raise InvalidParameterError("texts must be a list of strings, not one string", where="embed",
+                                        fix="pass [text]")
+        self._check_open()
+        ctx = self.info.context_length
+        out: list[list[float]] = []
+        for i, text in enumerate(texts):
+            if not isinstance(text, str):
+                raise InvalidParameterError(f"texts[{i}] is a {type(text).__name__}, not a string", where="embed")
+            ids = self._tokenize(text, True)
+            if not ids:
+                raise InvalidParameterError(f"texts[{i}] is empty and this model adds no start token to it",
+                                            where="embed", fix="embed non-empty texts")
+            self._check_ids(ids)
+            if ctx is not None and len(ids) > ctx:
+                raise InvalidParameterError(f"texts[{i}] is {len(ids)} tokens; the context holds {ctx}",
+                                            where="embed", fix="shorten the text or load with a larger context")
+            with self._lock:
+                self._check_open()
+                self._claim_engine_state(None)
+                states = np.asarray(self._hidden_states(ids), dtype=np.float64)
+            vec = states.mean(axis=0)
+            if normalize:
+                vec = vec / max(float(np.linalg.norm(vec)), 1e-12)
+            out.append([float(v) for v in vec])
+        return out
 
     def generate(self, prompt: str, **params: Any) -> Completion:
         """Complete ``prompt``. ``params`` are :class:`GenerationConfig` fields."""
@@ -362,7 +418,7 @@ class Model(ABC):
         with self._lock:
             self._check_open()
             self._claim_engine_state(None)
-            out = SequenceOutput(self._detokenize, self.eos_token_ids, prompt_ids, config)
+            out = SequenceOutput(self._detokenize, self.eos_token_ids, prompt_ids, config, self._token_bytes)
             stream = self._token_stream(prompt_ids, config)
             try:
                 for token in stream:
@@ -381,13 +437,18 @@ class Model(ABC):
     def _collect(chunks: Iterator[Chunk]) -> Completion:
         texts: list[str] = []
         ids: list[int] = []
+        scores: list[TokenLogprob] | None = None
         last: Chunk | None = None
         for chunk in chunks:
             texts.append(chunk.text)
             ids.extend(chunk.token_ids)
+            if chunk.logprobs is not None:
+                scores = scores if scores is not None else []
+                scores.extend(chunk.logprobs)
             last = chunk
         assert last is not None and last.finish_reason is not None and last.usage and last.timings
-        return Completion("".join(texts), tuple(ids), last.finish_reason, last.usage, last.timings)
+        return Completion("".join(texts), tuple(ids), last.finish_reason, last.usage, last.timings,
+                          None if scores is None else tuple(scores))
 
     # ---- several sequences at once (continuous batching) -------------------------------
     #: Where this engine keeps its generation state, for the core's interleaving of several

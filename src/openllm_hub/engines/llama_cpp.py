@@ -34,6 +34,7 @@ from openllm_hub.core.detok import join_pieces
 from openllm_hub.core.device import DeviceSupport
 from openllm_hub.core.family import LoadRequest
 from openllm_hub.core.gguf_check import check_gguf, find_nonfinite, hparam
+from openllm_hub.core.logprobs import score
 from openllm_hub.core.model import Model, ModelInfo
 from openllm_hub.errors import (
     CorruptFileError,
@@ -447,11 +448,15 @@ class LlamaCppModel(Model):
             raise InvalidParameterError(f"llama.cpp could not evaluate the prompt: {exc}",
                                         where=self.info.path) from exc
         sampler = self._sampler(config, prompt_ids)
+        scored, top_k = config.wants_logprobs, config.top_logprobs
         try:
             while True:
-                self._check_finite(self._last_logits())
+                logits = self._last_logits()
+                self._check_finite(logits)
+                # logprobs: the raw row the context computed, read before the sampler chain runs
+                row = logits.copy() if scored else None
                 token = sampler.sample(llm._ctx, -1)
-                yield token
+                yield score(row, token, top_k) if row is not None else token
                 if llm.n_tokens + 1 >= self._n_ctx:
                     return
                 llm.eval([token])
@@ -544,6 +549,52 @@ class LlamaCppModel(Model):
             out[start : start + len(chunk)] = rows.reshape(len(chunk), self._n_vocab)
             llm.input_ids[start : start + len(chunk)] = chunk
             llm.n_tokens = start + len(chunk)
+        return out
+
+    def _token_bytes(self, token_id: int) -> bytes:
+        return self._piece(token_id)[0]
+
+    def _hidden_states(self, ids: list[int]) -> npt.NDArray[np.float32]:
+        """llama.cpp's embedding mode on the model's own context: ``llama_set_embeddings`` on
+        for one pass over ``ids`` (sequence 0, an output for every token), then off again.
+
+        A generative model's context has llama.cpp's pooling ``none``: the per-token embeddings
+        (``llama_get_embeddings_ith``) are the final-norm hidden states, and :meth:`Model.embed`
+        mean-pools them, which is what llama.cpp's ``pooling_type=MEAN`` computes. A GGUF that
+        declares its own pooling (an embedding model: mean, CLS, last) gets llama.cpp's pooled
+        vector (``llama_get_embeddings_seq``) as the one row, so its own pooling applies; such
+        a text must fit one batch. The KV cache is cleared (the next call re-evaluates)."""
+        import llama_cpp
+        import numpy as np
+
+        llm: Any = self._llm
+        ctx = llm._ctx.ctx
+        n_embd = int(llama_cpp.llama_model_n_embd(llm._model.model))
+        pooled = int(llama_cpp.llama_pooling_type(ctx)) not in (llama_cpp.LLAMA_POOLING_TYPE_NONE, -1)
+        if pooled and len(ids) > llm.n_batch:
+            raise InvalidParameterError(f"the text is {len(ids)} tokens; this embedding model pools a text in one "
+                                        f"batch of at most {llm.n_batch}", where="embed",
+                                        fix="shorten the text or load with a larger n_batch")
+        out = np.empty((1 if pooled else len(ids), n_embd), dtype=np.float32)
+        llm.n_tokens = 0
+        llm._ctx.kv_cache_seq_rm(-1, 0, -1)
+        llama_cpp.llama_set_embeddings(ctx, True)
+        try:
+            for start in range(0, len(ids), llm.n_batch):
+                chunk = ids[start : start + llm.n_batch]
+                llm._batch.set_batch(batch=chunk, n_past=start, logits_all=True)
+                llm._ctx.decode(llm._batch)
+                rows = [llama_cpp.llama_get_embeddings_seq(ctx, 0)] if pooled else \
+                    [llama_cpp.llama_get_embeddings_ith(ctx, i) for i in range(len(chunk))]
+                for i, ptr in enumerate(rows):
+                    if not ptr:
+                        raise RuntimeError("llama.cpp returned no embedding")
+                    out[start + i] = np.ctypeslib.as_array(ptr, shape=(n_embd,))
+        finally:
+            llama_cpp.llama_set_embeddings(ctx, False)
+            llm._ctx.kv_cache_seq_rm(-1, 0, -1)
+            llm.n_tokens = 0
+        self._check_finite(out)
         return out
 
     def _close(self) -> None:

@@ -5,7 +5,9 @@ runs it with uvicorn. Routes:
 
 * ``GET /v1/models``, ``GET /v1/models/{id}``: the one model served, with its limits in ``meta``;
 * ``POST /v1/completions`` and ``POST /v1/chat/completions``: whole or streamed (SSE,
-  ending with ``data: [DONE]``), through the model's chat template;
+  ending with ``data: [DONE]``), through the model's chat template, with logprobs on request;
+* ``POST /v1/embeddings``: ``Model.embed`` (mean-pooled last hidden states) in OpenAI's shape;
+  an engine that cannot embed answers 400;
 * ``GET /health``: up/shutting down and the queue's state (no key needed);
 * ``GET /metrics``: Prometheus metrics (see :mod:`openllm_hub.server.metrics`);
 * ``GET /``: the chat page (static files, no key needed; the page asks for one).
@@ -35,7 +37,7 @@ from openllm_hub.core.batch import PreparedStream
 from openllm_hub.core.model import Chunk, Model
 from openllm_hub.errors import InvalidParameterError, OpenLLMHubError
 from openllm_hub.server.auth import BearerAuthMiddleware, HostCheckMiddleware
-from openllm_hub.server.errors import APIError, from_exception
+from openllm_hub.server.errors import APIError, from_exception, invalid_request
 from openllm_hub.server.formats import ChatFormat, CompletionFormat, ResponseFormat
 from openllm_hub.server.limits import BodySizeLimitMiddleware
 from openllm_hub.server.metrics import CONTENT_TYPE, ServerMetrics
@@ -44,6 +46,10 @@ from openllm_hub.server.scheduler import QueueFullError, Scheduler, ShuttingDown
 from openllm_hub.server.schemas import (
     ChatCompletionRequest,
     CompletionRequest,
+    EmbeddingData,
+    EmbeddingList,
+    EmbeddingRequest,
+    EmbeddingUsage,
     Health,
     ModelCard,
     ModelList,
@@ -54,6 +60,8 @@ STATIC_DIR = Path(__file__).parent / "static"
 DEFAULT_QUEUE_SIZE = 8
 DEFAULT_MAX_TOKENS_LIMIT = 2048
 DEFAULT_MAX_REQUEST_BYTES = 1_000_000
+#: OpenAI's limit of texts per embeddings request.
+MAX_EMBEDDING_INPUTS = 2048
 #: The page loads nothing from elsewhere; the policy makes the browser enforce it.
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
        "base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
@@ -218,6 +226,16 @@ def _fit_slot(state: ServerState, start: Callable[[], Iterator[Chunk]], max_toke
     return state.model._stream_ids(stream.prompt_ids, config)  # type: ignore[return-value]
 
 
+def _base64_floats(vector: list[float]) -> str:
+    """OpenAI's ``encoding_format="base64"``: the vector as little-endian float32, base64-encoded
+    (the official client asks for it by default and decodes it)."""
+    import base64
+
+    import numpy as np
+
+    return base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode("ascii")
+
+
 def _submit(state: ServerState, stream: PreparedStream, fmt: ResponseFormat, *, stream_response: bool,
             include_usage: bool) -> JobResponse:
     try:
@@ -272,7 +290,7 @@ def _add_routes(app: FastAPI, state: ServerState) -> None:
         prompt, params = completion_params(model, body, limit=state.max_tokens_limit)
         stream = await run_in_threadpool(_fit_slot, state, lambda: model.stream(prompt, **params),
                                          body.max_tokens is not None)
-        return _submit(state, stream, CompletionFormat(state.model_id), stream_response=bool(body.stream),
+        return _submit(state, stream, CompletionFormat(state.model_id, len(prompt)), stream_response=bool(body.stream),
                        include_usage=bool(body.stream_options and body.stream_options.include_usage))
 
     @app.post("/v1/chat/completions", response_model=None)
@@ -283,6 +301,32 @@ def _add_routes(app: FastAPI, state: ServerState) -> None:
                                          lambda: model.stream_chat(messages, template=template, **params), given)
         return _submit(state, stream, ChatFormat(state.model_id), stream_response=bool(body.stream),
                        include_usage=bool(body.stream_options and body.stream_options.include_usage))
+
+    @app.post("/v1/embeddings")
+    async def embeddings(body: EmbeddingRequest) -> EmbeddingList:
+        texts = [body.input] if isinstance(body.input, str) else body.input
+        if not texts:
+            raise invalid_request("input is an empty list", param="input")
+        if len(texts) > MAX_EMBEDDING_INPUTS:
+            raise invalid_request(f"input has {len(texts)} texts; at most {MAX_EMBEDDING_INPUTS} per request",
+                                  param="input")
+        if body.dimensions is not None:
+            raise APIError(400, "dimensions is not supported by this server: vectors have the model's width",
+                           param="dimensions", code="unsupported_parameter")
+
+        def run() -> tuple[list[list[float]], int]:
+            vectors = model.embed(texts, normalize=body.normalize)
+            return vectors, sum(len(model.tokenize(t)) for t in texts)
+
+        try:
+            vectors, tokens = await run_in_threadpool(run)
+        except OpenLLMHubError as exc:
+            raise from_exception(exc) from None
+        data = [EmbeddingData(index=i, embedding=v) for i, v in enumerate(vectors)]
+        if body.encoding_format == "base64":
+            data = [EmbeddingData(index=i, embedding=_base64_floats(v)) for i, v in enumerate(vectors)]
+        return EmbeddingList(data=data, model=state.model_id,
+                             usage=EmbeddingUsage(prompt_tokens=tokens, total_tokens=tokens))
 
     @app.get("/", include_in_schema=False)
     async def index() -> FileResponse:

@@ -1,4 +1,8 @@
-"""Building OpenAI's response objects from the SDK's chunks, for chat and for completions."""
+"""Building OpenAI's response objects from the SDK's chunks, for chat and for completions.
+
+Logprobs (when the request asked for them) go with the text they belong to: each streamed
+piece carries the logprobs of its chunk's tokens, the whole answer all of them.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ from typing import Literal, Protocol
 from pydantic import BaseModel
 
 from openllm_hub import __version__
+from openllm_hub.core.logprobs import TokenLogprob
 from openllm_hub.core.model import Usage
 from openllm_hub.server.schemas import (
     AssistantMessage,
@@ -16,13 +21,18 @@ from openllm_hub.server.schemas import (
     ChatChunkChoice,
     ChatCompletion,
     ChatCompletionChunk,
+    ChatTokenLogprob,
+    ChoiceLogprobs,
     CompletionChoice,
+    CompletionLogprobs,
     Delta,
     TextCompletion,
+    TopLogprobOut,
     UsageOut,
 )
 
 Finish = Literal["stop", "length"]
+Scores = tuple[TokenLogprob, ...] | None
 FINGERPRINT = f"openllm-hub-{__version__}"
 
 
@@ -36,13 +46,13 @@ class ResponseFormat(Protocol):
 
     def opening(self) -> list[BaseModel]: ...
 
-    def piece(self, text: str) -> BaseModel: ...
+    def piece(self, text: str, logprobs: Scores = None) -> BaseModel: ...
 
     def closing(self, finish: Finish) -> BaseModel: ...
 
     def usage_chunk(self, usage: Usage) -> BaseModel: ...
 
-    def whole(self, text: str, finish: Finish, usage: Usage) -> BaseModel: ...
+    def whole(self, text: str, finish: Finish, usage: Usage, logprobs: Scores = None) -> BaseModel: ...
 
 
 class _Base:
@@ -54,19 +64,31 @@ class _Base:
         self.created = int(time.time())
 
 
+def chat_logprobs(scores: Scores) -> ChoiceLogprobs | None:
+    """OpenAI chat's ``logprobs`` object: one ``content`` entry per token."""
+    if scores is None:
+        return None
+    return ChoiceLogprobs(content=[
+        ChatTokenLogprob(token=s.token, logprob=s.logprob, bytes=list(s.bytes),
+                         top_logprobs=[TopLogprobOut(token=t.token, logprob=t.logprob, bytes=list(t.bytes))
+                                       for t in s.top])
+        for s in scores])
+
+
 class ChatFormat(_Base):
     prefix = "chatcmpl-"
 
-    def _chunk(self, delta: Delta, finish: Finish | None = None) -> ChatCompletionChunk:
+    def _chunk(self, delta: Delta, finish: Finish | None = None, logprobs: Scores = None) -> ChatCompletionChunk:
         return ChatCompletionChunk(id=self.id, created=self.created, model=self.model_id,
-                                   choices=[ChatChunkChoice(delta=delta, finish_reason=finish)],
+                                   choices=[ChatChunkChoice(delta=delta, finish_reason=finish,
+                                                            logprobs=chat_logprobs(logprobs))],
                                    system_fingerprint=FINGERPRINT)
 
     def opening(self) -> list[BaseModel]:
         return [self._chunk(Delta(role="assistant", content=""))]
 
-    def piece(self, text: str) -> BaseModel:
-        return self._chunk(Delta(content=text))
+    def piece(self, text: str, logprobs: Scores = None) -> BaseModel:
+        return self._chunk(Delta(content=text), logprobs=logprobs)
 
     def closing(self, finish: Finish) -> BaseModel:
         return self._chunk(Delta(), finish)
@@ -75,26 +97,47 @@ class ChatFormat(_Base):
         return ChatCompletionChunk(id=self.id, created=self.created, model=self.model_id, choices=[],
                                    usage=usage_out(usage), system_fingerprint=FINGERPRINT)
 
-    def whole(self, text: str, finish: Finish, usage: Usage) -> BaseModel:
+    def whole(self, text: str, finish: Finish, usage: Usage, logprobs: Scores = None) -> BaseModel:
         return ChatCompletion(id=self.id, created=self.created, model=self.model_id,
-                              choices=[ChatChoice(message=AssistantMessage(content=text), finish_reason=finish)],
+                              choices=[ChatChoice(message=AssistantMessage(content=text), finish_reason=finish,
+                                                  logprobs=chat_logprobs(logprobs))],
                               usage=usage_out(usage), system_fingerprint=FINGERPRINT)
 
 
 class CompletionFormat(_Base):
+    """``/v1/completions``. Legacy logprobs: ``text_offset`` counts characters from the start
+    of the prompt (``prompt_chars``, as OpenAI and llama-cpp-python do), each token adding the
+    length of its ``tokens`` entry; ``top_logprobs`` maps each alternative's text to its logprob."""
+
     prefix = "cmpl-"
 
+    def __init__(self, model_id: str, prompt_chars: int = 0) -> None:
+        super().__init__(model_id)
+        self._offset = prompt_chars
+
+    def _legacy(self, scores: Scores) -> CompletionLogprobs | None:
+        if scores is None:
+            return None
+        offsets = []
+        for s in scores:
+            offsets.append(self._offset)
+            self._offset += len(s.token)
+        return CompletionLogprobs(tokens=[s.token for s in scores], token_logprobs=[s.logprob for s in scores],
+                                  top_logprobs=[{t.token: t.logprob for t in s.top} for s in scores],
+                                  text_offset=offsets)
+
     def _obj(self, text: str, finish: Finish | None = None, usage: Usage | None = None,
-             choices: bool = True) -> TextCompletion:
+             choices: bool = True, logprobs: Scores = None) -> TextCompletion:
+        choice = CompletionChoice(text=text, finish_reason=finish, logprobs=self._legacy(logprobs))
         return TextCompletion(id=self.id, created=self.created, model=self.model_id,
-                              choices=[CompletionChoice(text=text, finish_reason=finish)] if choices else [],
+                              choices=[choice] if choices else [],
                               usage=usage_out(usage) if usage else None, system_fingerprint=FINGERPRINT)
 
     def opening(self) -> list[BaseModel]:
         return []
 
-    def piece(self, text: str) -> BaseModel:
-        return self._obj(text)
+    def piece(self, text: str, logprobs: Scores = None) -> BaseModel:
+        return self._obj(text, logprobs=logprobs)
 
     def closing(self, finish: Finish) -> BaseModel:
         return self._obj("", finish)
@@ -102,5 +145,5 @@ class CompletionFormat(_Base):
     def usage_chunk(self, usage: Usage) -> BaseModel:
         return self._obj("", usage=usage, choices=False)
 
-    def whole(self, text: str, finish: Finish, usage: Usage) -> BaseModel:
-        return self._obj(text, finish, usage)
+    def whole(self, text: str, finish: Finish, usage: Usage, logprobs: Scores = None) -> BaseModel:
+        return self._obj(text, finish, usage, logprobs=logprobs)

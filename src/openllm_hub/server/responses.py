@@ -18,6 +18,7 @@ from pydantic import BaseModel
 from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 
+from openllm_hub.core.logprobs import TokenLogprob
 from openllm_hub.core.model import Chunk
 from openllm_hub.server.errors import APIError, from_exception
 from openllm_hub.server.formats import ResponseFormat
@@ -84,13 +85,18 @@ class JobResponse(Response):
 
     async def _send_whole(self, scope: Scope, receive: Receive, send: Send) -> None:
         texts: list[str] = []
+        scores: list[TokenLogprob] | None = None
         while True:
             for event in await self._events():
                 if isinstance(event, Chunk):
                     texts.append(event.text)
+                    if event.logprobs is not None:
+                        scores = scores if scores is not None else []
+                        scores.extend(event.logprobs)
                     if event.finish_reason is not None:
                         assert event.usage is not None
-                        body = self.fmt.whole("".join(texts), event.finish_reason, event.usage)
+                        body = self.fmt.whole("".join(texts), event.finish_reason, event.usage,
+                                              None if scores is None else tuple(scores))
                         await Response(body.model_dump_json(), media_type="application/json")(scope, receive, send)
                         return
                 else:
@@ -121,8 +127,8 @@ class JobResponse(Response):
         """Append the SSE lines of ``events`` to ``out``; True when the stream is complete."""
         for event in events:
             if isinstance(event, Chunk):
-                if event.text:
-                    out.append(sse(self.fmt.piece(event.text)))
+                if event.text or event.logprobs:
+                    out.append(sse(self.fmt.piece(event.text, event.logprobs)))
                 if event.finish_reason is not None:
                     out.append(sse(self.fmt.closing(event.finish_reason)))
                     if self.include_usage and event.usage is not None:

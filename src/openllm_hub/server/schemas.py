@@ -2,7 +2,9 @@
 
 Requests reject unknown fields by name (OpenAI does the same), accept the fields every
 OpenAI client sends, and refuse, with a clear 400, the ones this server cannot honour
-(``n > 1``, ``logprobs``, tools, penalties other than 0, ...). Three llama.cpp-style
+(``n > 1``, tools, penalties other than 0, ...). ``logprobs`` come in OpenAI's two shapes:
+chat's ``choices[].logprobs.content[]`` and the legacy completions' parallel lists
+(``tokens``, ``token_logprobs``, ``top_logprobs``, ``text_offset``). Three llama.cpp-style
 extensions are accepted: ``top_k``, ``repeat_penalty`` and ``chat_template`` (a template
 name). Responses are built from the models below, so the JSON always has OpenAI's keys.
 """
@@ -94,12 +96,69 @@ class ChatCompletionRequest(RequestBase):
 class CompletionRequest(RequestBase):
     prompt: str | list[str]
     echo: bool | None = None
+    #: legacy form: the chosen token's logprob plus this many alternatives (OpenAI allows 5, this server 20)
     logprobs: int | None = None
     best_of: int | None = Field(None, ge=1)
     suffix: str | None = None
 
 
+class EmbeddingRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(description="echoed back; the server answers with the one model it serves")
+    input: str | list[str]
+    encoding_format: Literal["float", "base64"] | None = None
+    dimensions: int | None = None
+    user: str | None = None
+    #: extension: scale each vector to unit length (default: as computed)
+    normalize: bool = False
+
+
 # ---- responses -----------------------------------------------------------------------------
+class TopLogprobOut(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int] | None
+
+
+class ChatTokenLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int] | None
+    top_logprobs: list[TopLogprobOut]
+
+
+class ChoiceLogprobs(BaseModel):
+    content: list[ChatTokenLogprob] | None
+    refusal: list[ChatTokenLogprob] | None = None
+
+
+class CompletionLogprobs(BaseModel):
+    tokens: list[str]
+    token_logprobs: list[float | None]
+    top_logprobs: list[dict[str, float] | None]
+    text_offset: list[int]
+
+
+class EmbeddingData(BaseModel):
+    object: Literal["embedding"] = "embedding"
+    index: int
+    #: the vector, or with ``encoding_format="base64"`` its little-endian float32 bytes in base64
+    embedding: list[float] | str
+
+
+class EmbeddingUsage(BaseModel):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class EmbeddingList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[EmbeddingData]
+    model: str
+    usage: EmbeddingUsage
+
+
 class UsageOut(BaseModel):
     prompt_tokens: int
     completion_tokens: int
@@ -115,7 +174,7 @@ class ChatChoice(BaseModel):
     index: int = 0
     message: AssistantMessage
     finish_reason: Literal["stop", "length"]
-    logprobs: None = None
+    logprobs: ChoiceLogprobs | None = None
 
 
 class ChatCompletion(BaseModel):
@@ -137,7 +196,7 @@ class ChatChunkChoice(BaseModel):
     index: int = 0
     delta: Delta
     finish_reason: Literal["stop", "length"] | None = None
-    logprobs: None = None
+    logprobs: ChoiceLogprobs | None = None
 
 
 class ChatCompletionChunk(BaseModel):
@@ -154,7 +213,7 @@ class CompletionChoice(BaseModel):
     index: int = 0
     text: str
     finish_reason: Literal["stop", "length"] | None = None
-    logprobs: None = None
+    logprobs: CompletionLogprobs | None = None
 
 
 class TextCompletion(BaseModel):

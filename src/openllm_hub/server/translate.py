@@ -11,6 +11,7 @@ from typing import Any
 
 from openllm_hub.core.chat import Special, validate_messages
 from openllm_hub.core.config import GenerationConfig
+from openllm_hub.core.logprobs import MAX_TOP_LOGPROBS
 from openllm_hub.core.model import Model
 from openllm_hub.errors import OpenLLMHubError
 from openllm_hub.server.errors import APIError, from_exception, invalid_request
@@ -46,6 +47,12 @@ def _common(req: RequestBase, max_tokens: int | None, *, default_max: int, limit
     return params
 
 
+def _top_logprobs(value: int, param: str) -> int:
+    if not 0 <= value <= MAX_TOP_LOGPROBS:
+        raise invalid_request(f"{param} is {value}; it must be between 0 and {MAX_TOP_LOGPROBS}", param=param)
+    return value
+
+
 def check_params(model: Model, params: dict[str, Any]) -> None:
     """Validate the parameters now, as the model will (so errors are 400s before queueing)."""
     try:
@@ -58,8 +65,6 @@ def completion_params(model: Model, req: CompletionRequest, *, limit: int) -> tu
     """The prompt and generation parameters of a ``/v1/completions`` request."""
     if req.echo:
         raise _unsupported("echo", "the answer never repeats the prompt")
-    if req.logprobs is not None:
-        raise _unsupported("logprobs", "not implemented")
     if req.best_of not in (None, 1):
         raise _unsupported("best_of", "one candidate per request")
     if req.suffix is not None:
@@ -72,6 +77,9 @@ def completion_params(model: Model, req: CompletionRequest, *, limit: int) -> tu
         prompt = req.prompt
     # OpenAI's default for completions is 16 tokens
     params = _common(req, req.max_tokens, default_max=min(16, limit), limit=limit)
+    if req.logprobs is not None:  # legacy form: the chosen token's logprob and this many alternatives
+        params["logprobs"] = True
+        params["top_logprobs"] = _top_logprobs(req.logprobs, "logprobs")
     check_params(model, params)
     return prompt, params
 
@@ -80,8 +88,6 @@ def chat_params(
     model: Model, req: ChatCompletionRequest, *, limit: int
 ) -> tuple[list[dict[str, str]], str | None, dict[str, Any]]:
     """The messages, template name and generation parameters of a ``/v1/chat/completions`` request."""
-    if req.logprobs or req.top_logprobs is not None:
-        raise _unsupported("logprobs", "not implemented")
     if req.tools or req.tool_choice not in (None, "none"):
         raise _unsupported("tools", "no function calling")
     if req.response_format is not None and req.response_format.get("type") != "text":
@@ -91,6 +97,12 @@ def chat_params(
         raise invalid_request("max_tokens and max_completion_tokens disagree", param="max_completion_tokens")
     max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
     params = _common(req, max_tokens, default_max=limit, limit=limit)
+    if req.top_logprobs is not None:
+        if not req.logprobs:
+            raise invalid_request("top_logprobs needs logprobs=true", param="top_logprobs")
+        params["top_logprobs"] = _top_logprobs(req.top_logprobs, "top_logprobs")
+    if req.logprobs:
+        params["logprobs"] = True
     raw = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in req.messages]
     try:
         messages = [{"role": m["role"], "content": m["content"]} for m in validate_messages(raw)]

@@ -187,6 +187,21 @@ class HFModel(Model):
             result: npt.NDArray[np.float32] = out.logits[0].float().cpu().numpy()
             return result
 
+    def _token_bytes(self, token_id: int) -> bytes:
+        # the sentencepiece piece's bytes ("▁" a space, "<0xAB>" that byte), as llama.cpp's pieces
+        return self._tok._piece(token_id)[0]
+
+    def _hidden_states(self, ids: list[int]) -> npt.NDArray[np.float32]:
+        """The decoder's (``LlamaModel``'s) last hidden states, after the final RMSNorm, of one
+        forward pass over ``ids``; :meth:`Model.embed` mean-pools them."""
+        import torch
+
+        with torch.inference_mode():
+            x = torch.tensor([ids], dtype=torch.long, device=self._device)
+            out = self._model.model(input_ids=x, use_cache=False)
+            result: npt.NDArray[np.float32] = out.last_hidden_state[0].float().cpu().numpy()
+            return result
+
     def _close(self) -> None:
         self._model = None
         if self._device.type == "cuda":
