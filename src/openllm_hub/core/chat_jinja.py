@@ -130,8 +130,9 @@ def _check_args(args: Sequence[Any], kwargs: Mapping[str, Any]) -> None:
 def _tojson(x: Any, ensure_ascii: bool = False, indent: int | str | None = None,
             separators: tuple[str, str] | None = None, sort_keys: bool = False) -> str:
     """transformers' ``tojson``: plain ``json.dumps`` (Jinja's own escapes HTML characters)."""
-    return _size_guard(json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators,
-                                  sort_keys=sort_keys))  # type: ignore[no-any-return]
+    text = json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+    _size_guard(text)
+    return text
 
 
 def _strftime_now(fmt: str) -> str:
@@ -154,7 +155,8 @@ def _environment() -> jinja2.Environment:
     import jinja2.ext
     import jinja2.nodes
     import jinja2.utils
-    from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
+    from jinja2.exceptions import SecurityError
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
 
     def raise_exception(message: str) -> None:
         raise jinja2.exceptions.TemplateError(message)
@@ -162,7 +164,7 @@ def _environment() -> jinja2.Environment:
     class Namespace(jinja2.utils.Namespace):
         """``namespace()`` that refuses attributes starting with ``_``."""
 
-        def __init__(*args: Any, **kwargs: Any) -> None:  # noqa: N805 - Jinja's own signature trick
+        def __init__(*args: Any, **kwargs: Any) -> None:  # Jinja's own signature trick (self may be a key)
             self, rest = args[0], args[1:]
             attrs = dict(*rest, **kwargs)
             for name in attrs:
@@ -181,7 +183,7 @@ def _environment() -> jinja2.Environment:
     class Generation(jinja2.ext.Extension):
         """``{% generation %}...{% endgeneration %}`` (transformers' assistant-mask marker): its body."""
 
-        tags = {"generation"}
+        tags = {"generation"}  # noqa: RUF012 - Jinja reads the class attribute
 
         def parse(self, parser: Any) -> Any:
             lineno = next(parser.stream).lineno
@@ -205,7 +207,7 @@ def _environment() -> jinja2.Environment:
                     raise _Refused(f"a format width of {max(widths)}")
             return _size_guard(super().call_binop(context, operator, left, right))
 
-        def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N805
+        def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:
             _check_args(args, kwargs)
             _check_budget()
             return _size_guard(super().call(__context, __obj, *args, **kwargs))
@@ -356,7 +358,7 @@ class JinjaTemplate:
     def _render(self, messages: Sequence[Mapping[str, Any]], tools: Any, documents: Any, add_generation_prompt: bool,
                 extra: Mapping[str, Any], pattern: re.Pattern[str] | None) -> str:
         import jinja2
-        from jinja2.sandbox import SecurityError
+        from jinja2.exceptions import SecurityError
 
         where = f"chat template {self.name!r}"
         template = self.compile()
