@@ -19,7 +19,8 @@ model's special spellings in caller-supplied strings (message contents, and ever
 string: a wrapped spelling becomes :class:`~openllm_hub.core.chat.Text`, the rest is scanned
 for the model's spellings (each a :class:`~openllm_hub.core.chat.Special`, by id), and a lone
 marker (a template that split or sliced a wrapped spelling) is dropped but still ends a scan,
-so text on its two sides cannot join into a control token. Rendering once, with the caller's
+so text on its two sides cannot join into a control token, and the spelling it still touches
+stays text. Rendering once, with the caller's
 real text, keeps every template's own logic (``| trim``, ``.strip()``,
 ``content.split('</think>')``, ``startswith`` tests) exactly as transformers runs it.
 
@@ -271,11 +272,22 @@ def _mark(value: Any, pattern: re.Pattern[str] | None, where: str) -> Any:
 
 def split_rendered(rendered: str, spellings: Collection[str]) -> list[Piece]:
     """A string rendered from marked input as pieces: marked spellings are :class:`Text`; in the
-    rest, each of ``spellings`` is a :class:`Special`; lone markers are dropped and end a scan."""
+    rest, each of ``spellings`` is a :class:`Special`. A lone marker (the template cut a marked
+    spelling's other marker off) is dropped and ends a scan, and the spelling it still touches
+    (after a lone start, before a lone end) is the caller's: :class:`Text`."""
     pattern = _spelling_pattern(spellings)
     out: list[Piece] = []
 
-    def scan(text: str) -> None:
+    def scan(text: str, after_start: bool, before_end: bool) -> None:
+        head = tail = ""
+        if pattern is not None and after_start and (m := pattern.match(text)):
+            head, text = m.group(), text[m.end():]
+        if pattern is not None and before_end:
+            m = re.search(f"(?:{pattern.pattern})$", text)
+            if m is not None:
+                text, tail = text[:m.start()], m.group()
+        if head:
+            out.append(Text(head))
         pos = 0
         for m in pattern.finditer(text) if pattern is not None else ():
             if m.start() > pos:
@@ -284,16 +296,20 @@ def split_rendered(rendered: str, spellings: Collection[str]) -> list[Piece]:
             pos = m.end()
         if pos < len(text):
             out.append(Text(text[pos:]))
+        if tail:
+            out.append(Text(tail))
 
-    marked = re.compile(f"{MARK_START}({pattern.pattern}){MARK_END}" if pattern is not None else "(?!)")
-    pos = 0
-    for m in marked.finditer(rendered):
-        for part in re.split(f"[{MARK_START}{MARK_END}]", rendered[pos:m.start()]):
-            scan(part)
-        out.append(Text(m.group(1)))
+    spelled = f"{MARK_START}({pattern.pattern}){MARK_END}|" if pattern is not None else ""
+    markers = re.compile(f"{spelled}[{MARK_START}{MARK_END}]")
+    pos, after_start = 0, False
+    for m in markers.finditer(rendered):
+        lone = m.group() if m.lastindex is None else None
+        scan(rendered[pos:m.start()], after_start, lone == MARK_END)
+        if lone is None:
+            out.append(Text(m.group(1)))
+        after_start = lone == MARK_START
         pos = m.end()
-    for part in re.split(f"[{MARK_START}{MARK_END}]", rendered[pos:]):
-        scan(part)
+    scan(rendered[pos:], after_start, False)
     return out
 
 
@@ -329,15 +345,16 @@ class JinjaTemplate:
                                     fix="fix the template text, or pick a named template") from exc
 
     def render(self, messages: Sequence[Mapping[str, Any]], *, tools: Sequence[Mapping[str, Any]] | None = None,
-               documents: Sequence[Mapping[str, Any]] | None = None, add_generation_prompt: bool = True,
+               documents: Sequence[Mapping[str, Any]] | None = None, add_generation_prompt: bool = False,
                **extra: Any) -> str:
         """The prompt as one string, as transformers' ``apply_chat_template(..., tokenize=False)``
-        gives it. For display and comparison; models use :meth:`pieces`."""
+        gives it (same defaults: no generation prompt unless asked). For display and comparison;
+        models use :meth:`pieces`."""
         return self._render(messages, tools, documents, add_generation_prompt, extra, None)
 
     def pieces(self, messages: Sequence[Mapping[str, Any]], spellings: Collection[str], *,
                tools: Sequence[Mapping[str, Any]] | None = None, documents: Sequence[Mapping[str, Any]] | None = None,
-               add_generation_prompt: bool = True, **extra: Any) -> list[Piece]:
+               add_generation_prompt: bool = False, **extra: Any) -> list[Piece]:
         """The prompt as pieces: ``spellings`` (the model's control tokens) written by the template
         are :class:`Special`, those in caller text stay :class:`Text`."""
         pattern = _spelling_pattern(spellings)
@@ -350,7 +367,7 @@ class JinjaTemplate:
         frozen = frozenset(spellings)
 
         def pieces_fn(_tpl: ChatTemplate, msgs: Sequence[Message]) -> list[Piece]:
-            return self.pieces(msgs, frozen)
+            return self.pieces(msgs, frozen, add_generation_prompt=True)
 
         return ChatTemplate(name=self.name, pieces_fn=pieces_fn, model_specials=False,
                             description="the model's own Jinja chat template")
