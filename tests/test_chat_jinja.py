@@ -27,7 +27,7 @@ import pytest
 import openllm_hub
 from openllm_hub.core.chat import Special, Text, render_pieces
 from openllm_hub.core.chat_jinja import MARK_START, ChatTemplateError, JinjaTemplate
-from openllm_hub.errors import InvalidParameterError
+from openllm_hub.errors import CorruptFileError, InvalidParameterError
 from openllm_hub.testing import check_chat_special_tokens_stay_text, check_chat_template
 
 FIXTURES = Path(__file__).parent / "fixtures" / "chat_templates"
@@ -296,21 +296,24 @@ def llama_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     hf = make_tiny_hf(base / "hf", tokenizer_model=fixture_tokenizer(), num_layers=1)
     plain = base / "plain.gguf"
     write_gguf(hf, plain, "f32")
-    with_cfg = base / "hf-template"
-    with_cfg.mkdir()
-    for f in hf.iterdir():
-        (with_cfg / f.name).symlink_to(f)
-    (with_cfg / "tokenizer_config.json").unlink()
-    cfg = json.loads((hf / "tokenizer_config.json").read_text()) if (hf / "tokenizer_config.json").exists() else {}
-    (with_cfg / "tokenizer_config.json").write_text(json.dumps({**cfg, "chat_template": MISTRAL}))
-    with_file = base / "hf-jinja-file"
-    with_file.mkdir()
-    for f in hf.iterdir():
-        (with_file / f.name).symlink_to(f)
-    (with_file / "chat_template.jinja").write_text(MISTRAL)
+    folders = {}
+    for kind, files in (("hf-template", {"tokenizer_config.json": {"chat_template": MISTRAL}}),
+                        ("hf-jinja-file", {"chat_template.jinja": MISTRAL}),
+                        ("hf-broken", {"tokenizer_config.json": {"chat_template": "{% if %}"}})):
+        folder = base / kind
+        folder.mkdir()
+        for f in hf.iterdir():
+            if f.name not in files:
+                (folder / f.name).symlink_to(f)
+        for fname, content in files.items():
+            if isinstance(content, dict):
+                cfg = json.loads((hf / fname).read_text()) if (hf / fname).exists() else {}
+                content = json.dumps({**cfg, **content})
+            (folder / fname).write_text(content)
+        folders[kind] = folder
     return {"hf": hf, "plain": plain, "gguf": _with_metadata(plain, base / "templ.gguf", MISTRAL),
             "broken": _with_metadata(plain, base / "broken.gguf", "{% for m in messages %}"),
-            "hf-template": with_cfg, "hf-jinja-file": with_file}
+            **folders}
 
 
 CONV = [{"role": "user", "content": "Hello there"}, {"role": "assistant", "content": "Hi"},
@@ -351,8 +354,15 @@ def test_caller_template_option_wins_and_plain_gguf_has_none(llama_files: dict[s
             m.chat_template("model")
 
 
-def test_broken_gguf_template_leaves_the_default_and_names_its_error(llama_files: dict[str, Path]) -> None:
-    with openllm_hub.load(llama_files["broken"], device="cpu", threads=1) as m:
+def test_gguf_with_a_broken_template_is_refused_by_name(llama_files: dict[str, Path]) -> None:
+    """llama-cpp-python compiles the file's templates while loading: a broken one is a clear
+    CorruptFileError naming the key, not a bare Jinja error."""
+    with pytest.raises(CorruptFileError, match=r"tokenizer\.chat_template is not a usable Jinja template"):
+        openllm_hub.load(llama_files["broken"], device="cpu", threads=1)
+
+
+def test_hf_folder_with_a_broken_template_keeps_its_default(llama_files: dict[str, Path]) -> None:
+    with openllm_hub.load(llama_files["hf-broken"], device="cpu", threads=1) as m:
         assert m.default_chat_template != "model"
         m.chat(CONV, max_new_tokens=1)  # the named default still works
         with pytest.raises(ChatTemplateError, match="does not compile"):

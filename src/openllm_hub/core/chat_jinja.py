@@ -54,6 +54,7 @@ from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import lru_cache, wraps
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from openllm_hub.core.chat import ChatTemplate, Message, Piece, Special, Text
@@ -313,6 +314,22 @@ def split_rendered(rendered: str, spellings: Collection[str]) -> list[Piece]:
     return out
 
 
+def check_template_metadata(metadata: Mapping[str, Any], where: str | Path) -> None:
+    """Refuse a GGUF whose ``tokenizer.chat_template`` (or a named ``tokenizer.chat_template.X``)
+    does not compile: llama-cpp-python compiles every one while loading and fails with a bare
+    Jinja error otherwise."""
+    from openllm_hub.errors import CorruptFileError
+
+    for key, value in metadata.items():
+        if key == "tokenizer.chat_template" or key.startswith("tokenizer.chat_template."):
+            try:
+                JinjaTemplate(value if isinstance(value, str) else "", name=key)
+            except ChatTemplateError as exc:
+                raise CorruptFileError(f"the file's {key} is not a usable Jinja template: {exc.what}", where=where,
+                                       fix="fix or remove it (gguf-py's gguf_new_metadata.py --chat-template "
+                                           "writes a new one), or use another file") from exc
+
+
 # ---- the template ------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class JinjaTemplate:
@@ -413,4 +430,5 @@ class JinjaTemplate:
         return "".join(out)
 
 
-__all__ = ["MARK_END", "MARK_START", "MODEL_TEMPLATE", "ChatTemplateError", "JinjaTemplate", "split_rendered"]
+__all__ = ["MARK_END", "MARK_START", "MODEL_TEMPLATE", "ChatTemplateError", "JinjaTemplate", "check_template_metadata",
+           "split_rendered"]

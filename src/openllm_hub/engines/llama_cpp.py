@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from openllm_hub.core.chat_jinja import check_template_metadata
 from openllm_hub.core.config import GenerationConfig
 from openllm_hub.core.detok import join_pieces
 from openllm_hub.core.device import DeviceSupport
@@ -638,6 +639,7 @@ def load_gguf(req: LoadRequest[Any], *, family: str, options: LlamaCppOptions | 
     # llama.cpp sees the file (it aborts or misreads on several of these)
     layout = check_gguf(path)
     meta = dict(layout.metadata)
+    check_template_metadata(meta, path)  # llama-cpp-python compiles the file's chat templates while loading
     arch = layout.architecture
     caps = capabilities()
     if req.placement.kind == "cuda" and not caps["gpu_offload"]:
