@@ -313,8 +313,13 @@ def llama_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         folders[kind] = folder
     return {"hf": hf, "plain": plain, "gguf": _with_metadata(plain, base / "templ.gguf", MISTRAL),
             "broken": _with_metadata(plain, base / "broken.gguf", "{% for m in messages %}"),
+            "picky": _with_metadata(plain, base / "picky.gguf", PICKY),
             **folders}
 
+
+#: A template that refuses conversations of more than one message.
+PICKY = ("{% if messages | length > 1 %}{{ raise_exception('one message only, please') }}{% endif %}"
+         "{{ bos_token }}{{ messages[0].content }}")
 
 CONV = [{"role": "user", "content": "Hello there"}, {"role": "assistant", "content": "Hi"},
         {"role": "user", "content": "Tell me a story"}]
@@ -377,3 +382,24 @@ def test_hf_folder_template_gives_the_gguf_ids(llama_files: dict[str, Path], kin
         assert m.default_chat_template == "model"
         assert m.chat_prompt_ids(CONV) == want == _expected_ids(m)
         check_chat_special_tokens_stay_text(m, CONV[:1])
+
+
+def test_server_chats_through_the_model_template(llama_files: dict[str, Path]) -> None:
+    """/v1/chat/completions uses the model's template by default; a conversation it refuses
+    (raise_exception) is a 400 naming chat_template."""
+    from fastapi.testclient import TestClient
+
+    from openllm_hub.server import create_app
+
+    with openllm_hub.load(llama_files["gguf"], device="cpu", threads=1) as m:
+        client = TestClient(create_app(m))
+        r = client.post("/v1/chat/completions", json={"model": "x", "messages": CONV, "max_tokens": 2,
+                                                        "temperature": 0})
+        assert r.status_code == 200, r.text
+        assert r.json()["usage"]["prompt_tokens"] == len(_expected_ids(m))
+    with openllm_hub.load(llama_files["picky"], device="cpu", threads=1) as m:
+        client = TestClient(create_app(m))
+        r = client.post("/v1/chat/completions", json={"model": "x", "messages": CONV, "max_tokens": 2})
+        assert r.status_code == 400, r.text
+        assert r.json()["error"]["param"] == "chat_template"
+        assert "one message only, please" in r.json()["error"]["message"]

@@ -322,6 +322,8 @@ def check_template_metadata(metadata: Mapping[str, Any], where: str | Path) -> N
 
     for key, value in metadata.items():
         if key == "tokenizer.chat_template" or key.startswith("tokenizer.chat_template."):
+            if isinstance(value, str) and not value.strip():
+                continue  # an empty template compiles to nothing; the model just has none
             try:
                 JinjaTemplate(value if isinstance(value, str) else "", name=key)
             except ChatTemplateError as exc:
@@ -345,10 +347,10 @@ class JinjaTemplate:
 
     def __post_init__(self) -> None:
         if not isinstance(self.source, str) or not self.source.strip():
-            raise ChatTemplateError("the chat template is empty", where=f"chat template {self.name!r}")
+            raise ChatTemplateError(f"the chat template {self.name!r} is empty", where="chat_template")
         if len(self.source) > MAX_TEMPLATE_CHARS:
-            raise ChatTemplateError(f"the chat template is {len(self.source):,} characters (the limit is "
-                                    f"{MAX_TEMPLATE_CHARS:,})", where=f"chat template {self.name!r}")
+            raise ChatTemplateError(f"the chat template {self.name!r} is {len(self.source):,} characters (the limit "
+                                    f"is {MAX_TEMPLATE_CHARS:,})", where="chat_template")
         self.compile()
 
     def compile(self) -> jinja2.Template:
@@ -357,8 +359,8 @@ class JinjaTemplate:
         try:
             return _compile(self.source)
         except jinja2.TemplateSyntaxError as exc:
-            raise ChatTemplateError(f"the chat template does not compile: {exc.message} (line {exc.lineno})",
-                                    where=f"chat template {self.name!r}",
+            raise ChatTemplateError(f"the chat template {self.name!r} does not compile: {exc.message} "
+                                    f"(line {exc.lineno})", where="chat_template",
                                     fix="fix the template text, or pick a named template") from exc
 
     def render(self, messages: Sequence[Mapping[str, Any]], *, tools: Sequence[Mapping[str, Any]] | None = None,
@@ -394,7 +396,7 @@ class JinjaTemplate:
         import jinja2
         from jinja2.exceptions import SecurityError
 
-        where = f"chat template {self.name!r}"
+        where, tpl = "chat_template", f"chat template {self.name!r}"
         template = self.compile()
         data: dict[str, Any] = {**self.variables, **_mark(dict(extra), pattern, "chat template variables")}
         data.update(messages=_mark([dict(m) for m in messages], pattern, "messages"),
@@ -412,18 +414,18 @@ class JinjaTemplate:
                 out.append(chunk)
                 _check_budget()
         except _Refused as exc:
-            raise ChatTemplateError(f"the chat template went past a limit: {exc}", where=where,
+            raise ChatTemplateError(f"the {tpl} went past a limit: {exc}", where=where,
                                     fix="use a named template (openllm-hub templates), or fix the template") from exc
         except SecurityError as exc:
-            raise ChatTemplateError(f"the chat template broke a sandbox rule: {exc}", where=where,
+            raise ChatTemplateError(f"the {tpl} broke a sandbox rule: {exc}", where=where,
                                     fix="use a named template; this template is not safe to run") from exc
         except jinja2.TemplateError as exc:  # raise_exception(), undefined names, bad calls
-            raise ChatTemplateError(f"the chat template failed: {exc}", where=where,
+            raise ChatTemplateError(f"the {tpl} failed: {exc}", where=where,
                                     fix="check the messages' roles and order against what the model's template "
                                         "accepts, or pick a named template") from exc
         except (TypeError, ValueError, KeyError, IndexError, AttributeError, ArithmeticError, RecursionError,
                 MemoryError) as exc:
-            raise ChatTemplateError(f"the chat template failed: {type(exc).__name__}: {exc}", where=where,
+            raise ChatTemplateError(f"the {tpl} failed: {type(exc).__name__}: {exc}", where=where,
                                     fix="pick a named template (openllm-hub templates)") from exc
         finally:
             _budget.reset(token)
