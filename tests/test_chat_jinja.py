@@ -403,3 +403,10 @@ def test_server_chats_through_the_model_template(llama_files: dict[str, Path]) -
         assert r.status_code == 400, r.text
         assert r.json()["error"]["param"] == "chat_template"
         assert "one message only, please" in r.json()["error"]["message"]
+
+
+def test_the_model_template_name_is_reserved() -> None:
+    from openllm_hub.core.chat import ChatTemplate, register_template
+
+    with pytest.raises(InvalidParameterError, match="reserved"):
+        register_template(ChatTemplate(name="model"))

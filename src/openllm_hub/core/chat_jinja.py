@@ -57,14 +57,11 @@ from functools import lru_cache, wraps
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from openllm_hub.core.chat import ChatTemplate, Message, Piece, Special, Text
+from openllm_hub.core.chat import MODEL_TEMPLATE, ChatTemplate, Message, Piece, Special, Text
 from openllm_hub.errors import InvalidParameterError
 
 if TYPE_CHECKING:  # pragma: no cover
     import jinja2
-
-#: Name under which a model's own template is reachable (``model.chat_template("model")``).
-MODEL_TEMPLATE = "model"
 
 #: Wrap control-token spellings found in caller text (Unicode noncharacters: not for interchange).
 MARK_START, MARK_END = "\ufdd0", "\ufdd1"
