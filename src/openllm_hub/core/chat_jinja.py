@@ -250,7 +250,12 @@ def _compile(source: str) -> jinja2.Template:
 
 # ---- caller text ----------------------------------------------------------------------------------
 def _spelling_pattern(spellings: Collection[str]) -> re.Pattern[str] | None:
-    names = sorted((s for s in spellings if s), key=len, reverse=True)  # longest first: a token before its prefix
+    return _pattern_of(spellings if isinstance(spellings, frozenset) else frozenset(spellings))
+
+
+@lru_cache(maxsize=16)
+def _pattern_of(spellings: frozenset[str]) -> re.Pattern[str] | None:
+    names = sorted((s for s in spellings if s), key=lambda s: (-len(s), s))  # longest first: a token before its prefix
     return re.compile("|".join(map(re.escape, names))) if names else None
 
 
