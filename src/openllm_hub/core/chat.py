@@ -15,8 +15,8 @@ turns pieces into ids (:meth:`~openllm_hub.core.model.Model.chat_prompt_ids`); m
 always a :class:`Text`. :class:`Cut` ends a run of text where the official tokenizer encodes two
 texts separately (ChatGLM3's role metadata line and the message). ``render()`` joins the pieces
 into a string for display only (specials spelled out); it is never the path to ids. Layouts that
-plain formats cannot express give a ``pieces_fn``; any later template kind (e.g. a model-shipped
-Jinja template) produces the same pieces.
+plain formats cannot express give a ``pieces_fn``; a model's own Jinja template
+(:mod:`openllm_hub.core.chat_jinja`, the reserved name ``"model"``) produces the same pieces.
 """
 
 from __future__ import annotations
@@ -30,6 +30,10 @@ from typing import Literal, TypedDict
 from openllm_hub.errors import InvalidParameterError
 
 Role = Literal["system", "user", "assistant"]
+
+#: The reserved template name of a model's own template (the Jinja text its file ships, see
+#: :mod:`openllm_hub.core.chat_jinja`): ``model.chat_template("model")``; no plugin may take it.
+MODEL_TEMPLATE = "model"
 
 
 class Message(TypedDict):

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from openllm_hub.core.batch import Batch, BatchDecoder, Batching, Interleaving, PreparedStream, SequenceOutput
 from openllm_hub.core.chat import ChatTemplate, Cut, Piece, Special, Text, get_template
+from openllm_hub.core.chat_jinja import MODEL_TEMPLATE, ChatTemplateError, JinjaTemplate
 from openllm_hub.core.config import GenerationConfig
 from openllm_hub.core.logprobs import TokenLogprob
 from openllm_hub.errors import InvalidParameterError, ModelClosedError
@@ -119,8 +120,13 @@ class Model(ABC):
     sequences run one after the other). See :mod:`openllm_hub.core.batch`.
     """
 
-    #: Chat template used when ``chat(template=None)``.
+    #: Chat template used when ``chat(template=None)``: a registered name, or ``"model"`` for
+    #: the model's own template (:meth:`_set_model_chat_template`).
     default_chat_template: str = "plain"
+    #: The Jinja template the model file ships (None: none, or it did not compile).
+    model_chat_template: JinjaTemplate | None = None
+    _model_template_error: ChatTemplateError | None = None
+    _model_template_pieces: ChatTemplate | None = None
     #: Parameter defaults of this model (e.g. a chat model's lower temperature).
     generation_defaults: GenerationConfig = GenerationConfig()
 
@@ -313,7 +319,36 @@ class Model(ABC):
         return tid
 
     def chat_template(self, name: str | None = None) -> ChatTemplate:
-        return get_template(name or self.default_chat_template)
+        """The template called ``name`` (None: the default). ``"model"`` is the model's own Jinja
+        template (its control tokens, written by the template, become ids)."""
+        name = name or self.default_chat_template
+        if name != MODEL_TEMPLATE:
+            return get_template(name)
+        if self._model_template_error is not None:
+            raise self._model_template_error
+        if self.model_chat_template is None:
+            raise InvalidParameterError(f"this {self.info.family} model ships no chat template", where="chat_template",
+                                        fix="pick a named template (openllm-hub templates lists them)")
+        if self._model_template_pieces is None:
+            self._model_template_pieces = self.model_chat_template.chat_template(self._special_tokens())
+        return self._model_template_pieces
+
+    def _set_model_chat_template(self, source: object, variables: Mapping[str, str]) -> None:
+        """Engines: the Jinja template the model file ships (GGUF ``tokenizer.chat_template``, HF
+        ``chat_template``) becomes the default template, ``"model"``; ``variables`` are the
+        special-token strings it sees (``bos_token``, ``eos_token``, ...). A template that does not
+        compile leaves the default alone; ``chat_template("model")`` then raises its error.
+        Family engines that set their own default afterwards (from what they know of the
+        format) keep it; the model's is still there by name."""
+        if not isinstance(source, str) or not source.strip():
+            return
+        try:
+            self.model_chat_template = JinjaTemplate(source, dict(variables))
+        except ChatTemplateError as exc:
+            self._model_template_error = exc
+            return
+        self._model_template_pieces = None
+        self.default_chat_template = MODEL_TEMPLATE
 
     def close(self) -> None:
         if not self._closed:

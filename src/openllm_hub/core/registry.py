@@ -22,7 +22,7 @@ from typing import Any
 import pluggy
 
 from openllm_hub.core import hookspecs
-from openllm_hub.core.chat import ChatTemplate
+from openllm_hub.core.chat import MODEL_TEMPLATE, ChatTemplate
 from openllm_hub.core.family import Family, ModelName
 from openllm_hub.errors import InvalidParameterError, NotFoundError, PluginError
 
@@ -187,6 +187,8 @@ class Registry:
         for tpl in tpls:
             if not isinstance(tpl, ChatTemplate):
                 raise PluginError(f"register_chat_templates registered {type(tpl).__name__}, not a ChatTemplate")
+            if tpl.name == MODEL_TEMPLATE:
+                raise PluginError(f"chat template name {tpl.name!r} is reserved for a model's own template")
             if tpl.name in self._template_owners:
                 raise PluginError(f"chat template name {tpl.name!r} is already taken by "
                                   f"{self._template_owners[tpl.name]!r}")
@@ -201,6 +203,9 @@ class Registry:
         if not isinstance(template, ChatTemplate):
             raise InvalidParameterError(f"expected a ChatTemplate, got {type(template).__name__}",
                                         where="chat templates")
+        if template.name == MODEL_TEMPLATE:
+            raise InvalidParameterError(f"chat template name {template.name!r} is reserved for a model's own "
+                                        "template", where="chat templates", fix="pick another name")
         known = self.templates.get(template.name)
         if known is not None and known != template and not replace:
             raise InvalidParameterError(

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from openllm_hub.core.chat_jinja import check_template_metadata
 from openllm_hub.core.config import GenerationConfig
 from openllm_hub.core.detok import join_pieces
 from openllm_hub.core.device import DeviceSupport
@@ -330,11 +331,24 @@ class LlamaCppModel(Model):
         self._pieces: dict[int, tuple[bytes, bool]] = {}
         self._controls: dict[str, int] | None = None
         self._add_space_prefix = add_space_prefix
+        self._adopt_gguf_chat_template(metadata or {})
         self._configure(dict(metadata or {}))
         if default_template:
             self.default_chat_template = default_template
         if seed is not None:
             self.generation_defaults = self.generation_defaults.model_copy(update={"seed": seed})
+
+    def _adopt_gguf_chat_template(self, metadata: Mapping[str, Any]) -> None:
+        """The file's Jinja ``tokenizer.chat_template`` becomes the default template (``"model"``),
+        with the spellings of its BOS/EOS/UNK/PAD ids as ``bos_token`` etc. (as llama.cpp passes them)."""
+        import llama_cpp
+
+        variables = {}
+        for kind in ("bos", "eos", "unk", "pad"):
+            tid = metadata.get(f"tokenizer.ggml.{kind}_token_id")
+            if isinstance(tid, int) and 0 <= tid < self._n_vocab:
+                variables[f"{kind}_token"] = llama_cpp.llama_vocab_get_text(self._vocab, tid).decode("utf-8", "replace")
+        self._set_model_chat_template(metadata.get("tokenizer.chat_template"), variables)
 
     def _configure(self, metadata: dict[str, Any]) -> None:
         """Hook for family subclasses: special ids, extra eos ids, chat template and sampling
@@ -686,6 +700,7 @@ def load_gguf(req: LoadRequest[Any], *, family: str, options: LlamaCppOptions | 
     # llama.cpp sees the file (it aborts or misreads on several of these)
     layout = check_gguf(path)
     meta = dict(layout.metadata)
+    check_template_metadata(meta, path)  # llama-cpp-python compiles the file's chat templates while loading
     arch = layout.architecture
     caps = capabilities()
     if req.placement.kind == "cuda" and not caps["gpu_offload"]:

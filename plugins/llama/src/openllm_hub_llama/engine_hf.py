@@ -34,6 +34,7 @@ from openllm_hub.plugin import (
     generate_tokens,
     join_pieces,
     read_json,
+    read_text_file,
 )
 from openllm_hub_llama.checkpoint import check_hf_folder
 
@@ -108,6 +109,28 @@ def _read_json(path: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
+def _own_chat_template(folder: Path, tok: SentencePieceTokenizer) -> tuple[str | None, dict[str, str]]:
+    """The folder's Jinja chat template (``chat_template.jinja``, else ``chat_template`` in
+    ``tokenizer_config.json``: a string, or transformers' list of named ones, taking ``default``)
+    and the special-token strings it sees (the config's, else sentencepiece's BOS/EOS pieces)."""
+    cfg = _read_json(folder / "tokenizer_config.json") or {}
+    source: Any = cfg.get("chat_template")
+    if isinstance(source, list):
+        source = next((t.get("template") for t in source if isinstance(t, dict) and t.get("name") == "default"), None)
+    if (folder / "chat_template.jinja").is_file():
+        source = read_text_file(folder / "chat_template.jinja", what="chat_template.jinja")
+    variables: dict[str, str] = {}
+    for kind, sp_id in (("bos", tok.sp.bos_id()), ("eos", tok.sp.eos_id()), ("unk", tok.sp.unk_id()),
+                        ("pad", tok.sp.pad_id())):
+        value = cfg.get(f"{kind}_token")
+        value = value.get("content") if isinstance(value, dict) else value
+        if isinstance(value, str):
+            variables[f"{kind}_token"] = value
+        elif 0 <= sp_id < tok.size:
+            variables[f"{kind}_token"] = tok.sp.id_to_piece(sp_id)
+    return (source if isinstance(source, str) else None), variables
+
+
 def _eos_ids(folder: Path, tok: SentencePieceTokenizer, config: Any) -> set[int]:
     ids: set[int] = set()
     for value in (config.eos_token_id, (_read_json(folder / "generation_config.json") or {}).get("eos_token_id")):
@@ -124,8 +147,10 @@ class HFModel(Model):
     """A LLaMA checkpoint on transformers/torch."""
 
     def __init__(self, model: Any, tok: SentencePieceTokenizer, info: ModelInfo, *, eos_token_ids: Sequence[int],
-                 device: torch.device, default_template: str | None, seed: int | None) -> None:
+                 device: torch.device, default_template: str | None, seed: int | None,
+                 own_template: tuple[str | None, dict[str, str]] = (None, {})) -> None:
         super().__init__(info, eos_token_ids=eos_token_ids)
+        self._set_model_chat_template(*own_template)  # the folder's Jinja template, unless the caller names one
         self._model = model
         self._tok = tok
         self._specials: dict[str, int] | None = None
@@ -271,7 +296,7 @@ def load_hf(req: LoadRequest[LlamaOptions]) -> HFModel:
                "torch": torch.__version__},
     )
     return HFModel(model, tok, info, eos_token_ids=sorted(_eos_ids(folder, tok, config)), device=device,
-                   default_template=opts.chat_template, seed=opts.seed)
+                   default_template=opts.chat_template, seed=opts.seed, own_template=_own_chat_template(folder, tok))
 
 
 def _free_mib(gpu_ids: Sequence[int]) -> dict[int, int]:
