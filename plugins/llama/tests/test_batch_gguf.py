@@ -273,3 +273,20 @@ def test_server_slots_run_the_gguf_model_batched(model: LlamaCppModel) -> None:
         card = client.get("/v1/models").json()["data"][0]["meta"]
     assert [got.get(i) for i in range(4)] == want
     assert card["batching"] == "batched" and card["parallel"] == 4
+
+
+def test_logprobs_in_a_batch_equal_alone(model: Model) -> None:
+    """The batched decoder scores each token against its raw logits row, as the single path does;
+    bound: llama.cpp's multi-row kernels may differ from the one-row path in the last bits (the
+    logits bound above), far below 1e-4 in log-probability."""
+    prompts = ["Once upon a time", "The cat", "In a far away land there lived"]
+    params = {**_greedy(8), "logprobs": True, "top_logprobs": 3}
+    batch = model.generate_batch(prompts, **params)
+    for prompt, got in zip(prompts, batch):
+        alone = model.generate(prompt, **params)
+        assert got.token_ids == alone.token_ids
+        assert got.logprobs is not None and alone.logprobs is not None
+        assert len(got.logprobs) == len(got.token_ids)
+        for a, b in zip(got.logprobs, alone.logprobs):
+            assert a.token_id == b.token_id and abs(a.logprob - b.logprob) < 1e-4
+            assert [t.token_id for t in a.top] == [t.token_id for t in b.top] and len(a.top) == 3

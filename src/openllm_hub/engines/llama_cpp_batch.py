@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING, Any
 
 from openllm_hub.core.batch import BatchDecoder, StepResult
 from openllm_hub.core.config import GenerationConfig
+from openllm_hub.core.logprobs import score
 from openllm_hub.errors import IncompatibleDeviceError, InvalidParameterError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -59,13 +60,15 @@ class _Seq:
     """One sequence of the batch: its llama.cpp sequence id, the prompt ids still to read,
     its position (tokens in the KV cache), its sampler and the token to feed next."""
 
-    __slots__ = ("next_token", "pending", "pos", "sampler", "seq_id")
+    __slots__ = ("next_token", "pending", "pos", "sampler", "seq_id", "top_logprobs")
 
-    def __init__(self, seq_id: int, prompt_ids: list[int], sampler: Any) -> None:
+    def __init__(self, seq_id: int, prompt_ids: list[int], sampler: Any, top_logprobs: int | None) -> None:
         self.seq_id = seq_id
         self.pending = prompt_ids
         self.pos = 0
         self.sampler = sampler
+        #: None: no logprobs wanted; else how many alternatives to score with each token
+        self.top_logprobs = top_logprobs
         self.next_token: int | None = None
 
 
@@ -92,7 +95,7 @@ class LlamaCppBatchDecoder(BatchDecoder):
                              max(slots, self._memory_cap()))
         #: sequences joined while every sequence id was taken and the context could not grow:
         #: admitted in join order as ids free up (no result for them until then)
-        self._waiting: dict[int, tuple[list[int], Any]] = {}
+        self._waiting: dict[int, tuple[list[int], Any, int | None]] = {}
         self._budget = step_tokens or int(model._llm.n_batch)
         self._seqs: dict[int, _Seq] = {}
         self._ctx: Any = None
@@ -178,19 +181,20 @@ class LlamaCppBatchDecoder(BatchDecoder):
             except IncompatibleDeviceError:  # no memory for a larger one: this one stays, the newcomer waits
                 self._max_seqs = self._n_seq_max
         sampler = self.model._sampler(config, prompt_ids)
+        top = config.top_logprobs if config.wants_logprobs else None
         if self.keep_logits:
             self.logits[key] = []
         if not self._free or self._waiting:
-            self._waiting[key] = (list(prompt_ids), sampler)
+            self._waiting[key] = (list(prompt_ids), sampler, top)
             return
-        self._seqs[key] = _Seq(self._free.pop(), list(prompt_ids), sampler)
+        self._seqs[key] = _Seq(self._free.pop(), list(prompt_ids), sampler, top)
 
     def _admit(self) -> None:
         """Give freed sequence ids to waiting sequences, first come first served."""
         while self._free and self._waiting:
             key = next(iter(self._waiting))
-            prompt_ids, sampler = self._waiting.pop(key)
-            self._seqs[key] = _Seq(self._free.pop(), prompt_ids, sampler)
+            prompt_ids, sampler, top = self._waiting.pop(key)
+            self._seqs[key] = _Seq(self._free.pop(), prompt_ids, sampler, top)
 
     def leave(self, key: int) -> None:
         import llama_cpp
@@ -263,7 +267,11 @@ class LlamaCppBatchDecoder(BatchDecoder):
                 self.model._check_finite(row)
                 if self.keep_logits:
                     self.logits[key].append(row.copy())
+                # logprobs: the raw row, read before the sampler chain runs (as the single path)
+                raw = row.copy() if seq.top_logprobs is not None else None
                 token = int(seq.sampler.sample(self._ctx, index))
+                if raw is not None:
+                    token = score(raw, token, seq.top_logprobs or 0)
             except Exception as exc:  # noqa: BLE001 - it ends this sequence only
                 out[key] = exc
                 self.leave(key)
