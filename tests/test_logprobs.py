@@ -126,6 +126,10 @@ def test_chat_logprobs_match_logits_of_the_chat_prompt(engine: tuple[Model, floa
 
 def test_batch_gives_each_sequence_its_own_logprobs(engine: tuple[Model, float]) -> None:
     model, _ = engine
+    # an engine that decodes the batch in one forward pass (llama.cpp) runs multi-row kernels whose
+    # sums may differ from the one-row path in the last bits (measured 4.7e-7 here); engines that
+    # interleave single-sequence steps compute exactly the same numbers
+    tol = 1e-5 if model.batching == "batched" else 1e-9
     prompts = [PROMPT, "The little dog", "A"]
     params = [{"seed": 1}, {"seed": 2, "logprobs": True, "top_logprobs": 3}, {"seed": 3, "logprobs": True}]
     batch = model.generate_batch(prompts, params, slots=2, max_new_tokens=10, temperature=0.9)
@@ -138,7 +142,7 @@ def test_batch_gives_each_sequence_its_own_logprobs(engine: tuple[Model, float])
         assert alone.logprobs is not None and len(got.logprobs) == len(alone.logprobs)
         for a, b in zip(got.logprobs, alone.logprobs, strict=True):
             assert a.token_id == b.token_id and [t.token_id for t in a.top] == [t.token_id for t in b.top]
-            assert abs(a.logprob - b.logprob) <= 1e-9
+            assert abs(a.logprob - b.logprob) <= tol
 
 
 def test_stop_strings_and_max_new_tokens_keep_one_logprob_per_id(engine: tuple[Model, float]) -> None:
