@@ -316,7 +316,9 @@ def _kv_bytes_per_layer(meta: dict[str, Any], arch: str, n_ctx: int, kv_type: st
 # ---- the model -------------------------------------------------------------------------------
 class LlamaCppModel(Model):
     """A GGUF model on llama.cpp. One context; its KV cache is reused across calls when a new
-    prompt starts with the tokens already evaluated (chat turns).
+    prompt starts with the tokens already evaluated (chat turns), and prompts sharing a longer
+    prefix with an earlier one (of this path or of a batch) take its KV cells from the
+    :attr:`prefix_cache` (``prefix_cache_mib``; see :meth:`_remember_prefix`).
 
     Families subclass it when their prompts differ from llama.cpp's plain tokenization (a
     prefix of special tokens, role tokens) or when they bring chat defaults: override
@@ -448,7 +450,10 @@ class LlamaCppModel(Model):
         return s
 
     def _evaluate_prompt(self, prompt_ids: list[int]) -> None:
-        """Bring the context to ``prompt_ids``, reusing the cached prefix of the last call."""
+        """Bring the context to ``prompt_ids``, reusing the cached prefix of the last call or a
+        longer one from the prefix cache, which then gets this prompt's cells."""
+        import numpy as np
+
         llm = self._llm
         cached = llm.input_ids[: llm.n_tokens]
         keep = 0
@@ -468,7 +473,8 @@ class LlamaCppModel(Model):
                     keep = 0
         llm.n_tokens = keep
         llm.eval(prompt_ids[keep:])
-        self._remember_prefix(llm._ctx.ctx, 0, prompt_ids)
+        if self.prefix_cache.enabled and bool(np.isfinite(self._last_logits()).all()):  # never store a broken state
+            self._remember_prefix(llm._ctx.ctx, 0, prompt_ids)
 
     # -- the prefix cache (openllm_hub.engines.prefix_cache), shared by the single path and the batched decoder
     def _remember_prefix(self, ctx: Any, seq_id: int, prompt_ids: Sequence[int]) -> None:

@@ -19,6 +19,15 @@ slots). It works as llama.cpp's own ``llama-server`` does, with llama-cpp-python
   of the single-sequence path (``LlamaCppModel._sampler``), at its row of the batch's logits.
 * a sequence that **leaves** (finished, cancelled, failed) is removed from the KV cache
   (``llama_memory_seq_rm``) and its sequence id is reused.
+* **prompts sharing a prefix** (a system prompt, a chat history) reuse its KV cells: when a
+  sequence's prompt has been read (a successful decode of its last token, so a cancelled or
+  failed sequence stores nothing), its cells go to the model's prefix cache
+  (``LlamaCppModel._remember_prefix``: a ``llama_state_seq_get_data`` blob, LRU within
+  ``prefix_cache_mib``); a joining sequence gets the longest stored prefix of its prompt put
+  into its cells (``llama_state_seq_set_data``, the cells beyond the shared part removed) and
+  reads only the rest. The store lives on the model, so it serves later batches and the
+  single path too. The reused cells were computed for another prompt, in other chunks, so a
+  hit's logits may differ from a cold run in the last bits, as a batch's do (tests measure it).
 
 Sequences get sequence ids from a free list; when more join than the context was made for
 (the core asks for a decoder with ``slots or 1`` sequences when a batch has no slot limit),
