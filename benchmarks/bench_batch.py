@@ -17,6 +17,16 @@ Without ``--model`` the random LLaMA of bench_llama_overhead.py (hidden 768, 12 
 134M parameters, f16 GGUF) is built in ``--work``. Usage::
 
     nice python benchmarks/bench_batch.py [--model x.gguf] [--threads 1] [--tokens 48] [--reps 3]
+
+``--prefix`` measures the prefix cache (openllm_hub.engines.prefix_cache) instead: time to first
+token of requests made of one ``--system-tokens``-token system prompt and a different question
+each, on one long-lived batch as the server's slots run them (each request alone, one new token).
+Per round: a fresh cache, the first request (reads everything, stores its prompt), a second one
+(reuses the system prompt's KV cells), then the cache off and a third one (reads everything
+again); and the same on the single path (``Model.generate``), where an unrelated prompt is run
+before each request so that llama-cpp-python's own reuse of the last prompt's cells does not
+hide the cache (or make a first request look cached). Times are wall clock and process CPU time (1 thread: robust to
+neighbours); best and median of ``--reps``.
 """
 
 from __future__ import annotations
@@ -48,9 +58,14 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--clients", default="1,2,4,8")
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--prefix", action="store_true", help="time to first token with a shared system prompt")
+    ap.add_argument("--system-tokens", type=int, default=1000)
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     path = args.model or build_model(args.work)
+    if args.prefix:
+        prefix_main(args, path, machine())
+        return
 
     import openllm_hub
     from openllm_hub.core.config import GenerationConfig
@@ -126,6 +141,84 @@ def main() -> None:
     report["texts_differing_from_first_round"] = differing
     print("texts differing from the first round (greedy):", differing)
     print(json.dumps(report["machine"], indent=1))
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=1))
+
+
+SYSTEM_SENTENCES = ["You are a helpful assistant for the city library.", "Answer briefly and politely.",
+                    "Opening hours are nine to five on weekdays.", "Books may be borrowed for three weeks.",
+                    "Late returns cost ten cents a day.", "The reading room is on the second floor.",
+                    "Children's books are next to the entrance.", "Ask before recommending a book."]
+QUESTIONS = ["When do you open?", "How long can I keep a book?", "Where is the reading room?",
+             "What does a late return cost?", "Do you have comics?", "Can I print here?", "Is there wifi?",
+             "Where are the children's books?", "Can I renew online?", "Do you sell coffee?"]
+
+
+def prefix_main(args: argparse.Namespace, path: Path, machine_info: dict[str, Any]) -> None:
+    """``--prefix``: time to first token with and without the prefix cache (see the module doc)."""
+    import openllm_hub
+    from openllm_hub.core.config import GenerationConfig
+    from openllm_hub.engines.prefix_cache import PrefixCache
+
+    model: Any = openllm_hub.load(path, device="cpu", threads=args.threads, n_ctx=args.system_tokens + 256)
+    budget = model.prefix_cache.budget_bytes
+    words: list[str] = []
+    i = 0
+    while len(model.tokenize(" ".join(words))) < args.system_tokens:
+        words.append(f"{SYSTEM_SENTENCES[i % len(SYSTEM_SENTENCES)]} (rule {i})")
+        i += 1
+    system = " ".join(words)
+    questions = iter(q + f" ({n})" for n in range(10**6) for q in QUESTIONS)
+    config = GenerationConfig.build(model.generation_defaults, max_new_tokens=1, temperature=0.0).with_seed()
+
+    def batched(batch: Any) -> tuple[float, float]:
+        """One request on the long-lived batch: (wall, CPU) seconds until its first token."""
+        ids = model.tokenize(f"{system}\nQuestion: {next(questions)}\nAnswer:")
+        c0, t0 = time.process_time(), time.perf_counter()
+        batch.add(ids, config)
+        while not batch.step():
+            pass
+        return time.perf_counter() - t0, time.process_time() - c0
+
+    def single() -> tuple[float, float]:
+        c0, t0 = time.process_time(), time.perf_counter()
+        model.generate(f"{system}\nQuestion: {next(questions)}\nAnswer:", max_new_tokens=1, temperature=0.0)
+        return time.perf_counter() - t0, time.process_time() - c0
+
+    n_prompt = len(model.tokenize(f"{system}\nQuestion: {QUESTIONS[0]} (0)\nAnswer:"))
+    rows: dict[str, list[tuple[float, float]]] = {}
+    with model.new_batch(1) as batch:
+        batched(batch)  # warm-up (page in the weights)
+        for _ in range(args.reps):
+            model.prefix_cache = PrefixCache(budget)
+            rows.setdefault("batched: first", []).append(batched(batch))
+            rows.setdefault("batched: second, cache hit", []).append(batched(batch))
+            model.prefix_cache = PrefixCache(0)
+            rows.setdefault("batched: second, cache off", []).append(batched(batch))
+            model.prefix_cache = PrefixCache(budget)
+            model.generate("An unrelated prompt about the weather.", max_new_tokens=1)
+            rows.setdefault("single: first", []).append(single())
+            model.generate("An unrelated prompt about the weather.", max_new_tokens=1)
+            rows.setdefault("single: second, cache hit", []).append(single())
+            model.prefix_cache = PrefixCache(0)
+            model.generate("An unrelated prompt about the weather.", max_new_tokens=1)
+            rows.setdefault("single: second, cache off", []).append(single())
+    model.close()
+    print(f"{(model.info.parameters or 0) / 1e6:.0f}M parameters, {model.info.dtype}, {args.threads} thread(s), "
+          f"prompt {n_prompt} tokens ({args.system_tokens}-token system prompt), best (median) of {args.reps}")
+    print(f"{'request':<30} {'TTFT wall ms':>20} {'TTFT CPU ms':>20} {'first / this (CPU)':>20}")
+    report: dict[str, Any] = {"model": str(path), "parameters": model.info.parameters, "dtype": model.info.dtype,
+                              "threads": args.threads, "prompt_tokens": n_prompt, "machine": machine_info,
+                              "rows": []}
+    for name, got in rows.items():
+        best = [min(r[j] for r in got) * 1e3 for j in range(2)]
+        med = [statistics.median(r[j] for r in got) * 1e3 for j in range(2)]
+        first = min(r[1] for r in rows[name.split(":")[0] + ": first"]) * 1e3
+        print(f"{name:<30} {best[0]:>9.1f} ({med[0]:>8.1f}) {best[1]:>9.1f} ({med[1]:>8.1f}) "
+              f"{first / best[1]:>19.1f}x")
+        report["rows"].append({"request": name, "wall_ms_best": best[0], "wall_ms_median": med[0],
+                               "cpu_ms_best": best[1], "cpu_ms_median": med[1], "speedup_cpu": first / best[1]})
+    print(json.dumps(machine_info, indent=1))
     if args.json:
         args.json.write_text(json.dumps(report, indent=1))
 

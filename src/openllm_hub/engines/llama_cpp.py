@@ -37,6 +37,7 @@ from openllm_hub.core.family import LoadRequest
 from openllm_hub.core.gguf_check import check_gguf, find_nonfinite, hparam
 from openllm_hub.core.logprobs import score
 from openllm_hub.core.model import Model, ModelInfo
+from openllm_hub.engines.prefix_cache import PrefixCache
 from openllm_hub.errors import (
     CorruptFileError,
     IncompatibleDeviceError,
@@ -78,6 +79,10 @@ class LlamaCppOptions(BaseModel):
         None, description="llama.cpp's repacked CPU weight buffers (its --no-repack turns them off); "
                           "None: on, except on CPUs with AMX, where llama.cpp's AMX path is known to crash")
     seed: int | None = Field(None, ge=0, lt=2**32, description="default sampling seed (per call: generate(seed=...))")
+    prefix_cache_mib: int | None = Field(
+        None, ge=0, description="memory for the KV caches of read prompts, reused by prompts sharing their prefix "
+                                "(least recently used evicted first); None: an eighth of the free RAM, at most "
+                                "4096; 0: off")
 
 
 # ---- llama.cpp facts -------------------------------------------------------------------
@@ -311,7 +316,9 @@ def _kv_bytes_per_layer(meta: dict[str, Any], arch: str, n_ctx: int, kv_type: st
 # ---- the model -------------------------------------------------------------------------------
 class LlamaCppModel(Model):
     """A GGUF model on llama.cpp. One context; its KV cache is reused across calls when a new
-    prompt starts with the tokens already evaluated (chat turns).
+    prompt starts with the tokens already evaluated (chat turns), and prompts sharing a longer
+    prefix with an earlier one (of this path or of a batch) take its KV cells from the
+    :attr:`prefix_cache` (``prefix_cache_mib``; see :meth:`_remember_prefix`).
 
     Families subclass it when their prompts differ from llama.cpp's plain tokenization (a
     prefix of special tokens, role tokens) or when they bring chat defaults: override
@@ -331,6 +338,8 @@ class LlamaCppModel(Model):
         self._pieces: dict[int, tuple[bytes, bool]] = {}
         self._controls: dict[str, int] | None = None
         self._add_space_prefix = add_space_prefix
+        #: KV caches of read prompts, for prompts sharing their prefix (load_gguf sizes it; see _remember_prefix)
+        self.prefix_cache = PrefixCache(0)
         self._adopt_gguf_chat_template(metadata or {})
         self._configure(dict(metadata or {}))
         if default_template:
@@ -441,7 +450,10 @@ class LlamaCppModel(Model):
         return s
 
     def _evaluate_prompt(self, prompt_ids: list[int]) -> None:
-        """Bring the context to ``prompt_ids``, reusing the cached prefix of the last call."""
+        """Bring the context to ``prompt_ids``, reusing the cached prefix of the last call or a
+        longer one from the prefix cache, which then gets this prompt's cells."""
+        import numpy as np
+
         llm = self._llm
         cached = llm.input_ids[: llm.n_tokens]
         keep = 0
@@ -450,8 +462,52 @@ class LlamaCppModel(Model):
                 break
             keep += 1
         keep = min(keep, len(prompt_ids) - 1)  # at least one token is evaluated, for fresh logits
+        if len(prompt_ids) - keep > self.prefix_cache.block_tokens:  # a stored prefix may save more
+            hit = self.prefix_cache.lookup(prompt_ids, max_length=len(prompt_ids) - 1)
+            if hit is not None and hit.length > keep:
+                llm.n_tokens = 0
+                if self._restore_prefix(llm._ctx.ctx, llm._ctx.memory, 0, hit.value, hit.length):
+                    llm.input_ids[: hit.length] = prompt_ids[: hit.length]
+                    keep = hit.length
+                else:
+                    keep = 0
         llm.n_tokens = keep
         llm.eval(prompt_ids[keep:])
+        if self.prefix_cache.enabled and bool(np.isfinite(self._last_logits()).all()):  # never store a broken state
+            self._remember_prefix(llm._ctx.ctx, 0, prompt_ids)
+
+    # -- the prefix cache (openllm_hub.engines.prefix_cache), shared by the single path and the batched decoder
+    def _remember_prefix(self, ctx: Any, seq_id: int, prompt_ids: Sequence[int]) -> None:
+        """Store sequence ``seq_id``'s KV cells of context ``ctx``, which hold exactly ``prompt_ids``
+        (called right after a successful decode of the prompt's last token), unless the cache
+        holds them already: llama.cpp's ``llama_state_seq_get_data``, a blob any context of this
+        model can take back (same KV type)."""
+        import llama_cpp
+
+        cache = self.prefix_cache
+        if not cache.enabled or cache.covers(prompt_ids):
+            return
+        size = int(llama_cpp.llama_state_seq_get_size(ctx, seq_id))
+        if size > cache.budget_bytes:
+            return
+        buf = (ctypes.c_uint8 * size)()
+        written = int(llama_cpp.llama_state_seq_get_data(ctx, buf, size, seq_id))
+        if written:
+            cache.put(prompt_ids, (buf, written), size)
+
+    @staticmethod
+    def _restore_prefix(ctx: Any, memory: Any, seq_id: int, value: Any, length: int) -> bool:
+        """Put a stored prompt's KV cells into sequence ``seq_id`` (emptied first) and keep its
+        first ``length`` positions; False (the sequence left empty) when llama.cpp finds no room."""
+        import llama_cpp
+
+        buf, written = value
+        llama_cpp.llama_memory_seq_rm(memory, seq_id, -1, -1)
+        if int(llama_cpp.llama_state_seq_set_data(ctx, buf, written, seq_id)) == 0:
+            llama_cpp.llama_memory_seq_rm(memory, seq_id, -1, -1)
+            return False
+        llama_cpp.llama_memory_seq_rm(memory, seq_id, length, -1)
+        return True
 
     def _token_stream(self, prompt_ids: list[int], config: GenerationConfig) -> Iterator[int]:
         llm = self._llm
@@ -612,6 +668,7 @@ class LlamaCppModel(Model):
         return out
 
     def _close(self) -> None:
+        self.prefix_cache.clear()
         self._llm.close()
 
 
@@ -754,6 +811,7 @@ def load_gguf(req: LoadRequest[Any], *, family: str, options: LlamaCppOptions | 
             raise
     model_ptr = llm._model.model
     vocab = llm._model.vocab
+    cache_mib = opts.prefix_cache_mib if opts.prefix_cache_mib is not None else _default_prefix_cache_mib()
     eos = {llm.token_eos()}
     eos.update(t for t in range(llm.n_vocab()) if llama_cpp.llama_vocab_is_eog(vocab, t))
     eos.discard(-1)
@@ -774,15 +832,26 @@ def load_gguf(req: LoadRequest[Any], *, family: str, options: LlamaCppOptions | 
                "kv_bytes_per_token": kv_bytes // n_ctx,
                "description": llm._model.desc(), "size_bytes": int(llama_cpp.llama_model_size(model_ptr)),
                "lora": [{"path": p, "scale": s} for p, s in opts.lora], "llama_cpp": caps["version"],
-               "loras_attached": adapters, **(info_extra or {})},
+               "loras_attached": adapters, "prefix_cache_mib": cache_mib, **(info_extra or {})},
     )
     add_space_prefix = bool(meta.get("tokenizer.ggml.add_space_prefix", True))
     try:
-        return model_class(llm, info, eos_token_ids=sorted(eos), add_space_prefix=add_space_prefix,
-                           default_template=opts.chat_template, seed=opts.seed, metadata=meta)
+        model = model_class(llm, info, eos_token_ids=sorted(eos), add_space_prefix=add_space_prefix,
+                            default_template=opts.chat_template, seed=opts.seed, metadata=meta)
     except Exception:
         llm.close()
         raise
+    model.prefix_cache = PrefixCache(cache_mib * 2**20)
+    return model
+
+
+def _default_prefix_cache_mib() -> int:
+    """The prefix cache's default budget: an eighth of the available RAM (KV blobs live in RAM
+    whatever the device), at most 4 GiB."""
+    from openllm_hub.core.plan import available_ram
+
+    free = available_ram()
+    return 1024 if free is None else min(4096, free // 8 // 2**20)
 
 
 def _load_failure(exc: BaseException, log: Sequence[str], path: Path, *, n_ctx: int, kv_type: str,

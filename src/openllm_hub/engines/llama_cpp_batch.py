@@ -19,6 +19,15 @@ slots). It works as llama.cpp's own ``llama-server`` does, with llama-cpp-python
   of the single-sequence path (``LlamaCppModel._sampler``), at its row of the batch's logits.
 * a sequence that **leaves** (finished, cancelled, failed) is removed from the KV cache
   (``llama_memory_seq_rm``) and its sequence id is reused.
+* **prompts sharing a prefix** (a system prompt, a chat history) reuse its KV cells: when a
+  sequence's prompt has been read (a successful decode of its last token, so a cancelled or
+  failed sequence stores nothing), its cells go to the model's prefix cache
+  (``LlamaCppModel._remember_prefix``: a ``llama_state_seq_get_data`` blob, LRU within
+  ``prefix_cache_mib``); a joining sequence gets the longest stored prefix of its prompt put
+  into its cells (``llama_state_seq_set_data``, the cells beyond the shared part removed) and
+  reads only the rest. The store lives on the model, so it serves later batches and the
+  single path too. The reused cells were computed for another prompt, in other chunks, so a
+  hit's logits may differ from a cold run in the last bits, as a batch's do (tests measure it).
 
 Sequences get sequence ids from a free list; when more join than the context was made for
 (the core asks for a decoder with ``slots or 1`` sequences when a batch has no slot limit),
@@ -60,11 +69,13 @@ class _Seq:
     """One sequence of the batch: its llama.cpp sequence id, the prompt ids still to read,
     its position (tokens in the KV cache), its sampler and the token to feed next."""
 
-    __slots__ = ("next_token", "pending", "pos", "sampler", "seq_id", "top_logprobs")
+    __slots__ = ("next_token", "pending", "pos", "prompt", "sampler", "seq_id", "top_logprobs")
 
     def __init__(self, seq_id: int, prompt_ids: list[int], sampler: Any, top_logprobs: int | None) -> None:
         self.seq_id = seq_id
         self.pending = prompt_ids
+        #: the whole prompt, until its KV cells are offered to the model's prefix cache
+        self.prompt: list[int] | None = prompt_ids
         self.pos = 0
         self.sampler = sampler
         #: None: no logprobs wanted; else how many alternatives to score with each token
@@ -187,14 +198,24 @@ class LlamaCppBatchDecoder(BatchDecoder):
         if not self._free or self._waiting:
             self._waiting[key] = (list(prompt_ids), sampler, top)
             return
-        self._seqs[key] = _Seq(self._free.pop(), list(prompt_ids), sampler, top)
+        self._start(key, list(prompt_ids), sampler, top)
 
     def _admit(self) -> None:
         """Give freed sequence ids to waiting sequences, first come first served."""
         while self._free and self._waiting:
             key = next(iter(self._waiting))
             prompt_ids, sampler, top = self._waiting.pop(key)
-            self._seqs[key] = _Seq(self._free.pop(), prompt_ids, sampler, top)
+            self._start(key, prompt_ids, sampler, top)
+
+    def _start(self, key: int, prompt_ids: list[int], sampler: Any, top: int | None) -> None:
+        """Run a sequence on a free sequence id, its prompt's longest prefix in the model's prefix
+        cache already in its KV cells (only the rest is read)."""
+        seq = self._seqs[key] = _Seq(self._free.pop(), prompt_ids, sampler, top)
+        hit = self.model.prefix_cache.lookup(prompt_ids, max_length=len(prompt_ids) - 1)
+        if hit is not None and self.model._restore_prefix(self._ctx.ctx, self._ctx.memory, seq.seq_id, hit.value,
+                                                          hit.length):
+            seq.pos = hit.length
+            seq.pending = prompt_ids[hit.length:]
 
     def leave(self, key: int) -> None:
         import llama_cpp
@@ -265,6 +286,10 @@ class LlamaCppBatchDecoder(BatchDecoder):
             try:
                 row = self._row(index)
                 self.model._check_finite(row)
+                if seq.prompt is not None:  # its cells hold exactly the prompt now
+                    if seq.pos == len(seq.prompt):
+                        self.model._remember_prefix(self._ctx.ctx, seq.seq_id, seq.prompt)
+                    seq.prompt = None
                 if self.keep_logits:
                     self.logits[key].append(row.copy())
                 # logprobs: the raw row, read before the sampler chain runs (as the single path)
