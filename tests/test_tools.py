@@ -341,6 +341,6 @@ def test_calls_reach_the_completion_and_chunks() -> None:
     assert [c.text for c in out] == ["Sure. ", "", ""] and [c.token_ids for c in out] == [(0,), (1,), (2,)]
     assert out[-1].finish_reason == "tool_calls" and out[-1].tool_calls is not None
     done = Model._collect(iter(out))
-    assert done.text == "Sure. " and done.finish_reason == "tool_calls" and done.usage == usage
+    assert done.text == "Sure." and done.finish_reason == "tool_calls" and done.usage == usage
     assert done.tool_calls is not None and _calls(list(done.tool_calls)) == [("get_time", {})]
     assert done.tool_calls[0].as_openai()["function"] == {"name": "get_time", "arguments": "{}"}

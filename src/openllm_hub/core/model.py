@@ -539,7 +539,8 @@ class Model(ABC):
                 scores.extend(chunk.logprobs)
             last = chunk
         assert last is not None and last.finish_reason is not None and last.usage and last.timings
-        return Completion("".join(texts), tuple(ids), last.finish_reason, last.usage, last.timings,
+        text = "".join(texts).strip() if calls else "".join(texts)  # content around calls, as the formats read it
+        return Completion(text, tuple(ids), last.finish_reason, last.usage, last.timings,
                           None if scores is None else tuple(scores), tuple(calls) if calls else None)
 
     # ---- several sequences at once (continuous batching) -------------------------------

@@ -125,7 +125,7 @@ class ChatFormat(_Base):
         if self.tool_reader is not None:
             sent = self.tool_reader.feed(text)
             rest, calls, finish = self._finish_tools(finish)
-            text = sent + rest
+            text = (sent + rest).strip() if calls else sent + rest
         message = AssistantMessage(content=text or None, tool_calls=[
             ToolCallOut(id=c.id, function=FunctionCallOut(name=c.name, arguments=c.arguments)) for c in calls
         ]) if calls else AssistantMessage(content=text)

@@ -135,5 +135,5 @@ def chat_params(
                 model.special_token_id(piece.name)
     except OpenLLMHubError as exc:
         raise from_exception(exc) from None
-    check_params(model, params)
+    check_params(model, {k: v for k, v in params.items() if k not in ("tools", "tool_choice")})
     return messages, req.chat_template, params
