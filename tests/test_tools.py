@@ -344,3 +344,50 @@ def test_calls_reach_the_completion_and_chunks() -> None:
     assert done.text == "Sure." and done.finish_reason == "tool_calls" and done.usage == usage
     assert done.tool_calls is not None and _calls(list(done.tool_calls)) == [("get_time", {})]
     assert done.tool_calls[0].as_openai()["function"] == {"name": "get_time", "arguments": "{}"}
+
+
+# ---- tiny LLaMA files (GGUF on llama.cpp, HF folder on transformers) carrying Qwen2.5's template ----
+def _with_template(src: Path, dst: Path, template: str) -> Path:
+    """A copy of the GGUF ``src`` with ``tokenizer.chat_template`` set (gguf-py's metadata copier)."""
+    import gguf
+    from gguf.scripts.gguf_new_metadata import MetadataDetails, copy_with_new_metadata
+
+    reader = gguf.GGUFReader(src)
+    arch = reader.get_field(gguf.Keys.General.ARCHITECTURE)
+    assert arch is not None
+    writer = gguf.GGUFWriter(dst, arch=arch.contents(), endianess=reader.endianess)
+    copy_with_new_metadata(reader, writer, {gguf.Keys.Tokenizer.CHAT_TEMPLATE: MetadataDetails(
+        gguf.GGUFValueType.STRING, template)}, [])
+    return dst
+
+
+@pytest.fixture(scope="module")
+def tool_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    from openllm_hub_llama.convert_gguf import write_gguf
+    from openllm_hub_llama.tiny import fixture_tokenizer, make_tiny_hf
+
+    base = tmp_path_factory.mktemp("tools-llama")
+    hf = make_tiny_hf(base / "hf", tokenizer_model=fixture_tokenizer(), num_layers=1)
+    plain = base / "plain.gguf"
+    write_gguf(hf, plain, "f32")
+    cfg_path = hf / "tokenizer_config.json"
+    cfg = json.loads(cfg_path.read_text()) if cfg_path.exists() else {}
+    cfg_path.write_text(json.dumps({**cfg, "chat_template": QWEN}))
+    return {"gguf": _with_template(plain, base / "qwen-template.gguf", QWEN), "hf": hf}
+
+
+def test_tiny_gguf_and_hf_models_answer_with_tools(tool_files: dict[str, Path]) -> None:
+    ids: dict[str, list[int]] = {}
+    for kind, path in tool_files.items():
+        with openllm_hub.load(path, device="cpu", threads=1) as m:
+            assert m.default_chat_template == "model" and m.chat_template().tool_format == "hermes"
+            for conv in ([{"role": "user", "content": "Weather in Paris?"}], ROUND_TRIP):
+                got = m.chat(conv, tools=TOOLS, temperature=0, max_new_tokens=8)
+                streamed = list(m.stream_chat(conv, tools=TOOLS, temperature=0, max_new_tokens=8))
+                assert "".join(c.text for c in streamed) == got.text
+                assert got.finish_reason in ("stop", "length", "tool_calls")
+                assert got.usage.prompt_tokens == len(m.chat_prompt_ids(conv, tools=TOOLS))
+            ids[kind] = m.chat_prompt_ids(ROUND_TRIP, tools=TOOLS)
+            # the tool result is in the prompt, as text
+            assert m.detokenize(ids[kind]).count('{"temperature": 21}') == 1
+    assert ids["gguf"] == ids["hf"]
