@@ -391,3 +391,16 @@ def test_tiny_gguf_and_hf_models_answer_with_tools(tool_files: dict[str, Path]) 
             # the tool result is in the prompt, as text
             assert m.detokenize(ids[kind]).count('{"temperature": 21}') == 1
     assert ids["gguf"] == ids["hf"]
+
+
+def test_constrained_answers_are_one_json_call() -> None:
+    """The reader of ``required``/named answers (JSON of :func:`call_schema`, no wrapper)."""
+    for fmt, key in (("hermes", "arguments"), ("llama3_json", "parameters"), ("mistral", "arguments")):
+        reader = ToolCallStream(fmt, constrained=True)
+        text = json.dumps({"name": "get_weather", key: {"city": "Paris"}})
+        assert "".join(reader.feed(ch) for ch in text) == ""
+        rest, calls = reader.finish()
+        assert rest == "" and _calls(calls) == [("get_weather", {"city": "Paris"})]
+        reader = ToolCallStream(fmt, constrained=True)
+        reader.feed('{"name": "get_weather", "')  # cut off by max_new_tokens: content, not a crash
+        assert reader.finish() == ('{"name": "get_weather", "', [])
