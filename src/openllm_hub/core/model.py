@@ -295,8 +295,9 @@ class Model(ABC):
         ``text``. ``tool_choice``: ``"auto"`` (default), ``"none"`` (tools are not offered),
         ``"required"`` or ``{"type": "function", "function": {"name": ...}}`` (the answer is
         constrained to one call's JSON schema)."""
-        return self._collect(self.stream_chat(messages, template=template, tools=tools, tool_choice=tool_choice,
-                                              **params))
+        if tools is not None or tool_choice is not None:  # engines whose stream_chat predates tools never see them
+            params.update(tools=tools, tool_choice=tool_choice)
+        return self._collect(self.stream_chat(messages, template=template, **params))
 
     def stream_chat(
         self, messages: Sequence[Mapping[str, Any]], *, template: str | None = None,
