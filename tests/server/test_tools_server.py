@@ -105,6 +105,8 @@ def test_bad_tools_are_400s_naming_the_field(client: openai.OpenAI) -> None:
     assert "'plain' cannot render tools" in body["message"]
     body = _bad(client, messages=[QUESTION[0], {"role": "tool", "tool_call_id": "x", "content": "1"}])
     assert "tool message must follow" in body["message"]
+    body = _bad(client, tools=TOOLS, parallel_tool_calls=False)
+    assert body["param"] == "parallel_tool_calls"
     if "json_schema" not in GenerationConfig.model_fields:  # constrained: tests/test_tools_constrained.py
         for choice in ("required", {"type": "function", "function": {"name": "get_time"}}):
             body = _bad(client, tools=TOOLS, tool_choice=choice)

@@ -86,6 +86,9 @@ def completion_params(model: Model, req: CompletionRequest, *, limit: int) -> tu
 
 def _tools(model: Model, req: ChatCompletionRequest, params: dict[str, Any]) -> None:
     """``tools``/``tool_choice`` into ``params`` (for ``stream_chat``), checked: each a 400 naming its field."""
+    if req.parallel_tool_calls is False:
+        raise _unsupported("parallel_tool_calls", "a model may write several calls in one answer; only true is "
+                                                  "accepted")
     if req.tools is None and req.tool_choice is None:
         return
     from openllm_hub.core.tool_calls import tool_choice_mode, validate_tools
