@@ -16,6 +16,7 @@ from openllm_hub.core.config import GenerationConfig
 from openllm_hub.core.hookspecs import hookimpl
 from openllm_hub.core.logprobs import TokenLogprob, TopLogprob
 from openllm_hub.core.model import Chunk, Completion, Model, ModelInfo, Timings, Usage
+from openllm_hub.core.tool_calls import ToolCall
 from openllm_hub.errors import OpenLLMHubError
 
 __version__ = "0.1.0"
@@ -31,6 +32,7 @@ __all__ = [
     "OpenLLMHubError",
     "Timings",
     "TokenLogprob",
+    "ToolCall",
     "TopLogprob",
     "Usage",
     "__version__",

@@ -67,7 +67,8 @@ def test_malformed_json(client: TestClient) -> None:
     (chat_body(max_tokens=0), "max_tokens"),
     (chat_body(unknown_field=1), "unknown_field"),
     (chat_body(logprobs=True, top_logprobs=21), "top_logprobs"),
-    ({"model": "m", "messages": [{"role": "tool", "content": "x"}]}, "messages.0.role"),
+    ({"model": "m", "messages": [{"role": "function", "content": "x"}]}, "messages.0.role"),
+    (chat_body(tools=[{"type": "function"}]), "tools[0].function"),  # tools: tests/server/test_tools_server.py
 ])
 def test_invalid_fields_name_the_parameter(client: TestClient, body: dict[str, Any], param: str) -> None:
     err = assert_openai_error(client.post("/v1/chat/completions", json=body), 400)
@@ -76,7 +77,6 @@ def test_invalid_fields_name_the_parameter(client: TestClient, body: dict[str, A
 
 @pytest.mark.parametrize(("body", "param"), [
     (chat_body(n=2), "n"),
-    (chat_body(tools=[{"type": "function"}]), "tools"),
     (chat_body(presence_penalty=0.5), "presence_penalty"),
     (chat_body(logit_bias={"1": 5}), "logit_bias"),
 ])

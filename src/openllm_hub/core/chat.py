@@ -25,11 +25,11 @@ import re
 import string
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, TypedDict
+from typing import Any, Literal, NotRequired, TypedDict
 
 from openllm_hub.errors import InvalidParameterError
 
-Role = Literal["system", "user", "assistant"]
+Role = Literal["system", "user", "assistant", "tool"]
 
 #: The reserved template name of a model's own template (the Jinja text its file ships, see
 #: :mod:`openllm_hub.core.chat_jinja`): ``model.chat_template("model")``; no plugin may take it.
@@ -37,10 +37,15 @@ MODEL_TEMPLATE = "model"
 
 
 class Message(TypedDict):
-    """One chat turn, OpenAI-shaped."""
+    """One chat turn, OpenAI-shaped. Tools: an assistant turn may hold ``tool_calls`` (OpenAI's
+    ``[{"id", "type": "function", "function": {"name", "arguments"}}]``), answered by ``tool``
+    turns (``content``: the result, ``tool_call_id``: the call's id, ``name`` optional)."""
 
     role: Role
     content: str
+    tool_calls: NotRequired[list[dict[str, Any]]]
+    tool_call_id: NotRequired[str]
+    name: NotRequired[str]
 
 
 @dataclass(frozen=True)
@@ -111,15 +116,35 @@ class ChatTemplate:
     model_specials: bool = True
     pieces_fn: Callable[[ChatTemplate, Sequence[Message]], Sequence[Piece]] | None = field(default=None,
                                                                                             compare=False)
+    #: Tools: lays out a conversation with tool calls/results and the offered ``tools`` (None:
+    #: none offered); None when the template has no tool support (``tools`` are then refused).
+    tools_fn: Callable[[ChatTemplate, Sequence[Message], Sequence[Mapping[str, Any]] | None],
+                       Sequence[Piece]] | None = field(default=None, compare=False)
+    #: How the model writes its tool calls (a :mod:`openllm_hub.core.tool_calls` format name)
+    tool_format: str | None = None
 
-    def pieces(self, messages: Sequence[Message], *, complete: bool = True) -> list[Piece]:
-        """Lay out ``messages`` (ending with a user turn) as the pieces of the prompt for the
-        next answer; message text is always a :class:`Text`.
+    def pieces(self, messages: Sequence[Message], *, complete: bool = True,
+               tools: Sequence[Mapping[str, Any]] | None = None) -> list[Piece]:
+        """Lay out ``messages`` (ending with a user turn, or tool results) as the pieces of the
+        prompt for the next answer; message text is always a :class:`Text`. ``tools``: the
+        functions the model may call (OpenAI's ``tools``), for templates with tool support.
 
         ``complete=False`` lays out a prefix of a conversation (e.g. only the system prompt, or
         history ending with an answer), for engines that cache the state of a prefix.
         """
-        msgs = validate_messages(messages, complete=complete)  # type: ignore[arg-type]
+        msgs = validate_messages(messages, complete=complete)
+        uses_tools = tools is not None or any(m["role"] == "tool" or "tool_calls" in m for m in msgs)
+        if uses_tools and self.tools_fn is None:
+            raise InvalidParameterError(f"the chat template {self.name!r} cannot render tools, tool calls or tool "
+                                        "results", where="tools" if tools is not None else "chat messages",
+                                        fix="use the model's own template ('model') when it supports tools, or "
+                                            "leave tools out")
+        if uses_tools:
+            assert self.tools_fn is not None
+            if not complete:
+                raise InvalidParameterError(f"template {self.name!r} can only render complete conversations",
+                                            where="chat template")
+            return list(self.tools_fn(self, msgs, tools))
         if self.pieces_fn is not None or self.render_fn is not None:
             if not complete:
                 raise InvalidParameterError(f"template {self.name!r} can only render complete conversations",
@@ -173,27 +198,51 @@ class ChatTemplate:
         return out
 
 
-def validate_messages(messages: Iterable[Mapping[str, str]], *, complete: bool = True) -> list[Message]:
+def validate_messages(messages: Iterable[Mapping[str, Any]], *, complete: bool = True) -> list[Message]:
     """Check roles and order: an optional system message first, then turns alternating from
-    a user message; with ``complete`` the last turn must be the user's."""
+    a user message; with ``complete`` the last turn must be the user's. Tools: an assistant
+    turn may hold ``tool_calls`` (its ``content`` may then be None or absent: ""), each
+    answered by ``tool`` turns after it; a conversation may then end with tool results."""
     out: list[Message] = []
     for i, m in enumerate(messages):
         role, content = m.get("role"), m.get("content")
-        if role not in ("system", "user", "assistant") or not isinstance(content, str):
+        calls = m.get("tool_calls") if role == "assistant" else None
+        if calls is not None:
+            if not isinstance(calls, list) or not all(isinstance(c, Mapping) for c in calls):
+                raise InvalidParameterError(f"message {i}'s tool_calls must be a list of calls, got {calls!r}",
+                                            where=f"chat messages[{i}].tool_calls")
+            content = "" if content is None else content
+        if role not in ("system", "user", "assistant", "tool") or not isinstance(content, str):
             raise InvalidParameterError(
-                f"message {i} must be {{'role': 'system'|'user'|'assistant', 'content': str}}, got {dict(m)!r}",
+                f"message {i} must be {{'role': 'system'|'user'|'assistant'|'tool', 'content': str}}, got {dict(m)!r}",
                 where="chat messages",
             )
         if role == "system" and i != 0:
             raise InvalidParameterError("a system message may only come first", where=f"chat messages[{i}]")
-        out.append(Message(role=role, content=content))  # type: ignore[typeddict-item]
+        msg = Message(role=role, content=content)
+        if calls is not None:
+            msg["tool_calls"] = [dict(c) for c in calls]
+        for key in ("tool_call_id", "name") if role == "tool" else ():
+            value = m.get(key)
+            if value is not None:
+                if not isinstance(value, str):
+                    raise InvalidParameterError(f"message {i}'s {key} must be a string", where=f"chat messages[{i}]")
+                msg[key] = value
+        out.append(msg)
     turns = [m for m in out if m["role"] != "system"]
+    previous: Message | None = None
     for i, turn in enumerate(turns):
-        if turn["role"] != ("user" if i % 2 == 0 else "assistant"):
+        if turn["role"] == "tool":
+            if previous is None or not (previous["role"] == "tool" or "tool_calls" in previous):
+                raise InvalidParameterError("a tool message must follow an assistant message with tool_calls "
+                                            "(or another tool message)", where=f"chat messages, turn {i}")
+        elif turn["role"] != ("user" if previous is None or previous["role"] == "assistant" else "assistant"):
             raise InvalidParameterError("turns must alternate, starting with a user message",
                                         where=f"chat messages, turn {i}")
-    if complete and (not turns or turns[-1]["role"] != "user"):
-        raise InvalidParameterError("the conversation must end with a user message", where="chat messages")
+        previous = turn
+    if complete and (not turns or turns[-1]["role"] not in ("user", "tool")):
+        raise InvalidParameterError("the conversation must end with a user message (or tool results)",
+                                    where="chat messages")
     return out
 
 

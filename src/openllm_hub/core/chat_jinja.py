@@ -385,13 +385,31 @@ class JinjaTemplate:
     def chat_template(self, spellings: Collection[str]) -> ChatTemplate:
         """A :class:`ChatTemplate` (the registry's kind) laying conversations out through this one;
         the template places the prompt tokens (BOS) itself, as transformers renders it."""
+        from openllm_hub.core.tool_calls import arguments_as_objects, detect_tool_format
+
         frozen = frozenset(spellings)
 
         def pieces_fn(_tpl: ChatTemplate, msgs: Sequence[Message]) -> list[Piece]:
             return self.pieces(msgs, frozen, add_generation_prompt=True)
 
-        return ChatTemplate(name=self.name, pieces_fn=pieces_fn, model_specials=False,
+        def tools_fn(_tpl: ChatTemplate, msgs: Sequence[Message],
+                     tools: Sequence[Mapping[str, Any]] | None) -> list[Piece]:
+            if tools is not None and not self.uses_tools:
+                raise InvalidParameterError(f"the chat template {self.name!r} does not render tools (its text never "
+                                            "uses the variable 'tools')", where="tools",
+                                            fix="leave tools out, or pick a template with tool support")
+            return self.pieces(arguments_as_objects(msgs), frozen, tools=tools, add_generation_prompt=True)
+
+        return ChatTemplate(name=self.name, pieces_fn=pieces_fn, model_specials=False, tools_fn=tools_fn,
+                            tool_format=detect_tool_format(self.source) if self.uses_tools else None,
                             description="the model's own Jinja chat template")
+
+    @property
+    def uses_tools(self) -> bool:
+        """Whether the template reads the ``tools`` variable (renders the functions offered)."""
+        import jinja2.meta
+
+        return "tools" in jinja2.meta.find_undeclared_variables(_environment().parse(self.source))
 
     def _render(self, messages: Sequence[Mapping[str, Any]], tools: Any, documents: Any, add_generation_prompt: bool,
                 extra: Mapping[str, Any], pattern: re.Pattern[str] | None) -> str:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -26,13 +26,14 @@ from openllm_hub.core.chat import ChatTemplate, Cut, Piece, Special, Text, get_t
 from openllm_hub.core.chat_jinja import MODEL_TEMPLATE, ChatTemplateError, JinjaTemplate
 from openllm_hub.core.config import GenerationConfig
 from openllm_hub.core.logprobs import TokenLogprob
+from openllm_hub.core.tool_calls import ToolCall, ToolCallStream, call_schema, tool_choice_mode, validate_tools
 from openllm_hub.errors import InvalidParameterError, ModelClosedError
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
     import numpy.typing as npt
 
-FinishReason = Literal["stop", "length"]
+FinishReason = Literal["stop", "length", "tool_calls"]
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,8 @@ class Chunk:
     usage: Usage | None = None
     timings: Timings | None = None
     logprobs: tuple[TokenLogprob, ...] | None = None
+    #: chat with tools: the calls the model made (on the last chunk, with finish_reason "tool_calls")
+    tool_calls: tuple[ToolCall, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -80,6 +83,8 @@ class Completion:
     timings: Timings
     #: one per id of ``token_ids`` when logprobs were asked for, else None
     logprobs: tuple[TokenLogprob, ...] | None = None
+    #: chat with tools: the calls the model made (``text`` is then the content around them)
+    tool_calls: tuple[ToolCall, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -280,27 +285,78 @@ class Model(ABC):
         ids = self._tokenize(prompt, True)
         return self._stream_ids(ids, config)
 
-    def chat(self, messages: Sequence[Mapping[str, str]], *, template: str | None = None, **params: Any) -> Completion:
-        """Answer the last user message of ``messages`` through a chat template."""
+    def chat(self, messages: Sequence[Mapping[str, Any]], *, template: str | None = None,
+             tools: Sequence[Mapping[str, Any]] | None = None, tool_choice: Any = None, **params: Any) -> Completion:
+        """Answer the last user message (or tool results) of ``messages`` through a chat template.
+
+        ``tools`` (OpenAI's shape) are rendered by the template; the calls the model writes (in
+        its template's format, see :mod:`openllm_hub.core.tool_calls`) come back as
+        ``Completion.tool_calls`` with ``finish_reason="tool_calls"``, the text around them as
+        ``text``. ``tool_choice``: ``"auto"`` (default), ``"none"`` (tools are not offered),
+        ``"required"`` or ``{"type": "function", "function": {"name": ...}}`` (the answer is
+        constrained to one call's JSON schema)."""
+        if tools is not None or tool_choice is not None:  # engines whose stream_chat predates tools never see them
+            params.update(tools=tools, tool_choice=tool_choice)
         return self._collect(self.stream_chat(messages, template=template, **params))
 
     def stream_chat(
-        self, messages: Sequence[Mapping[str, str]], *, template: str | None = None, **params: Any
+        self, messages: Sequence[Mapping[str, Any]], *, template: str | None = None,
+        tools: Sequence[Mapping[str, Any]] | None = None, tool_choice: Any = None, **params: Any
     ) -> Iterator[Chunk]:
+        """:meth:`chat`, streamed: content goes out as it comes; text that may start a tool call
+        is held until the answer ends, and the last chunk carries the calls."""
         tpl = self.chat_template(template)
-        pieces = tpl.pieces(messages)  # type: ignore[arg-type]
+        offered, reader, schema = self._tool_plan(tpl, tools, tool_choice)
+        pieces = tpl.pieces(messages, tools=offered)  # type: ignore[arg-type]
+        if schema is not None:
+            params["json_schema"] = schema
         config = GenerationConfig.build(self.generation_defaults, stop=self._chat_stops(tpl, params.pop("stop", None)),
                                         **params)
         self._check_open()
-        return self._stream_ids(self._pieces_ids(pieces, model_specials=tpl.model_specials), config)
+        stream = self._stream_ids(self._pieces_ids(pieces, model_specials=tpl.model_specials), config)
+        if reader is None:
+            return stream
+        assert isinstance(stream, PreparedStream)
+        return PreparedStream(_read_tool_calls(stream, reader), stream.prompt_ids, stream.config)
 
-    def chat_prompt_ids(self, messages: Sequence[Mapping[str, str]], *, template: str | None = None) -> list[int]:
+    def tool_call_reader(self, tools: Sequence[Mapping[str, Any]] | None, tool_choice: Any = None,
+                         template: str | None = None) -> ToolCallStream | None:
+        """A fresh reader of the tool calls in an answer of :meth:`stream_chat` with these
+        arguments (None: no calls are read), for callers that run the stream themselves (the
+        server's batch)."""
+        return self._tool_plan(self.chat_template(template), tools, tool_choice)[1]
+
+    @staticmethod
+    def _tool_plan(tpl: ChatTemplate, tools: Sequence[Mapping[str, Any]] | None, tool_choice: Any
+                   ) -> tuple[list[dict[str, Any]] | None, ToolCallStream | None, dict[str, Any] | None]:
+        """(the tools to render, the reader of the answer, the JSON schema that constrains it)."""
+        checked = validate_tools(tools) if tools is not None else None
+        mode, name = tool_choice_mode(tool_choice, checked)
+        if checked is None or mode == "none":
+            return None, None, None
+        if tpl.tools_fn is None:
+            raise InvalidParameterError(f"the chat template {tpl.name!r} cannot render tools", where="tools",
+                                        fix="use the model's own template ('model') when it supports tools, or "
+                                            "leave tools out")
+        if mode == "auto":
+            return checked, None if tpl.tool_format is None else ToolCallStream(tpl.tool_format), None
+        if "json_schema" not in GenerationConfig.model_fields:
+            raise InvalidParameterError(f"tool_choice {tool_choice!r} is not supported yet: it needs constrained "
+                                        "generation (GenerationConfig.json_schema)", where="tool_choice",
+                                        fix="use tool_choice 'auto'")
+        fmt = tpl.tool_format or "hermes"
+        return checked, ToolCallStream(fmt, constrained=True), call_schema(checked, fmt, name)
+
+    def chat_prompt_ids(self, messages: Sequence[Mapping[str, Any]], *, template: str | None = None,
+                        tools: Sequence[Mapping[str, Any]] | None = None) -> list[int]:
         """The prompt ids :meth:`chat` feeds for ``messages``: the template's pieces with message
         text tokenized as plain text (a message cannot inject a control token) and control
         tokens inserted by id. (``chat_template().render()`` only shows them.)"""
         self._check_open()
         tpl = self.chat_template(template)
-        return self._pieces_ids(tpl.pieces(messages), model_specials=tpl.model_specials)  # type: ignore[arg-type]
+        offered = validate_tools(tools) if tools is not None else None
+        return self._pieces_ids(tpl.pieces(messages, tools=offered),  # type: ignore[arg-type]
+                                model_specials=tpl.model_specials)
 
     def special_tokens(self) -> dict[str, int]:
         """The model's control tokens, spelling -> id."""
@@ -474,16 +530,19 @@ class Model(ABC):
         ids: list[int] = []
         scores: list[TokenLogprob] | None = None
         last: Chunk | None = None
+        calls: list[ToolCall] = []
         for chunk in chunks:
             texts.append(chunk.text)
+            calls.extend(chunk.tool_calls or ())
             ids.extend(chunk.token_ids)
             if chunk.logprobs is not None:
                 scores = scores if scores is not None else []
                 scores.extend(chunk.logprobs)
             last = chunk
         assert last is not None and last.finish_reason is not None and last.usage and last.timings
-        return Completion("".join(texts), tuple(ids), last.finish_reason, last.usage, last.timings,
-                          None if scores is None else tuple(scores))
+        text = "".join(texts).strip() if calls else "".join(texts)  # content around calls, as the formats read it
+        return Completion(text, tuple(ids), last.finish_reason, last.usage, last.timings,
+                          None if scores is None else tuple(scores), tuple(calls) if calls else None)
 
     # ---- several sequences at once (continuous batching) -------------------------------
     #: Where this engine keeps its generation state, for the core's interleaving of several
@@ -586,3 +645,16 @@ class Model(ABC):
         for index, chunk in self.stream_batch(prompts, params, slots=slots, **shared):
             chunks[index].append(chunk)
         return [self._collect(iter(c)) for c in chunks]
+
+
+def _read_tool_calls(chunks: Iterator[Chunk], reader: ToolCallStream) -> Iterator[Chunk]:
+    """``chunks`` with their text passed through ``reader``: content as it may go out, the calls
+    on the last chunk (``finish_reason="tool_calls"`` when there are any)."""
+    for chunk in chunks:
+        text = reader.feed(chunk.text)
+        if chunk.finish_reason is None:
+            yield replace(chunk, text=text)
+            continue
+        rest, calls = reader.finish()
+        yield replace(chunk, text=text + rest, tool_calls=tuple(calls) if calls else None,
+                      finish_reason="tool_calls" if calls else chunk.finish_reason)

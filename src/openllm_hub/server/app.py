@@ -299,7 +299,8 @@ def _add_routes(app: FastAPI, state: ServerState) -> None:
         given = body.max_tokens is not None or body.max_completion_tokens is not None
         stream = await run_in_threadpool(_fit_slot, state,
                                          lambda: model.stream_chat(messages, template=template, **params), given)
-        return _submit(state, stream, ChatFormat(state.model_id), stream_response=bool(body.stream),
+        reader = model.tool_call_reader(params["tools"], params["tool_choice"], template) if "tools" in params else None
+        return _submit(state, stream, ChatFormat(state.model_id, reader), stream_response=bool(body.stream),
                        include_usage=bool(body.stream_options and body.stream_options.include_usage))
 
     @app.post("/v1/embeddings")

@@ -1,7 +1,10 @@
 """Building OpenAI's response objects from the SDK's chunks, for chat and for completions.
 
 Logprobs (when the request asked for them) go with the text they belong to: each streamed
-piece carries the logprobs of its chunk's tokens, the whole answer all of them.
+piece carries the logprobs of its chunk's tokens, the whole answer all of them. A chat request
+with tools reads the answer through a :class:`~openllm_hub.core.tool_calls.ToolCallStream`:
+content goes out as it comes, the calls in the last chunk (each whole, at its ``index``), with
+``finish_reason: "tool_calls"``.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from pydantic import BaseModel
 from openllm_hub import __version__
 from openllm_hub.core.logprobs import TokenLogprob
 from openllm_hub.core.model import Usage
+from openllm_hub.core.tool_calls import ToolCall, ToolCallStream
 from openllm_hub.server.schemas import (
     AssistantMessage,
     ChatChoice,
@@ -26,12 +30,15 @@ from openllm_hub.server.schemas import (
     CompletionChoice,
     CompletionLogprobs,
     Delta,
+    FunctionCallOut,
     TextCompletion,
+    ToolCallDelta,
+    ToolCallOut,
     TopLogprobOut,
     UsageOut,
 )
 
-Finish = Literal["stop", "length"]
+Finish = Literal["stop", "length", "tool_calls"]
 Scores = tuple[TokenLogprob, ...] | None
 FINGERPRINT = f"openllm-hub-{__version__}"
 
@@ -78,6 +85,17 @@ def chat_logprobs(scores: Scores) -> ChoiceLogprobs | None:
 class ChatFormat(_Base):
     prefix = "chatcmpl-"
 
+    def __init__(self, model_id: str, tool_reader: ToolCallStream | None = None) -> None:
+        super().__init__(model_id)
+        self.tool_reader = tool_reader
+
+    def _finish_tools(self, finish: Finish) -> tuple[str, list[ToolCall], Finish]:
+        """The content not given out yet, the calls, and the finish reason."""
+        if self.tool_reader is None:
+            return "", [], finish
+        rest, calls = self.tool_reader.finish()
+        return rest, calls, "tool_calls" if calls else finish
+
     def _chunk(self, delta: Delta, finish: Finish | None = None, logprobs: Scores = None) -> ChatCompletionChunk:
         return ChatCompletionChunk(id=self.id, created=self.created, model=self.model_id,
                                    choices=[ChatChunkChoice(delta=delta, finish_reason=finish,
@@ -88,18 +106,31 @@ class ChatFormat(_Base):
         return [self._chunk(Delta(role="assistant", content=""))]
 
     def piece(self, text: str, logprobs: Scores = None) -> BaseModel:
+        if self.tool_reader is not None:
+            text = self.tool_reader.feed(text)
         return self._chunk(Delta(content=text), logprobs=logprobs)
 
     def closing(self, finish: Finish) -> BaseModel:
-        return self._chunk(Delta(), finish)
+        rest, calls, finish = self._finish_tools(finish)
+        deltas = [ToolCallDelta(index=i, id=c.id, function=FunctionCallOut(name=c.name, arguments=c.arguments))
+                  for i, c in enumerate(calls)]
+        return self._chunk(Delta(content=rest or None, tool_calls=deltas or None), finish)
 
     def usage_chunk(self, usage: Usage) -> BaseModel:
         return ChatCompletionChunk(id=self.id, created=self.created, model=self.model_id, choices=[],
                                    usage=usage_out(usage), system_fingerprint=FINGERPRINT)
 
     def whole(self, text: str, finish: Finish, usage: Usage, logprobs: Scores = None) -> BaseModel:
+        calls: list[ToolCall] = []
+        if self.tool_reader is not None:
+            sent = self.tool_reader.feed(text)
+            rest, calls, finish = self._finish_tools(finish)
+            text = (sent + rest).strip() if calls else sent + rest
+        message = AssistantMessage(content=text or None, tool_calls=[
+            ToolCallOut(id=c.id, function=FunctionCallOut(name=c.name, arguments=c.arguments)) for c in calls
+        ]) if calls else AssistantMessage(content=text)
         return ChatCompletion(id=self.id, created=self.created, model=self.model_id,
-                              choices=[ChatChoice(message=AssistantMessage(content=text), finish_reason=finish,
+                              choices=[ChatChoice(message=message, finish_reason=finish,
                                                   logprobs=chat_logprobs(logprobs))],
                               usage=usage_out(usage), system_fingerprint=FINGERPRINT)
 

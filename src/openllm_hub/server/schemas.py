@@ -2,7 +2,7 @@
 
 Requests reject unknown fields by name (OpenAI does the same), accept the fields every
 OpenAI client sends, and refuse, with a clear 400, the ones this server cannot honour
-(``n > 1``, tools, penalties other than 0, ...). ``logprobs`` come in OpenAI's two shapes:
+(``n > 1``, penalties other than 0, ...). ``logprobs`` come in OpenAI's two shapes:
 chat's ``choices[].logprobs.content[]`` and the legacy completions' parallel lists
 (``tokens``, ``token_logprobs``, ``top_logprobs``, ``text_offset``). Three llama.cpp-style
 extensions are accepted: ``top_k``, ``repeat_penalty`` and ``chat_template`` (a template
@@ -68,9 +68,12 @@ class TextPart(BaseModel):
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    role: Literal["system", "developer", "user", "assistant"]
+    role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextPart] | None = None
     name: str | None = None
+    #: an assistant turn's calls (OpenAI's shape), answered by ``tool`` turns naming ``tool_call_id``
+    tool_calls: list[dict[str, Any]] | None = None
+    tool_call_id: str | None = None
 
     def text(self) -> str:
         if self.content is None:
@@ -87,6 +90,7 @@ class ChatCompletionRequest(RequestBase):
     top_logprobs: int | None = None
     tools: list[Any] | None = None
     tool_choice: Any = None
+    parallel_tool_calls: bool | None = None
     response_format: dict[str, Any] | None = None
     metadata: dict[str, str] | None = None
     store: bool | None = None
@@ -165,15 +169,37 @@ class UsageOut(BaseModel):
     total_tokens: int
 
 
+class FunctionCallOut(BaseModel):
+    name: str
+    #: the arguments, a JSON object as a string
+    arguments: str
+
+
+class ToolCallOut(BaseModel):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCallOut
+
+
+class ToolCallDelta(BaseModel):
+    """A streamed call (OpenAI's shape): each call comes whole, in one delta, at its ``index``."""
+
+    index: int
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCallOut
+
+
 class AssistantMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
-    content: str
+    content: str | None
+    tool_calls: list[ToolCallOut] | None = None
 
 
 class ChatChoice(BaseModel):
     index: int = 0
     message: AssistantMessage
-    finish_reason: Literal["stop", "length"]
+    finish_reason: Literal["stop", "length", "tool_calls"]
     logprobs: ChoiceLogprobs | None = None
 
 
@@ -190,12 +216,13 @@ class ChatCompletion(BaseModel):
 class Delta(BaseModel):
     role: Literal["assistant"] | None = None
     content: str | None = None
+    tool_calls: list[ToolCallDelta] | None = None
 
 
 class ChatChunkChoice(BaseModel):
     index: int = 0
     delta: Delta
-    finish_reason: Literal["stop", "length"] | None = None
+    finish_reason: Literal["stop", "length", "tool_calls"] | None = None
     logprobs: ChoiceLogprobs | None = None
 
 

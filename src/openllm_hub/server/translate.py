@@ -84,12 +84,29 @@ def completion_params(model: Model, req: CompletionRequest, *, limit: int) -> tu
     return prompt, params
 
 
+def _tools(model: Model, req: ChatCompletionRequest, params: dict[str, Any]) -> None:
+    """``tools``/``tool_choice`` into ``params`` (for ``stream_chat``), checked: each a 400 naming its field."""
+    if req.parallel_tool_calls is False:
+        raise _unsupported("parallel_tool_calls", "a model may write several calls in one answer; only true is "
+                                                  "accepted")
+    if req.tools is None and req.tool_choice is None:
+        return
+    from openllm_hub.core.tool_calls import tool_choice_mode, validate_tools
+
+    try:
+        tools = validate_tools(req.tools) if req.tools is not None else None
+        tool_choice_mode(req.tool_choice, tools)
+        model.tool_call_reader(tools, req.tool_choice, req.chat_template)  # the template can render them
+    except OpenLLMHubError as exc:
+        raise from_exception(exc) from None
+    params.update(tools=tools, tool_choice=req.tool_choice)
+
+
 def chat_params(
     model: Model, req: ChatCompletionRequest, *, limit: int
-) -> tuple[list[dict[str, str]], str | None, dict[str, Any]]:
-    """The messages, template name and generation parameters of a ``/v1/chat/completions`` request."""
-    if req.tools or req.tool_choice not in (None, "none"):
-        raise _unsupported("tools", "no function calling")
+) -> tuple[list[dict[str, Any]], str | None, dict[str, Any]]:
+    """The messages, template name and generation parameters (with ``tools`` and ``tool_choice``
+    when given) of a ``/v1/chat/completions`` request."""
     if req.response_format is not None and req.response_format.get("type") != "text":
         raise _unsupported("response_format", "only plain text answers")
     if req.max_tokens is not None and req.max_completion_tokens is not None \
@@ -103,14 +120,23 @@ def chat_params(
         params["top_logprobs"] = _top_logprobs(req.top_logprobs, "top_logprobs")
     if req.logprobs:
         params["logprobs"] = True
-    raw = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in req.messages]
+    _tools(model, req, params)
+    raw: list[dict[str, Any]] = []
+    for m in req.messages:
+        msg: dict[str, Any] = {"role": "system" if m.role == "developer" else m.role, "content": m.text()}
+        if m.tool_calls is not None:
+            msg["tool_calls"] = m.tool_calls
+        if m.role == "tool":
+            msg.update({k: v for k, v in (("tool_call_id", m.tool_call_id), ("name", m.name)) if v is not None})
+        raw.append(msg)
     try:
-        messages = [{"role": m["role"], "content": m["content"]} for m in validate_messages(raw)]
+        messages: list[dict[str, Any]] = [dict(m) for m in validate_messages(raw)]
         # the template's control tokens must be in the model's vocabulary (no tokenizing here)
-        for piece in model.chat_template(req.chat_template).pieces(messages):  # type: ignore[arg-type]
+        tools = params.get("tools") if params.get("tool_choice") != "none" else None
+        for piece in model.chat_template(req.chat_template).pieces(messages, tools=tools):  # type: ignore[arg-type]
             if isinstance(piece, Special) and not piece.optional:
                 model.special_token_id(piece.name)
     except OpenLLMHubError as exc:
         raise from_exception(exc) from None
-    check_params(model, params)
+    check_params(model, {k: v for k, v in params.items() if k not in ("tools", "tool_choice")})
     return messages, req.chat_template, params
