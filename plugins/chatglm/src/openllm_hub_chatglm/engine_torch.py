@@ -4,17 +4,20 @@ Loading reads config.json (variant and shapes), the tokenizer, and the weights s
 shard into the network, converting to the placement's dtype or quantizing on the way.
 Generation runs the core KV-cache loop; ChatGLM-6B feeds its prompt in one piece because
 its prompt attends bidirectionally, and builds its 2D position ids as the reference does.
+ChatGLM2/3 decode several sequences in one forward pass per step (:class:`ChatGLMBatchDecoder`,
+rows of one ragged KV cache); ChatGLM-6B's sequences are interleaved by the core.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
 from openllm_hub.engines.finite import finite_tensors
+from openllm_hub.engines.torch_batch import RowBatchDecoder
 from openllm_hub.engines.torch_quant import resident_bytes
 from openllm_hub.plugin import (
     CorruptFileError,
@@ -30,6 +33,7 @@ from openllm_hub.plugin import (
 from openllm_hub_chatglm.checkpoint import iter_tensors
 from openllm_hub_chatglm.network import GLMNetwork, QuantPlan, build_network
 from openllm_hub_chatglm.network.glm1 import position_ids
+from openllm_hub_chatglm.network.glm2 import GLM2Network
 from openllm_hub_chatglm.spec import GLMSpec, read_spec
 from openllm_hub_chatglm.templates import CHAT_DEFAULTS
 from openllm_hub_chatglm.tokenizer import ChatGLMTokenizer, load_tokenizer
@@ -38,6 +42,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
     import numpy.typing as npt
 
+    from openllm_hub.engines.kv_cache import KVCache
     from openllm_hub.plugin import LoadRequest
     from openllm_hub_chatglm.options import ChatGLMOptions
 
@@ -97,6 +102,14 @@ class ChatGLMModel(Model):
         chunk = max(len(prompt), 1) if self.spec.version == 1 else 512
         yield from generate_tokens(step, prompt, config, context_length=self.context_length, prompt_chunk=chunk)
 
+    def _batch_decoder(self, slots: int) -> ChatGLMBatchDecoder | None:
+        # ChatGLM-6B's 2D positions and bidirectional prompt: interleaved by the core instead
+        return ChatGLMBatchDecoder(self) if self.spec.version > 1 else None
+
+    @property
+    def batching(self) -> Literal["batched", "interleaved"]:
+        return "batched" if self.spec.version > 1 else "interleaved"
+
     def _logits(self, ids: list[int]) -> npt.NDArray[np.float32]:
         t = torch.tensor(ids, dtype=torch.long, device=self.net.device)
         with torch.inference_mode():
@@ -110,6 +123,56 @@ class ChatGLMModel(Model):
     def weight_bytes(self) -> int:
         """Resident bytes of the network's parameters and buffers."""
         return resident_bytes(self.net)
+
+
+class ChatGLMBatchDecoder(RowBatchDecoder):
+    """Several ChatGLM2/3 sequences in one forward pass per step (the shared
+    :class:`~openllm_hub.engines.torch_batch.RowBatchDecoder`, whose doc says where results
+    may differ from a single run).
+
+    A joining prompt is read alone, in the single path's chunks of 512 ids, into its own
+    batch-1 KV cache, which then becomes a row of the batch's ragged
+    :class:`~openllm_hub.engines.kv_cache.KVCache` (``add_rows``). Each step runs
+    :meth:`~openllm_hub_chatglm.network.glm2.GLM2Network.forward_rows`: one token per row at
+    the row's own rotary position, attention masked to the row's own positions.
+    """
+
+    def __init__(self, model: ChatGLMModel, *, step_tokens: int = 512, keep_logits: bool = False) -> None:
+        super().__init__(model.context_length, step_tokens=step_tokens, keep_logits=keep_logits)
+        self.model = model
+        self._cache: KVCache | None = model.net.new_cache(model.context_length, batch=0)
+
+    def _prefill(self, prompt_ids: list[int]) -> tuple[Any, npt.NDArray[np.float32]]:
+        net = self.model.net
+        cache = net.new_cache(self.model.context_length)
+        with torch.inference_mode():
+            for start in range(0, len(prompt_ids), 512):  # the single path's prompt_chunk
+                ids = torch.tensor(prompt_ids[start:start + 512], dtype=torch.long, device=net.device)
+                hidden = net.forward_hidden(ids, cache)
+            logits: npt.NDArray[np.float32] = net.logits(hidden[-1:])[0].float().cpu().numpy()
+        return cache, logits
+
+    def _merge(self, cache: Any, length: int) -> None:
+        assert self._cache is not None
+        self._cache.add_rows(cache)
+
+    def _decode(self, tokens: list[int], positions: list[int]) -> npt.NDArray[np.float32]:
+        net = self.model.net
+        assert self._cache is not None and isinstance(net, GLM2Network)
+        with torch.inference_mode():
+            hidden = net.forward_rows(torch.tensor(tokens, dtype=torch.long, device=net.device), self._cache,
+                                      torch.tensor(positions, dtype=torch.long, device=net.device))
+            rows: npt.NDArray[np.float32] = net.logits(hidden).float().cpu().numpy()
+        return rows
+
+    def _drop(self, index: int) -> None:
+        assert self._cache is not None
+        keep = [i for i in range(self._cache.batch) if i != index]
+        self._cache.reorder(torch.tensor(keep, dtype=torch.long, device=self.model.net.device))
+
+    def close(self) -> None:
+        super().close()
+        self._cache = None
 
 
 def _device(kind: str, gpu_ids: tuple[int, ...]) -> torch.device:

@@ -153,10 +153,11 @@ class GLMNetwork(nn.Module):
     def device(self) -> torch.device:
         return self.target
 
-    def new_cache(self, limit: int) -> KVCache:
-        """An empty KV cache for one sequence of at most ``limit`` positions."""
+    def new_cache(self, limit: int, batch: int = 1) -> KVCache:
+        """An empty KV cache for one sequence (``batch`` rows; 0: a batch's cache that sequences
+        join with ``KVCache.add_rows``) of at most ``limit`` positions."""
         s = self.spec
-        return KVCache(s.num_layers, 1, s.num_kv_heads, s.head_dim, self.dtype, self.device, limit=limit,
+        return KVCache(s.num_layers, batch, s.num_kv_heads, s.head_dim, self.dtype, self.device, limit=limit,
                        min_capacity=64)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
