@@ -3,8 +3,9 @@ quantized, and the base class that installs checkpoint tensors by their official
 
 Shapes inside the networks are unbatched: hidden states are ``(tokens, hidden)`` and
 queries ``(tokens, heads, head_dim)``; keys and values are ``(kv_heads, tokens, head_dim)``,
-one row of the shared :class:`~openllm_hub.engines.kv_cache.KVCache` (batch 1: the engine
-runs one sequence at a time). The INT8/INT4 layers are the shared ones of
+one row of the shared :class:`~openllm_hub.engines.kv_cache.KVCache` (batch 1: one sequence).
+The exception is ``forward_rows`` (continuous batching): one new token for each of several
+sequences, ``(rows, hidden)``, over the rows of a ragged cache. The INT8/INT4 layers are the shared ones of
 :mod:`openllm_hub.engines.torch_quant` (ChatGLM's official checkpoints use that format).
 """
 
