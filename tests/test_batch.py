@@ -238,7 +238,7 @@ def test_a_closed_model_refuses_batches(model: Model) -> None:
         wrapped.generate_batch(["Once"])
 
 
-# ---- LLaMA: llama.cpp (one context, swapped) and transformers (a cache per stream) ------------
+# ---- LLaMA: llama.cpp and transformers batched, and each without its batched decoder ------------
 @pytest.fixture(scope="module")
 def llama_paths(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     from openllm_hub_llama.convert_gguf import write_gguf
