@@ -1,4 +1,4 @@
-"""Batching on llama.cpp: aggregate generated tokens/s with 1, 2, 4 and 8 sequences at once.
+"""Batching on llama.cpp or transformers: aggregate generated tokens/s with 1, 2, 4 and 8 sequences at once.
 
 Each round runs ``Model.generate_batch`` over N different prompts (10 to 20 tokens each,
 greedy, ``--tokens`` new tokens each) on one loaded model, and reports the generated tokens
@@ -12,11 +12,17 @@ alone (after the first step, which reads every prompt and samples each first tok
 * ``interleaved``: the same model without it (the core's fallback, which swaps the one
   context's KV cache between sequences), i.e. what the server did before.
 
+``--engine transformers`` runs the same random LLaMA as an HF folder on torch in float32
+(the batched decoder is openllm_hub_llama.engine_hf.HFBatchDecoder, one forward pass per step
+over a left-padded cache; ``interleaved`` is then one ``_token_stream`` generator per
+sequence, each with its own cache).
+
 Rounds alternate between the modes and N; the best of ``--reps`` is reported (and the median).
 Without ``--model`` the random LLaMA of bench_llama_overhead.py (hidden 768, 12 layers, about
 134M parameters, f16 GGUF) is built in ``--work``. Usage::
 
-    nice python benchmarks/bench_batch.py [--model x.gguf] [--threads 1] [--tokens 48] [--reps 3]
+    nice python benchmarks/bench_batch.py [--engine llama.cpp|transformers] [--model x.gguf|folder]
+        [--threads 1] [--tokens 48] [--reps 3]
 
 ``--prefix`` measures the prefix cache (openllm_hub.engines.prefix_cache) instead: time to first
 token of requests made of one ``--system-tokens``-token system prompt and a different question
@@ -48,9 +54,10 @@ PROMPTS = ["Building a website can be done in 10 simple steps:\n1.", "Once upon 
 
 def main() -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from bench_llama_overhead import build_model, machine
+    from bench_llama_overhead import build_hf, build_model, machine
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--engine", choices=("llama.cpp", "transformers"), default="llama.cpp")
     ap.add_argument("--model", type=Path)
     ap.add_argument("--work", type=Path, default=Path("/tmp/openllm-hub-bench"))
     ap.add_argument("--threads", type=int, default=1)
@@ -62,16 +69,20 @@ def main() -> None:
     ap.add_argument("--system-tokens", type=int, default=1000)
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
-    path = args.model or build_model(args.work)
     if args.prefix:
-        prefix_main(args, path, machine())
+        prefix_main(args, args.model or build_model(args.work), machine())
         return
 
     import openllm_hub
     from openllm_hub.core.config import GenerationConfig
     from openllm_hub.core.model import Model
 
-    model = openllm_hub.load(path, device="cpu", threads=args.threads, n_ctx=512)
+    if args.engine == "transformers":
+        path = args.model or build_hf(args.work)
+        model = openllm_hub.load(path, device="cpu", threads=args.threads, dtype="fp32")
+    else:
+        path = args.model or build_model(args.work)
+        model = openllm_hub.load(path, device="cpu", threads=args.threads, n_ctx=512)
     batched_cls = type(model)
     interleaved_cls = type("Interleaved" + batched_cls.__name__, (batched_cls,),
                            {"_batch_decoder": Model._batch_decoder})
@@ -119,10 +130,12 @@ def main() -> None:
     model.__class__ = batched_cls
     model.close()
 
-    report: dict[str, Any] = {"model": str(path), "parameters": model.info.parameters, "dtype": model.info.dtype,
+    report: dict[str, Any] = {"engine": args.engine, "model": str(path), "parameters": model.info.parameters,
+                              "dtype": model.info.dtype,
                               "threads": args.threads, "tokens_per_sequence": args.tokens, "machine": machine(),
                               "rows": []}
-    print(f"{(model.info.parameters or 0) / 1e6:.0f}M parameters, {model.info.dtype}, {args.threads} thread(s), "
+    print(f"{args.engine}, {(model.info.parameters or 0) / 1e6:.0f}M parameters, {model.info.dtype}, "
+          f"{args.threads} thread(s), "
           f"{args.tokens} tokens per sequence, best (median) of {args.reps}")
     print(f"{'mode':<12} {'N':>3} {'wall tok/s':>16} {'CPU tok/s':>16} {'x (CPU)':>8}  {'decode wall':>16} "
           f"{'decode CPU':>16} {'x (CPU)':>8}")

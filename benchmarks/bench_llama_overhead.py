@@ -40,19 +40,24 @@ SAMPLING = {"temperature": 0.8, "top_k": 40, "top_p": 0.95, "repeat_penalty": 1.
 
 
 def build_model(work: Path) -> Path:
-    from openllm_hub_llama.tiny import make_tiny_hf
-
     import openllm_hub
 
     gguf = work / "overhead-134m-f16.gguf"
     if gguf.is_file():
         return gguf
+    openllm_hub.convert(build_hf(work), gguf, to="gguf", outtype="f16", progress=False)
+    return gguf
+
+
+def build_hf(work: Path) -> Path:
+    """The random 134M LLaMA as an HF folder (f16 weights), which build_model converts."""
+    from openllm_hub_llama.tiny import make_tiny_hf
+
     hf = work / "overhead-134m-hf"
     if not (hf / "config.json").is_file():
         make_tiny_hf(hf, hidden_size=768, intermediate_size=2048, num_layers=12, num_heads=12, dtype="float16",
                      init_std=0.02, max_position_embeddings=2048)
-    openllm_hub.convert(hf, gguf, to="gguf", outtype="f16", progress=False)
-    return gguf
+    return hf
 
 
 def machine() -> dict[str, Any]:

@@ -238,7 +238,7 @@ def test_a_closed_model_refuses_batches(model: Model) -> None:
         wrapped.generate_batch(["Once"])
 
 
-# ---- LLaMA: llama.cpp (one context, swapped) and transformers (a cache per stream) ------------
+# ---- LLaMA: llama.cpp and transformers batched, and each without its batched decoder ------------
 @pytest.fixture(scope="module")
 def llama_paths(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     from openllm_hub_llama.convert_gguf import write_gguf
@@ -253,16 +253,19 @@ def llama_paths(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 LLAMA_PROMPTS = ["Once upon a time", "Hello", "The little dog ran to the big house", "A"]
 
 
-@pytest.mark.parametrize("kind", ["gguf", "gguf-swap", "hf"])
+@pytest.mark.parametrize("kind", ["gguf", "gguf-swap", "hf", "hf-interleaved"])
 def test_llama_batches_equal_single_runs(llama_paths: dict[str, Path], kind: str) -> None:
-    """llama.cpp decodes a batch in one forward pass (openllm_hub.engines.llama_cpp_batch);
-    "gguf-swap" is the same model without its batched decoder: the core's interleaving, which
-    swaps the one context's state between sequences (``sequence_interleaving = "swap"``)."""
-    with openllm_hub.load(llama_paths[kind.removesuffix("-swap")], device="cpu", threads=1) as m:
-        if kind == "gguf-swap":
+    """llama.cpp and transformers decode a batch in one forward pass (openllm_hub.engines.llama_cpp_batch,
+    openllm_hub_llama.engine_hf.HFBatchDecoder); "gguf-swap" is the same model without its batched
+    decoder: the core's interleaving, which swaps the one context's state between sequences
+    (``sequence_interleaving = "swap"``); "hf-interleaved" interleaves generators that each hold
+    their own cache (``"independent"``)."""
+    with openllm_hub.load(llama_paths[kind.split("-")[0]], device="cpu", threads=1) as m:
+        if kind in ("gguf-swap", "hf-interleaved"):
             m.__class__ = _swap_only(type(m))
-        assert m.batching == {"gguf": "batched", "gguf-swap": "interleaved", "hf": "interleaved"}[kind]
-        assert m.sequence_interleaving == ("independent" if kind == "hf" else "swap")
+        assert m.batching == {"gguf": "batched", "gguf-swap": "interleaved", "hf": "batched",
+                              "hf-interleaved": "interleaved"}[kind]
+        assert m.sequence_interleaving == ("independent" if kind.startswith("hf") else "swap")
         check_batch_equals_single(m, LLAMA_PROMPTS)
         check_batch_join_and_cancel(m, LLAMA_PROMPTS)
 

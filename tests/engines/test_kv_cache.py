@@ -105,3 +105,57 @@ def test_wrong_layout_is_refused() -> None:
     with pytest.raises(ValueError, match="layout"):
         cache.append(0, k[:1], v[:1])  # one row of two: broadcasting would hide it
     assert cache.length == 0 and cache.capacity(0) == 0
+
+
+# ---- rows of different lengths (continuous batching) --------------------------------------------
+def _one(n: int, mark: float, limit: int | None = None) -> KVCache:
+    """A one-row cache of ``n`` positions whose keys are ``mark + position`` (values negated)."""
+    cache = KVCache(2, 1, H, D, torch.float32, torch.device("cpu"), limit=limit, min_capacity=2)
+    k = (torch.arange(n).float()[None, None, :, None] + mark).expand(1, H, n, D).contiguous()
+    for layer in range(2):
+        cache.append(layer, k, -k)
+    cache.advance(n)
+    return cache
+
+
+def test_rows_of_different_lengths_join_append_at_their_own_offsets_and_leave() -> None:
+    batch = KVCache(2, 0, H, D, torch.float32, torch.device("cpu"), limit=20)
+    batch.add_rows(_one(3, 100.0))
+    batch.add_rows(_one(5, 200.0))
+    batch.add_rows(_one(1, 300.0))
+    assert batch.batch == 3 and batch.row_lengths == [3, 5, 1] and batch.length == 5
+    mask = batch.row_mask()
+    assert mask.tolist() == [[j <= n for j in range(6)] for n in (3, 5, 1)]
+    new = torch.tensor([7.0, 8.0, 9.0])[:, None, None, None].expand(3, H, 1, D)
+    for layer in range(2):
+        keys, values = batch.append_rows(layer, new, -new)
+        assert keys.shape == (3, H, 6, D)
+        for row, (n, mark) in enumerate(((3, 100.0), (5, 200.0), (1, 300.0))):
+            assert torch.equal(keys[row, 0, :n, 0], torch.arange(n).float() + mark)  # its own positions stay
+            assert float(keys[row, 0, n, 0]) == 7.0 + row  # the new one at its own length
+            assert torch.all(keys[row, :, n + 1:] == 0) and torch.all(values[row, :, n + 1:] == 0)  # finite padding
+    batch.advance_rows()
+    assert batch.row_lengths == [4, 6, 2] and batch.length == 6
+    batch.reorder(torch.tensor([0, 2]))  # the longest row leaves
+    assert batch.row_lengths == [4, 2] and batch.length == 4 and batch.row_mask().shape == (2, 5)
+    batch.reorder(torch.tensor([], dtype=torch.long))
+    assert batch.batch == 0 and batch.length == 0
+    batch.add_rows(_one(2, 400.0))  # an emptied batch takes new rows
+    assert batch.row_lengths == [2]
+
+
+def test_ragged_rows_grow_and_respect_the_limit() -> None:
+    batch = KVCache(2, 0, H, D, torch.float32, torch.device("cpu"), limit=6)
+    batch.add_rows(_one(2, 100.0))
+    batch.add_rows(_one(4, 200.0))
+    for _ in range(2):
+        for layer in range(2):
+            keys, _ = batch.append_rows(layer, torch.ones(2, H, 1, D), torch.ones(2, H, 1, D))
+        batch.advance_rows()
+    assert batch.row_lengths == [4, 6] and batch.capacity(0) == 6
+    assert torch.equal(keys[1, 0, :4, 0], torch.arange(4).float() + 200.0)  # kept through the growth
+    assert torch.all(keys[0, :, 4:] == 0)
+    with pytest.raises(InvalidParameterError, match="exceeds the context"):
+        batch.append_rows(0, torch.ones(2, H, 1, D), torch.ones(2, H, 1, D))
+    with pytest.raises(ValueError, match="append_rows"):
+        batch.append(0, torch.ones(2, H, 1, D), torch.ones(2, H, 1, D))

@@ -4,6 +4,8 @@ Loading reads config.json (variant and shapes), the tokenizer, and the weights s
 shard into the network, converting to the placement's dtype or quantizing on the way.
 Generation runs the core KV-cache loop; ChatGLM-6B feeds its prompt in one piece because
 its prompt attends bidirectionally, and builds its 2D position ids as the reference does.
+Several sequences decode in one forward pass per step (:class:`ChatGLMBatchDecoder`, rows of
+one ragged KV cache; ChatGLM-6B with its 2D positions).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from openllm_hub.engines.finite import finite_tensors
+from openllm_hub.engines.torch_batch import RowBatchDecoder
 from openllm_hub.engines.torch_quant import resident_bytes
 from openllm_hub.plugin import (
     CorruptFileError,
@@ -29,7 +32,8 @@ from openllm_hub.plugin import (
 )
 from openllm_hub_chatglm.checkpoint import iter_tensors
 from openllm_hub_chatglm.network import GLMNetwork, QuantPlan, build_network
-from openllm_hub_chatglm.network.glm1 import position_ids
+from openllm_hub_chatglm.network.glm1 import GLM1Network, position_ids
+from openllm_hub_chatglm.network.glm2 import GLM2Network
 from openllm_hub_chatglm.spec import GLMSpec, read_spec
 from openllm_hub_chatglm.templates import CHAT_DEFAULTS
 from openllm_hub_chatglm.tokenizer import ChatGLMTokenizer, load_tokenizer
@@ -38,6 +42,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
     import numpy.typing as npt
 
+    from openllm_hub.engines.kv_cache import KVCache
     from openllm_hub.plugin import LoadRequest
     from openllm_hub_chatglm.options import ChatGLMOptions
 
@@ -97,6 +102,9 @@ class ChatGLMModel(Model):
         chunk = max(len(prompt), 1) if self.spec.version == 1 else 512
         yield from generate_tokens(step, prompt, config, context_length=self.context_length, prompt_chunk=chunk)
 
+    def _batch_decoder(self, slots: int) -> ChatGLMBatchDecoder:
+        return ChatGLMBatchDecoder(self)
+
     def _logits(self, ids: list[int]) -> npt.NDArray[np.float32]:
         t = torch.tensor(ids, dtype=torch.long, device=self.net.device)
         with torch.inference_mode():
@@ -110,6 +118,82 @@ class ChatGLMModel(Model):
     def weight_bytes(self) -> int:
         """Resident bytes of the network's parameters and buffers."""
         return resident_bytes(self.net)
+
+
+class ChatGLMBatchDecoder(RowBatchDecoder):
+    """Several ChatGLM sequences in one forward pass per step (the shared
+    :class:`~openllm_hub.engines.torch_batch.RowBatchDecoder`, whose doc says where results
+    may differ from a single run).
+
+    A joining prompt is read alone, as the single path reads it (ChatGLM2/3: in chunks of 512
+    ids; ChatGLM-6B: in one piece, its prompt attends both ways), into its own batch-1 KV
+    cache, which then becomes a row of the batch's ragged
+    :class:`~openllm_hub.engines.kv_cache.KVCache` (``add_rows``). Each step runs the
+    network's ``forward_rows``: one token per row at the row's own position (ChatGLM-6B: its
+    2D position, the prompt's last position and the next block position, as
+    :func:`~openllm_hub_chatglm.network.glm1.position_ids` continues it), attention masked to
+    the row's own positions.
+    """
+
+    def __init__(self, model: ChatGLMModel, *, step_tokens: int = 512, keep_logits: bool = False) -> None:
+        super().__init__(model.context_length, step_tokens=step_tokens, keep_logits=keep_logits)
+        self.model = model
+        self._cache: KVCache | None = model.net.new_cache(model.context_length, batch=0)
+        #: ChatGLM-6B, per row: (prompt length, last prompt position, last prompt block position)
+        self._rows2d: list[tuple[int, int, int]] = []
+
+    def _prefill(self, prompt_ids: list[int]) -> tuple[Any, npt.NDArray[np.float32]]:
+        model, net = self.model, self.model.net
+        cache = net.new_cache(model.context_length)
+        v1 = model.spec.version == 1
+        chunk = len(prompt_ids) if v1 else 512  # the single path's prompt_chunk
+        with torch.inference_mode():
+            for start in range(0, len(prompt_ids), chunk):
+                ids = torch.tensor(prompt_ids[start:start + chunk], dtype=torch.long, device=net.device)
+                positions = model._positions(prompt_ids, start, len(ids), len(prompt_ids))
+                hidden = net.forward_hidden(ids, cache, **positions)
+            logits: npt.NDArray[np.float32] = net.logits(hidden[-1:])[0].float().cpu().numpy()
+        rope = None
+        if v1:
+            pos, block, _ = position_ids(prompt_ids, model.spec)
+            rope = (len(prompt_ids), pos[-1], block[-1])
+        return (cache, rope), logits
+
+    def _merge(self, cache: Any, length: int) -> None:
+        assert self._cache is not None
+        rows, rope = cache
+        self._cache.add_rows(rows)
+        if rope is not None:
+            self._rows2d.append(rope)
+
+    def _decode(self, tokens: list[int], positions: list[int]) -> npt.NDArray[np.float32]:
+        net = self.model.net
+        dev = net.device
+        assert self._cache is not None
+        ids = torch.tensor(tokens, dtype=torch.long, device=dev)
+        with torch.inference_mode():
+            if isinstance(net, GLM2Network):
+                hidden = net.forward_rows(ids, self._cache, torch.tensor(positions, dtype=torch.long, device=dev))
+            else:
+                assert isinstance(net, GLM1Network)
+                # a generated token at index t repeats the prompt's last position; its block position counts on
+                pos = [last for _, last, _ in self._rows2d]
+                block = [b + t - n + 1 for (n, _, b), t in zip(self._rows2d, positions, strict=True)]
+                hidden = net.forward_rows(ids, self._cache, torch.tensor(pos, dtype=torch.long, device=dev),
+                                          torch.tensor(block, dtype=torch.long, device=dev))
+            rows: npt.NDArray[np.float32] = net.logits(hidden).float().cpu().numpy()
+        return rows
+
+    def _drop(self, index: int) -> None:
+        assert self._cache is not None
+        keep = [i for i in range(self._cache.batch) if i != index]
+        self._cache.reorder(torch.tensor(keep, dtype=torch.long, device=self.model.net.device))
+        if self._rows2d:
+            self._rows2d.pop(index)
+
+    def close(self) -> None:
+        super().close()
+        self._cache = None
 
 
 def _device(kind: str, gpu_ids: tuple[int, ...]) -> torch.device:

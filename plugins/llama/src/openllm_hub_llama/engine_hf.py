@@ -5,7 +5,9 @@ checkpoint, never ``trust_remote_code``); grouped-query attention, tied embeddin
 settings come from ``config.json`` through transformers. Tokens come from the folder's
 ``tokenizer.model`` through sentencepiece, which is what the GGUF side reproduces, so both
 engines give the same ids for the same text. Generation is the core's KV-cache loop
-(:func:`openllm_hub.core.generate.generate_tokens`) over a ``DynamicCache``.
+(:func:`openllm_hub.core.generate.generate_tokens`) over a ``DynamicCache``. Several
+sequences decode in one forward pass per step (:class:`HFBatchDecoder`: rows of one
+left-padded ``DynamicCache``, with a padding mask and per-row position ids).
 
 Before transformers sees the folder, ``config.json`` is validated (bounded numbers) and the
 stored tensors are checked against it (:func:`openllm_hub_llama.checkpoint.check_hf_folder`):
@@ -22,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from openllm_hub.engines.finite import check_finite
 from openllm_hub.engines.hf_quiet import hf_quiet
+from openllm_hub.engines.torch_batch import RowBatchDecoder
 from openllm_hub.plugin import (
     CorruptFileError,
     GenerationConfig,
@@ -203,6 +206,9 @@ class HFModel(Model):
 
         return generate_tokens(step, prompt_ids, config, context_length=self.info.context_length)
 
+    def _batch_decoder(self, slots: int) -> HFBatchDecoder:
+        return HFBatchDecoder(self)
+
     def _logits(self, ids: list[int]) -> npt.NDArray[np.float32]:
         import torch
 
@@ -233,6 +239,102 @@ class HFModel(Model):
             import torch
 
             torch.cuda.empty_cache()
+
+
+class HFBatchDecoder(RowBatchDecoder):
+    """Several sequences of an :class:`HFModel` in one forward pass per step (the shared
+    :class:`~openllm_hub.engines.torch_batch.RowBatchDecoder`, whose doc says where results
+    may differ from a single run).
+
+    A joining prompt is read alone in the single path's chunks (512 ids) into its own
+    ``DynamicCache``; its layers then become a row of the batch's cache. Rows are
+    **left-padded**: each row's tokens end at the cache's last column, so one decoding step
+    appends one column for all rows, as transformers' own batched ``generate`` does. The step
+    passes a 2D ``attention_mask`` (0 on each row's padding; omitted when no row is padded, so
+    a lone row runs the single path's computation) and each row's ``position_ids`` (its own
+    length), so rotary positions and attention are the row's own. A row that leaves is
+    dropped, and columns that only padding holds are cut off.
+    """
+
+    def __init__(self, model: HFModel, *, step_tokens: int = 512, keep_logits: bool = False) -> None:
+        super().__init__(model.info.context_length, step_tokens=step_tokens, keep_logits=keep_logits)
+        self.model = model
+        self._cache: Any = None
+        #: tokens each row holds (right-aligned in the cache's columns)
+        self._lengths: list[int] = []
+
+    def _width(self) -> int:
+        return 0 if self._cache is None else int(self._cache.layers[0].keys.shape[2])
+
+    def _prefill(self, prompt_ids: list[int]) -> tuple[Any, npt.NDArray[np.float32]]:
+        import torch
+        from transformers import DynamicCache
+
+        hf = self.model.torch_model
+        cache = DynamicCache(config=hf.config)
+        with torch.inference_mode():
+            for start in range(0, len(prompt_ids), 512):  # generate_tokens' prompt_chunk
+                x = torch.tensor([prompt_ids[start:start + 512]], dtype=torch.long, device=self.model._device)
+                out = hf(input_ids=x, use_cache=True, logits_to_keep=1, **{self.model._cache_kw: cache})
+            logits: npt.NDArray[np.float32] = out.logits[0, -1].float().cpu().numpy()
+        return cache, logits
+
+    def _merge(self, cache: Any, length: int) -> None:
+        if self._cache is None:
+            self._cache, self._lengths = cache, [length]
+            return
+        width = max(self._width(), length)
+        for mine, new in zip(self._cache.layers, cache.layers, strict=True):
+            mine.keys = _cat_left_padded(mine.keys, new.keys, width)
+            mine.values = _cat_left_padded(mine.values, new.values, width)
+        self._lengths.append(length)
+
+    def _decode(self, tokens: list[int], positions: list[int]) -> npt.NDArray[np.float32]:
+        import torch
+
+        device = self.model._device
+        width = self._width()
+        mask = None
+        if any(n != width for n in self._lengths):  # padding: each row attends to its own tokens only
+            first = torch.tensor([width - n for n in self._lengths], device=device)[:, None]
+            mask = (torch.arange(width + 1, device=device)[None, :] >= first).long()
+        with torch.inference_mode():
+            out = self.model.torch_model(
+                input_ids=torch.tensor(tokens, dtype=torch.long, device=device)[:, None],
+                position_ids=torch.tensor(positions, dtype=torch.long, device=device)[:, None],
+                attention_mask=mask, use_cache=True, logits_to_keep=1, **{self.model._cache_kw: self._cache})
+            rows: npt.NDArray[np.float32] = out.logits[:, -1].float().cpu().numpy()
+        self._lengths = [n + 1 for n in self._lengths]
+        return rows
+
+    def _drop(self, index: int) -> None:
+        import torch
+
+        self._lengths.pop(index)
+        if not self._lengths:
+            self._cache = None
+            return
+        cut = self._width() - max(self._lengths)  # leading columns that now hold only padding
+        for layer in self._cache.layers:
+            keep = torch.tensor([i for i in range(layer.keys.shape[0]) if i != index], device=layer.keys.device)
+            layer.keys = layer.keys.index_select(0, keep)[:, :, cut:]
+            layer.values = layer.values.index_select(0, keep)[:, :, cut:]
+
+    def close(self) -> None:
+        super().close()
+        self._cache = None
+
+
+def _cat_left_padded(rows: torch.Tensor, new: torch.Tensor, width: int) -> torch.Tensor:
+    """``rows`` and ``new`` (batch, heads, length, dim) stacked as rows of ``width`` columns,
+    each left-padded with zeros (masked out by the attention mask)."""
+    import torch
+    import torch.nn.functional as F
+
+    def pad(t: torch.Tensor) -> torch.Tensor:
+        return t if t.shape[2] == width else F.pad(t, (0, 0, width - int(t.shape[2]), 0))
+
+    return torch.cat([pad(rows), pad(new.to(rows.device))], dim=0)
 
 
 def load_hf(req: LoadRequest[LlamaOptions]) -> HFModel:
@@ -306,4 +408,4 @@ def _free_mib(gpu_ids: Sequence[int]) -> dict[int, int]:
     return {i: max(gpus[i].free_mib - 1024, 0) if i in gpus else 0 for i in gpu_ids}
 
 
-__all__ = ["HFModel", "SentencePieceTokenizer", "load_hf"]
+__all__ = ["HFBatchDecoder", "HFModel", "SentencePieceTokenizer", "load_hf"]

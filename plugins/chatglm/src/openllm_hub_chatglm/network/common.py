@@ -3,8 +3,9 @@ quantized, and the base class that installs checkpoint tensors by their official
 
 Shapes inside the networks are unbatched: hidden states are ``(tokens, hidden)`` and
 queries ``(tokens, heads, head_dim)``; keys and values are ``(kv_heads, tokens, head_dim)``,
-one row of the shared :class:`~openllm_hub.engines.kv_cache.KVCache` (batch 1: the engine
-runs one sequence at a time). The INT8/INT4 layers are the shared ones of
+one row of the shared :class:`~openllm_hub.engines.kv_cache.KVCache` (batch 1: one sequence).
+The exception is ``forward_rows`` (continuous batching): one new token for each of several
+sequences, ``(rows, hidden)``, over the rows of a ragged cache. The INT8/INT4 layers are the shared ones of
 :mod:`openllm_hub.engines.torch_quant` (ChatGLM's official checkpoints use that format).
 """
 
@@ -153,10 +154,11 @@ class GLMNetwork(nn.Module):
     def device(self) -> torch.device:
         return self.target
 
-    def new_cache(self, limit: int) -> KVCache:
-        """An empty KV cache for one sequence of at most ``limit`` positions."""
+    def new_cache(self, limit: int, batch: int = 1) -> KVCache:
+        """An empty KV cache for one sequence (``batch`` rows; 0: a batch's cache that sequences
+        join with ``KVCache.add_rows``) of at most ``limit`` positions."""
         s = self.spec
-        return KVCache(s.num_layers, 1, s.num_kv_heads, s.head_dim, self.dtype, self.device, limit=limit,
+        return KVCache(s.num_layers, batch, s.num_kv_heads, s.head_dim, self.dtype, self.device, limit=limit,
                        min_capacity=64)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:

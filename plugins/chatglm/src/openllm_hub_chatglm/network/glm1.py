@@ -16,6 +16,9 @@ Facts reproduced from the reference code:
   division by and multiplication with ``layer_id + 1`` cancels).
 * Attention mask: tokens before the context end (the first ``<sop>``) see each other both
   ways; from there on attention is causal.
+
+:meth:`GLM1Network.forward_rows` decodes one generated token for each of several sequences at
+once (continuous batching), the rows of a ragged KV cache, each at its own 2D position.
 """
 
 from __future__ import annotations
@@ -92,6 +95,21 @@ class SelfAttention(nn.Module):
         mask = causal_mask(past, t, x.device, prefix)
         return self.dense(attention(q, k, v, mask, causal=False))  # type: ignore[no-any-return]
 
+    def forward_rows(self, x: torch.Tensor, rope: tuple[torch.Tensor, ...], layer: int, cache: KVCache,
+                     mask: torch.Tensor) -> torch.Tensor:
+        """One new token per sequence, ``x`` (rows, hidden): each row of the ragged ``cache``
+        attends to its own positions (``mask`` from ``KVCache.row_mask``; a generated token
+        sees every earlier one, as in the single path)."""
+        b = x.shape[0]
+        q, k, v = self.query_key_value(x).view(b, self.heads, 3 * self.d).chunk(3, dim=-1)
+        cos_p, sin_p, cos_b, sin_b = rope
+        half = self.d // 2
+        q = torch.cat((_rotary(q[..., :half], cos_p, sin_p), _rotary(q[..., half:], cos_b, sin_b)), dim=-1)
+        k = torch.cat((_rotary(k[..., :half], cos_p, sin_p), _rotary(k[..., half:], cos_b, sin_b)), dim=-1)
+        keys, values = cache.append_rows(layer, k[:, :, None], v.contiguous()[:, :, None])
+        out = F.scaled_dot_product_attention(q[:, :, None], keys, values, attn_mask=mask[:, None, None, :])
+        return self.dense(out.reshape(b, self.heads * self.d))  # type: ignore[no-any-return]
+
 
 class MLP(nn.Module):
     def __init__(self, net: GLMNetwork, prefix: str) -> None:
@@ -119,6 +137,13 @@ class GLMBlock(nn.Module):
                 past: int, prefix: int) -> torch.Tensor:
         a = self.input_layernorm(x)
         h = a * self.alpha + self.attention(a, rope, layer, cache, past, prefix)
+        m = self.post_attention_layernorm(h)
+        return m * self.alpha + self.mlp(m)  # type: ignore[no-any-return]
+
+    def forward_rows(self, x: torch.Tensor, rope: tuple[torch.Tensor, ...], layer: int, cache: KVCache,
+                     mask: torch.Tensor) -> torch.Tensor:
+        a = self.input_layernorm(x)
+        h = a * self.alpha + self.attention.forward_rows(a, rope, layer, cache, mask)
         m = self.post_attention_layernorm(h)
         return m * self.alpha + self.mlp(m)  # type: ignore[no-any-return]
 
@@ -190,6 +215,20 @@ class GLM1Network(GLMNetwork):
             x = layer(x, rope, i, cache, past, ctx)
         if cache is not None:
             cache.advance(ids.shape[0])
+        return self.transformer.final_layernorm(x)  # type: ignore[no-any-return]
+
+    def forward_rows(self, ids: torch.Tensor, cache: KVCache, positions: torch.Tensor,
+                     block_positions: torch.Tensor) -> torch.Tensor:
+        """Final-norm hidden states (rows, hidden) of one generated token per sequence:
+        ``ids[i]`` with 2D position ``(positions[i], block_positions[i])`` follows row ``i`` of
+        the ragged ``cache`` (continuous batching; see ``KVCache.append_rows``)."""
+        rope = (*self.rotary.get(positions), *self.rotary.get(block_positions))
+        mask = cache.row_mask()
+        x = embed(self.transformer.word_embeddings, ids, self.dtype)
+        for i, layer in enumerate(self.transformer.layers):
+            assert isinstance(layer, GLMBlock)
+            x = layer.forward_rows(x, rope, i, cache, mask)
+        cache.advance_rows()
         return self.transformer.final_layernorm(x)  # type: ignore[no-any-return]
 
 

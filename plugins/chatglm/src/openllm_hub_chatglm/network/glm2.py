@@ -8,6 +8,9 @@ head's dimensions with adjacent pairs ``(x[2i], x[2i+1])`` rotated by
 final RMSNorm and a separate ``output_layer``. The rotary table is computed in float32 and
 stored in the model dtype, as the released modeling code does. ``rope_ratio`` (long-context
 releases) divides positions for ChatGLM2 and scales the base for ChatGLM3.
+
+:meth:`GLM2Network.forward_rows` decodes one token for each of several sequences at once
+(continuous batching), the rows of a ragged KV cache, each at its own position.
 """
 
 from __future__ import annotations
@@ -81,6 +84,20 @@ class SelfAttention(nn.Module):
         mask = causal_mask(past, t, x.device) if past else None
         return self.dense(attention(q, k, v, mask, causal=t > 1))  # type: ignore[no-any-return]
 
+    def forward_rows(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, layer: int, cache: KVCache,
+                     mask: torch.Tensor) -> torch.Tensor:
+        """One new token per sequence, ``x`` (rows, hidden): each row of the ragged ``cache``
+        attends to its own positions (``mask`` (rows, positions) from ``KVCache.row_mask``)."""
+        b = x.shape[0]
+        qkv = self.query_key_value(x)
+        q, k, v = qkv.split([self.heads * self.d, self.groups * self.d, self.groups * self.d], dim=-1)
+        q = apply_rotary(q.view(b, self.heads, self.d), cos, sin)
+        k = apply_rotary(k.view(b, self.groups, self.d), cos, sin)
+        keys, values = cache.append_rows(layer, k[:, :, None], v.view(b, self.groups, self.d)[:, :, None])
+        out = F.scaled_dot_product_attention(q[:, :, None], keys, values, attn_mask=mask[:, None, None, :],
+                                             enable_gqa=self.groups != self.heads)
+        return self.dense(out.reshape(b, self.heads * self.d))  # type: ignore[no-any-return]
+
 
 class MLP(nn.Module):
     def __init__(self, net: GLMNetwork, prefix: str) -> None:
@@ -107,6 +124,11 @@ class GLMBlock(nn.Module):
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, layer: int, cache: KVCache | None,
                 past: int) -> torch.Tensor:
         x = x + self.self_attention(self.input_layernorm(x), cos, sin, layer, cache, past)
+        return x + self.mlp(self.post_attention_layernorm(x))  # type: ignore[no-any-return]
+
+    def forward_rows(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, layer: int, cache: KVCache,
+                     mask: torch.Tensor) -> torch.Tensor:
+        x = x + self.self_attention.forward_rows(self.input_layernorm(x), cos, sin, layer, cache, mask)
         return x + self.mlp(self.post_attention_layernorm(x))  # type: ignore[no-any-return]
 
 
@@ -162,4 +184,17 @@ class GLM2Network(GLMNetwork):
             x = layer(x, cos, sin, i, cache, past)
         if cache is not None:
             cache.advance(ids.shape[0])
+        return self.transformer.encoder.final_layernorm(x)  # type: ignore[no-any-return]
+
+    def forward_rows(self, ids: torch.Tensor, cache: KVCache, positions: torch.Tensor) -> torch.Tensor:
+        """Final-norm hidden states (rows, hidden) of one new token per sequence: ``ids[i]`` at
+        position ``positions[i]`` follows row ``i`` of the ragged ``cache`` (continuous
+        batching: each row has its own length; see ``KVCache.append_rows``)."""
+        cos, sin = self.rotary.get(positions)
+        mask = cache.row_mask()
+        x = embed(self.transformer.embedding.word_embeddings, ids, self.dtype)
+        for i, layer in enumerate(self.transformer.encoder.layers):
+            assert isinstance(layer, GLMBlock)
+            x = layer.forward_rows(x, cos, sin, i, cache, mask)
+        cache.advance_rows()
         return self.transformer.encoder.final_layernorm(x)  # type: ignore[no-any-return]

@@ -1,0 +1,200 @@
+"""Several ChatGLM sequences in one forward pass (engine_torch.ChatGLMBatchDecoder), fp32 tiny models
+of each version (ChatGLM-6B with its 2D positions, ChatGLM2, ChatGLM3).
+
+Each sequence of a batch must give what it gives alone: logits within a stated bound, greedy
+tokens exactly (a batch of 8 prompts of different lengths, sequences joining and cancelled
+mid-batch), logprobs as alone, and the conformance kit's batch checks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from openllm_hub_chatglm.engine_torch import ChatGLMBatchDecoder, ChatGLMModel
+
+import openllm_hub
+from openllm_hub.core.batch import InterleavedDecoder
+from openllm_hub.core.config import GenerationConfig
+from openllm_hub.core.model import Model
+from openllm_hub.testing import check_batch_equals_single, check_batch_join_and_cancel
+
+#: Logits of a row decoded in a batch against the same row of the single run, relative to the
+#: row's range. Prompt rows are read alone (exactly equal); decoded rows come from matrix
+#: products over several rows and a padding-masked attention over the ragged cache, which sum
+#: in another order. Measured on these fp32 models (v1, v2, v3): 2.6e-7, 2.7e-7, 3.2e-7 against
+#: the single run, at most 3.0e-7 against ``Model.logits`` (f32 rounding is 6e-8).
+BOUND = 1e-6
+
+PROMPTS = ["Once upon a time", "Hello", "The little dog ran to the big house and", "A",
+           "one two three four five six seven eight nine ten eleven twelve thirteen fourteen", "Q: why?",
+           "In the beginning", "x y"]
+
+
+@pytest.fixture(scope="module", params=["v1_dir", "v2_dir", "v3_dir"])
+def model(request: pytest.FixtureRequest) -> Iterator[ChatGLMModel]:
+    with openllm_hub.load(request.getfixturevalue(request.param), device="cpu") as m:
+        assert isinstance(m, ChatGLMModel)
+        yield m
+
+
+def _greedy(n: int = 12, seed: int = 0) -> dict[str, Any]:
+    return {"max_new_tokens": n, "temperature": 0.0, "seed": seed, "repeat_penalty": 1.0}
+
+
+def _config(model: Model, **kw: Any) -> GenerationConfig:
+    return GenerationConfig.build(model.generation_defaults, **kw).with_seed()
+
+
+def _relative(a: np.ndarray, ref: np.ndarray) -> float:
+    return float(np.abs(a - ref).max()) / float(ref.max() - ref.min())
+
+
+def test_model_batches(model: ChatGLMModel) -> None:
+    assert model.batching == "batched"
+    with model.new_batch(3) as batch:
+        assert isinstance(batch.decoder, ChatGLMBatchDecoder)
+        assert batch.slot_tokens == model.context_length
+
+
+def test_the_interleaving_fallback_still_equals_single_runs(v2_dir: Path) -> None:
+    """The same model without its batched decoder: the core's interleaving of generators."""
+    with openllm_hub.load(v2_dir, device="cpu") as m:
+        m.__class__ = type("Interleaved", (type(m),), {"_batch_decoder": Model._batch_decoder})
+        assert m.batching == "interleaved"
+        with m.new_batch(2) as batch:
+            assert isinstance(batch.decoder, InterleavedDecoder)
+        check_batch_equals_single(m, PROMPTS[:3])
+
+
+def _rows_alone(model: ChatGLMModel, ids: list[int], n: int) -> list[np.ndarray]:
+    """The logits rows of the same sequence decoded alone (one row: no padding)."""
+    dec = ChatGLMBatchDecoder(model, keep_logits=True)
+    try:
+        dec.join(0, ids, _config(model, **_greedy(n)))
+        for _ in range(n):
+            dec.step()
+        return dec.logits[0]
+    finally:
+        dec.close()
+
+
+def test_logits_in_a_batch_equal_alone(model: ChatGLMModel) -> None:
+    """Every row a sequence samples from in the batch against the same sequence alone and
+    against ``Model.logits``; prompts of different lengths, one joining late, one leaving early."""
+    dec = ChatGLMBatchDecoder(model, keep_logits=True)
+    prompts = [model.tokenize(p) for p in PROMPTS[:5]]
+    generated: dict[int, list[int]] = {k: [] for k in range(5)}
+    try:
+        for key, ids in enumerate(prompts[:4]):
+            dec.join(key, ids, _config(model, **_greedy()))
+        for step in range(12):
+            if step == 3:
+                dec.join(4, prompts[4], _config(model, **_greedy()))
+            if step == 6:
+                dec.leave(1)
+            for key, token in dec.step().items():
+                assert isinstance(token, int)
+                generated[key].append(token)
+        worst = worst_full = 0.0
+        for key, ids in enumerate(prompts):
+            rows = dec.logits[key]
+            assert len(rows) == len(generated[key]) >= 6
+            alone = _rows_alone(model, ids, len(rows))
+            np.testing.assert_array_equal(rows[0], alone[0])  # the prompt is read alone: the same row
+            full = model.logits(ids + generated[key][:-1])[len(ids) - 1:]
+            for row, ref, ref_full in zip(rows, alone, full):
+                worst = max(worst, _relative(row, ref))
+                worst_full = max(worst_full, _relative(row, ref_full))
+                assert int(np.argmax(row)) == int(np.argmax(ref))
+        assert worst <= BOUND, f"batch logits differ from the single run by {worst:.3g} of the range"
+        assert worst_full <= BOUND, f"batch logits differ from Model.logits by {worst_full:.3g} of the range"
+    finally:
+        dec.close()
+    assert dec.rows == 0
+
+
+def test_greedy_batch_of_8_equals_single_runs(model: Model) -> None:
+    assert len({len(model.tokenize(p)) for p in PROMPTS}) >= 6
+    single = [model.generate(p, **_greedy(12 + i)) for i, p in enumerate(PROMPTS)]
+    params = [_greedy(12 + i) for i in range(len(PROMPTS))]
+    for slots in (None, 3):
+        batch = model.generate_batch(PROMPTS, params, slots=slots)
+        for i, (a, b) in enumerate(zip(single, batch)):
+            assert b.token_ids == a.token_ids and b.text == a.text, f"slots={slots}, prompt {i}"
+            assert b.usage == a.usage and b.finish_reason == a.finish_reason
+
+
+def test_sampled_batch_equals_single_runs(model: Model) -> None:
+    """Same seed, same core Sampler: on these fp32 models the batch's last-bit differences move no draw."""
+    params = [{"max_new_tokens": 12, "temperature": 0.9, "top_k": 40, "top_p": 0.95, "repeat_penalty": 1.1,
+               "seed": 7 + i} for i in range(len(PROMPTS))]
+    single = [model.generate(p, **kw) for p, kw in zip(PROMPTS, params)]
+    batch = model.generate_batch(PROMPTS, params)
+    assert [b.token_ids for b in batch] == [a.token_ids for a in single]
+
+
+def test_join_and_cancel_mid_batch_leave_the_others_unchanged(model: Model) -> None:
+    single = [model.generate(p, **_greedy(16)) for p in PROMPTS]
+    ids = [model.tokenize(p) for p in PROMPTS]
+    got: dict[int, list[int]] = {}
+    with model.new_batch(8) as batch:
+        keys = {batch.add(ids[i], _config(model, **_greedy(16))): i for i in range(3)}
+        for step in range(40):
+            if step == 3:
+                keys.update({batch.add(ids[i], _config(model, **_greedy(16))): i for i in range(3, 8)})
+            if step == 5:
+                batch.cancel(next(k for k, i in keys.items() if i == 1))
+                batch.cancel(next(k for k, i in keys.items() if i == 4))
+            for key, event in batch.step():
+                assert not isinstance(event, BaseException)
+                got.setdefault(keys[key], []).extend(event.token_ids)
+            if not batch.running:
+                break
+        assert not batch.running
+    for i in range(8):
+        if i in (1, 4):
+            assert tuple(got.get(i, [])) == single[i].token_ids[: len(got.get(i, []))]
+        else:
+            assert tuple(got[i]) == single[i].token_ids, f"prompt {i}"
+
+
+def test_logprobs_in_a_batch_equal_alone(model: Model) -> None:
+    """Same tokens and alternatives; log-probabilities within the logits' bound (1e-4 absolute)."""
+    params = [{**_greedy(8), "logprobs": True, "top_logprobs": 3} for _ in PROMPTS[:4]]
+    single = [model.generate(p, **kw) for p, kw in zip(PROMPTS, params)]
+    batch = model.generate_batch(PROMPTS[:4], params)
+    for a, b in zip(single, batch):
+        assert b.token_ids == a.token_ids
+        assert a.logprobs is not None and b.logprobs is not None and len(a.logprobs) == len(b.logprobs)
+        for x, y in zip(a.logprobs, b.logprobs):
+            assert x.token_id == y.token_id and abs(x.logprob - y.logprob) <= 1e-4
+            assert [t.token_id for t in x.top] == [t.token_id for t in y.top]
+            assert np.allclose([t.logprob for t in x.top], [t.logprob for t in y.top], atol=1e-4)
+
+
+def test_conformance_batch_checks(model: Model) -> None:
+    check_batch_equals_single(model, PROMPTS[:4])
+    check_batch_join_and_cancel(model, PROMPTS[:4])
+
+
+def test_slot_full_ends_a_sequence_as_alone(v2_dir: Path) -> None:
+    """A sequence whose history fills the context ends where the single run ends."""
+    with openllm_hub.load(v2_dir, device="cpu", context_length=80) as m:
+        prompts = [PROMPTS[4], PROMPTS[0]]
+        single = [m.generate(p, max_new_tokens=100, temperature=0.0) for p in prompts]
+        assert any(len(m.tokenize(p)) + len(a.token_ids) == 80 for p, a in zip(prompts, single))
+        batch = m.generate_batch(prompts, max_new_tokens=100, temperature=0.0)
+        assert [b.token_ids for b in batch] == [a.token_ids for a in single]
+        assert [b.finish_reason for b in batch] == [a.finish_reason for a in single]
+
+
+def test_int4_model_batches_as_alone(v2_dir: Path) -> None:
+    with openllm_hub.load(v2_dir, device="cpu", quantize="int4") as m:
+        assert m.batching == "batched"
+        single = [m.generate(p, **_greedy(10)) for p in PROMPTS[:4]]
+        batch = m.generate_batch(PROMPTS[:4], **_greedy(10))
+        assert [b.token_ids for b in batch] == [a.token_ids for a in single]

@@ -1,0 +1,200 @@
+"""Several sequences of an HF LLaMA in one transformers forward pass (engine_hf.HFBatchDecoder), fp32.
+
+Each sequence of a batch must give what it gives alone: logits within a stated bound, greedy
+tokens exactly (a batch of 8 prompts of different lengths, sequences joining and cancelled
+mid-batch), logprobs as alone, and the conformance kit's batch checks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from openllm_hub_llama.engine_hf import HFBatchDecoder, HFModel
+
+import openllm_hub
+from openllm_hub.core.config import GenerationConfig
+from openllm_hub.core.model import Model
+from openllm_hub.testing import check_batch_equals_single, check_batch_join_and_cancel
+
+#: Logits of a row decoded in a batch against the same row of the single run, relative to the
+#: row's range. Prompt rows are read alone (exactly equal); decoded rows come from matrix
+#: products over several rows (and a padding-masked attention), which sum in another order than
+#: the one-row step: measured 2.4e-6 on this fp32 model (two rows of equal length, no padding
+#: mask, differ by about as much: 9e-7, so it is the multi-row products, not the mask).
+BOUND = 5e-6
+#: The same against ``Model.logits`` (no cache, all positions): the single path itself differs
+#: from it by ~1.4e-6 on this model, the batch by ~2.3e-6.
+FULL_BOUND = 1e-5
+
+PROMPTS = ["Once upon a time", "Hello", "The little dog ran to the big house and", "A",
+           "one two three four five six seven eight nine ten eleven twelve thirteen fourteen", "Q: why?",
+           "In the beginning", "x y"]
+
+
+@pytest.fixture(scope="module")
+def model(tiny_hf_factory: Callable[..., Path]) -> Iterator[HFModel]:
+    with openllm_hub.load(tiny_hf_factory(num_kv_heads=2), device="cpu", threads=1) as m:
+        assert isinstance(m, HFModel)
+        yield m
+
+
+def _greedy(n: int = 12, seed: int = 0) -> dict[str, Any]:
+    return {"max_new_tokens": n, "temperature": 0.0, "seed": seed}
+
+
+def _config(model: Model, **kw: Any) -> GenerationConfig:
+    return GenerationConfig.build(model.generation_defaults, **kw).with_seed()
+
+
+def _relative(a: np.ndarray, ref: np.ndarray) -> float:
+    return float(np.abs(a - ref).max()) / float(ref.max() - ref.min())
+
+
+def test_model_batches(model: HFModel) -> None:
+    assert model.batching == "batched"
+    with model.new_batch(3) as batch:
+        assert isinstance(batch.decoder, HFBatchDecoder)
+        assert batch.slot_tokens == model.info.context_length
+
+
+def _rows_alone(model: HFModel, ids: list[int], n: int) -> list[np.ndarray]:
+    """The logits rows the single path samples ``n`` greedy tokens from (a decoder holding
+    this one sequence runs the single path's computation: no padding, no mask)."""
+    dec = HFBatchDecoder(model, keep_logits=True)
+    try:
+        dec.join(0, ids, _config(model, **_greedy(n)))
+        for _ in range(n):
+            dec.step()
+        return dec.logits[0]
+    finally:
+        dec.close()
+
+
+def test_logits_in_a_batch_equal_alone(model: HFModel) -> None:
+    """Every row a sequence samples from in the batch (its prompt's last row, then one per
+    generated token) against the same sequence alone; prompts of different lengths (padded
+    rows), one joining late and one leaving early. Also against ``Model.logits`` (one forward
+    over all ids, no cache), which differs from the cached single path itself by ~1.4e-6."""
+    dec = HFBatchDecoder(model, keep_logits=True)
+    prompts = [model.tokenize(p) for p in PROMPTS[:5]]
+    generated: dict[int, list[int]] = {k: [] for k in range(5)}
+    try:
+        for key, ids in enumerate(prompts[:4]):
+            dec.join(key, ids, _config(model, **_greedy()))
+        for step in range(12):
+            if step == 3:
+                dec.join(4, prompts[4], _config(model, **_greedy()))
+            if step == 6:
+                dec.leave(1)
+            for key, token in dec.step().items():
+                assert isinstance(token, int)
+                generated[key].append(token)
+        worst = worst_full = 0.0
+        for key, ids in enumerate(prompts):
+            rows = dec.logits[key]
+            assert len(rows) == len(generated[key]) >= 6
+            alone = _rows_alone(model, ids, len(rows))
+            np.testing.assert_array_equal(rows[0], alone[0])  # the prompt is read alone: the same row
+            full = model.logits(ids + generated[key][:-1])[len(ids) - 1:]
+            for row, ref, ref_full in zip(rows, alone, full):
+                worst = max(worst, _relative(row, ref))
+                worst_full = max(worst_full, _relative(row, ref_full))
+                assert int(np.argmax(row)) == int(np.argmax(ref))
+        assert worst <= BOUND, f"batch logits differ from the single run by {worst:.3g} of the range"
+        assert worst_full <= FULL_BOUND, f"batch logits differ from Model.logits by {worst_full:.3g} of the range"
+    finally:
+        dec.close()
+    assert dec.rows == 0
+
+
+def test_greedy_batch_of_8_equals_single_runs(model: Model) -> None:
+    assert len({len(model.tokenize(p)) for p in PROMPTS}) >= 6
+    single = [model.generate(p, **_greedy(12 + i)) for i, p in enumerate(PROMPTS)]
+    params = [_greedy(12 + i) for i in range(len(PROMPTS))]
+    for slots in (None, 3):
+        batch = model.generate_batch(PROMPTS, params, slots=slots)
+        for i, (a, b) in enumerate(zip(single, batch)):
+            assert b.token_ids == a.token_ids and b.text == a.text, f"slots={slots}, prompt {i}"
+            assert b.usage == a.usage and b.finish_reason == a.finish_reason
+
+
+def test_sampled_batch_equals_single_runs(model: Model) -> None:
+    """Same seed, same core Sampler: on this fp32 model the batch's last-bit differences move no draw."""
+    params = [{"max_new_tokens": 12, "temperature": 0.9, "top_k": 40, "top_p": 0.95, "repeat_penalty": 1.1,
+               "seed": 7 + i} for i in range(len(PROMPTS))]
+    single = [model.generate(p, **kw) for p, kw in zip(PROMPTS, params)]
+    batch = model.generate_batch(PROMPTS, params)
+    assert [b.token_ids for b in batch] == [a.token_ids for a in single]
+
+
+def test_join_and_cancel_mid_batch_leave_the_others_unchanged(model: Model) -> None:
+    single = [model.generate(p, **_greedy(16)) for p in PROMPTS]
+    ids = [model.tokenize(p) for p in PROMPTS]
+    got: dict[int, list[int]] = {}
+    with model.new_batch(8) as batch:
+        keys = {batch.add(ids[i], _config(model, **_greedy(16))): i for i in range(3)}
+        for step in range(40):
+            if step == 3:
+                keys.update({batch.add(ids[i], _config(model, **_greedy(16))): i for i in range(3, 8)})
+            if step == 5:
+                batch.cancel(next(k for k, i in keys.items() if i == 1))
+                batch.cancel(next(k for k, i in keys.items() if i == 4))
+            for key, event in batch.step():
+                assert not isinstance(event, BaseException)
+                got.setdefault(keys[key], []).extend(event.token_ids)
+            if not batch.running:
+                break
+        assert not batch.running
+    for i in range(8):
+        if i in (1, 4):
+            assert tuple(got.get(i, [])) == single[i].token_ids[: len(got.get(i, []))]
+        else:
+            assert tuple(got[i]) == single[i].token_ids, f"prompt {i}"
+
+
+def test_logprobs_in_a_batch_equal_alone(model: Model) -> None:
+    """Same tokens and alternatives; log-probabilities within the logits' bound (BOUND times
+    a range of ~20: 1e-4 absolute; measured 1.7e-5)."""
+    params = [{**_greedy(8), "logprobs": True, "top_logprobs": 3} for _ in PROMPTS[:4]]
+    single = [model.generate(p, **kw) for p, kw in zip(PROMPTS, params)]
+    batch = model.generate_batch(PROMPTS[:4], params)
+    for a, b in zip(single, batch):
+        assert b.token_ids == a.token_ids
+        assert a.logprobs is not None and b.logprobs is not None and len(a.logprobs) == len(b.logprobs)
+        for x, y in zip(a.logprobs, b.logprobs):
+            assert x.token_id == y.token_id and abs(x.logprob - y.logprob) <= 1e-4
+            assert [t.token_id for t in x.top] == [t.token_id for t in y.top]
+            assert np.allclose([t.logprob for t in x.top], [t.logprob for t in y.top], atol=1e-4)
+
+
+def test_conformance_batch_checks(model: Model) -> None:
+    check_batch_equals_single(model, PROMPTS[:4])
+    check_batch_join_and_cancel(model, PROMPTS[:4])
+
+
+def test_slot_full_ends_a_sequence_as_alone(tiny_hf_factory: Callable[..., Path]) -> None:
+    """A sequence whose history fills the context ends where the single run ends."""
+    with openllm_hub.load(tiny_hf_factory(num_kv_heads=2, max_position_embeddings=40), device="cpu",
+                          threads=1) as m:
+        prompts = [PROMPTS[4], PROMPTS[0]]
+        single = [m.generate(p, max_new_tokens=64, temperature=0.0) for p in prompts]
+        assert all(len(m.tokenize(p)) + len(a.token_ids) == 40 for p, a in zip(prompts, single))
+        batch = m.generate_batch(prompts, max_new_tokens=64, temperature=0.0)
+        assert [b.token_ids for b in batch] == [a.token_ids for a in single]
+        assert [b.finish_reason for b in batch] == [a.finish_reason for a in single]
+
+
+def test_closing_the_model_under_an_open_batch(model: HFModel, tiny_hf_factory: Callable[..., Path]) -> None:
+    m = openllm_hub.load(tiny_hf_factory(num_kv_heads=2), device="cpu", threads=1)
+    batch = m.new_batch(2)
+    key = batch.add(m.tokenize("Once"), _config(m, **_greedy()))
+    batch.step()
+    m.close()
+    with pytest.raises(Exception, match="closed"):
+        batch.step()
+    batch.cancel(key)
+    batch.close()
