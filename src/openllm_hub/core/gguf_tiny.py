@@ -21,26 +21,29 @@ _PIECES = [*"abcdefghijklmnopqrstuvwxyz", *(f"\u2581{c}" for c in "abcdefghijklm
            "\u2581", "\u2581the", "\u2581time", "\u2581upon", "\u2581Once"]
 
 
-def tiny_vocab(n_vocab: int) -> list[str]:
+def tiny_vocab(n_vocab: int, controls: tuple[str, ...] = ()) -> list[str]:
     """``n_vocab`` (at least 259) token spellings: ``<unk>``, ``<s>``, ``</s>``, ``<0x00>`` ..
-    ``<0xFF>``, then letters and words, then ``<extra_N>`` fillers."""
-    if n_vocab < 259:
-        raise ValueError("a tiny vocabulary needs at least 259 tokens (3 control, 256 bytes)")
-    tokens = ["<unk>", "<s>", "</s>", *(f"<0x{b:02X}>" for b in range(256)), *_PIECES]
-    tokens += [f"<extra_{i}>" for i in range(max(0, n_vocab - len(tokens)))]
-    return tokens[:n_vocab]
+    ``<0xFF>``, then letters and words, the further control tokens ``controls`` (e.g. a chat
+    format's ``<|user|>``), then ``<extra_N>`` fillers."""
+    tokens = ["<unk>", "<s>", "</s>", *(f"<0x{b:02X}>" for b in range(256)), *_PIECES, *controls]
+    if n_vocab < len(tokens):
+        raise ValueError(f"this tiny vocabulary needs at least {len(tokens)} tokens")
+    tokens += [f"<extra_{i}>" for i in range(n_vocab - len(tokens))]
+    return tokens
 
 
-def add_tiny_vocab(writer: gguf.GGUFWriter, n_vocab: int, *, chat_template: str | None = None) -> None:
+def add_tiny_vocab(writer: gguf.GGUFWriter, n_vocab: int, *, chat_template: str | None = None,
+                   controls: tuple[str, ...] = ()) -> None:
     """Add the :func:`tiny_vocab` vocabulary as llama.cpp's ``llama`` (SentencePiece) tokenizer:
     tokens, scores (longer pieces first), token types (unknown, control, byte, normal), BOS 1,
     EOS 2, and the chat template when given."""
     import gguf
 
-    tokens = tiny_vocab(n_vocab)
+    tokens = tiny_vocab(n_vocab, controls)
     T = gguf.TokenType
     types = [T.UNKNOWN, T.CONTROL, T.CONTROL, *([T.BYTE] * 256)]
-    types += [T.NORMAL if not t.startswith("<extra_") else T.USER_DEFINED for t in tokens[len(types):]]
+    types += [T.CONTROL if t in controls else T.USER_DEFINED if t.startswith("<extra_") else T.NORMAL
+              for t in tokens[len(types):]]
     scores = [0.0] * 259 + [-1000.0 + len(t) for t in tokens[259:]]
     writer.add_tokenizer_model("llama")
     writer.add_token_list(tokens)
