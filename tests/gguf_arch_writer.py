@@ -28,6 +28,7 @@ model's ``vocab_size`` must be its size.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -111,9 +112,10 @@ def _metadata(arch: str, cfg: Any, writer: gguf.GGUFWriter, chat_template: str |
     add_tiny_vocab(writer, cfg.vocab_size, chat_template=chat_template, controls=CONTROLS.get(arch, ()))
 
 
-def write_arch_gguf(model: Any, arch: str, dst: Path, *, chat_template: str | None = None) -> Path:
+def write_arch_gguf(model: Any, arch: str, dst: Path, *, chat_template: str | None = None,
+                    edit: Callable[[list[GGUFTensor]], list[GGUFTensor]] | None = None) -> Path:
     """Write the transformers causal LM ``model`` (of llama.cpp architecture ``arch``) as an
-    f32 GGUF at ``dst``."""
+    f32 GGUF at ``dst``; ``edit`` changes the tensor list first (bad-input tests)."""
     cfg = model.config
     state = {k: v.detach().to("cpu").float().numpy() for k, v in model.state_dict().items()}
     if getattr(cfg, "tie_word_embeddings", False):
@@ -127,7 +129,10 @@ def write_arch_gguf(model: Any, arch: str, dst: Path, *, chat_template: str | No
             arr = arr + np.float32(1.0)
         tensors.append(GGUFTensor(_gguf_name(arch, hf), arr.shape, gguf.GGMLQuantizationType.F32,
                                   lambda arr=arr: [arr]))
-    _check_names(arch, [t.name for t in tensors])
+    if edit is None:
+        _check_names(arch, [t.name for t in tensors])
+    else:
+        tensors = edit(tensors)
     write_gguf_file(dst, arch, lambda w: _metadata(arch, cfg, w, chat_template), tensors)
     return dst
 

@@ -23,6 +23,7 @@ generic family only when no specialised family claims the file.
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,7 +37,7 @@ import transformers
 
 import openllm_hub
 from openllm_hub.core.gguf_family import CONFIDENCE, FAMILY
-from openllm_hub.errors import UnknownFormatError
+from openllm_hub.errors import CorruptFileError, UnknownFormatError
 
 # pytest's importlib mode keeps this folder off sys.path: the writer sits next to this module
 sys.path.insert(0, str(Path(__file__).parent))
@@ -216,6 +217,33 @@ def test_unknown_architecture_is_named(tmp_path: Path) -> None:
     assert openllm_hub.detect(path)[0].name == "gguf"
     with pytest.raises(UnknownFormatError, match="does not run the architecture 'mystery'"):
         openllm_hub.load(path, device="cpu", threads=1)
+
+
+def test_tensor_tables_of_these_architectures(cases: Callable[[str], Case], tmp_path: Path) -> None:
+    """gguf_check knows these architectures' tensors: the written files pass, a missing tensor
+    or one llama.cpp does not load is refused naming it, before llama.cpp sees the file."""
+    import gguf
+
+    from openllm_hub.core.gguf_check import ARCHITECTURES, check_gguf
+    from openllm_hub.engines.gguf_write import GGUFTensor
+
+    for arch in ARCHS:
+        assert arch in ARCHITECTURES
+        check_gguf(cases(arch).path)
+    extra = np.zeros((VOCAB, 64), np.float32)
+    edits: dict[str, tuple[str, Callable[[list[GGUFTensor]], list[GGUFTensor]], str]] = {
+        "qwen3": ("drop", lambda ts: [t for t in ts if t.name != "blk.1.attn_k_norm.weight"],
+                  "tensor 'blk.1.attn_k_norm.weight' is missing"),
+        "phi3": ("drop", lambda ts: [t for t in ts if t.name != "blk.0.attn_qkv.weight"],
+                 "block 0 lacks its tensors blk.0.attn_qkv.weight or"),
+        "gemma2": ("extra", lambda ts: [*ts, GGUFTensor("output.weight", extra.shape, gguf.GGMLQuantizationType.F32,
+                                                        lambda: [extra])],
+                   "tensor 'output.weight' is not one of llama.cpp's gemma2 tensors"),
+    }
+    for arch, (label, edit, message) in edits.items():
+        path = write_arch_gguf(cases(arch).model, arch, tmp_path / f"{arch}-{label}.gguf", edit=edit)
+        with pytest.raises(CorruptFileError, match=re.escape(message)):
+            openllm_hub.load(path, device="cpu", threads=1)
 
 
 def test_memory_plan_from_the_header(cases: Callable[[str], Case]) -> None:
