@@ -253,3 +253,18 @@ def test_memory_plan_from_the_header(cases: Callable[[str], Case]) -> None:
         with openllm_hub.load(path, device="cpu", threads=1) as m:
             assert abs(spec.n_params - m.info.parameters) <= 0.02 * m.info.parameters
         assert spec.stored_bits is None and spec.dtype_bytes == 4 and spec.kv_per_token_layer == 2 * 2 * 16
+
+
+def test_kv_cache_size_of_other_head_layouts() -> None:
+    """The engine's KV estimate (context refusal, GPU layer fitting, serve's slots) follows the
+    file's head sizes (Gemma 2, Qwen3: key_length * heads != width) and per-layer head counts
+    (hybrid architectures: the widest layer)."""
+    from openllm_hub.engines.llama_cpp import _kv_bytes_per_layer
+
+    llama = {"a.embedding_length": 4096, "a.attention.head_count": 32, "a.attention.head_count_kv": 8}
+    assert _kv_bytes_per_layer(llama, "a", 10, "f16") == 10 * 2 * 8 * 128 * 2
+    gemma = {"a.embedding_length": 2304, "a.attention.head_count": 8, "a.attention.head_count_kv": 4,
+             "a.attention.key_length": 256, "a.attention.value_length": 256}
+    assert _kv_bytes_per_layer(gemma, "a", 10, "f32") == 10 * 2 * 4 * 256 * 4
+    hybrid = {"a.embedding_length": 64, "a.attention.head_count": [4, 4], "a.attention.head_count_kv": [0, 2]}
+    assert _kv_bytes_per_layer(hybrid, "a", 10, "f16") == 10 * 2 * 2 * 16 * 2
