@@ -1,4 +1,4 @@
-"""A test-side HF -> GGUF converter for a few llama.cpp architectures (qwen2, qwen3, gemma2, phi3).
+"""A test-side HF -> GGUF converter for a few llama.cpp architectures (qwen2, qwen3, gemma2/3, phi3).
 
 It writes the GGUF a user would get from llama.cpp's own ``convert_hf_to_gguf.py`` for a
 transformers model of that architecture, so the generic ``gguf`` family can be checked against
@@ -11,16 +11,18 @@ them below):
   ``self_attn.{q,k,v,o}_proj`` -> ``attn_{q,k,v,output}``, ``mlp.{gate,up,down}_proj`` ->
   ``ffn_{gate,up,down}``, ``input_layernorm`` -> ``attn_norm``;
   ``post_attention_layernorm`` -> ``ffn_norm``, except in Gemma 2, whose four norms are
-  ``attn_norm``, ``post_attention_norm``, ``ffn_norm`` (pre-feedforward) and ``post_ffw_norm``;
-  Qwen3's ``self_attn.{q,k}_norm`` -> ``attn_{q,k}_norm``;
+  ``attn_norm``, ``post_attention_norm``, ``ffn_norm`` (pre-feedforward) and ``post_ffw_norm``
+  (Gemma 3 too); Qwen3's and Gemma 3's ``self_attn.{q,k}_norm`` -> ``attn_{q,k}_norm``;
 * no q/k row permutation: these architectures use NEOX-style rotary embeddings in llama.cpp,
   which is transformers' ``rotate_half`` layout (only the ``llama`` architecture permutes);
-* Gemma's RMS norms scale by ``1 + weight``: the converter stores ``weight + 1``;
+* Gemma's RMS norms (q/k norms included) scale by ``1 + weight``: the converter stores
+  ``weight + 1``;
 * Phi-3's fused ``qkv_proj`` -> ``attn_qkv`` and ``gate_up_proj`` -> ``ffn_up`` (gate rows
   first; llama.cpp's fused SwiGLU gates with the first half), as stored;
 * hyper-parameters under ``{arch}.``: context, width, blocks, FFN, heads, KV heads, RMS
-  epsilon, rope base and dimensions, key/value lengths; Gemma 2 also its sliding window and
-  the attention and final logit soft-capping.
+  epsilon, rope base (Gemma 3: the full layers'; llama.cpp gives its sliding layers 10,000)
+  and dimensions, key/value lengths; Gemma 2 and 3 their sliding window, Gemma 2 the attention
+  and final logit soft-capping.
 
 The vocabulary is the core's tiny SentencePiece-style one (:func:`add_tiny_vocab`); the
 model's ``vocab_size`` must be its size.
@@ -48,6 +50,9 @@ BLOCK_NAMES: dict[str, dict[str, str]] = {
               "self_attn.k_norm": "attn_k_norm"},
     "gemma2": {**_COMMON, "post_attention_layernorm": "post_attention_norm", "pre_feedforward_layernorm": "ffn_norm",
                "post_feedforward_layernorm": "post_ffw_norm"},
+    "gemma3": {**_COMMON, "post_attention_layernorm": "post_attention_norm", "pre_feedforward_layernorm": "ffn_norm",
+               "post_feedforward_layernorm": "post_ffw_norm", "self_attn.q_norm": "attn_q_norm",
+               "self_attn.k_norm": "attn_k_norm"},
     "phi3": {"self_attn.qkv_proj": "attn_qkv", "self_attn.o_proj": "attn_output", "mlp.gate_up_proj": "ffn_up",
              "mlp.down_proj": "ffn_down", "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm"},
 }
@@ -57,7 +62,7 @@ CONTROLS: dict[str, tuple[str, ...]] = {
     "phi3": ("<|endoftext|>", "<|assistant|>", "<|end|>", "<|system|>", "<|user|>"),
 }
 #: Architectures whose RMS norms multiply by (1 + weight).
-NORM_PLUS_ONE = {"gemma2"}
+NORM_PLUS_ONE = {"gemma2", "gemma3"}
 
 
 def _gguf_name(arch: str, hf: str) -> str:
@@ -99,14 +104,18 @@ def _metadata(arch: str, cfg: Any, writer: gguf.GGUFWriter, chat_template: str |
     writer.add_head_count_kv(cfg.num_key_value_heads)
     writer.add_layer_norm_rms_eps(cfg.rms_norm_eps)
     rope = cfg.rope_parameters if isinstance(getattr(cfg, "rope_parameters", None), dict) else {}
+    # per layer type (Gemma 3): the file holds the full-attention layers' base; llama.cpp gives the
+    # sliding layers 10,000 as transformers' rope_local_base_freq
+    rope = rope.get("full_attention", rope)
     writer.add_rope_freq_base(float(rope.get("rope_theta", getattr(cfg, "rope_theta", 10000.0))))
     factor = getattr(cfg, "partial_rotary_factor", None) or rope.get("partial_rotary_factor", 1.0)
     rotary = int(head_dim * float(factor))
     writer.add_rope_dimension_count(rotary)
     writer.add_key_length(head_dim)
     writer.add_value_length(head_dim)
-    if arch == "gemma2":
+    if arch in ("gemma2", "gemma3"):
         writer.add_sliding_window(cfg.sliding_window)
+    if arch == "gemma2":
         writer.add_attn_logit_softcapping(cfg.attn_logit_softcapping)
         writer.add_final_logit_softcapping(cfg.final_logit_softcapping)
     add_tiny_vocab(writer, cfg.vocab_size, chat_template=chat_template, controls=CONTROLS.get(arch, ()))

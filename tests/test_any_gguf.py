@@ -1,4 +1,4 @@
-"""Any GGUF llama.cpp runs: the generic ``gguf`` family on four architectures no plugin handles.
+"""Any GGUF llama.cpp runs: the generic ``gguf`` family on five architectures no plugin handles.
 
 Each case is a transformers model of that architecture, randomly initialised from a fixed seed
 (norm weights and biases randomised too, so the Gemma ``+1`` norm offset and the Qwen2 biases
@@ -7,12 +7,13 @@ matter), written as an f32 GGUF by the test-side converter ``gguf_arch_writer`` 
 transformers (eager attention, float32) on the same token ids:
 
 * a prompt of more than 1,024 tokens (position bugs of rotary embeddings and sliding windows
-  hide in short ones; Gemma 2's window is 64, so its sliding layers really slide);
+  hide in short ones; the Gemma 2 and Gemma 3 windows are 64, so their sliding layers really
+  slide, and Gemma 3's full layer has its own rope base);
 * logits at all 1,084 positions: max |diff| / the reference's logit range (about 5-6).
   Measured (llama-cpp-python 0.3.36, transformers 5.24, torch 2.13 CPU): qwen2 3.7e-7,
   qwen3 6.4e-7, phi3 4.4e-7 (float32 summation order only): bound 2e-5; gemma2 1.7e-4,
-  bound 5e-4 (ggml's CPU GELU reads a float16 table, an error of about 1e-3 in each
-  activation that the others' SiLU does not have);
+  gemma3 2.8e-4, bound 5e-4 (ggml's CPU GELU reads a float16 table, an error of about 1e-3
+  in each activation that the others' SiLU does not have);
 * greedy: 8 tokens from the SDK's generation (temperature 0, no repeat penalty) equal
   transformers' argmax continuation.
 
@@ -47,7 +48,7 @@ VOCAB = 384
 PROMPT_TOKENS = 1024
 GREEDY = 8
 #: max |logit diff| / logit range, per architecture (see the module docstring for the measurements).
-BOUNDS = {"qwen2": 2e-5, "qwen3": 2e-5, "phi3": 2e-5, "gemma2": 5e-4}
+BOUNDS = {"qwen2": 2e-5, "qwen3": 2e-5, "phi3": 2e-5, "gemma2": 5e-4, "gemma3": 5e-4}
 PHI3_TEMPLATE = ("{% for message in messages %}<|{{ message['role'] }}|>\n{{ message['content'] }}<|end|>\n"
                  "{% endfor %}{% if add_generation_prompt %}<|assistant|>\n{% endif %}")
 
@@ -62,6 +63,9 @@ ARCHS: dict[str, tuple[str, str, dict[str, Any]]] = {
     # tied embeddings, 4 norms per block, soft-capping, sliding window on every other layer
     "gemma2": ("Gemma2Config", "Gemma2ForCausalLM", {"head_dim": 16, "sliding_window": 64,
                                                       "query_pre_attn_scalar": 16}),
+    # six layers: five sliding (rope base 10,000), one full (base 1e6); q/k norms with the +1 offset
+    "gemma3": ("Gemma3TextConfig", "Gemma3ForCausalLM", {"head_dim": 16, "sliding_window": 64,
+                                                          "query_pre_attn_scalar": 16, "num_hidden_layers": 6}),
     # fused qkv and gate/up; llama.cpp runs Phi-3 without its sliding window, so none here
     "phi3": ("Phi3Config", "Phi3ForCausalLM", {"tie_word_embeddings": False, "sliding_window": None}),
 }
@@ -76,7 +80,7 @@ def make_model(arch: str, **overrides: Any) -> Any:
     with torch.no_grad():
         for name, p in model.named_parameters():
             if name.endswith("norm.weight"):  # Gemma stores the offset from 1
-                p.copy_((0.0 if arch == "gemma2" else 1.0) + 0.1 * torch.randn_like(p))
+                p.copy_((0.0 if arch.startswith("gemma") else 1.0) + 0.1 * torch.randn_like(p))
             elif name.endswith("bias"):
                 p.copy_(0.05 * torch.randn_like(p))
     return model

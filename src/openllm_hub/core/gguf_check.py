@@ -16,7 +16,7 @@ engine), reading only the header and the tensor table:
   epsilons and rope bases, ...);
 * :func:`check_model` -- what loading needs on top: a vocabulary (token list, scores and
   types of equal length) and, for the architectures in :data:`ARCHITECTURES` (``llama``,
-  ``chatglm``, ``qwen2``, ``qwen3``, ``gemma2``, ``phi3``), every tensor llama.cpp will ask
+  ``chatglm``, ``qwen2``, ``qwen3``, ``gemma2``, ``gemma3``, ``phi3``), every tensor llama.cpp will ask
   for with the shape it will ask for (``token_embd`` against the vocabulary, ``blk.N.*`` for
   every ``N < block_count``, ...); other architectures get the structure and hyper-parameter
   checks, and llama.cpp checks their tensors.
@@ -555,7 +555,7 @@ _SWIGLU: tuple[Rule, ...] = (("blk.{i}.ffn_gate.weight", lambda d: (d.embd, d.ff
                              ("blk.{i}.ffn_up.weight", lambda d: (d.embd, d.ffn), True))
 
 #: llama.cpp's tensors (names and GGML-order shapes) of the architectures this project writes
-#: (llama, chatglm) or tests against transformers (qwen2, qwen3, gemma2, phi3: tests/test_any_gguf.py).
+#: (llama, chatglm) or tests against transformers (qwen2, qwen3, gemma2, gemma3, phi3: tests/test_any_gguf.py).
 ARCHITECTURES: dict[str, Architecture] = {
     "llama": Architecture(
         model=(("token_embd.weight", lambda d: (d.embd, d.vocab), True),
@@ -592,6 +592,13 @@ ARCHITECTURES: dict[str, Architecture] = {
     "gemma2": Architecture(
         model=_LLAMA_LIKE_MODEL[:2],
         block=(*_ATTN_BLOCK, ("blk.{i}.post_attention_norm.weight", _E, True), ("blk.{i}.ffn_norm.weight", _E, True),
+               *_SWIGLU, ("blk.{i}.post_ffw_norm.weight", _E, True)),
+    ),
+    "gemma3": Architecture(
+        model=_LLAMA_LIKE_MODEL,
+        block=(*_ATTN_BLOCK, ("blk.{i}.attn_q_norm.weight", lambda d: (d.head_k,), True),
+               ("blk.{i}.attn_k_norm.weight", lambda d: (d.head_k,), True),
+               ("blk.{i}.post_attention_norm.weight", _E, True), ("blk.{i}.ffn_norm.weight", _E, True),
                *_SWIGLU, ("blk.{i}.post_ffw_norm.weight", _E, True)),
     ),
     "phi3": Architecture(
