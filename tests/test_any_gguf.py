@@ -12,7 +12,7 @@ transformers (eager attention, float32) on the same token ids:
 * logits at all 1,084 positions: max |diff| / the reference's logit range (about 5-6).
   Measured (llama-cpp-python 0.3.36, transformers 5.24, torch 2.13 CPU): qwen2 3.7e-7,
   qwen3 6.4e-7, phi3 4.4e-7 (float32 summation order only): bound 2e-5; gemma2 1.7e-4,
-  gemma3 2.8e-4, bound 5e-4. The Gemma error is mostly ggml's GELU: its CPU kernel looks
+  gemma3 2.8e-4, bound 5e-4. Part of the Gemma error is ggml's GELU: its CPU kernel looks
   the tanh-GELU up in a float16 table; emulating that table in transformers brings gemma2
   from 1.7e-4 to 1.1e-4 (the rest was not traced further; Gemma 3 has no soft-capping, so
   that is not it);
