@@ -1,7 +1,8 @@
 """The core's built-in plugin: what every installation has, registered like any plugin.
 
 The registry registers this module before the installed plugins (as simonw/llm registers its
-default plugins), so the generic chat templates go through the same hook, the same name
+default plugins), so the generic chat templates and the generic ``gguf`` family
+(:mod:`openllm_hub.core.gguf_family`: any GGUF llama.cpp runs) go through the same hook, the same name
 checks and the same records as a plugin's: a plugin that registers ``plain`` or ``chatml``
 again is reported as broken, not silently replacing them. ``openllm-hub plugins --all``
 lists it.
@@ -12,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from openllm_hub.core.chat import ChatTemplate, Special
+from openllm_hub.core.family import Family
 from openllm_hub.core.hookspecs import hookimpl
 
 OPENLLM_HUB_API_VERSION = 1
@@ -47,4 +49,11 @@ def register_chat_templates(register: Callable[[ChatTemplate], None]) -> None:
         register(template)
 
 
-__all__ = ["BUILTIN_TEMPLATES", "NAME", "register_chat_templates"]
+@hookimpl
+def register_families(register: Callable[[Family], None]) -> None:
+    from openllm_hub.core.gguf_family import FAMILY
+
+    register(FAMILY)
+
+
+__all__ = ["BUILTIN_TEMPLATES", "NAME", "register_chat_templates", "register_families"]

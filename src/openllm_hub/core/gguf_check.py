@@ -16,8 +16,10 @@ engine), reading only the header and the tensor table:
   epsilons and rope bases, ...);
 * :func:`check_model` -- what loading needs on top: a vocabulary (token list, scores and
   types of equal length) and, for the architectures in :data:`ARCHITECTURES` (``llama``,
-  ``chatglm``), every tensor llama.cpp will ask for with the shape it will ask for
-  (``token_embd`` against the vocabulary, ``blk.N.*`` for every ``N < block_count``, ...).
+  ``chatglm``, ``qwen2``, ``qwen3``, ``gemma2``, ``gemma3``, ``phi3``), every tensor llama.cpp will ask
+  for with the shape it will ask for (``token_embd`` against the vocabulary, ``blk.N.*`` for
+  every ``N < block_count``, ...); other architectures get the structure and hyper-parameter
+  checks, and llama.cpp checks their tensors.
 
 :func:`check_gguf` runs them (cached per file state, so detection, the memory planner and the
 engine share one reading). :func:`find_nonfinite` names the first float tensor holding NaN or
@@ -538,7 +540,22 @@ class Architecture:
 
 _E: Callable[[Dims], tuple[int, ...]] = lambda d: (d.embd,)  # noqa: E731 - small shape tables read best inline
 
-#: llama.cpp's tensors (names and GGML-order shapes) of the architectures this project writes.
+#: Pieces shared by the llama-like tables below: embedding, final norm, optional output
+#: (absent when tied), the attention of a block, and its SwiGLU feed-forward.
+_LLAMA_LIKE_MODEL: tuple[Rule, ...] = (("token_embd.weight", lambda d: (d.embd, d.vocab), True),
+                                       ("output_norm.weight", _E, True),
+                                       ("output.weight", lambda d: (d.embd, d.vocab), False))
+_ATTN_BLOCK: tuple[Rule, ...] = (("blk.{i}.attn_norm.weight", _E, True),
+                                 ("blk.{i}.attn_q.weight", lambda d: (d.embd, d.q), True),
+                                 ("blk.{i}.attn_k.weight", lambda d: (d.embd, d.k), True),
+                                 ("blk.{i}.attn_v.weight", lambda d: (d.embd, d.v), True),
+                                 ("blk.{i}.attn_output.weight", lambda d: (d.q, d.embd), True))
+_SWIGLU: tuple[Rule, ...] = (("blk.{i}.ffn_gate.weight", lambda d: (d.embd, d.ffn), True),
+                             ("blk.{i}.ffn_down.weight", lambda d: (d.ffn, d.embd), True),
+                             ("blk.{i}.ffn_up.weight", lambda d: (d.embd, d.ffn), True))
+
+#: llama.cpp's tensors (names and GGML-order shapes) of the architectures this project writes
+#: (llama, chatglm) or tests against transformers (qwen2, qwen3, gemma2, gemma3, phi3: tests/test_any_gguf.py).
 ARCHITECTURES: dict[str, Architecture] = {
     "llama": Architecture(
         model=(("token_embd.weight", lambda d: (d.embd, d.vocab), True),
@@ -556,6 +573,48 @@ ARCHITECTURES: dict[str, Architecture] = {
         optional=("rope_freqs.weight", "blk.{i}.attn_rot_embd", "blk.{i}.attn_q.bias", "blk.{i}.attn_k.bias",
                   "blk.{i}.attn_v.bias", "blk.{i}.attn_output.bias", "blk.{i}.ffn_gate_inp.weight",
                   "blk.{i}.ffn_gate_exps.weight", "blk.{i}.ffn_down_exps.weight", "blk.{i}.ffn_up_exps.weight"),
+    ),
+    "qwen2": Architecture(
+        model=_LLAMA_LIKE_MODEL,
+        block=(*_ATTN_BLOCK, ("blk.{i}.attn_q.bias", lambda d: (d.q,), False),
+               ("blk.{i}.attn_k.bias", lambda d: (d.k,), False), ("blk.{i}.attn_v.bias", lambda d: (d.v,), False),
+               ("blk.{i}.ffn_norm.weight", _E, True), *_SWIGLU),
+        optional=("rope_freqs.weight",),
+    ),
+    "qwen3": Architecture(
+        model=_LLAMA_LIKE_MODEL,
+        block=(*_ATTN_BLOCK, ("blk.{i}.attn_q_norm.weight", lambda d: (d.head_k,), True),
+               ("blk.{i}.attn_k_norm.weight", lambda d: (d.head_k,), True),
+               ("blk.{i}.ffn_norm.weight", _E, True), *_SWIGLU),
+        optional=("rope_freqs.weight",),
+    ),
+    # tied: llama.cpp reuses token_embd as the output (an output.weight would be one tensor too many)
+    "gemma2": Architecture(
+        model=_LLAMA_LIKE_MODEL[:2],
+        block=(*_ATTN_BLOCK, ("blk.{i}.post_attention_norm.weight", _E, True), ("blk.{i}.ffn_norm.weight", _E, True),
+               *_SWIGLU, ("blk.{i}.post_ffw_norm.weight", _E, True)),
+    ),
+    "gemma3": Architecture(
+        model=_LLAMA_LIKE_MODEL,
+        block=(*_ATTN_BLOCK, ("blk.{i}.attn_q_norm.weight", lambda d: (d.head_k,), True),
+               ("blk.{i}.attn_k_norm.weight", lambda d: (d.head_k,), True),
+               ("blk.{i}.post_attention_norm.weight", _E, True), ("blk.{i}.ffn_norm.weight", _E, True),
+               *_SWIGLU, ("blk.{i}.post_ffw_norm.weight", _E, True)),
+    ),
+    "phi3": Architecture(
+        model=_LLAMA_LIKE_MODEL,
+        block=(("blk.{i}.attn_norm.weight", _E, True),
+               ("blk.{i}.attn_output.weight", lambda d: (d.q, d.embd), True),
+               ("blk.{i}.ffn_norm.weight", _E, True),
+               ("blk.{i}.ffn_up.weight", lambda d: (d.embd, 2 * d.ffn), True),  # gate and up, fused
+               ("blk.{i}.ffn_down.weight", lambda d: (d.ffn, d.embd), True)),
+        alternatives=((
+            (("blk.{i}.attn_qkv.weight", lambda d: (d.embd, d.q + d.k + d.v), True),),
+            (("blk.{i}.attn_q.weight", lambda d: (d.embd, d.q), True),
+             ("blk.{i}.attn_k.weight", lambda d: (d.embd, d.k), True),
+             ("blk.{i}.attn_v.weight", lambda d: (d.embd, d.v), True)),
+        ),),
+        optional=("rope_factors_long.weight", "rope_factors_short.weight"),
     ),
     "chatglm": Architecture(
         model=(("token_embd.weight", lambda d: (d.embd, d.vocab), True),

@@ -307,10 +307,15 @@ def plan_gpu_layers(file_bytes: int, n_layers: int, free_mib: int, kv_bytes_per_
 
 
 def _kv_bytes_per_layer(meta: dict[str, Any], arch: str, n_ctx: int, kv_type: str) -> int:
-    n_embd = int(meta.get(f"{arch}.embedding_length", 0))
-    n_head = int(meta.get(f"{arch}.attention.head_count", 1)) or 1
-    n_kv = int(meta.get(f"{arch}.attention.head_count_kv", n_head)) or n_head
-    return 2 * n_ctx * (n_embd * n_kv // n_head) * (4 if kv_type == "f32" else 2)
+    def num(key: str, default: int) -> int:  # per-layer arrays (hybrid architectures): the widest layer
+        v = meta.get(f"{arch}.{key}", default)
+        v = max(v) if isinstance(v, list) and v else v
+        return int(v) if isinstance(v, int) and v > 0 else default
+
+    n_head = num("attention.head_count", 1)
+    n_kv = num("attention.head_count_kv", n_head)
+    k_len = num("attention.key_length", num("embedding_length", 0) // n_head)  # head sizes other than width/heads
+    return n_ctx * n_kv * (k_len + num("attention.value_length", k_len)) * (4 if kv_type == "f32" else 2)
 
 
 # ---- the model -------------------------------------------------------------------------------
