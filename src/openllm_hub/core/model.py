@@ -167,6 +167,17 @@ class Model(ABC):
         engines with a byte vocabulary (llama.cpp) give the piece's exact bytes."""
         return self._detokenize([token_id]).encode("utf-8")
 
+    def _vocab_bytes(self) -> list[bytes]:
+        """Every token id's bytes (index = id), for structured output's token masks: by default
+        ``_token_bytes`` of each id; control tokens (BOS/EOS, ...) give ``b""``. Engines whose
+        single-token text loses bytes (a sentencepiece piece's leading space) override
+        ``_token_bytes`` or this."""
+        vocab = self.vocab_size
+        if vocab is None:
+            raise InvalidParameterError("structured output needs the model's vocabulary size", where="json_schema")
+        special = set(self._special_tokens().values()) | set(self.eos_token_ids)
+        return [b"" if i in special else self._token_bytes(i) for i in range(vocab)]
+
     def _hidden_states(self, ids: list[int]) -> npt.NDArray[np.float32]:
         """Hook for :meth:`embed`: the last hidden states of ``ids`` (shape ``(len(ids), dim)``,
         after the final norm, the vectors the output layer reads). The ids are already
@@ -445,7 +456,9 @@ class Model(ABC):
             )
 
     def _stream_ids(self, prompt_ids: list[int], config: GenerationConfig) -> Iterator[Chunk]:
-        config = config.with_seed()
+        from openllm_hub.core.constrain import bind
+
+        config = bind(config.with_seed(), self)
         self._check_prompt(prompt_ids)
         return PreparedStream(self._run(prompt_ids, config), prompt_ids, config)
 
