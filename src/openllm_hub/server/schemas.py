@@ -98,6 +98,8 @@ class CompletionRequest(RequestBase):
     echo: bool | None = None
     #: legacy form: the chosen token's logprob plus this many alternatives (OpenAI allows 5, this server 20)
     logprobs: int | None = None
+    #: OpenAI's structured output (also accepted on legacy completions, as vLLM and llama-server do)
+    response_format: dict[str, Any] | None = None
     best_of: int | None = Field(None, ge=1)
     suffix: str | None = None
 
