@@ -183,7 +183,6 @@ class TokenMask:
                                         where="json_schema")
         self._vocab = vocab_size
         self._bits = np.full(((vocab_size + 31) // 32,), -1, dtype=np.int32)
-        self._shift = np.arange(32, dtype=np.uint32)
 
     def allowed(self) -> npt.NDArray[np.bool_]:
         """Boolean mask over the vocabulary: the ids the grammar allows next."""
@@ -192,8 +191,9 @@ class TokenMask:
         self._m.unsafe_compute_mask_ptr(self._bits.ctypes.data, self._bits.nbytes)
         if self._m.is_error():
             raise InvalidParameterError(f"structured output failed: {self._m.get_error()}", where="json_schema")
-        bits = (self._bits.view(np.uint32)[:, None] >> self._shift) & 1
-        allowed: npt.NDArray[np.bool_] = bits.reshape(-1)[: self._vocab].astype(bool)
+        # bit i of word w allows id 32 * w + i (little-endian words, least significant bit first)
+        allowed: npt.NDArray[np.bool_] = np.unpackbits(self._bits.view(np.uint8), bitorder="little")[
+            : self._vocab].view(np.bool_)
         return allowed
 
     def apply(self, logits: npt.NDArray[np.float32]) -> None:
@@ -202,7 +202,7 @@ class TokenMask:
 
         allowed = self.allowed()
         n = min(len(allowed), logits.shape[-1])
-        logits[:n][~allowed[:n]] = -np.inf
+        np.putmask(logits[:n], ~allowed[:n], -np.inf)
         logits[n:] = -np.inf
 
     def advance(self, token: int) -> None:
