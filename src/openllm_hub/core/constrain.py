@@ -12,22 +12,25 @@ random model needs a few hundred tokens for a nested schema: the grammar forces 
 it leaves no choice for, but a random model picks long strings and numbers freely).
 Logprobs stay those of the raw logits (before the mask).
 
-Why llguidance (measured by benchmarks/bench_structured.py, 32,000-token synthetic byte
-vocabulary, 1 CPU thread; see benchmarks/RESULTS.md "Structured output"):
+Why llguidance (measured by benchmarks/bench_structured.py: 32,000-token byte vocabulary, the
+24 schemas of tests/test_structured.py, 1 CPU thread; benchmarks/RESULTS.md "Structured output"):
 
-==============  =======  ==========================  ===================  ===========================
-library         wheel    installed / dependencies    mask per token (us)  schema set (24) compiles
-==============  =======  ==========================  ===================  ===========================
-llguidance      3.1 MB   7.6 MB, none                see RESULTS          24/24
-xgrammar 0.2.9  1.3 MB   3.9 MB + tvm-ffi 13 MB,     see RESULTS          see RESULTS
-                         torch, transformers, triton
-outlines-core   2.3 MB   5.3 MB, none                see RESULTS          see RESULTS
-==============  =======  ==========================  ===================  ===========================
+====================  =======================================  ========  ==============  =================
+library               installed size, dependencies             schemas   compile ms      mask us/token
+                                                               accepted  (median / max)  (median / p95)
+====================  =======================================  ========  ==============  =================
+llguidance 1.9.1      7.6 MB, none                             24/24     0.3 / 0.5       10 / 135
+xgrammar 0.2.9        3.9 MB + tvm-ffi 13 MB; torch,           24/24     0.3 / 2.7       1 / 9
+                      transformers, triton required
+outlines-core 0.2.14  5.3 MB, none                             23/24     1.4 / 35        0 / 48
+====================  =======================================  ========  ==============  =================
 
-llguidance needs no torch (the llama.cpp-only install stays light), compiles lazily (no
-per-schema index build over the vocabulary, which is what makes outlines-core's first token
-slow), takes Lark grammars (and GBNF through ``llguidance.gbnf_to_lark``) and is what
-llama.cpp itself links for ``%llguidance`` grammars.
+End to end on the tiny LLaMA (32k vocabulary) the mask costs +0.06 ms/token on llama.cpp
+(0.43 -> 0.49 ms) and is within noise on transformers. All three are fast enough; llguidance
+is correct on the whole set, needs no torch (the llama.cpp-only install stays light), compiles
+lazily (no per-schema index over the vocabulary, which makes outlines-core's start slow), takes
+Lark grammars (and GBNF through ``llguidance.gbnf_to_lark``) and is what llama.cpp itself
+links for ``%llguidance`` grammars.
 """
 
 from __future__ import annotations
