@@ -168,15 +168,26 @@ class Model(ABC):
         return self._detokenize([token_id]).encode("utf-8")
 
     def _vocab_bytes(self) -> list[bytes]:
-        """Every token id's bytes (index = id), for structured output's token masks: by default
-        ``_token_bytes`` of each id; control tokens (BOS/EOS, ...) give ``b""``. Engines whose
-        single-token text loses bytes (a sentencepiece piece's leading space) override
-        ``_token_bytes`` or this."""
+        """Every token id's bytes (index = id), for structured output's token masks; control
+        tokens (BOS/EOS, ...) give ``b""`` (never allowed but as EOS). Engines with exact pieces
+        (llama.cpp, the HF LLaMA engine) override ``_token_bytes`` and give those. Otherwise a
+        token's bytes are what it adds after a plain prefix (``"a"``): a sentencepiece piece's
+        leading space survives, which its text alone (``_detokenize([id])``) drops; a token
+        whose text there is not whole UTF-8 (a lone byte) gives ``b""``."""
         vocab = self.vocab_size
         if vocab is None:
             raise InvalidParameterError("structured output needs the model's vocabulary size", where="json_schema")
         special = set(self._special_tokens().values()) | set(self.eos_token_ids)
-        return [b"" if i in special else self._token_bytes(i) for i in range(vocab)]
+        if type(self)._token_bytes is not Model._token_bytes:
+            return [b"" if i in special else self._token_bytes(i) for i in range(vocab)]
+        prefix = self._plain_ids("a")
+        base = self._detokenize(prefix)
+        out = []
+        for i in range(vocab):
+            text = "" if i in special else self._detokenize([*prefix, i])
+            piece = text[len(base):] if text.startswith(base) else ""
+            out.append(b"" if "\ufffd" in piece else piece.encode("utf-8"))
+        return out
 
     def _hidden_states(self, ids: list[int]) -> npt.NDArray[np.float32]:
         """Hook for :meth:`embed`: the last hidden states of ``ids`` (shape ``(len(ids), dim)``,
