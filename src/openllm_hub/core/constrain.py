@@ -59,6 +59,14 @@ _FIX_SCHEMA = ("give a JSON schema llguidance supports (types, properties/requir
 def grammar_text(config: GenerationConfig) -> str | None:
     """The llguidance grammar of ``config``'s constraint, None when it has none. Raises
     :class:`InvalidParameterError` naming the field when it is not valid."""
+    if not config.constrained:
+        return None
+    try:
+        import llguidance  # noqa: F401 - the optional extra 'structured'
+    except ImportError:
+        raise InvalidParameterError("structured output (json_schema, json_object, grammar) needs llguidance, "
+                                    "which is not installed", where="json_schema",
+                                    fix="pip install 'openllm-hub[structured]'") from None
     field, grammar = _grammar(config)
     if grammar is None:
         return None
