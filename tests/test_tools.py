@@ -17,7 +17,6 @@ import pytest
 import openllm_hub
 from openllm_hub.core.chat import get_template, render_pieces, validate_messages
 from openllm_hub.core.chat_jinja import JinjaTemplate
-from openllm_hub.core.config import GenerationConfig
 from openllm_hub.core.model import Model
 from openllm_hub.core.tool_calls import (
     ToolCallStream,
@@ -321,11 +320,6 @@ def test_model_refuses_bad_tool_requests(model: Model) -> None:
     with pytest.raises(InvalidParameterError) as e:
         model.chat(question, tools=TOOLS, tool_choice={"type": "function", "function": {"name": "nope"}})
     assert e.value.where == "tool_choice"
-    if "json_schema" not in GenerationConfig.model_fields:  # constrained calls: tests/test_tools_constrained.py
-        for choice in ("required", {"type": "function", "function": {"name": "get_time"}}):
-            with pytest.raises(InvalidParameterError, match="not supported yet") as e:
-                model.chat(question, tools=TOOLS, tool_choice=choice)
-            assert e.value.where == "tool_choice"
 
 
 def test_calls_reach_the_completion_and_chunks() -> None:

@@ -22,7 +22,6 @@ from openai.lib.streaming.chat import ChatCompletionStreamState
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 import openllm_hub
-from openllm_hub.core.config import GenerationConfig
 from openllm_hub.core.model import Model, Usage
 from openllm_hub.core.tool_calls import ToolCallStream
 from openllm_hub.server import create_app
@@ -107,10 +106,6 @@ def test_bad_tools_are_400s_naming_the_field(client: openai.OpenAI) -> None:
     assert "tool message must follow" in body["message"]
     body = _bad(client, tools=TOOLS, parallel_tool_calls=False)
     assert body["param"] == "parallel_tool_calls"
-    if "json_schema" not in GenerationConfig.model_fields:  # constrained: tests/test_tools_constrained.py
-        for choice in ("required", {"type": "function", "function": {"name": "get_time"}}):
-            body = _bad(client, tools=TOOLS, tool_choice=choice)
-            assert body["param"] == "tool_choice" and "not supported yet" in body["message"]
 
 
 # ---- the OpenAI shapes of calls --------------------------------------------------------------------

@@ -322,8 +322,10 @@ class Batch:
         checked as ``Model.stream`` checks it; ``tag`` is handed back with its chunks' keys by
         :meth:`tag`. Raises when every slot is taken."""
         self.model._check_open()
+        from openllm_hub.core.constrain import bind
+
         ids = list(prompt_ids)
-        config = config.with_seed()
+        config = bind(config.with_seed(), self.model)
         self.model._check_prompt(ids)
         if self.slots is not None and len(self._seqs) >= self.slots:
             from openllm_hub.errors import InvalidParameterError

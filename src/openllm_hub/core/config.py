@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
 from openllm_hub.errors import InvalidParameterError
 
@@ -28,6 +28,11 @@ class GenerationConfig(BaseModel):
     seed: int | None = Field(None, ge=0, lt=2**32, description="None = a fresh random seed per call")
     logprobs: bool = Field(False, description="report each generated token's log-probability (raw logits)")
     top_logprobs: int = Field(0, ge=0, le=20, description="also the most likely tokens at each position (0..20)")
+    json_schema: dict[str, Any] | None = Field(None, description="the answer is JSON valid for this JSON schema")
+    grammar: str | None = Field(None, description="the answer follows this Lark (llguidance) or GBNF grammar")
+    json_object: bool = Field(False, description="the answer is one JSON object (any)")
+    #: the constraint compiled for one model (openllm_hub.core.constrain.bind); not a parameter
+    _constraint: Any = PrivateAttr(None)
 
     @field_validator("stop", mode="before")
     @classmethod
@@ -53,6 +58,11 @@ class GenerationConfig(BaseModel):
     def wants_logprobs(self) -> bool:
         """Tokens are scored (see :mod:`openllm_hub.core.logprobs`): ``logprobs`` or ``top_logprobs > 0``."""
         return self.logprobs or self.top_logprobs > 0
+
+    @property
+    def constrained(self) -> bool:
+        """The answer is constrained (see :mod:`openllm_hub.core.constrain`)."""
+        return self.json_schema is not None or self.grammar is not None or self.json_object
 
     @classmethod
     def build(cls, base: GenerationConfig | None = None, **params: Any) -> GenerationConfig:

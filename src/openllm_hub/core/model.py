@@ -172,6 +172,28 @@ class Model(ABC):
         engines with a byte vocabulary (llama.cpp) give the piece's exact bytes."""
         return self._detokenize([token_id]).encode("utf-8")
 
+    def _vocab_bytes(self) -> list[bytes]:
+        """Every token id's bytes (index = id), for structured output's token masks; control
+        tokens (BOS/EOS, ...) give ``b""`` (never allowed but as EOS). Engines with exact pieces
+        (llama.cpp, the HF LLaMA engine) override ``_token_bytes`` and give those. Otherwise a
+        token's bytes are what it adds after a plain prefix (``"a"``): a sentencepiece piece's
+        leading space survives, which its text alone (``_detokenize([id])``) drops; a token
+        whose text there is not whole UTF-8 (a lone byte) gives ``b""``."""
+        vocab = self.vocab_size
+        if vocab is None:
+            raise InvalidParameterError("structured output needs the model's vocabulary size", where="json_schema")
+        special = set(self._special_tokens().values()) | set(self.eos_token_ids)
+        if type(self)._token_bytes is not Model._token_bytes:
+            return [b"" if i in special else self._token_bytes(i) for i in range(vocab)]
+        prefix = self._plain_ids("a")
+        base = self._detokenize(prefix)
+        out = []
+        for i in range(vocab):
+            text = "" if i in special else self._detokenize([*prefix, i])
+            piece = text[len(base):] if text.startswith(base) else ""
+            out.append(b"" if "\ufffd" in piece else piece.encode("utf-8"))
+        return out
+
     def _hidden_states(self, ids: list[int]) -> npt.NDArray[np.float32]:
         """Hook for :meth:`embed`: the last hidden states of ``ids`` (shape ``(len(ids), dim)``,
         after the final norm, the vectors the output layer reads). The ids are already
@@ -340,10 +362,6 @@ class Model(ABC):
                                             "leave tools out")
         if mode == "auto":
             return checked, None if tpl.tool_format is None else ToolCallStream(tpl.tool_format), None
-        if "json_schema" not in GenerationConfig.model_fields:
-            raise InvalidParameterError(f"tool_choice {tool_choice!r} is not supported yet: it needs constrained "
-                                        "generation (GenerationConfig.json_schema)", where="tool_choice",
-                                        fix="use tool_choice 'auto'")
         fmt = tpl.tool_format or "hermes"
         return checked, ToolCallStream(fmt, constrained=True), call_schema(checked, fmt, name)
 
@@ -501,7 +519,9 @@ class Model(ABC):
             )
 
     def _stream_ids(self, prompt_ids: list[int], config: GenerationConfig) -> Iterator[Chunk]:
-        config = config.with_seed()
+        from openllm_hub.core.constrain import bind
+
+        config = bind(config.with_seed(), self)
         self._check_prompt(prompt_ids)
         return PreparedStream(self._run(prompt_ids, config), prompt_ids, config)
 

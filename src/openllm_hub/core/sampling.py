@@ -2,7 +2,9 @@
 
 Works on numpy arrays (an engine on torch passes ``logits.float().numpy()``), so plugins get
 identical behaviour for identical parameters. The order follows llama.cpp's classic chain:
-repetition penalty over a window, top-k, top-p, temperature, then a draw.
+repetition penalty over a window, top-k, top-p, temperature, then a draw. A structured-output
+constraint (:mod:`openllm_hub.core.constrain`) masks the row first: the one place every
+torch/numpy engine applies it.
 """
 
 from __future__ import annotations
@@ -40,14 +42,26 @@ class Sampler:
     def __init__(self, config: GenerationConfig) -> None:
         import numpy as np
 
+        from openllm_hub.core.constrain import mask_for
+
         self.config = config
         self._rng = np.random.default_rng(config.seed)
+        self._mask = mask_for(config)
 
     def __call__(self, logits: npt.NDArray[np.float32], history: Sequence[int]) -> int:
+        token = self._draw(logits, history)
+        if self._mask is not None:
+            self._mask.advance(token)
+        return token
+
+    def _draw(self, logits: npt.NDArray[np.float32], history: Sequence[int]) -> int:
         import numpy as np
 
         c = self.config
         row = np.asarray(logits, dtype=np.float32).reshape(-1)
+        if self._mask is not None:
+            row = row.copy()  # the engine's row stays raw (logprobs read it)
+            self._mask.apply(row)
         row = apply_repeat_penalty(row, history, c.repeat_penalty, c.repeat_last_n)
         if c.greedy:
             return int(np.argmax(row))

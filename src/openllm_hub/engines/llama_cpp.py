@@ -452,7 +452,10 @@ class LlamaCppModel(Model):
             # As llama.cpp's CLI does: the prompt counts toward the penalty window too.
             for t in prompt_ids[-config.repeat_last_n:]:
                 s.accept(t)
-        return s
+        from openllm_hub.core.constrain import mask_for
+
+        mask = mask_for(config)
+        return s if mask is None else _MaskedSampler(s, mask, self._n_vocab)
 
     def _evaluate_prompt(self, prompt_ids: list[int]) -> None:
         """Bring the context to ``prompt_ids``, reusing the cached prefix of the last call or a
@@ -678,6 +681,30 @@ class LlamaCppModel(Model):
 
 
 # ---- loading ---------------------------------------------------------------------------------
+class _MaskedSampler:
+    """llama.cpp's sampler chain behind a structured-output mask: the context's logits row is
+    masked in place (disallowed ids -inf) before the chain samples it, then the grammar
+    consumes the drawn id. Callers read their raw row (logprobs) before ``sample``."""
+
+    def __init__(self, chain: Any, mask: Any, n_vocab: int) -> None:
+        self._chain, self._mask, self._n_vocab = chain, mask, n_vocab
+
+    def sample(self, ctx: Any, index: int) -> int:
+        import numpy as np
+
+        row = np.ctypeslib.as_array(ctx.get_logits_ith(index), shape=(self._n_vocab,))
+        self._mask.apply(row)
+        token = int(self._chain.sample(ctx, index))
+        self._mask.advance(token)
+        return token
+
+    def accept(self, token: int) -> None:
+        self._chain.accept(token)
+
+    def close(self) -> None:
+        self._chain.close()
+
+
 def _gpu_layers(req: LoadRequest[Any], meta: dict[str, Any], arch: str, n_ctx: int, kv_type: str) -> tuple[int, str]:
     """llama.cpp's ``n_gpu_layers`` for this placement, and a note saying why."""
     p = req.placement

@@ -4,7 +4,8 @@ Requests reject unknown fields by name (OpenAI does the same), accept the fields
 OpenAI client sends, and refuse, with a clear 400, the ones this server cannot honour
 (``n > 1``, penalties other than 0, ...). ``logprobs`` come in OpenAI's two shapes:
 chat's ``choices[].logprobs.content[]`` and the legacy completions' parallel lists
-(``tokens``, ``token_logprobs``, ``top_logprobs``, ``text_offset``). Three llama.cpp-style
+(``tokens``, ``token_logprobs``, ``top_logprobs``, ``text_offset``). ``response_format``
+(``json_object``, ``json_schema``) constrains the answer, on completions too. Three llama.cpp-style
 extensions are accepted: ``top_k``, ``repeat_penalty`` and ``chat_template`` (a template
 name). Responses are built from the models below, so the JSON always has OpenAI's keys.
 """
@@ -102,6 +103,8 @@ class CompletionRequest(RequestBase):
     echo: bool | None = None
     #: legacy form: the chosen token's logprob plus this many alternatives (OpenAI allows 5, this server 20)
     logprobs: int | None = None
+    #: OpenAI's structured output (also accepted on legacy completions, as vLLM and llama-server do)
+    response_format: dict[str, Any] | None = None
     best_of: int | None = Field(None, ge=1)
     suffix: str | None = None
 

@@ -53,12 +53,47 @@ def _top_logprobs(value: int, param: str) -> int:
     return value
 
 
+def response_format(value: dict[str, Any] | None) -> dict[str, Any]:
+    """OpenAI ``response_format`` as generation parameters: ``text`` (none), ``json_object``
+    (any JSON object), ``json_schema`` (``{"name", "schema", "strict"}``: the answer is valid for
+    ``schema``; it is always enforced, strict or not)."""
+    if value is None:
+        return {}
+    kind = value.get("type")
+    if kind == "text":
+        return {}
+    if kind == "json_object":
+        return {"json_object": True}
+    if kind == "json_schema":
+        spec = value.get("json_schema")
+        if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
+            raise invalid_request("response_format.json_schema must be an object with a name and a schema",
+                                  param="response_format.json_schema")
+        schema = spec.get("schema", {})
+        if not isinstance(schema, dict):
+            raise invalid_request("response_format.json_schema.schema must be a JSON schema object",
+                                  param="response_format.json_schema.schema")
+        return {"json_schema": schema}
+    raise invalid_request(f"response_format.type is {kind!r}; it must be 'text', 'json_object' or 'json_schema'",
+                          param="response_format.type")
+
+
+_CONSTRAINT_PARAMS = {"json_schema": "response_format.json_schema.schema", "json_object": "response_format"}
+
+
 def check_params(model: Model, params: dict[str, Any]) -> None:
-    """Validate the parameters now, as the model will (so errors are 400s before queueing)."""
+    """Validate the parameters now, as the model will (so errors are 400s before queueing);
+    a structured-output schema is compiled too (the error names response_format's field)."""
+    from openllm_hub.core.constrain import grammar_text
+
     try:
-        GenerationConfig.build(model.generation_defaults, **params)
+        config = GenerationConfig.build(model.generation_defaults, **params)
+        grammar_text(config)
     except OpenLLMHubError as exc:
-        raise from_exception(exc) from None
+        err = from_exception(exc)
+        if err.param in _CONSTRAINT_PARAMS and ("json_schema" in params or "json_object" in params):
+            err.param = _CONSTRAINT_PARAMS[err.param]
+        raise err from None
 
 
 def completion_params(model: Model, req: CompletionRequest, *, limit: int) -> tuple[str, dict[str, Any]]:
@@ -80,6 +115,7 @@ def completion_params(model: Model, req: CompletionRequest, *, limit: int) -> tu
     if req.logprobs is not None:  # legacy form: the chosen token's logprob and this many alternatives
         params["logprobs"] = True
         params["top_logprobs"] = _top_logprobs(req.logprobs, "logprobs")
+    params.update(response_format(req.response_format))
     check_params(model, params)
     return prompt, params
 
@@ -106,14 +142,13 @@ def chat_params(
     model: Model, req: ChatCompletionRequest, *, limit: int
 ) -> tuple[list[dict[str, Any]], str | None, dict[str, Any]]:
     """The messages, template name and generation parameters (with ``tools`` and ``tool_choice``
-    when given) of a ``/v1/chat/completions`` request."""
-    if req.response_format is not None and req.response_format.get("type") != "text":
-        raise _unsupported("response_format", "only plain text answers")
+    when given, and the ``response_format`` constraint) of a ``/v1/chat/completions`` request."""
     if req.max_tokens is not None and req.max_completion_tokens is not None \
             and req.max_tokens != req.max_completion_tokens:
         raise invalid_request("max_tokens and max_completion_tokens disagree", param="max_completion_tokens")
     max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
     params = _common(req, max_tokens, default_max=limit, limit=limit)
+    params.update(response_format(req.response_format))
     if req.top_logprobs is not None:
         if not req.logprobs:
             raise invalid_request("top_logprobs needs logprobs=true", param="top_logprobs")
