@@ -171,7 +171,9 @@ class RwkvModel(Model):
 
         def run() -> Iterator[int]:
             try:
-                yield from generate_tokens(step, prompt_ids, sample_config, prompt_chunk=max(1, len(prompt_ids)))
+                # logprobs score the raw logits (as Model.logits gives them), not the penalized row
+                yield from generate_tokens(step, prompt_ids, sample_config, prompt_chunk=max(1, len(prompt_ids)),
+                                           raw_logits=lambda: box["logits"].numpy())
             finally:
                 if plan is not None and "state" in box and len(box["fed"]) > len(prompt_ids):
                     # the state after the answer: the next turn continues from it if its ids agree
