@@ -105,3 +105,17 @@ def test_device_error_names_flags_not_storage_types(capsys: pytest.CaptureFixtur
     assert main(["info", "bigram-stories", "--device", "cuda"]) == 1
     err = capsys.readouterr().err
     assert "fix: use --device cpu (dtype fp32)" in err, err
+
+
+@pytest.mark.parametrize("args", [
+    ("run", "bigram-stories", "-p", "hi", "-n", "-5"),
+    ("run", "bigram-stories", "-p", "hi", "--temp", "nan"),
+    ("run", "bigram-stories", "-p", "hi", "-t", "100000"),
+    ("chat", "bigram-stories", "--temp", "nan"),
+    ("chat", "bigram-stories", "--top-p", "2"),
+])
+def test_bad_numbers_refused_before_anything_is_printed(args: tuple[str, ...]) -> None:
+    res = run_cli(*args, stdin="")  # chat: no turn at all, the parameters are still checked
+    assert res.returncode == 1 and res.stdout == "", res
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("openllm-hub: error: "), res.stderr

@@ -136,8 +136,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(f"{c_prompt}{prompt}{c_reset}", end="", flush=True)
         return launch(args.model, prompt, nproc=args.nproc, family=args.family, device=args.device,
                       threads=args.threads, dtype=args.dtype, params=generation_params(args), **options)
+    params = generation_params(args)  # checked before the model loads and the prompt is echoed
     with load_from_args(args) as model:
-        params = generation_params(args)
         if args.echo:
             print(f"{c_prompt}{prompt}{c_reset}", end="", flush=True)
         final = None
@@ -157,10 +157,11 @@ def cmd_chat(args: argparse.Namespace) -> int:
     from openllm_hub.repl import ChatSession, Repl
 
     system = read_text_file(args.system_file, what="--system-file") if args.system_file else args.system
+    params = generation_params(args)  # checked before the first turn
     with load_from_args(args) as model:
         template = args.template or model.default_chat_template
         model.chat_template(template)  # fail early on an unknown name
-        session = ChatSession(model, template, generation_params(args), system=system)
+        session = ChatSession(model, template, params, system=system)
         repl = Repl(session, interactive=sys.stdin.isatty(), colors=colors(args))
         repl.banner(Path(args.model).name or args.model)
         return repl.run()

@@ -171,8 +171,13 @@ def add_hidden_alias(p: argparse.ArgumentParser, flag: str, dest: str, **kwargs:
 
 
 def generation_params(args: argparse.Namespace) -> dict[str, Any]:
-    """The generation parameters given by arguments of :func:`add_generation_arguments`."""
-    return {k: getattr(args, k) for k in GENERATION_PARAMS if getattr(args, k, None) is not None}
+    """The generation parameters given by arguments of :func:`add_generation_arguments`, checked
+    now (``-n -5``, ``--temp nan``: one error before a model loads or a prompt is echoed)."""
+    from openllm_hub.core.config import GenerationConfig
+
+    params = {k: getattr(args, k) for k in GENERATION_PARAMS if getattr(args, k, None) is not None}
+    GenerationConfig.build(**params)
+    return params
 
 
 def colors(args: argparse.Namespace) -> tuple[str, str, str]:

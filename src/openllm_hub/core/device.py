@@ -55,6 +55,29 @@ def normalize_dtype(dtype: str | None) -> str | None:
     return d
 
 
+#: The most CPU threads any engine is given (with :func:`thread_limit`).
+MAX_THREADS = 1024
+
+
+def thread_limit() -> int:
+    """The most CPU threads an engine is given here: 4x this machine's hardware threads (at
+    least 64), at most :data:`MAX_THREADS`. More only oversubscribes the cores, and every
+    thread costs a stack and buffers: ``-t 100000`` exhausts memory inside llama.cpp (it
+    segfaults instead of failing cleanly) and makes torch's pools thrash."""
+    return min(MAX_THREADS, max(64, 4 * (os.cpu_count() or 1)))
+
+
+def check_threads(threads: int | None, where: str = "threads") -> None:
+    """Refuse a thread count outside 1..:func:`thread_limit`, for every engine."""
+    if threads is None:
+        return
+    limit = thread_limit()
+    if not 1 <= threads <= limit:
+        raise InvalidParameterError(
+            f"threads={threads} is out of range on this machine ({os.cpu_count()} hardware threads)",
+            where=where, fix=f"pass between 1 and {limit} threads (-t N)")
+
+
 def parse_device(
     spec: str | DeviceSpec = "auto", *, dtype: str | None = None, gpu_layers: int | None = None,
     threads: int | None = None,
@@ -79,8 +102,7 @@ def parse_device(
             base = DeviceSpec()
     if gpu_layers is not None and gpu_layers < -1:
         raise InvalidParameterError("gpu_layers must be -1 (all), 0 or more", where="device")
-    if threads is not None and threads < 1:
-        raise InvalidParameterError("threads must be at least 1", where="device")
+    check_threads(threads, where="device")
     return DeviceSpec(
         kind=base.kind,
         blas=base.blas,

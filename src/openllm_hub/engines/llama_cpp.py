@@ -32,7 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from openllm_hub.core.chat_jinja import check_template_metadata
 from openllm_hub.core.config import GenerationConfig
 from openllm_hub.core.detok import join_pieces
-from openllm_hub.core.device import DeviceSupport
+from openllm_hub.core.device import DeviceSupport, check_threads, thread_limit
 from openllm_hub.core.family import LoadRequest
 from openllm_hub.core.gguf_check import check_gguf, find_nonfinite, hparam
 from openllm_hub.core.logprobs import score
@@ -57,8 +57,6 @@ if TYPE_CHECKING:  # pragma: no cover
 #: hundred MiB; the CUDA context itself takes 300-500 MiB.
 GPU_RESERVE_MIB = 1024
 DEFAULT_MAX_CTX = 4096
-#: The most CPU threads llama.cpp is ever given (with :func:`thread_limit`).
-MAX_THREADS = 1024
 #: llama.cpp's context length is a 32-bit count.
 MAX_CTX = 2**31 - 1
 
@@ -722,25 +720,6 @@ def _gpu_layers(req: LoadRequest[Any], meta: dict[str, Any], arch: str, n_ctx: i
     n = plan_gpu_layers(req.path.stat().st_size, n_layers, gpu.free_mib,
                         _kv_bytes_per_layer(meta, arch, n_ctx, kv_type))
     return n, ("all layers fit" if n == -1 else f"{n} of {n_layers} layers fit in {gpu.free_mib} MiB free")
-
-
-def thread_limit() -> int:
-    """The most CPU threads llama.cpp is given here: 4x this machine's hardware threads (at
-    least 64), at most :data:`MAX_THREADS`. More only oversubscribes the cores, and every
-    thread costs a stack and buffers: ``-t 100000`` exhausts memory inside llama.cpp (it
-    segfaults instead of failing cleanly)."""
-    return min(MAX_THREADS, max(64, 4 * (os.cpu_count() or 1)))
-
-
-def check_threads(threads: int | None, where: str = "threads") -> None:
-    """Refuse a thread count llama.cpp cannot be given (see :func:`thread_limit`)."""
-    if threads is None:
-        return
-    limit = thread_limit()
-    if not 1 <= threads <= limit:
-        raise InvalidParameterError(
-            f"threads={threads} is out of range for llama.cpp on this machine ({os.cpu_count()} hardware threads)",
-            where=where, fix=f"pass between 1 and {limit} threads (-t N)")
 
 
 def _check_context(req: LoadRequest[Any], layout_meta: Mapping[str, Any], arch: str, n_ctx: int, kv_type: str,

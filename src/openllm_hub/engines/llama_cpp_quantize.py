@@ -53,7 +53,8 @@ def quantize_gguf(req: QuantizeRequest) -> None:
     """Write ``req.src`` quantized with ``req.scheme`` to ``req.dst`` (a temporary path)."""
     import llama_cpp
 
-    from openllm_hub.engines.llama_cpp import capture_log, check_threads, ftype_names, log_error
+    from openllm_hub.core.device import check_threads
+    from openllm_hub.engines.llama_cpp import capture_log, ftype_names, log_error
 
     if req.scheme not in QUANT_FTYPES:  # the core checks too; this guards direct callers
         raise InvalidParameterError(f"unknown quantization type {req.scheme!r}", where="quantize",
