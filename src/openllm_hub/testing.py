@@ -530,6 +530,80 @@ def check_batch_join_and_cancel(model: Model, prompts: tuple[str, ...] | list[st
     assert cancelled == single[1].token_ids[: len(cancelled)], "the cancelled sequence was corrupted before it left"
 
 
-__all__ = ["COMMON_SPECIALS", "Completion", "ModelConformance", "break_checkpoint", "check_batch_equals_single",
-           "check_batch_join_and_cancel",
-           "check_chat_special_tokens_stay_text", "check_verify_catches_broken_conversion", "run_conformance"]
+
+# ---- stricter batch checks for engines with a batched decoder -------------------------------------
+#: The sampling parameters of :func:`check_sampled_batch_matches_single_runs` (seeds 7, 8, ...).
+SAMPLED = {"max_new_tokens": 12, "temperature": 0.9, "top_k": 40, "top_p": 0.95, "repeat_penalty": 1.1}
+
+
+def check_greedy_batch_matches_single_runs(model: Model, prompts: list[str], greedy: dict[str, Any],
+                                           slots: tuple[int | None, ...] = (None, 3)) -> None:
+    """A greedy batch of prompts of different lengths (``greedy`` parameters, 12, 13, ... new
+    tokens) gives exactly the single runs, with each slot limit in ``slots``."""
+    assert len({len(model.tokenize(p)) for p in prompts}) >= min(6, len(prompts)), "prompts of one length"
+    params = [{**greedy, "max_new_tokens": 12 + i} for i in range(len(prompts))]
+    single = [model.generate(p, **kw) for p, kw in zip(prompts, params)]
+    for limit in slots:
+        batch = model.generate_batch(prompts, params, slots=limit)
+        for i, (a, b) in enumerate(zip(single, batch)):
+            assert b.token_ids == a.token_ids and b.text == a.text, f"slots={limit}, prompt {i}"
+            assert b.usage == a.usage and b.finish_reason == a.finish_reason
+
+
+def check_sampled_batch_matches_single_runs(model: Model, prompts: list[str]) -> None:
+    """Same seeds, same samplers: a sampled batch draws what the single runs draw (where the
+    engine's batch arithmetic differs only in the last bits, as on fp32 models)."""
+    params = [{**SAMPLED, "seed": 7 + i} for i in range(len(prompts))]
+    single = [model.generate(p, **kw) for p, kw in zip(prompts, params)]
+    batch = model.generate_batch(prompts, params)
+    assert [b.token_ids for b in batch] == [a.token_ids for a in single]
+
+
+def check_joins_and_cancels_leave_the_others_unchanged(model: Model, prompts: list[str],
+                                                       greedy: dict[str, Any]) -> None:
+    """Eight greedy sequences: three start, five join at step 3, two (1 and 4) are cancelled at
+    step 5; the others give exactly their single runs and the cancelled ones a prefix of theirs."""
+    assert len(prompts) == 8
+    kw = {**greedy, "max_new_tokens": 16}
+    single = [model.generate(p, **kw) for p in prompts]
+    ids = [model.tokenize(p) for p in prompts]
+    got: dict[int, list[int]] = {}
+
+    def config() -> GenerationConfig:
+        return GenerationConfig.build(model.generation_defaults, **kw).with_seed()
+
+    with model.new_batch(8) as batch:
+        keys = {batch.add(ids[i], config()): i for i in range(3)}
+        for step in range(40):
+            if step == 3:
+                keys.update({batch.add(ids[i], config()): i for i in range(3, 8)})
+            if step == 5:
+                batch.cancel(next(k for k, i in keys.items() if i == 1))
+                batch.cancel(next(k for k, i in keys.items() if i == 4))
+            for key, event in batch.step():
+                assert not isinstance(event, BaseException)
+                got.setdefault(keys[key], []).extend(event.token_ids)
+            if not batch.running:
+                break
+        assert not batch.running
+    for i in range(8):
+        if i in (1, 4):
+            assert tuple(got.get(i, [])) == single[i].token_ids[: len(got.get(i, []))]
+        else:
+            assert tuple(got[i]) == single[i].token_ids, f"prompt {i}"
+
+__all__ = [
+    "COMMON_SPECIALS",
+    "SAMPLED",
+    "Completion",
+    "ModelConformance",
+    "break_checkpoint",
+    "check_batch_equals_single",
+    "check_batch_join_and_cancel",
+    "check_chat_special_tokens_stay_text",
+    "check_greedy_batch_matches_single_runs",
+    "check_joins_and_cancels_leave_the_others_unchanged",
+    "check_sampled_batch_matches_single_runs",
+    "check_verify_catches_broken_conversion",
+    "run_conformance",
+]

@@ -18,7 +18,13 @@ from openllm_hub_llama.engine_hf import HFBatchDecoder, HFModel
 import openllm_hub
 from openllm_hub.core.config import GenerationConfig
 from openllm_hub.core.model import Model
-from openllm_hub.testing import check_batch_equals_single, check_batch_join_and_cancel
+from openllm_hub.testing import (
+    check_batch_equals_single,
+    check_batch_join_and_cancel,
+    check_greedy_batch_matches_single_runs,
+    check_joins_and_cancels_leave_the_others_unchanged,
+    check_sampled_batch_matches_single_runs,
+)
 
 #: Logits of a row decoded in a batch against the same row of the single run, relative to the
 #: row's range. Prompt rows are read alone (exactly equal); decoded rows come from matrix
@@ -112,48 +118,16 @@ def test_logits_in_a_batch_equal_alone(model: HFModel) -> None:
 
 
 def test_greedy_batch_of_8_equals_single_runs(model: Model) -> None:
-    assert len({len(model.tokenize(p)) for p in PROMPTS}) >= 6
-    single = [model.generate(p, **_greedy(12 + i)) for i, p in enumerate(PROMPTS)]
-    params = [_greedy(12 + i) for i in range(len(PROMPTS))]
-    for slots in (None, 3):
-        batch = model.generate_batch(PROMPTS, params, slots=slots)
-        for i, (a, b) in enumerate(zip(single, batch)):
-            assert b.token_ids == a.token_ids and b.text == a.text, f"slots={slots}, prompt {i}"
-            assert b.usage == a.usage and b.finish_reason == a.finish_reason
+    check_greedy_batch_matches_single_runs(model, PROMPTS, _greedy(), slots=(None, 3))
 
 
 def test_sampled_batch_equals_single_runs(model: Model) -> None:
     """Same seed, same core Sampler: on this fp32 model the batch's last-bit differences move no draw."""
-    params = [{"max_new_tokens": 12, "temperature": 0.9, "top_k": 40, "top_p": 0.95, "repeat_penalty": 1.1,
-               "seed": 7 + i} for i in range(len(PROMPTS))]
-    single = [model.generate(p, **kw) for p, kw in zip(PROMPTS, params)]
-    batch = model.generate_batch(PROMPTS, params)
-    assert [b.token_ids for b in batch] == [a.token_ids for a in single]
+    check_sampled_batch_matches_single_runs(model, PROMPTS)
 
 
 def test_join_and_cancel_mid_batch_leave_the_others_unchanged(model: Model) -> None:
-    single = [model.generate(p, **_greedy(16)) for p in PROMPTS]
-    ids = [model.tokenize(p) for p in PROMPTS]
-    got: dict[int, list[int]] = {}
-    with model.new_batch(8) as batch:
-        keys = {batch.add(ids[i], _config(model, **_greedy(16))): i for i in range(3)}
-        for step in range(40):
-            if step == 3:
-                keys.update({batch.add(ids[i], _config(model, **_greedy(16))): i for i in range(3, 8)})
-            if step == 5:
-                batch.cancel(next(k for k, i in keys.items() if i == 1))
-                batch.cancel(next(k for k, i in keys.items() if i == 4))
-            for key, event in batch.step():
-                assert not isinstance(event, BaseException)
-                got.setdefault(keys[key], []).extend(event.token_ids)
-            if not batch.running:
-                break
-        assert not batch.running
-    for i in range(8):
-        if i in (1, 4):
-            assert tuple(got.get(i, [])) == single[i].token_ids[: len(got.get(i, []))]
-        else:
-            assert tuple(got[i]) == single[i].token_ids, f"prompt {i}"
+    check_joins_and_cancels_leave_the_others_unchanged(model, PROMPTS, _greedy())
 
 
 def test_logprobs_in_a_batch_equal_alone(model: Model) -> None:
