@@ -398,6 +398,8 @@ def _glm_cases() -> Iterator[Case]:
     yield Case("vocab-count-zero", g, raw(lambda d, lay: put(d, lay.kv[tok].value_pos + 4, "<Q", 0)))
     yield Case("vocab-one-token", g, tokens(lambda t: t[:1]))
     yield Case("vocab-of-integers", g, tokens(lambda t: list(range(len(t))), "INT32"))
+    # two ids with one spelling: llama.cpp's vocabulary loader aborts the process on it
+    yield Case("vocab-spelling-twice", g, tokens(lambda t: [*t[:-1], t[-2]]), cli=("run",), match="both spelled")
     yield Case("vocab-scores-short", g,
                edit_kv(tokenizer__ggml__scores=([0.0] * 10, gguf.GGUFValueType.ARRAY, gguf.GGUFValueType.FLOAT32)))
     yield Case("vocab-token-types-out-of-range", g,
@@ -435,6 +437,8 @@ def _llama_cases() -> Iterator[Case]:
     yield Case("llama-block_count-513", ll, hp_raw("llama.block_count", 513), cli=("run",))
     yield Case("llama-head_count-0", ll, hp_raw("llama.attention.head_count", 0))
     yield Case("llama-vocab_size-mismatch", ll, hp_raw("llama.vocab_size", 31999))
+    yield Case("llama-vocab-spelling-twice", ll, tokens(lambda t: [t[0], t[0], *t[2:]]), cli=("run", "quantize"),
+               match="both spelled")
     yield Case("llama-missing-attn_k", ll, drop("blk.1.attn_k.weight"), cli=("quantize",))
     yield Case("llama-vocab-missing", ll, edit_kv(tokenizer__ggml__tokens=DROP, tokenizer__ggml__scores=DROP,
                                                   tokenizer__ggml__token_type=DROP), cli=("quantize",))

@@ -119,6 +119,8 @@ class GGUFLayout:
     data_start: int
     file_size: int
     by_name: dict[str, TensorInfo] = field(default_factory=dict, compare=False, repr=False)
+    #: the first spelling ``tokenizer.ggml.tokens`` holds twice: (first id, second id, spelling)
+    repeated_token: tuple[int, int, str] | None = None
 
     def __post_init__(self) -> None:
         self.by_name.update((t.name, t) for t in self.tensors)
@@ -171,8 +173,13 @@ class _Reader:
             raise self.fail(f"{what} is not valid UTF-8 (bytes {raw[:24]!r})") from None
 
 
+#: The vocabulary's spellings, which must be unique: llama.cpp maps each to its id and aborts
+#: the whole process (GGML_ASSERT in llama_vocab's loader) when two ids share one.
+_TOKENS_KEY = "tokenizer.ggml.tokens"
+
+
 def _read_value(r: _Reader, vtype: int, key: str, max_array: int, arrays: dict[str, tuple[int, int]],
-                ranges: dict[str, tuple[int, int]]) -> Any:
+                ranges: dict[str, tuple[int, int]], repeats: dict[str, tuple[int, int, str]]) -> Any:
     if vtype in _FIXED_FMT:
         return r.unpack(_FIXED_FMT[vtype], f"the value of {key!r}")
     if vtype == _STRING:
@@ -204,6 +211,8 @@ def _read_value(r: _Reader, vtype: int, key: str, max_array: int, arrays: dict[s
         if count > (r.size - r.pos) // 8:
             raise r.fail(f"GGUF header is truncated: array {key!r} claims {count} strings, "
                          f"the file has {r.size - r.pos} bytes left")
+        if key == _TOKENS_KEY:
+            return _read_tokens(r, key, count, max_array, repeats)
         items = [r.string(f"element {i} of {key!r}") for i in range(count)] if count <= max_array else None
         if items is None:
             for i in range(count):
@@ -212,6 +221,28 @@ def _read_value(r: _Reader, vtype: int, key: str, max_array: int, arrays: dict[s
             return {"__array_len__": count}
         return items
     raise r.fail(f"GGUF key {key!r} has unknown value type {vtype}")
+
+
+def _read_tokens(r: _Reader, key: str, count: int, max_array: int,
+                 repeats: dict[str, tuple[int, int, str]]) -> Any:
+    """The vocabulary's spellings, each read to find the first one held twice (``repeats``);
+    kept as a list only when short. An empty spelling is not compared: llama.cpp renames it
+    ``[EMPTY_<id>]``."""
+    seen: dict[bytes, int] = {}
+    items: list[str] = []
+    for i in range(count):
+        n = r.unpack("<Q", f"the length of element {i} of {key!r}")
+        raw = r.take(n, f"element {i} of {key!r}")
+        if count <= max_array:
+            try:
+                items.append(raw.decode("utf-8"))
+            except UnicodeDecodeError:
+                raise r.fail(f"element {i} of {key!r} is not valid UTF-8 (bytes {raw[:24]!r})") from None
+        if raw and key not in repeats:
+            first = seen.setdefault(raw, i)
+            if first != i:
+                repeats[key] = (first, i, raw.decode("utf-8", "replace"))
+    return items if count <= max_array else {"__array_len__": count}
 
 
 def read_gguf_layout(path: str | Path, *, max_array: int = 64) -> GGUFLayout:
@@ -255,6 +286,7 @@ def _read_layout(r: _Reader, max_array: int) -> GGUFLayout:
     arrays: dict[str, tuple[int, int]] = {}
     ranges: dict[str, tuple[int, int]] = {}
     types: dict[str, int] = {}
+    repeats: dict[str, tuple[int, int, str]] = {}
     for i in range(n_kv):
         key = r.string(f"key {i}")
         if not key:
@@ -263,7 +295,7 @@ def _read_layout(r: _Reader, max_array: int) -> GGUFLayout:
             raise r.fail(f"GGUF key {key!r} appears twice")
         vtype = r.unpack("<I", f"the type of {key!r}")
         types[key] = vtype
-        meta[key] = _read_value(r, vtype, key, max_array, arrays, ranges)
+        meta[key] = _read_value(r, vtype, key, max_array, arrays, ranges, repeats)
     alignment = DEFAULT_ALIGNMENT
     if "general.alignment" in meta:
         alignment = meta["general.alignment"]
@@ -306,7 +338,8 @@ def _read_layout(r: _Reader, max_array: int) -> GGUFLayout:
         tensors.append(TensorInfo(name, ne, ttype, offset, nbytes))
         expected = offset + _pad(nbytes, alignment)
     data_start = _pad(r.pos, alignment)
-    layout = GGUFLayout(r.path, version, meta, arrays, ranges, types, tuple(tensors), alignment, data_start, r.size)
+    layout = GGUFLayout(r.path, version, meta, arrays, ranges, types, tuple(tensors), alignment, data_start, r.size,
+                        repeated_token=repeats.get(_TOKENS_KEY))
     _check_data_extent(r, layout)
     return layout
 
@@ -474,6 +507,11 @@ def check_vocabulary(layout: GGUFLayout) -> int:
             if count != n or et not in want:
                 raise CorruptFileError(f"{key} has {count} entries ({_TYPE_NAMES.get(et, '?')}) for {n} tokens",
                                        where=path, fix=fix)
+    if layout.repeated_token is not None:
+        first, second, text = layout.repeated_token
+        raise CorruptFileError(f"tokens {first} and {second} of tokenizer.ggml.tokens are both spelled {text!r}; "
+                               "llama.cpp needs every spelling once (it would abort the process)", where=path,
+                               fix=fix)
     low, high = layout.ranges.get("tokenizer.ggml.token_type", (0, 0))
     if low < 0 or high > 6:
         raise CorruptFileError(f"tokenizer.ggml.token_type holds values outside 0..6 ({low}..{high})", where=path,
