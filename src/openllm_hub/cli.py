@@ -24,6 +24,7 @@ from openllm_hub.cli_args import (
     load_from_args,
     parse_options,
 )
+from openllm_hub.core.debug import DEBUG_ENV, debug_enabled
 from openllm_hub.core.io import read_text_file
 from openllm_hub.errors import InvalidParameterError, OpenLLMHubError
 
@@ -501,9 +502,9 @@ def _plugin_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    debug = "--debug" in argv or bool(os.environ.get("OPENLLM_HUB_DEBUG"))
+    debug = "--debug" in argv or debug_enabled()
     if debug:  # engines show their libraries' log (llama.cpp's) only then
-        os.environ["OPENLLM_HUB_DEBUG"] = "1"
+        os.environ[DEBUG_ENV] = "1"
     try:
         parser = build_parser()
         args = parser.parse_args(argv)

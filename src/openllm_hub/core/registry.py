@@ -23,6 +23,7 @@ import pluggy
 
 from openllm_hub.core import hookspecs
 from openllm_hub.core.chat import MODEL_TEMPLATE, ChatTemplate
+from openllm_hub.core.debug import debug_enabled
 from openllm_hub.core.family import Family, ModelName
 from openllm_hub.errors import InvalidParameterError, NotFoundError, PluginError
 
@@ -151,7 +152,7 @@ class Registry:
             self._check_templates(tpls)
         except Exception as exc:  # noqa: BLE001
             record.error = f"{type(exc).__name__}: {exc}"
-            record.error += "\n" + traceback.format_exc(limit=-3) if os.environ.get("OPENLLM_HUB_DEBUG") else ""
+            record.error += "\n" + traceback.format_exc(limit=-3) if debug_enabled() else ""
             self.pm.unregister(plugin)
             record.plugin = None
             return

@@ -4,8 +4,9 @@ Loading a checkpoint through transformers prints warnings (deprecations, generat
 notes), a load report (missing/unexpected keys) and a "Loading weights" bar on stderr, in
 front of the SDK's own one-line messages. Every call site that hands work to those libraries
 (LLaMA's transformers engine, LoRA training and merging, RWKV's transformers engine) wraps it
-in :func:`hf_quiet`, so stderr carries only what the SDK itself says. With ``--debug``
-(or ``OPENLLM_HUB_DEBUG`` set) nothing is silenced. The SDK's own progress bars
+in :func:`hf_quiet`, so stderr carries only what the SDK itself says. With ``OPENLLM_HUB_DEBUG``
+set (the CLI's ``--debug`` sets it; :func:`openllm_hub.core.debug.debug_enabled`) nothing is
+silenced. The SDK's own progress bars
 (:mod:`openllm_hub.core.progress`) are not affected.
 
 transformers is imported inside :func:`hf_quiet` only.
@@ -15,20 +16,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
-import sys
 import warnings
 from collections.abc import Iterator
 from typing import Any
 
+from openllm_hub.core.debug import debug_enabled
+
 #: the loggers of the libraries we call (their children inherit the level).
 _LOGGERS = ("transformers", "peft", "accelerate", "huggingface_hub", "safetensors", "torch.distributed")
-
-
-def debug_enabled() -> bool:
-    """Whether library output should be shown: ``OPENLLM_HUB_DEBUG`` is set, or the process
-    runs the CLI with ``--debug``."""
-    return bool(os.environ.get("OPENLLM_HUB_DEBUG")) or "--debug" in sys.argv[1:]
 
 
 @contextlib.contextmanager

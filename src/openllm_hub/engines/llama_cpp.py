@@ -31,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from openllm_hub.core.chat_jinja import check_template_metadata
 from openllm_hub.core.config import GenerationConfig
+from openllm_hub.core.debug import debug_enabled
 from openllm_hub.core.detok import join_pieces
 from openllm_hub.core.device import DeviceSupport, check_threads, thread_limit
 from openllm_hub.core.family import LoadRequest
@@ -168,11 +169,6 @@ _LOG_LOCK = threading.RLock()
 #: Open ``capture_log`` blocks, innermost last; llama.cpp's log goes to the innermost.
 _SINKS: list[list[str]] = []
 _COLLECTOR: Any = None
-
-
-def debug_enabled() -> bool:
-    """``OPENLLM_HUB_DEBUG`` is set (the CLI's ``--debug`` sets it): llama.cpp's log is shown."""
-    return os.environ.get("OPENLLM_HUB_DEBUG", "").strip().lower() not in ("", "0", "false", "no")
 
 
 def _collector() -> Any:
