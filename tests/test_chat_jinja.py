@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tiny_llama_files import gguf_with_chat_template, tiny_llama_files
 
 import openllm_hub
 from openllm_hub.core.chat import Special, Text, render_pieces
@@ -273,29 +274,10 @@ def test_raise_exception_text_reaches_the_caller() -> None:
 MISTRAL = (FIXTURES / "mistral-nemo-instruct-2407.jinja").read_text(encoding="utf-8")
 
 
-def _with_metadata(src: Path, dst: Path, template: str) -> Path:
-    """A copy of the GGUF ``src`` with ``tokenizer.chat_template`` set (gguf-py's metadata copier)."""
-    import gguf
-    from gguf.scripts.gguf_new_metadata import MetadataDetails, copy_with_new_metadata
-
-    reader = gguf.GGUFReader(src)
-    arch = reader.get_field(gguf.Keys.General.ARCHITECTURE)
-    assert arch is not None
-    writer = gguf.GGUFWriter(dst, arch=arch.contents(), endianess=reader.endianess)
-    copy_with_new_metadata(reader, writer, {gguf.Keys.Tokenizer.CHAT_TEMPLATE: MetadataDetails(
-        gguf.GGUFValueType.STRING, template)}, [])
-    return dst
-
-
 @pytest.fixture(scope="module")
 def llama_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    from openllm_hub_llama.convert_gguf import write_gguf
-    from openllm_hub_llama.tiny import fixture_tokenizer, make_tiny_hf
-
     base = tmp_path_factory.mktemp("jinja-llama")
-    hf = make_tiny_hf(base / "hf", tokenizer_model=fixture_tokenizer(), num_layers=1)
-    plain = base / "plain.gguf"
-    write_gguf(hf, plain, "f32")
+    hf, plain = tiny_llama_files(base, gguf_name="plain.gguf", num_layers=1)
     folders = {}
     for kind, files in (("hf-template", {"tokenizer_config.json": {"chat_template": MISTRAL}}),
                         ("hf-jinja-file", {"chat_template.jinja": MISTRAL}),
@@ -311,9 +293,9 @@ def llama_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
                 content = json.dumps({**cfg, **content})
             (folder / fname).write_text(content)
         folders[kind] = folder
-    return {"hf": hf, "plain": plain, "gguf": _with_metadata(plain, base / "templ.gguf", MISTRAL),
-            "broken": _with_metadata(plain, base / "broken.gguf", "{% for m in messages %}"),
-            "picky": _with_metadata(plain, base / "picky.gguf", PICKY),
+    return {"hf": hf, "plain": plain, "gguf": gguf_with_chat_template(plain, base / "templ.gguf", MISTRAL),
+            "broken": gguf_with_chat_template(plain, base / "broken.gguf", "{% for m in messages %}"),
+            "picky": gguf_with_chat_template(plain, base / "picky.gguf", PICKY),
             **folders}
 
 

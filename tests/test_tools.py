@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tiny_llama_files import gguf_with_chat_template, set_hf_chat_template, tiny_llama_files
 
 import openllm_hub
 from openllm_hub.core.chat import get_template, render_pieces, validate_messages
@@ -341,33 +342,12 @@ def test_calls_reach_the_completion_and_chunks() -> None:
 
 
 # ---- tiny LLaMA files (GGUF on llama.cpp, HF folder on transformers) carrying Qwen2.5's template ----
-def _with_template(src: Path, dst: Path, template: str) -> Path:
-    """A copy of the GGUF ``src`` with ``tokenizer.chat_template`` set (gguf-py's metadata copier)."""
-    import gguf
-    from gguf.scripts.gguf_new_metadata import MetadataDetails, copy_with_new_metadata
-
-    reader = gguf.GGUFReader(src)
-    arch = reader.get_field(gguf.Keys.General.ARCHITECTURE)
-    assert arch is not None
-    writer = gguf.GGUFWriter(dst, arch=arch.contents(), endianess=reader.endianess)
-    copy_with_new_metadata(reader, writer, {gguf.Keys.Tokenizer.CHAT_TEMPLATE: MetadataDetails(
-        gguf.GGUFValueType.STRING, template)}, [])
-    return dst
-
-
 @pytest.fixture(scope="module")
 def tool_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    from openllm_hub_llama.convert_gguf import write_gguf
-    from openllm_hub_llama.tiny import fixture_tokenizer, make_tiny_hf
-
     base = tmp_path_factory.mktemp("tools-llama")
-    hf = make_tiny_hf(base / "hf", tokenizer_model=fixture_tokenizer(), num_layers=1)
-    plain = base / "plain.gguf"
-    write_gguf(hf, plain, "f32")
-    cfg_path = hf / "tokenizer_config.json"
-    cfg = json.loads(cfg_path.read_text()) if cfg_path.exists() else {}
-    cfg_path.write_text(json.dumps({**cfg, "chat_template": QWEN}))
-    return {"gguf": _with_template(plain, base / "qwen-template.gguf", QWEN), "hf": hf}
+    hf, plain = tiny_llama_files(base, gguf_name="plain.gguf", num_layers=1)
+    set_hf_chat_template(hf, QWEN)
+    return {"gguf": gguf_with_chat_template(plain, base / "qwen-template.gguf", QWEN), "hf": hf}
 
 
 def test_tiny_gguf_and_hf_models_answer_with_tools(tool_files: dict[str, Path]) -> None:
