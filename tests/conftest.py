@@ -41,6 +41,6 @@ def bigram(bigram_path: Path) -> Iterator[object]:
 @pytest.fixture(scope="module")
 def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """A tiny random HF LLaMA folder (the real 32,000-piece tokenizer) and its f32 GGUF, once per module."""
-    from tiny_llama_files import tiny_llama_files
+    from template_models import tiny_llama_files
 
     return tiny_llama_files(tmp_path_factory.mktemp("tiny-llama"))

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tiny_llama_files import gguf_with_chat_template, tiny_llama_files
+from template_models import gguf_with_chat_template, hf_tokenizer_with_template, tiny_llama_files
 
 import openllm_hub
 from openllm_hub.core.chat import Special, Text, render_pieces
@@ -76,20 +76,6 @@ def _tool_conversation(name: str) -> list[dict[str, Any]]:
             {"role": "assistant", "content": "", "tool_calls": [call]}, result]
 
 
-def _hf_tokenizer(template: str, specials: dict[str, str]) -> Any:
-    """A transformers fast tokenizer built in memory (no download) with the special-token
-    strings of the model and its chat template."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {"<unk-x>": 0, **{tok: i + 1 for i, tok in enumerate(dict.fromkeys(specials.values()))}}
-    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk-x>"))
-    backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok = PreTrainedTokenizerFast(tokenizer_object=backend, **specials)
-    tok.chat_template = template
-    return tok
-
-
 def _reference(tok: Any, messages: list[dict[str, Any]], **kwargs: Any) -> str | type[Exception]:
     import jinja2
 
@@ -126,7 +112,7 @@ def _cases(name: str) -> Iterator[tuple[str, list[dict[str, Any]], dict[str, Any
 def test_published_templates_render_as_transformers(name: str) -> None:
     source = (FIXTURES / name).read_text(encoding="utf-8")
     specials = TEMPLATES[name]
-    tok = _hf_tokenizer(source, specials)
+    tok = hf_tokenizer_with_template(source, specials)
     ours = JinjaTemplate(source, dict(tok.special_tokens_map))
     compared = refused = 0
     for label, conv, kwargs in _cases(name):

@@ -13,7 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tiny_llama_files import gguf_with_chat_template, set_hf_chat_template, tiny_llama_files
+from template_models import (
+    gguf_with_chat_template,
+    hf_tokenizer_with_template,
+    set_hf_chat_template,
+    tiny_llama_files,
+)
 
 import openllm_hub
 from openllm_hub.core.chat import get_template, render_pieces, validate_messages
@@ -223,19 +228,6 @@ TOOL_TEMPLATES = {
 }
 
 
-def _hf_tokenizer(template: str, specials: dict[str, str]) -> Any:
-    """A transformers fast tokenizer built in memory (no download), as tests/test_chat_jinja.py does."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {"<unk-x>": 0, **{tok: i + 1 for i, tok in enumerate(dict.fromkeys(specials.values()))}}
-    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk-x>"))
-    backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok = PreTrainedTokenizerFast(tokenizer_object=backend, **specials)
-    tok.chat_template = template
-    return tok
-
-
 def _as_transformers_takes_them(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """transformers' documented shape: a call's arguments as an object, content "" not None."""
     out = []
@@ -254,7 +246,7 @@ def _as_transformers_takes_them(messages: list[dict[str, Any]]) -> list[dict[str
 def test_tools_render_as_transformers(name: str) -> None:
     source = (FIXTURES / name).read_text(encoding="utf-8")
     specials, spellings = TOOL_TEMPLATES[name]
-    tok = _hf_tokenizer(source, specials)
+    tok = hf_tokenizer_with_template(source, specials)
     tpl = JinjaTemplate(source, dict(tok.special_tokens_map)).chat_template(spellings)
     conversations = [[{"role": "user", "content": "Weather in Paris?"}], ROUND_TRIP,
                      [*ROUND_TRIP, {"role": "assistant", "content": "21 C."}, {"role": "user", "content": "Thanks"}]]

@@ -20,7 +20,7 @@ import jsonschema
 import openai
 import pytest
 from openai.lib.streaming.chat import ChatCompletionStreamState
-from tiny_llama_files import gguf_with_chat_template, set_hf_chat_template, tiny_llama_files
+from template_models import gguf_with_chat_template, set_hf_chat_template, tiny_llama_files
 
 import openllm_hub
 from openllm_hub.core.config import GenerationConfig

@@ -1,8 +1,11 @@
-"""Tiny random LLaMA files for the core tests: an HF folder, its f32 GGUF, chat templates set on them.
+"""Tiny models for the core tests whose tokenizer and chat template are set up for them.
+
+Tiny random LLaMA files (an HF folder, its f32 GGUF; random weights, the real 32,000-piece LLaMA
+tokenizer that ``openllm_hub_llama.tiny`` ships) with a chat template set on them, and an
+in-memory transformers tokenizer carrying a template (the reference renderer of template tests).
 
 Test-only scaffolding (not shipped in the wheel): tests/conftest.py puts this folder on sys.path,
-so a test module says ``from tiny_llama_files import ...``. The weights are random and the
-tokenizer is the real 32,000-piece LLaMA one that ``openllm_hub_llama.tiny`` ships.
+so a test module says ``from template_models import ...``.
 """
 
 from __future__ import annotations
@@ -45,3 +48,17 @@ def set_hf_chat_template(hf: Path, template: str) -> Path:
     cfg = json.loads(cfg_path.read_text()) if cfg_path.exists() else {}
     cfg_path.write_text(json.dumps({**cfg, "chat_template": template}))
     return hf
+
+
+def hf_tokenizer_with_template(template: str, specials: dict[str, str]) -> Any:
+    """A transformers fast tokenizer built in memory (no download) with the special-token
+    strings of the model and its chat template."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<unk-x>": 0, **{tok: i + 1 for i, tok in enumerate(dict.fromkeys(specials.values()))}}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk-x>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok = PreTrainedTokenizerFast(tokenizer_object=backend, **specials)
+    tok.chat_template = template
+    return tok
