@@ -1,11 +1,20 @@
-"""Shared fixtures for core tests: isolated config/cache folders and the example model."""
+"""Shared fixtures for core tests: isolated config/cache folders, the example model, a tiny LLaMA."""
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+#: Test-only helper modules (tiny model files, live servers, wrapped models) sit in tests/helpers/
+#: instead of in the installed package; pytest's importlib mode keeps that folder off sys.path, so put
+#: it there for the test modules (``from live_server import ...``). Parent conftests load first, so
+#: tests/server/conftest.py and every test module below tests/ can import them.
+HELPERS_DIR = str(Path(__file__).resolve().parent / "helpers")
+if HELPERS_DIR not in sys.path:
+    sys.path.insert(0, HELPERS_DIR)
 
 
 @pytest.fixture(autouse=True)
@@ -27,3 +36,11 @@ def bigram(bigram_path: Path) -> Iterator[object]:
 
     with openllm_hub.load(bigram_path, device="cpu") as m:
         yield m
+
+
+@pytest.fixture(scope="module")
+def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A tiny random HF LLaMA folder (the real 32,000-piece tokenizer) and its f32 GGUF, once per module."""
+    from template_models import tiny_llama_files
+
+    return tiny_llama_files(tmp_path_factory.mktemp("tiny-llama"))

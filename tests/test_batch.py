@@ -10,13 +10,14 @@ operation) driven through the same :class:`Batch`.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import pytest
+from wrapped_model import WrappedModel
 
 import openllm_hub
 from openllm_hub.core.batch import Batch, BatchDecoder, StepResult
@@ -37,24 +38,14 @@ def model() -> Iterator[Model]:
         yield m
 
 
-class Wrapped(Model):
+class Wrapped(WrappedModel):
     """The bigram model's real engine under another declaration (interleaving mode, faults)."""
 
     def __init__(self, inner: Model, *, fail_on: str | None = None, fail_after: int = 3) -> None:
-        super().__init__(inner.info, eos_token_ids=inner.eos_token_ids)
-        self.inner = inner
+        super().__init__(inner)
         self.fail_ids = inner.tokenize(fail_on) if fail_on is not None else None
         self.fail_after = fail_after
         self.order: list[int] = []  # the first prompt id of the sequence of each produced token
-
-    def _tokenize(self, text: str, add_special: bool) -> list[int]:
-        return self.inner._tokenize(text, add_special)
-
-    def _detokenize(self, ids: Sequence[int]) -> str:
-        return self.inner._detokenize(ids)
-
-    def _logits(self, ids: list[int]) -> npt.NDArray[np.float32]:
-        return self.inner._logits(ids)
 
     def _token_stream(self, prompt_ids: list[int], config: GenerationConfig) -> Iterator[int]:
         for n, token in enumerate(self.inner._token_stream(prompt_ids, config)):

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from template_models import gguf_with_chat_template, hf_tokenizer_with_template, tiny_llama_files
 
 import openllm_hub
 from openllm_hub.core.chat import Special, Text, render_pieces
@@ -75,20 +76,6 @@ def _tool_conversation(name: str) -> list[dict[str, Any]]:
             {"role": "assistant", "content": "", "tool_calls": [call]}, result]
 
 
-def _hf_tokenizer(template: str, specials: dict[str, str]) -> Any:
-    """A transformers fast tokenizer built in memory (no download) with the special-token
-    strings of the model and its chat template."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {"<unk-x>": 0, **{tok: i + 1 for i, tok in enumerate(dict.fromkeys(specials.values()))}}
-    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk-x>"))
-    backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok = PreTrainedTokenizerFast(tokenizer_object=backend, **specials)
-    tok.chat_template = template
-    return tok
-
-
 def _reference(tok: Any, messages: list[dict[str, Any]], **kwargs: Any) -> str | type[Exception]:
     import jinja2
 
@@ -125,7 +112,7 @@ def _cases(name: str) -> Iterator[tuple[str, list[dict[str, Any]], dict[str, Any
 def test_published_templates_render_as_transformers(name: str) -> None:
     source = (FIXTURES / name).read_text(encoding="utf-8")
     specials = TEMPLATES[name]
-    tok = _hf_tokenizer(source, specials)
+    tok = hf_tokenizer_with_template(source, specials)
     ours = JinjaTemplate(source, dict(tok.special_tokens_map))
     compared = refused = 0
     for label, conv, kwargs in _cases(name):
@@ -273,29 +260,10 @@ def test_raise_exception_text_reaches_the_caller() -> None:
 MISTRAL = (FIXTURES / "mistral-nemo-instruct-2407.jinja").read_text(encoding="utf-8")
 
 
-def _with_metadata(src: Path, dst: Path, template: str) -> Path:
-    """A copy of the GGUF ``src`` with ``tokenizer.chat_template`` set (gguf-py's metadata copier)."""
-    import gguf
-    from gguf.scripts.gguf_new_metadata import MetadataDetails, copy_with_new_metadata
-
-    reader = gguf.GGUFReader(src)
-    arch = reader.get_field(gguf.Keys.General.ARCHITECTURE)
-    assert arch is not None
-    writer = gguf.GGUFWriter(dst, arch=arch.contents(), endianess=reader.endianess)
-    copy_with_new_metadata(reader, writer, {gguf.Keys.Tokenizer.CHAT_TEMPLATE: MetadataDetails(
-        gguf.GGUFValueType.STRING, template)}, [])
-    return dst
-
-
 @pytest.fixture(scope="module")
 def llama_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    from openllm_hub_llama.convert_gguf import write_gguf
-    from openllm_hub_llama.tiny import fixture_tokenizer, make_tiny_hf
-
     base = tmp_path_factory.mktemp("jinja-llama")
-    hf = make_tiny_hf(base / "hf", tokenizer_model=fixture_tokenizer(), num_layers=1)
-    plain = base / "plain.gguf"
-    write_gguf(hf, plain, "f32")
+    hf, plain = tiny_llama_files(base, gguf_name="plain.gguf", num_layers=1)
     folders = {}
     for kind, files in (("hf-template", {"tokenizer_config.json": {"chat_template": MISTRAL}}),
                         ("hf-jinja-file", {"chat_template.jinja": MISTRAL}),
@@ -311,9 +279,9 @@ def llama_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
                 content = json.dumps({**cfg, **content})
             (folder / fname).write_text(content)
         folders[kind] = folder
-    return {"hf": hf, "plain": plain, "gguf": _with_metadata(plain, base / "templ.gguf", MISTRAL),
-            "broken": _with_metadata(plain, base / "broken.gguf", "{% for m in messages %}"),
-            "picky": _with_metadata(plain, base / "picky.gguf", PICKY),
+    return {"hf": hf, "plain": plain, "gguf": gguf_with_chat_template(plain, base / "templ.gguf", MISTRAL),
+            "broken": gguf_with_chat_template(plain, base / "broken.gguf", "{% for m in messages %}"),
+            "picky": gguf_with_chat_template(plain, base / "picky.gguf", PICKY),
             **folders}
 
 

@@ -27,18 +27,6 @@ TEXTS = ["Hello world", "a", "The quick brown fox jumps over the lazy dog. " * 6
 
 
 @pytest.fixture(scope="module")
-def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    from openllm_hub_llama.convert_gguf import write_gguf
-    from openllm_hub_llama.tiny import fixture_tokenizer, make_tiny_hf
-
-    base = tmp_path_factory.mktemp("tiny-llama")
-    hf = make_tiny_hf(base / "hf", tokenizer_model=fixture_tokenizer())
-    gguf = base / "tiny-f32.gguf"
-    write_gguf(hf, gguf, "f32")
-    return hf, gguf
-
-
-@pytest.fixture(scope="module")
 def transformers_mean(tiny_llama: tuple[Path, Path]) -> Iterator[object]:
     """``ids -> mean of LlamaModel's last_hidden_state`` on the tiny folder (fp32, CPU)."""
     import torch

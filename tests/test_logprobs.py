@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import pytest
+from wrapped_model import WrappedModel
 
 import openllm_hub
 from openllm_hub.core.config import GenerationConfig
@@ -31,19 +32,6 @@ from openllm_hub.core.model import Completion, Model
 from openllm_hub.errors import InvalidParameterError
 
 PROMPT = "Once upon a time"
-
-
-@pytest.fixture(scope="module")
-def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """A tiny random HF LLaMA folder (the real 32,000-piece tokenizer) and its f32 GGUF."""
-    from openllm_hub_llama.convert_gguf import write_gguf
-    from openllm_hub_llama.tiny import fixture_tokenizer, make_tiny_hf
-
-    base = tmp_path_factory.mktemp("tiny-llama")
-    hf = make_tiny_hf(base / "hf", tokenizer_model=fixture_tokenizer())
-    gguf = base / "tiny-f32.gguf"
-    write_gguf(hf, gguf, "f32")
-    return hf, gguf
 
 
 @pytest.fixture(scope="module", params=["bigram", "llama.cpp", "transformers"])
@@ -163,22 +151,9 @@ def test_bad_logprob_parameters_name_the_field(params: dict[str, Any], field: st
     assert GenerationConfig.build(top_logprobs=MAX_TOP_LOGPROBS).top_logprobs == MAX_TOP_LOGPROBS
 
 
-class UnscoredModel(Model):
+class UnscoredModel(WrappedModel):
     """The bigram model with its token stream reduced to plain ids: an engine whose own
     generation loop does not score tokens."""
-
-    def __init__(self, inner: Model) -> None:
-        super().__init__(inner.info, eos_token_ids=inner.eos_token_ids)
-        self.inner = inner
-
-    def _tokenize(self, text: str, add_special: bool) -> list[int]:
-        return self.inner._tokenize(text, add_special)
-
-    def _detokenize(self, ids: Sequence[int]) -> str:
-        return self.inner._detokenize(ids)
-
-    def _logits(self, ids: list[int]) -> npt.NDArray[np.float32]:
-        return self.inner._logits(ids)
 
     def _token_stream(self, prompt_ids: list[int], config: GenerationConfig) -> Iterator[int]:
         return (int(t) for t in self.inner._token_stream(prompt_ids, config))

@@ -94,17 +94,6 @@ def bigram() -> Iterator[Model]:
         yield m
 
 
-@pytest.fixture(scope="module")
-def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    from openllm_hub_llama.convert_gguf import write_gguf
-    from openllm_hub_llama.tiny import fixture_tokenizer, make_tiny_hf
-
-    base = tmp_path_factory.mktemp("tiny-llama")
-    hf = make_tiny_hf(base / "hf", tokenizer_model=fixture_tokenizer())
-    write_gguf(hf, base / "tiny.gguf", "f32")
-    return hf, base / "tiny.gguf"
-
-
 def test_schema_set_size() -> None:
     assert len(SCHEMAS) >= 20
 

@@ -13,6 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from template_models import (
+    gguf_with_chat_template,
+    hf_tokenizer_with_template,
+    set_hf_chat_template,
+    tiny_llama_files,
+)
 
 import openllm_hub
 from openllm_hub.core.chat import get_template, render_pieces, validate_messages
@@ -222,19 +228,6 @@ TOOL_TEMPLATES = {
 }
 
 
-def _hf_tokenizer(template: str, specials: dict[str, str]) -> Any:
-    """A transformers fast tokenizer built in memory (no download), as tests/test_chat_jinja.py does."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {"<unk-x>": 0, **{tok: i + 1 for i, tok in enumerate(dict.fromkeys(specials.values()))}}
-    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk-x>"))
-    backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok = PreTrainedTokenizerFast(tokenizer_object=backend, **specials)
-    tok.chat_template = template
-    return tok
-
-
 def _as_transformers_takes_them(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """transformers' documented shape: a call's arguments as an object, content "" not None."""
     out = []
@@ -253,7 +246,7 @@ def _as_transformers_takes_them(messages: list[dict[str, Any]]) -> list[dict[str
 def test_tools_render_as_transformers(name: str) -> None:
     source = (FIXTURES / name).read_text(encoding="utf-8")
     specials, spellings = TOOL_TEMPLATES[name]
-    tok = _hf_tokenizer(source, specials)
+    tok = hf_tokenizer_with_template(source, specials)
     tpl = JinjaTemplate(source, dict(tok.special_tokens_map)).chat_template(spellings)
     conversations = [[{"role": "user", "content": "Weather in Paris?"}], ROUND_TRIP,
                      [*ROUND_TRIP, {"role": "assistant", "content": "21 C."}, {"role": "user", "content": "Thanks"}]]
@@ -341,33 +334,12 @@ def test_calls_reach_the_completion_and_chunks() -> None:
 
 
 # ---- tiny LLaMA files (GGUF on llama.cpp, HF folder on transformers) carrying Qwen2.5's template ----
-def _with_template(src: Path, dst: Path, template: str) -> Path:
-    """A copy of the GGUF ``src`` with ``tokenizer.chat_template`` set (gguf-py's metadata copier)."""
-    import gguf
-    from gguf.scripts.gguf_new_metadata import MetadataDetails, copy_with_new_metadata
-
-    reader = gguf.GGUFReader(src)
-    arch = reader.get_field(gguf.Keys.General.ARCHITECTURE)
-    assert arch is not None
-    writer = gguf.GGUFWriter(dst, arch=arch.contents(), endianess=reader.endianess)
-    copy_with_new_metadata(reader, writer, {gguf.Keys.Tokenizer.CHAT_TEMPLATE: MetadataDetails(
-        gguf.GGUFValueType.STRING, template)}, [])
-    return dst
-
-
 @pytest.fixture(scope="module")
 def tool_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    from openllm_hub_llama.convert_gguf import write_gguf
-    from openllm_hub_llama.tiny import fixture_tokenizer, make_tiny_hf
-
     base = tmp_path_factory.mktemp("tools-llama")
-    hf = make_tiny_hf(base / "hf", tokenizer_model=fixture_tokenizer(), num_layers=1)
-    plain = base / "plain.gguf"
-    write_gguf(hf, plain, "f32")
-    cfg_path = hf / "tokenizer_config.json"
-    cfg = json.loads(cfg_path.read_text()) if cfg_path.exists() else {}
-    cfg_path.write_text(json.dumps({**cfg, "chat_template": QWEN}))
-    return {"gguf": _with_template(plain, base / "qwen-template.gguf", QWEN), "hf": hf}
+    hf, plain = tiny_llama_files(base, gguf_name="plain.gguf", num_layers=1)
+    set_hf_chat_template(hf, QWEN)
+    return {"gguf": gguf_with_chat_template(plain, base / "qwen-template.gguf", QWEN), "hf": hf}
 
 
 def test_tiny_gguf_and_hf_models_answer_with_tools(tool_files: dict[str, Path]) -> None:

@@ -20,6 +20,7 @@ import jsonschema
 import openai
 import pytest
 from openai.lib.streaming.chat import ChatCompletionStreamState
+from template_models import gguf_with_chat_template, set_hf_chat_template, tiny_llama_files
 
 import openllm_hub
 from openllm_hub.core.config import GenerationConfig
@@ -47,33 +48,13 @@ def test_the_structured_output_field_is_there() -> None:
     assert "json_schema" in GenerationConfig.model_fields
 
 
-def _with_template(src: Path, dst: Path, template: str) -> Path:
-    import gguf
-    from gguf.scripts.gguf_new_metadata import MetadataDetails, copy_with_new_metadata
-
-    reader = gguf.GGUFReader(src)
-    arch = reader.get_field(gguf.Keys.General.ARCHITECTURE)
-    assert arch is not None
-    writer = gguf.GGUFWriter(dst, arch=arch.contents(), endianess=reader.endianess)
-    copy_with_new_metadata(reader, writer, {gguf.Keys.Tokenizer.CHAT_TEMPLATE: MetadataDetails(
-        gguf.GGUFValueType.STRING, template)}, [])
-    return dst
-
-
 @pytest.fixture(scope="module")
 def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    from openllm_hub_llama.convert_gguf import write_gguf
-    from openllm_hub_llama.tiny import fixture_tokenizer, make_tiny_hf
-
     base = tmp_path_factory.mktemp("tools-constrained")
-    hf = make_tiny_hf(base / "hf", tokenizer_model=fixture_tokenizer(), num_layers=1)
-    plain = base / "plain.gguf"
-    write_gguf(hf, plain, "f32")
-    cfg_path = hf / "tokenizer_config.json"
-    cfg = json.loads(cfg_path.read_text()) if cfg_path.exists() else {}
-    cfg_path.write_text(json.dumps({**cfg, "chat_template": QWEN}))
-    return {"qwen-gguf": _with_template(plain, base / "qwen.gguf", QWEN), "qwen-hf": hf,
-            "llama32-gguf": _with_template(plain, base / "llama32.gguf", LLAMA32)}
+    hf, plain = tiny_llama_files(base, gguf_name="plain.gguf", num_layers=1)
+    set_hf_chat_template(hf, QWEN)
+    return {"qwen-gguf": gguf_with_chat_template(plain, base / "qwen.gguf", QWEN), "qwen-hf": hf,
+            "llama32-gguf": gguf_with_chat_template(plain, base / "llama32.gguf", LLAMA32)}
 
 
 def _check_call(calls: Any, name: str | None) -> None:

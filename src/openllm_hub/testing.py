@@ -18,12 +18,18 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from openllm_hub.core.chat import Special
 from openllm_hub.core.config import GenerationConfig
 from openllm_hub.core.model import Completion, Model
 from openllm_hub.errors import InvalidParameterError, ModelClosedError, OpenLLMHubError
+
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
+
+    from openllm_hub.engines.torch_batch import RowBatchDecoder
 
 
 def _params(**extra: Any) -> dict[str, Any]:
@@ -592,6 +598,93 @@ def check_joins_and_cancels_leave_the_others_unchanged(model: Model, prompts: li
         else:
             assert tuple(got[i]) == single[i].token_ids, f"prompt {i}"
 
+
+def check_batch_logprobs_match_single_runs(model: Model, prompts: list[str], greedy: dict[str, Any], *,
+                                           top_logprobs: int = 3, atol: float = 1e-4) -> None:
+    """Greedy with ``logprobs``, 8 new tokens: each prompt of a batch gets its single run's tokens,
+    one log-probability per token (within ``atol``: a batched decoder's rows may differ from the
+    single path's in the last bits) and the same ``top_logprobs`` alternatives."""
+    import numpy as np
+
+    params = {**greedy, "max_new_tokens": 8, "logprobs": True, "top_logprobs": top_logprobs}
+    single = [model.generate(p, **params) for p in prompts]
+    batch = model.generate_batch(prompts, [params] * len(prompts))
+    for i, (a, b) in enumerate(zip(single, batch)):
+        assert b.token_ids == a.token_ids, f"prompt {i}: batch gave other tokens than alone"
+        assert a.logprobs is not None and b.logprobs is not None, f"prompt {i}: no logprobs"
+        assert len(b.logprobs) == len(a.logprobs) == len(b.token_ids), f"prompt {i}: one logprob per token"
+        for x, y in zip(a.logprobs, b.logprobs):
+            assert x.token_id == y.token_id and abs(x.logprob - y.logprob) <= atol, f"prompt {i}: {x} vs {y}"
+            assert [t.token_id for t in x.top] == [t.token_id for t in y.top] and len(y.top) == top_logprobs
+            assert np.allclose([t.logprob for t in x.top], [t.logprob for t in y.top], atol=atol), f"prompt {i}: top"
+
+
+def _relative_diff(a: npt.NDArray[np.float32], ref: npt.NDArray[np.float32]) -> float:
+    """The largest difference of two logits rows, relative to ``ref``'s range."""
+    return float(abs(a - ref).max()) / float(ref.max() - ref.min())
+
+
+def check_batched_logits_match_alone(model: Model, decoder: Callable[..., RowBatchDecoder], prompts: list[str],
+                                     greedy: dict[str, Any], *, bound: float, full_bound: float) -> None:
+    """Every logits row a sequence samples from in a row-batched decoder (its prompt's last row,
+    then one per generated token) against the same sequence decoded alone and against
+    ``Model.logits`` (one pass over all ids), relative to the row's range: within ``bound`` and
+    ``full_bound``, the same greedy token, the prompt's row exactly equal (it is read alone).
+
+    ``decoder(model, keep_logits=True)`` makes the engine's
+    :class:`~openllm_hub.engines.torch_batch.RowBatchDecoder`. Five prompts of different lengths
+    (``greedy`` parameters, 12 steps): four join at once, the fifth at step 3, the second leaves
+    at step 6; at the end every row is gone.
+    """
+    import numpy as np
+
+    assert len(prompts) >= 5, "give five prompts"
+
+    def config(**extra: Any) -> GenerationConfig:
+        return GenerationConfig.build(model.generation_defaults, **{**greedy, **extra}).with_seed()
+
+    def rows_alone(ids: list[int], n: int) -> list[npt.NDArray[np.float32]]:
+        dec = decoder(model, keep_logits=True)
+        try:
+            dec.join(0, ids, config(max_new_tokens=n))
+            for _ in range(n):
+                dec.step()
+            return dec.logits[0]
+        finally:
+            dec.close()
+
+    dec = decoder(model, keep_logits=True)
+    ids_of = [model.tokenize(p) for p in prompts[:5]]
+    generated: dict[int, list[int]] = {k: [] for k in range(5)}
+    try:
+        for key, ids in enumerate(ids_of[:4]):
+            dec.join(key, ids, config())
+        for step in range(12):
+            if step == 3:
+                dec.join(4, ids_of[4], config())
+            if step == 6:
+                dec.leave(1)
+            for key, token in dec.step().items():
+                assert isinstance(token, int), f"sequence {key} ended: {token!r}"
+                generated[key].append(token)
+        worst = worst_full = 0.0
+        for key, ids in enumerate(ids_of):
+            rows = dec.logits[key]
+            assert len(rows) == len(generated[key]) >= 6
+            alone = rows_alone(ids, len(rows))
+            np.testing.assert_array_equal(rows[0], alone[0], err_msg=f"sequence {key}: the prompt's row, alone")
+            full = model.logits(ids + generated[key][:-1])[len(ids) - 1:]
+            for row, ref, ref_full in zip(rows, alone, full):
+                worst = max(worst, _relative_diff(row, ref))
+                worst_full = max(worst_full, _relative_diff(row, ref_full))
+                assert int(np.argmax(row)) == int(np.argmax(ref)), f"sequence {key}: another greedy token"
+        assert worst <= bound, f"batch logits differ from the single run by {worst:.3g} of the range"
+        assert worst_full <= full_bound, f"batch logits differ from Model.logits by {worst_full:.3g} of the range"
+    finally:
+        dec.close()
+    assert dec.rows == 0, "rows left in the decoder"
+
+
 __all__ = [
     "COMMON_SPECIALS",
     "SAMPLED",
@@ -600,6 +693,8 @@ __all__ = [
     "break_checkpoint",
     "check_batch_equals_single",
     "check_batch_join_and_cancel",
+    "check_batch_logprobs_match_single_runs",
+    "check_batched_logits_match_alone",
     "check_chat_special_tokens_stay_text",
     "check_greedy_batch_matches_single_runs",
     "check_joins_and_cancels_leave_the_others_unchanged",

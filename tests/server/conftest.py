@@ -5,49 +5,35 @@ The model under test is the example plugin's shipped bigram model, loaded throug
 disconnect in the middle, to press Stop): :class:`PacedModel` runs the same model's real
 token stream, only waiting ``delay`` seconds before each token (and, with a gate, until the
 test opens it), and records how many tokens it produced and whether the stream was closed.
+The servers, ``eventually`` and the other helpers live in tests/helpers/live_server.py (importable
+from the tests); the fixtures below hand them out too.
 Expected answers always come from calling the SDK directly on the same model and parameters.
 """
 
 from __future__ import annotations
 
 import contextlib
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import numpy.typing as npt
 import pytest
-import uvicorn
-from fastapi import FastAPI
+from live_server import EVENTUALLY_S, ServerThread, eventually
+from wrapped_model import WrappedModel
 
 import openllm_hub
 from openllm_hub.core.config import GenerationConfig
 from openllm_hub.core.model import Model
 
-#: Deadline for "eventually" conditions (a generous bound for a loaded 2-core CI machine;
-#: the conditions themselves are about what happened, not how fast).
-EVENTUALLY_S = 30.0
 
-
-def eventually(cond: Callable[[], bool], what: str, timeout: float = EVENTUALLY_S) -> None:
-    end = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out waiting for: {what}")
-        time.sleep(0.01)
-
-
-class PacedModel(Model):
+class PacedModel(WrappedModel):
     """The wrapped model, token for token, with a pause before each token and an optional gate."""
 
     def __init__(self, inner: Model, *, delay: float = 0.0, gated: bool = False,
                  fail_after: int | None = None) -> None:
-        super().__init__(inner.info, eos_token_ids=inner.eos_token_ids)
-        self.inner = inner
+        super().__init__(inner)
         self.default_chat_template = inner.default_chat_template
         self.generation_defaults = inner.generation_defaults
         self.delay = delay
@@ -60,15 +46,6 @@ class PacedModel(Model):
         self.closed_streams = 0
         self.tokens_per_stream: list[int] = []
         self._lock_counts = threading.Lock()
-
-    def _tokenize(self, text: str, add_special: bool) -> list[int]:
-        return self.inner._tokenize(text, add_special)
-
-    def _detokenize(self, ids: Sequence[int]) -> str:
-        return self.inner._detokenize(ids)
-
-    def _logits(self, ids: list[int]) -> npt.NDArray[np.float32]:
-        return self.inner._logits(ids)
 
     def _token_stream(self, prompt_ids: list[int], config: GenerationConfig) -> Iterator[int]:
         with self._lock_counts:
@@ -89,42 +66,6 @@ class PacedModel(Model):
                 self.closed_streams += 1
 
 
-class ServerThread:
-    """A real uvicorn server for ``app`` on 127.0.0.1 and a free port, in a background thread."""
-
-    def __init__(self, app: FastAPI, *, graceful_timeout: int | None = None) -> None:
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(app, log_level="warning", lifespan="on", timeout_graceful_shutdown=graceful_timeout)
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
-
-    def __enter__(self) -> ServerThread:
-        self.thread.start()
-        eventually(lambda: self.server.started, "uvicorn to start")
-        return self
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(EVENTUALLY_S)
-        assert not self.thread.is_alive(), "uvicorn did not stop"
-
-    def __exit__(self, *exc: object) -> None:
-        if self.thread.is_alive():
-            self.stop()
-        self.sock.close()
-
-
-@pytest.fixture(scope="session")
-def bigram_path() -> Path:
-    from openllm_hub_bigram import BUILTIN_MODEL
-
-    return Path(BUILTIN_MODEL)
-
-
 @pytest.fixture(scope="session")
 def model(bigram_path: Path) -> Iterator[Model]:
     with openllm_hub.load(bigram_path, device="cpu") as m:
@@ -140,7 +81,8 @@ def serve() -> Iterator[Callable[..., ServerThread]]:
 
 @pytest.fixture(scope="session")
 def server_thread() -> type[ServerThread]:
-    """The class, for module-scoped servers (tests cannot import conftest in importlib mode)."""
+    """The class, for module-scoped servers (tests cannot import conftest in importlib mode; they may
+    import it from live_server)."""
     return ServerThread
 
 

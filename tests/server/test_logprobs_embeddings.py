@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import openai
 import pytest
+from live_server import openai_client
 
 import openllm_hub
 from openllm_hub.core.logprobs import log_softmax
@@ -30,10 +31,8 @@ PROMPT = "Once upon a time"
 
 
 @pytest.fixture(scope="module", params=[1, 2], ids=["one-slot", "two-slots"])
-def client(request: pytest.FixtureRequest, model: Model, server_thread: Any) -> Iterator[openai.OpenAI]:
-    app = create_app(model, model_id="bigram", max_tokens_limit=256, parallel=request.param)
-    with server_thread(app) as s, openai.OpenAI(base_url=s.url + "/v1", api_key="x", max_retries=0,
-                                                timeout=60) as c:
+def client(request: pytest.FixtureRequest, model: Model) -> Iterator[openai.OpenAI]:
+    with openai_client(create_app(model, model_id="bigram", max_tokens_limit=256, parallel=request.param)) as c:
         yield c
 
 
@@ -150,21 +149,14 @@ def test_bigram_cannot_embed_400(client: openai.OpenAI) -> None:
 
 # ---- embeddings on llama.cpp --------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def gguf_model(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Model]:
-    from openllm_hub_llama.convert_gguf import write_gguf
-    from openllm_hub_llama.tiny import fixture_tokenizer, make_tiny_hf
-
-    base = tmp_path_factory.mktemp("tiny-llama")
-    gguf = base / "tiny-f32.gguf"
-    write_gguf(make_tiny_hf(base / "hf", tokenizer_model=fixture_tokenizer()), gguf, "f32")
-    with openllm_hub.load(Path(gguf), device="cpu", threads=1, kv_cache_type="f32") as m:
+def gguf_model(tiny_llama: tuple[Path, Path]) -> Iterator[Model]:
+    with openllm_hub.load(tiny_llama[1], device="cpu", threads=1, kv_cache_type="f32") as m:
         yield m
 
 
 @pytest.fixture(scope="module")
-def gguf_client(gguf_model: Model, server_thread: Any) -> Iterator[openai.OpenAI]:
-    with server_thread(create_app(gguf_model, model_id="tiny", parallel=2)) as s, \
-            openai.OpenAI(base_url=s.url + "/v1", api_key="x", max_retries=0, timeout=60) as c:
+def gguf_client(gguf_model: Model) -> Iterator[openai.OpenAI]:
+    with openai_client(create_app(gguf_model, model_id="tiny", parallel=2)) as c:
         yield c
 
 

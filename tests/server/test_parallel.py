@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -24,6 +22,7 @@ import httpx
 import openai
 import pytest
 from fastapi.testclient import TestClient
+from live_server import health, post_in_thread, serve_command, sigterm
 from prometheus_client.parser import text_string_to_metric_families
 
 from openllm_hub.core.config import GenerationConfig
@@ -53,10 +52,6 @@ def _recording(paced: Any) -> Any:
                 yield token
 
     return Recording
-
-
-def _health(url: str) -> dict[str, Any]:
-    return httpx.get(url + "/health", timeout=10).json()  # type: ignore[no-any-return]
 
 
 def _metrics(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -143,7 +138,7 @@ def test_eight_openai_clients_at_once_get_their_single_run_answers(
     threads = [threading.Thread(target=run, args=(i,)) for i in range(8)]
     for t in threads:
         t.start()
-    eventually(lambda: _health(srv.url)["running"] + _health(srv.url)["waiting"] == 8, "all 8 requests admitted")
+    eventually(lambda: health(srv.url)["running"] + health(srv.url)["waiting"] == 8, "all 8 requests admitted")
     slow.gate.set()
     for t in threads:
         t.join(120)
@@ -180,13 +175,7 @@ GREEDY = {"max_tokens": 6, "temperature": 0, "repeat_penalty": 1.0}
 
 
 def _post(url: str, prompt: str, results: dict[str, httpx.Response]) -> threading.Thread:
-    def run() -> None:
-        results[prompt] = httpx.post(url + "/v1/completions", json={"model": "m", "prompt": prompt, **GREEDY},
-                                     timeout=120)
-
-    t = threading.Thread(target=run)
-    t.start()
-    return t
+    return post_in_thread(url, {"model": "m", "prompt": prompt, **GREEDY}, results, prompt, timeout=120)
 
 
 def test_slots_full_then_queue_then_429_first_in_first_out(
@@ -196,12 +185,12 @@ def test_slots_full_then_queue_then_429_first_in_first_out(
     results: dict[str, httpx.Response] = {}
     # prompts of 3, 5 and 7 ids (BOS + bytes): the recorded order says whose token it was
     a = _post(srv.url, "ab", results)
-    eventually(lambda: _health(srv.url)["running"] == 1, "the first request to take a slot")
+    eventually(lambda: health(srv.url)["running"] == 1, "the first request to take a slot")
     b = _post(srv.url, "abcd", results)
-    eventually(lambda: _health(srv.url)["waiting"] == 1, "the second request to queue")
+    eventually(lambda: health(srv.url)["waiting"] == 1, "the second request to queue")
     c = _post(srv.url, "abcdef", results)
-    eventually(lambda: _health(srv.url)["waiting"] == 2, "the third request to queue")
-    assert _health(srv.url)["capacity"] == 3
+    eventually(lambda: health(srv.url)["waiting"] == 2, "the third request to queue")
+    assert health(srv.url)["capacity"] == 3
     r = httpx.post(srv.url + "/v1/completions", json={"model": "m", "prompt": "x", **GREEDY}, timeout=60)
     assert r.status_code == 429 and r.json()["error"]["code"] == "queue_full" and int(r.headers["retry-after"]) >= 1
     slow.gate.set()
@@ -245,7 +234,7 @@ def test_a_disconnecting_client_frees_its_slot_and_its_neighbour_is_unchanged(
     assert slow.tokens_per_stream[0] < full
     neighbour.join(120)
     assert results["n"].json()["choices"][0]["text"] == model.generate("Lily", max_new_tokens=40, seed=5).text
-    eventually(lambda: _health(srv.url)["running"] == 0, "every slot to be free")
+    eventually(lambda: health(srv.url)["running"] == 0, "every slot to be free")
     m = _metrics(httpx.get(srv.url + "/metrics").text)
     assert _value(m, "openllm_hub_requests_total", outcome="cancelled") == 1
 
@@ -256,9 +245,9 @@ def test_a_failing_request_does_not_fail_its_neighbours(
     srv = serve(create_app(faulty, parallel=3))
     results: dict[str, httpx.Response] = {}
     threads = [_post(srv.url, "ab", results)]
-    eventually(lambda: _health(srv.url)["running"] == 1, "the first request to run")
+    eventually(lambda: health(srv.url)["running"] == 1, "the first request to run")
     threads += [_post(srv.url, "abcd", results), _post(srv.url, "abcdef", results)]
-    eventually(lambda: _health(srv.url)["waiting"] == 2, "the others to queue")
+    eventually(lambda: health(srv.url)["waiting"] == 2, "the others to queue")
     faulty.gate.set()
     for t in threads:
         t.join(120)
@@ -311,32 +300,13 @@ def test_create_app_refuses_zero_slots(model: Model) -> None:
 
 
 # ---- the command -----------------------------------------------------------------------------
-def test_serve_parallel_flag_and_start_up_line(bigram_path: Path, eventually: Callable[..., None]) -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
-    proc = subprocess.Popen([sys.executable, "-m", "openllm_hub.cli", "serve", str(bigram_path), "--port", str(port),
-                             "--parallel", "3", "--queue-size", "2", "--log-level", "warning"],
-                            env={k: v for k, v in os.environ.items() if k != "OPENLLM_HUB_API_KEY"},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        def up() -> bool:
-            assert proc.poll() is None, proc.communicate()
-            try:
-                return httpx.get(url + "/health", timeout=2).status_code == 200
-            except httpx.TransportError:
-                return False
-
-        eventually(up, "the server to come up", timeout=60)
-        assert _health(url)["capacity"] == 5
+def test_serve_parallel_flag_and_start_up_line(bigram_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "OPENLLM_HUB_API_KEY"}
+    with serve_command(bigram_path, "--parallel", "3", "--queue-size", "2", "--log-level", "warning",
+                       env=env) as (proc, url):
+        assert health(url)["capacity"] == 5
         assert json.loads(httpx.get(url + "/v1/models").text)["data"][0]["meta"]["parallel"] == 3
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+        err = sigterm(proc)
     assert proc.returncode == 0, err
     assert "3 parallel slots (interleaved; --parallel), 2 more may wait" in err
     r = subprocess.run([sys.executable, "-m", "openllm_hub.server", str(bigram_path), "--parallel", "0"],
@@ -350,11 +320,11 @@ def test_a_closed_model_fails_the_running_requests_and_the_server_keeps_answerin
     srv = serve(create_app(slow, parallel=2))
     results: dict[str, httpx.Response] = {}
     t = _post(srv.url, "ab", results)
-    eventually(lambda: _health(srv.url)["running"] == 1, "the request to run")
+    eventually(lambda: health(srv.url)["running"] == 1, "the request to run")
     slow.close()
     slow.gate.set()
     t.join(120)
     assert results["ab"].status_code == 503 and results["ab"].json()["error"]["code"] == "model_closed"
     r = httpx.post(srv.url + "/v1/completions", json={"model": "m", "prompt": "x", **GREEDY}, timeout=60)
     assert r.status_code == 503 and r.json()["error"]["code"] == "model_closed"
-    assert _health(srv.url)["running"] == 0
+    assert health(srv.url)["running"] == 0

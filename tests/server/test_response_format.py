@@ -16,6 +16,7 @@ from typing import Any
 import jsonschema
 import openai
 import pytest
+from live_server import openai_client
 
 from openllm_hub.core.model import Model
 from openllm_hub.server import create_app
@@ -29,10 +30,8 @@ FORMAT = {"type": "json_schema", "json_schema": {"name": "fox", "schema": SCHEMA
 
 
 @pytest.fixture(scope="module", params=[1, 2], ids=["one-slot", "two-slots"])
-def client(request: pytest.FixtureRequest, model: Model, server_thread: Any) -> Iterator[openai.OpenAI]:
-    app = create_app(model, model_id="bigram", max_tokens_limit=400, parallel=request.param)
-    with server_thread(app) as s, openai.OpenAI(base_url=s.url + "/v1", api_key="x", max_retries=0,
-                                                timeout=60) as c:
+def client(request: pytest.FixtureRequest, model: Model) -> Iterator[openai.OpenAI]:
+    with openai_client(create_app(model, model_id="bigram", max_tokens_limit=400, parallel=request.param)) as c:
         yield c
 
 

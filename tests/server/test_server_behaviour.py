@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -20,6 +19,7 @@ from typing import Any
 import httpx
 import pytest
 from fastapi.testclient import TestClient
+from live_server import health, post_in_thread, serve_command, sigterm
 
 from openllm_hub.core.model import Model
 from openllm_hub.errors import InvalidParameterError
@@ -220,29 +220,16 @@ def test_fault_in_one_generation_is_reported_and_server_keeps_serving(
 
 
 # ---- queue, cancellation, shutdown -------------------------------------------------------------------
-def _health(url: str) -> dict[str, Any]:
-    return httpx.get(url + "/health", timeout=10).json()  # type: ignore[no-any-return]
-
-
-def _post_in_thread(url: str, body: dict[str, Any], results: dict[str, httpx.Response], name: str) -> threading.Thread:
-    def run() -> None:
-        results[name] = httpx.post(url + "/v1/completions", json=body, timeout=60)
-
-    t = threading.Thread(target=run)
-    t.start()
-    return t
-
-
 def test_full_queue_gets_429_with_retry_after(model: Model, paced: Any, serve: Callable[..., Any],
                                               eventually: Callable[..., None]) -> None:
     slow = paced(model, gated=True)  # holds each generation until the test opens the gate
     srv = serve(create_app(slow, queue_size=1))
     results: dict[str, httpx.Response] = {}
     body = {"model": "m", "prompt": "Once", "max_tokens": 20, "seed": 9}
-    a = _post_in_thread(srv.url, body, results, "a")
-    eventually(lambda: _health(srv.url)["running"] == 1, "the first request to run")
-    b = _post_in_thread(srv.url, body, results, "b")
-    eventually(lambda: _health(srv.url)["waiting"] == 1, "the second request to wait")
+    a = post_in_thread(srv.url, body, results, "a")
+    eventually(lambda: health(srv.url)["running"] == 1, "the first request to run")
+    b = post_in_thread(srv.url, body, results, "b")
+    eventually(lambda: health(srv.url)["waiting"] == 1, "the second request to wait")
 
     r = httpx.post(srv.url + "/v1/completions", json=body, timeout=60)
     err = assert_openai_error(r, 429, "queue_full")
@@ -287,7 +274,7 @@ def test_streaming_client_disconnect_cancels_generation(model: Model, paced: Any
     # leaving the block closed the connection mid-answer
     eventually(lambda: slow.closed_streams == 1, "the generation to be cancelled")
     assert 0 < slow.tokens_per_stream[0] < full
-    eventually(lambda: _health(srv.url)["running"] == 0, "the worker to be free")
+    eventually(lambda: health(srv.url)["running"] == 0, "the worker to be free")
     r2 = httpx.post(srv.url + "/v1/completions", json={**body, "stream": False, "max_tokens": 5}, timeout=60)
     assert r2.status_code == 200
 
@@ -311,13 +298,13 @@ def test_whole_answer_client_disconnect_cancels_running_and_waiting(
     running = _raw_request(srv.port, body)
     eventually(lambda: slow.started == 1, "the first generation to start")
     waiting = _raw_request(srv.port, body)
-    eventually(lambda: _health(srv.url)["waiting"] == 1, "the second request to queue")
+    eventually(lambda: health(srv.url)["waiting"] == 1, "the second request to queue")
     waiting.close()
-    eventually(lambda: _health(srv.url)["waiting"] == 0, "the waiting request to leave the queue")
+    eventually(lambda: health(srv.url)["waiting"] == 0, "the waiting request to leave the queue")
     running.close()
     eventually(lambda: slow.closed_streams == 1, "the running generation to be cancelled")
     assert slow.tokens_per_stream[0] < full
-    eventually(lambda: _health(srv.url)["running"] == 0, "the worker to be free")
+    eventually(lambda: health(srv.url)["running"] == 0, "the worker to be free")
     assert slow.started == 1, "the abandoned request must never run"
 
 
@@ -327,7 +314,7 @@ def test_graceful_shutdown_finishes_in_flight_request(model: Model, paced: Any, 
     srv = serve(create_app(slow), graceful_timeout=30)
     results: dict[str, httpx.Response] = {}
     body = {"model": "m", "prompt": "Lily", "max_tokens": 40, "seed": 3, "temperature": 0}
-    t = _post_in_thread(srv.url, body, results, "a")
+    t = post_in_thread(srv.url, body, results, "a")
     eventually(lambda: slow.started == 1, "the generation to start")
     srv.stop()
     t.join(60)
@@ -364,41 +351,17 @@ def test_graceful_shutdown_cancels_after_timeout(model: Model, paced: Any, serve
 
 
 # ---- the command ---------------------------------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def test_serve_command_runs_and_stops_on_sigterm(bigram_path: Path, eventually: Callable[..., None]) -> None:
-    port = _free_port()
+def test_serve_command_runs_and_stops_on_sigterm(bigram_path: Path) -> None:
     env = {**os.environ, "OPENLLM_HUB_API_KEY": "k3y"}
-    proc = subprocess.Popen([sys.executable, "-m", "openllm_hub.cli", "serve", str(bigram_path), "--port", str(port),
-                             "--queue-size", "2", "--log-level", "warning"], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        def up() -> bool:
-            assert proc.poll() is None, proc.communicate()
-            try:
-                return httpx.get(url + "/health", timeout=2).status_code == 200
-            except httpx.TransportError:
-                return False
-
-        eventually(up, "the server to come up", timeout=60)
+    with serve_command(bigram_path, "--queue-size", "2", "--log-level", "warning", env=env) as (proc, url):
         assert httpx.get(url + "/v1/models").status_code == 401
         r = httpx.get(url + "/v1/models", headers={"Authorization": "Bearer k3y"})
         assert r.json()["data"][0]["id"] == bigram_path.name
-        assert _health(url)["capacity"] == 3
+        assert health(url)["capacity"] == 3
         assert httpx.get(url + "/health", headers={"Host": "evil.example"}).status_code == 400
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+        err = sigterm(proc)
     assert proc.returncode == 0, err
-    assert f"http://127.0.0.1:{port}/" in err and "API key required" in err
+    assert f"{url}/" in err and "API key required" in err
 
 
 def test_serve_command_reports_bad_input(bigram_path: Path) -> None:

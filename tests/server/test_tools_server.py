@@ -18,6 +18,7 @@ from typing import Any
 
 import openai
 import pytest
+from live_server import openai_client
 from openai.lib.streaming.chat import ChatCompletionStreamState
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
@@ -54,10 +55,8 @@ def model() -> Iterator[Model]:
 
 
 @pytest.fixture(scope="module", params=[1, 2], ids=["one-slot", "two-slots"])
-def client(request: pytest.FixtureRequest, model: Model, server_thread: Any) -> Iterator[openai.OpenAI]:
-    app = create_app(model, model_id="bigram", max_tokens_limit=256, parallel=request.param)
-    with server_thread(app) as s, openai.OpenAI(base_url=s.url + "/v1", api_key="x", max_retries=0,
-                                                timeout=60) as c:
+def client(request: pytest.FixtureRequest, model: Model) -> Iterator[openai.OpenAI]:
+    with openai_client(create_app(model, model_id="bigram", max_tokens_limit=256, parallel=request.param)) as c:
         yield c
 
 

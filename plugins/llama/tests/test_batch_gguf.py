@@ -22,6 +22,7 @@ from openllm_hub.core.model import Model
 from openllm_hub.engines.llama_cpp import LlamaCppModel
 from openllm_hub.engines.llama_cpp_batch import LlamaCppBatchDecoder
 from openllm_hub.testing import (
+    check_batch_logprobs_match_single_runs,
     check_greedy_batch_matches_single_runs,
     check_joins_and_cancels_leave_the_others_unchanged,
     check_sampled_batch_matches_single_runs,
@@ -252,14 +253,5 @@ def test_logprobs_in_a_batch_equal_alone(model: Model) -> None:
     """The batched decoder scores each token against its raw logits row, as the single path does;
     bound: llama.cpp's multi-row kernels may differ from the one-row path in the last bits (the
     logits bound above), far below 1e-4 in log-probability."""
-    prompts = ["Once upon a time", "The cat", "In a far away land there lived"]
-    params = {**_greedy(8), "logprobs": True, "top_logprobs": 3}
-    batch = model.generate_batch(prompts, **params)
-    for prompt, got in zip(prompts, batch):
-        alone = model.generate(prompt, **params)
-        assert got.token_ids == alone.token_ids
-        assert got.logprobs is not None and alone.logprobs is not None
-        assert len(got.logprobs) == len(got.token_ids)
-        for a, b in zip(got.logprobs, alone.logprobs):
-            assert a.token_id == b.token_id and abs(a.logprob - b.logprob) < 1e-4
-            assert [t.token_id for t in a.top] == [t.token_id for t in b.top] and len(a.top) == 3
+    check_batch_logprobs_match_single_runs(model, ["Once upon a time", "The cat", "In a far away land there lived"],
+                                           _greedy(), atol=1e-4)

@@ -11,7 +11,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 from openllm_hub_llama.engine_hf import HFBatchDecoder, HFModel
 
@@ -21,6 +20,8 @@ from openllm_hub.core.model import Model
 from openllm_hub.testing import (
     check_batch_equals_single,
     check_batch_join_and_cancel,
+    check_batch_logprobs_match_single_runs,
+    check_batched_logits_match_alone,
     check_greedy_batch_matches_single_runs,
     check_joins_and_cancels_leave_the_others_unchanged,
     check_sampled_batch_matches_single_runs,
@@ -56,10 +57,6 @@ def _config(model: Model, **kw: Any) -> GenerationConfig:
     return GenerationConfig.build(model.generation_defaults, **kw).with_seed()
 
 
-def _relative(a: np.ndarray, ref: np.ndarray) -> float:
-    return float(np.abs(a - ref).max()) / float(ref.max() - ref.min())
-
-
 def test_model_batches(model: HFModel) -> None:
     assert model.batching == "batched"
     with model.new_batch(3) as batch:
@@ -67,54 +64,12 @@ def test_model_batches(model: HFModel) -> None:
         assert batch.slot_tokens == model.info.context_length
 
 
-def _rows_alone(model: HFModel, ids: list[int], n: int) -> list[np.ndarray]:
-    """The logits rows the single path samples ``n`` greedy tokens from (a decoder holding
-    this one sequence runs the single path's computation: no padding, no mask)."""
-    dec = HFBatchDecoder(model, keep_logits=True)
-    try:
-        dec.join(0, ids, _config(model, **_greedy(n)))
-        for _ in range(n):
-            dec.step()
-        return dec.logits[0]
-    finally:
-        dec.close()
-
-
 def test_logits_in_a_batch_equal_alone(model: HFModel) -> None:
     """Every row a sequence samples from in the batch (its prompt's last row, then one per
     generated token) against the same sequence alone; prompts of different lengths (padded
     rows), one joining late and one leaving early. Also against ``Model.logits`` (one forward
     over all ids, no cache), which differs from the cached single path itself by ~1.4e-6."""
-    dec = HFBatchDecoder(model, keep_logits=True)
-    prompts = [model.tokenize(p) for p in PROMPTS[:5]]
-    generated: dict[int, list[int]] = {k: [] for k in range(5)}
-    try:
-        for key, ids in enumerate(prompts[:4]):
-            dec.join(key, ids, _config(model, **_greedy()))
-        for step in range(12):
-            if step == 3:
-                dec.join(4, prompts[4], _config(model, **_greedy()))
-            if step == 6:
-                dec.leave(1)
-            for key, token in dec.step().items():
-                assert isinstance(token, int)
-                generated[key].append(token)
-        worst = worst_full = 0.0
-        for key, ids in enumerate(prompts):
-            rows = dec.logits[key]
-            assert len(rows) == len(generated[key]) >= 6
-            alone = _rows_alone(model, ids, len(rows))
-            np.testing.assert_array_equal(rows[0], alone[0])  # the prompt is read alone: the same row
-            full = model.logits(ids + generated[key][:-1])[len(ids) - 1:]
-            for row, ref, ref_full in zip(rows, alone, full):
-                worst = max(worst, _relative(row, ref))
-                worst_full = max(worst_full, _relative(row, ref_full))
-                assert int(np.argmax(row)) == int(np.argmax(ref))
-        assert worst <= BOUND, f"batch logits differ from the single run by {worst:.3g} of the range"
-        assert worst_full <= FULL_BOUND, f"batch logits differ from Model.logits by {worst_full:.3g} of the range"
-    finally:
-        dec.close()
-    assert dec.rows == 0
+    check_batched_logits_match_alone(model, HFBatchDecoder, PROMPTS, _greedy(), bound=BOUND, full_bound=FULL_BOUND)
 
 
 def test_greedy_batch_of_8_equals_single_runs(model: Model) -> None:
@@ -133,16 +88,7 @@ def test_join_and_cancel_mid_batch_leave_the_others_unchanged(model: Model) -> N
 def test_logprobs_in_a_batch_equal_alone(model: Model) -> None:
     """Same tokens and alternatives; log-probabilities within the logits' bound (BOUND times
     a range of ~20: 1e-4 absolute; measured 1.7e-5)."""
-    params = [{**_greedy(8), "logprobs": True, "top_logprobs": 3} for _ in PROMPTS[:4]]
-    single = [model.generate(p, **kw) for p, kw in zip(PROMPTS, params)]
-    batch = model.generate_batch(PROMPTS[:4], params)
-    for a, b in zip(single, batch):
-        assert b.token_ids == a.token_ids
-        assert a.logprobs is not None and b.logprobs is not None and len(a.logprobs) == len(b.logprobs)
-        for x, y in zip(a.logprobs, b.logprobs):
-            assert x.token_id == y.token_id and abs(x.logprob - y.logprob) <= 1e-4
-            assert [t.token_id for t in x.top] == [t.token_id for t in y.top]
-            assert np.allclose([t.logprob for t in x.top], [t.logprob for t in y.top], atol=1e-4)
+    check_batch_logprobs_match_single_runs(model, PROMPTS[:4], _greedy(), atol=1e-4)
 
 
 def test_conformance_batch_checks(model: Model) -> None:

@@ -20,7 +20,6 @@ from openllm_hub.plugin import (
     IncompatibleDeviceError,
     InvalidParameterError,
     LoadRequest,
-    Model,
     ModelInfo,
     generate_tokens,
     get_template,
@@ -30,7 +29,7 @@ from openllm_hub.plugin import (
 from openllm_hub_rwkv.checkpoint import read_pth_index
 from openllm_hub_rwkv.options import RwkvOptions
 from openllm_hub_rwkv.spec import analyse
-from openllm_hub_rwkv.tokenizer import END_OF_TEXT, RwkvTokenizer, choose_tokenizer
+from openllm_hub_rwkv.tokenizer import END_OF_TEXT, RwkvTextModel, RwkvTokenizer, choose_tokenizer
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
@@ -40,7 +39,7 @@ if TYPE_CHECKING:  # pragma: no cover
 _DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 
 
-class TransformersRwkvModel(Model):
+class TransformersRwkvModel(RwkvTextModel):
     """RWKV-4 on transformers, with the same tokenizers and chat templates as the rwkv engine."""
 
     def __init__(self, info: ModelInfo, *, model: Any, tokenizer: RwkvTokenizer, options: RwkvOptions,
@@ -53,22 +52,6 @@ class TransformersRwkvModel(Model):
         self.default_chat_template = options.chat_template or default_template(tokenizer)
         self._model = model
         self._device = device
-
-    def _tokenize(self, text: str, add_special: bool) -> list[int]:
-        ids = self.tokenizer.encode(text)
-        return [END_OF_TEXT] if add_special and not ids else ids
-
-    def _plain_ids(self, text: str) -> list[int]:
-        return self.tokenizer.encode_plain(text)
-
-    def _special_tokens(self) -> dict[str, int]:
-        return self.tokenizer.specials()
-
-    def _prompt_affixes(self) -> tuple[list[int], list[int]]:
-        return [], []  # no BOS (end-of-text only stands in for an empty prompt)
-
-    def _detokenize(self, ids: Sequence[int]) -> str:
-        return self.tokenizer.decode(ids)
 
     def _run_model(self, ids: Sequence[int], state: list[torch.Tensor] | None) -> tuple[torch.Tensor, Any]:
         import torch

@@ -31,7 +31,6 @@ from openllm_hub.plugin import (
     GenerationConfig,
     InvalidParameterError,
     LoadRequest,
-    Model,
     ModelInfo,
     OpenLLMHubError,
     Text,
@@ -46,7 +45,7 @@ from openllm_hub_rwkv.spec import Arch, analyse, context_from_name
 from openllm_hub_rwkv.state import Snapshot, load_snapshots, save_snapshots
 from openllm_hub_rwkv.strategy import Strategy, parse_strategy, strategy_from_placement
 from openllm_hub_rwkv.templates import continuation_probe
-from openllm_hub_rwkv.tokenizer import END_OF_TEXT, RwkvTokenizer, choose_tokenizer
+from openllm_hub_rwkv.tokenizer import END_OF_TEXT, RwkvTextModel, RwkvTokenizer, choose_tokenizer
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
@@ -78,7 +77,7 @@ def default_template(tokenizer: RwkvTokenizer) -> str:
     return "rwkv-world" if tokenizer.name == "world" else "rwkv-raven"
 
 
-class RwkvModel(Model):
+class RwkvModel(RwkvTextModel):
     """An RWKV model on the rwkv package, with stateful chat."""
 
     def __init__(self, info: ModelInfo, *, package_model: Any, arch: Arch, strategy: Strategy,
@@ -99,24 +98,6 @@ class RwkvModel(Model):
         self.last_read: ReadStats | None = None
 
     # ---- engine primitives -------------------------------------------------------------
-    def _tokenize(self, text: str, add_special: bool) -> list[int]:
-        ids = self.tokenizer.encode(text)
-        if add_special and not ids:
-            return [END_OF_TEXT]  # RWKV has no BOS; documents start after end-of-text
-        return ids
-
-    def _plain_ids(self, text: str) -> list[int]:
-        return self.tokenizer.encode_plain(text)
-
-    def _special_tokens(self) -> dict[str, int]:
-        return self.tokenizer.specials()
-
-    def _prompt_affixes(self) -> tuple[list[int], list[int]]:
-        return [], []  # no BOS (end-of-text only stands in for an empty prompt)
-
-    def _detokenize(self, ids: Sequence[int]) -> str:
-        return self.tokenizer.decode(ids)
-
     def _forward(self, ids: Sequence[int], state: list[torch.Tensor] | None,
                  full: bool = False) -> tuple[torch.Tensor, list[torch.Tensor]]:
         out, new_state = self._pkg.forward([int(t) for t in ids], state, full_output=full)

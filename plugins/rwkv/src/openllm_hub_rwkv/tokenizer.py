@@ -21,7 +21,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Protocol
 
-from openllm_hub.plugin import CorruptFileError, InvalidParameterError, NotFoundError
+from openllm_hub.plugin import CorruptFileError, InvalidParameterError, Model, NotFoundError
 
 #: Token id that ends a document in every RWKV vocabulary.
 END_OF_TEXT = 0
@@ -49,6 +49,32 @@ class RwkvTokenizer(Protocol):
         ...
 
     def decode(self, ids: Sequence[int]) -> str: ...
+
+
+class RwkvTextModel(Model):
+    """The text side both RWKV engines share (the rwkv package's and transformers'): ids come from
+    the model's :class:`RwkvTokenizer` (``self.tokenizer``, set by the engine); RWKV has no BOS,
+    end-of-text only stands in for an empty prompt."""
+
+    tokenizer: RwkvTokenizer
+
+    def _tokenize(self, text: str, add_special: bool) -> list[int]:
+        ids = self.tokenizer.encode(text)
+        if add_special and not ids:
+            return [END_OF_TEXT]  # RWKV has no BOS; documents start after end-of-text
+        return ids
+
+    def _plain_ids(self, text: str) -> list[int]:
+        return self.tokenizer.encode_plain(text)
+
+    def _special_tokens(self) -> dict[str, int]:
+        return self.tokenizer.specials()
+
+    def _prompt_affixes(self) -> tuple[list[int], list[int]]:
+        return [], []  # no BOS (end-of-text only stands in for an empty prompt)
+
+    def _detokenize(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(ids)
 
 
 class WorldTokenizer:
