@@ -220,7 +220,8 @@ def test_a_wrong_final_norm_fails(ref1: dict[str, Any], word_embeddings: np.ndar
     """Negative control: one final layer-norm weight changed by 0.05 fails the comparison."""
     with openllm_hub.load(FIX1 / "chatglm", device="cpu", dtype="fp32") as model:
         assert isinstance(model, ChatGLMModel)
-        model.net.transformer.final_layernorm.weight.data[3] += 0.05
+        final: Any = model.net.transformer.final_layernorm  # type: ignore[union-attr]
+        final.weight.data[3] += 0.05
         ids = ref1["short/ids"].tolist()
         official = ref1["short/logits"].astype(np.float64)
         diff = np.abs(model._hidden_states(ids).astype(np.float64) @ word_embeddings.T - official).max()

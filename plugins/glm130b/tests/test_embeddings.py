@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from openllm_hub_glm130b.engine_tp import GLM130BModel
 from openllm_hub_glm130b.jobs import ProbeJob
 from openllm_hub_glm130b.launch import RunSpec, spawn_many
 from openllm_hub_glm130b.ranks import EngineOptions
@@ -91,6 +92,7 @@ def test_embed_through_the_tied_output_layer_equals_mean_official_logits(
     """``embed(text) @ E^T`` is the mean of the official prompt logits (the map is linear)."""
     texts = [str(official[f"{case}/text"]) for case in SHORT]
     with openllm_hub.load(DATA / "tp1", device="cpu") as model:
+        assert isinstance(model, GLM130BModel)
         cmds = model.tokenizer.commands
         assert model.tokenize(texts[0])[-2:] == [cmds["[gMASK]"], cmds["<sop>"]]
         assert model.tokenize(texts[1])[-2:] == [cmds["<eos>"], cmds["<sop>"]]  # [MASK] in the middle
