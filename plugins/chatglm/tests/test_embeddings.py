@@ -226,3 +226,20 @@ def test_a_wrong_final_norm_fails(ref1: dict[str, Any], word_embeddings: np.ndar
         official = ref1["short/logits"].astype(np.float64)
         diff = np.abs(model._hidden_states(ids).astype(np.float64) @ word_embeddings.T - official).max()
         assert diff > 10 * LOGIT_BOUND * float(official.max() - official.min())
+
+
+@pytest.mark.parametrize("name", ["chatglm2", "chatglm3-32k"])
+def test_embedding_inside_a_running_batch_changes_no_sequence(name: str, v2_models: dict[str, ChatGLMModel]) -> None:
+    from openllm_hub.plugin import GenerationConfig
+
+    model = v2_models[name]
+    alone = model.generate("Once upon a time", max_new_tokens=8, temperature=0.0)
+    ids: list[int] = []
+    with model.new_batch() as batch:
+        batch.add(model.tokenize("Once upon a time"), GenerationConfig.build(max_new_tokens=8, temperature=0.0))
+        while batch.running:
+            for _, event in batch.step():
+                assert not isinstance(event, BaseException)
+                ids.extend(event.token_ids)
+            model.embed(["a text between two steps"])
+    assert tuple(ids) == alone.token_ids

@@ -118,3 +118,15 @@ def test_tensor_parallel_ranks_embed(official: dict[str, np.ndarray], word_embed
     with openllm_hub.load(DATA / "tp1", device="cpu") as model:
         one_rank = np.asarray(model.embed([texts[-1]])[0])
     assert np.abs(vectors[-1] - one_rank).max() <= HIDDEN_TOL
+
+
+def test_embedding_between_generation_steps_changes_no_token() -> None:
+    """The ranks read an embedding with a KV cache of its own: a sequence being generated
+    (whose cache they hold) goes on as it would alone."""
+    with openllm_hub.load(DATA / "tp1", device="cpu") as model:
+        alone = model.generate("GLM-130B is a model", max_new_tokens=10, temperature=0.0).token_ids
+        ids: list[int] = []
+        for chunk in model.stream("GLM-130B is a model", max_new_tokens=10, temperature=0.0):
+            ids.extend(chunk.token_ids)
+            model.embed(["something else entirely"])
+        assert tuple(ids) == alone

@@ -78,9 +78,9 @@ class GLM130BModel(Model):
         prompt GLM-130B's ``generate.py`` builds: the text, ``[gMASK]`` when it has no
         ``[MASK]``/``[sMASK]`` (``<eos>`` when it goes on after its last one), then ``<sop>``;
         :meth:`Model.embed` pools all of these, and the text attends both ways (the context
-        before ``<sop>``), as in the model's own prompts."""
+        before ``<sop>``), as in the model's own prompts. The ranks read it with a KV cache of its
+        own: a sequence being generated (whose cache they hold) is not disturbed."""
         lay = layout_of(ids, self.tokenizer.commands)
-        self.backend("start", 1)
         out = self.backend("hidden", [ids], [lay.positions(0, len(ids))], lay.context)
         return out[0]  # type: ignore[no-any-return]
 
