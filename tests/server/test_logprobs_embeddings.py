@@ -4,8 +4,9 @@ Logprobs (bigram model): chat's ``choices[].logprobs.content[]`` and the legacy 
 ``tokens``/``token_logprobs``/``top_logprobs``/``text_offset`` must carry exactly what the SDK
 gives for the same request (which tests/test_logprobs.py checks against ``Model.logits()``),
 whole and streamed, with one and with two slots. Embeddings: a tiny LLaMA f32 GGUF on
-llama.cpp, compared with ``Model.embed`` (float32 on the wire: 1e-6 relative); the bigram
-engine cannot embed, which is a 400.
+llama.cpp, and the ChatGLM2 torch engine (the plugin's fixture checkpoint) while a streamed
+completion holds the other slot, compared with ``Model.embed`` (float32 on the wire: 1e-6
+relative); the bigram engine cannot embed, which is a 400.
 """
 
 from __future__ import annotations
@@ -201,3 +202,36 @@ def test_chat_logprobs_on_llama_cpp_with_two_slots(gguf_client: openai.OpenAI, g
     # llama.cpp reuses the cached prompt prefix, so the two runs evaluate the prompt in other
     # pieces: same tokens, logprobs equal to fp32 rounding (tests/test_logprobs.py's bound)
     check_chat_logprobs(r.choices[0].logprobs.content, want, 2, bound=5e-5)
+
+
+# ---- embeddings on a torch engine (ChatGLM2), next to generation in another slot ----------------
+CHATGLM2 = Path(__file__).resolve().parents[2] / "plugins" / "chatglm" / "tests" / "data" / "official_glm2" / "chatglm2"
+
+
+@pytest.fixture(scope="module")
+def chatglm_model() -> Iterator[Model]:
+    with openllm_hub.load(CHATGLM2, device="cpu", dtype="fp32") as m:
+        yield m
+
+
+def test_chatglm_embeddings_match_the_sdk_while_a_completion_runs(chatglm_model: Model, server_thread: Any) -> None:
+    """The ChatGLM torch engine's embeddings (checked against transformers' GLM in
+    plugins/chatglm/tests/test_embeddings.py) through ``/v1/embeddings``, requested while a
+    streamed completion holds the other slot; the completion is unchanged by them."""
+    texts = ["你好", "A fox in the snow.", "Once upon a time " * 20]
+    want = np.asarray(chatglm_model.embed(texts))
+    alone = chatglm_model.generate(PROMPT, max_new_tokens=24, temperature=0.0)
+    with server_thread(create_app(chatglm_model, model_id="glm", parallel=2)) as s, \
+            openai.OpenAI(base_url=s.url + "/v1", api_key="x", max_retries=0, timeout=60) as c:
+        stream: Any = c.completions.create(model="glm", prompt=PROMPT, max_tokens=24, temperature=0, stream=True)
+        text, got = "", None
+        for chunk in stream:
+            text += chunk.choices[0].text if chunk.choices else ""
+            if got is None:
+                r = c.embeddings.create(model="glm", input=texts, encoding_format="float")
+                got = np.asarray([d.embedding for d in r.data])
+                tokens = sum(len(chatglm_model.tokenize(t)) for t in texts)
+                assert r.usage.prompt_tokens == tokens
+    assert got is not None and got.shape == want.shape == (3, 64)
+    assert np.allclose(got, want, rtol=1e-6, atol=1e-7)  # float32 on the wire
+    assert text == alone.text

@@ -201,7 +201,9 @@ class Model(ABC):
         raise InvalidParameterError(f"the {self.info.engine} engine of this {self.info.family} model cannot compute "
                                     "embeddings", where="embed",
                                     fix="embeddings come from engines with a hidden-state hook: llama.cpp (GGUF "
-                                        "files) and transformers (HF LLaMA folders)")
+                                        "files of any family), transformers (HF LLaMA folders, RWKV-4), the ChatGLM "
+                                        "torch engine (v1/v2/v3), the rwkv package (RWKV-4 to 7) and GLM-130B's "
+                                        "rank engines (any tensor-parallel size)")
 
     # ---- chat tokenization (defaults fit engines whose _tokenize parses no special tokens) ----
     def _plain_ids(self, text: str) -> list[int]:

@@ -111,6 +111,18 @@ class ChatGLMModel(Model):
             hidden = self.net.forward_hidden(t, None, **self._positions(ids, 0, len(ids)))
             return self.net.logits(hidden).float().cpu().numpy()
 
+    def _hidden_states(self, ids: list[int]) -> npt.NDArray[np.float32]:
+        """The final-norm hidden states of one forward pass over ``ids`` (no cache), the
+        vectors the output layer reads (ChatGLM-6B: the tied word embeddings), with the
+        positions and attention ``_logits`` uses (ChatGLM-6B: 2D positions, the context before
+        the first ``<sop>`` attended both ways). :meth:`Model.embed` mean-pools them over
+        ``tokenize(text)``: ChatGLM2/3 ``[gMASK] sop`` then the text; ChatGLM-6B the text then
+        ``[gMASK] <sop>``."""
+        t = torch.tensor(ids, dtype=torch.long, device=self.net.device)
+        with torch.inference_mode():
+            hidden = self.net.forward_hidden(t, None, **self._positions(ids, 0, len(ids)))
+            return hidden.float().cpu().numpy()
+
     def _close(self) -> None:
         self.net = None  # type: ignore[assignment]
 

@@ -72,6 +72,18 @@ class GLM130BModel(Model):
         out = self.backend("forward", [ids], [lay.positions(0, len(ids))], lay.context, False)
         return out[0]  # type: ignore[no-any-return]
 
+    def _hidden_states(self, ids: list[int]) -> npt.NDArray[np.float32]:
+        """The final-LayerNorm hidden states (what the tied output layer reads) of one pass over
+        ``ids`` on every rank, with the layout :meth:`logits` uses. ``tokenize(text)`` is the
+        prompt GLM-130B's ``generate.py`` builds: the text, ``[gMASK]`` when it has no
+        ``[MASK]``/``[sMASK]`` (``<eos>`` when it goes on after its last one), then ``<sop>``;
+        :meth:`Model.embed` pools all of these, and the text attends both ways (the context
+        before ``<sop>``), as in the model's own prompts. The ranks read it with a KV cache of its
+        own: a sequence being generated (whose cache they hold) is not disturbed."""
+        lay = layout_of(ids, self.tokenizer.commands)
+        out = self.backend("hidden", [ids], [lay.positions(0, len(ids))], lay.context)
+        return out[0]  # type: ignore[no-any-return]
+
     def _token_stream(self, prompt_ids: list[int], config: GenerationConfig) -> Iterator[int]:
         lay = layout_of(prompt_ids, self.tokenizer.commands)
         done = 0

@@ -45,11 +45,13 @@ class GenerateJob:
 
 @dataclass(frozen=True)
 class ProbeJob:
-    """Logits of id sequences, greedy continuations of prompts, weight bytes and speed."""
+    """Logits of id sequences, greedy continuations of prompts, embeddings of texts
+    (``Model.embed``), weight bytes and speed."""
 
     ids: tuple[tuple[int, ...], ...] = ()
     prompts: tuple[str, ...] = ()
     max_new_tokens: int = 8
+    embed: tuple[str, ...] = ()
 
     def __call__(self, model: Any) -> dict[str, Any]:
         logits = [model.logits(list(i)) for i in self.ids]
@@ -60,4 +62,5 @@ class ProbeJob:
             greedy.append(list(c.token_ids))
             speeds.append(len(c.token_ids) / max(time.perf_counter() - t0, 1e-9))
         return {"logits": logits, "greedy": greedy, "tokens_per_s": speeds,
+                "embeddings": model.embed(list(self.embed)) if self.embed else [],
                 "weight_bytes": model.backend.engine.weight_bytes(), "info": model.info.as_dict()}

@@ -95,6 +95,17 @@ class RankEngine:
         t_pos = torch.tensor(positions, dtype=torch.long, device=self.device)
         return self.shard.forward(t_ids, t_pos, self.cache, context, last_only).cpu().numpy()
 
+    @torch.inference_mode()
+    def hidden(self, ids: Sequence[Sequence[int]], positions: Sequence[Sequence[int]],
+               context: int) -> npt.NDArray[np.float32]:
+        """As :meth:`forward` over every position of whole sequences, the final-LayerNorm hidden
+        states ``[B, T, hidden]`` (as float32) instead of the logits. The pass has a KV cache of
+        its own, so a generation whose cache this rank holds continues unchanged after it."""
+        t_ids = torch.tensor(ids, dtype=torch.long, device=self.device)
+        t_pos = torch.tensor(positions, dtype=torch.long, device=self.device)
+        own = self.shard.new_cache(len(ids))
+        return self.shard.hidden(t_ids, t_pos, own, context).float().cpu().numpy()
+
     def reorder(self, index: Sequence[int]) -> None:
         self.cache.reorder(torch.tensor(index, dtype=torch.long, device=self.device))
 

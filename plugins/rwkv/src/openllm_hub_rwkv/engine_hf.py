@@ -71,6 +71,21 @@ class TransformersRwkvModel(RwkvTextModel):
             rows.append(logits)
         return torch.cat(rows).numpy()
 
+    def _hidden_states(self, ids: list[int]) -> npt.NDArray[np.float32]:
+        """``RwkvModel``'s ``last_hidden_state`` (the output of the final layer norm ``ln_out``,
+        what the head reads) at every position, read in chunks of ``chunk_len`` with the RNN
+        state carried over, as :meth:`_logits` reads."""
+        import torch
+
+        rows, state = [], None
+        with torch.no_grad():
+            for start in range(0, len(ids), self.options.chunk_len):
+                x = torch.tensor([ids[start : start + self.options.chunk_len]], dtype=torch.long, device=self._device)
+                out = self._model.rwkv(input_ids=x, state=state, use_cache=True)
+                rows.append(out.last_hidden_state[0].float().cpu())
+                state = out.state
+        return torch.cat(rows).numpy()
+
     def _token_stream(self, prompt_ids: list[int], config: GenerationConfig) -> Iterator[int]:
         box: dict[str, Any] = {}
 

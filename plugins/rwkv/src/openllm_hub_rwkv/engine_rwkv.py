@@ -126,6 +126,38 @@ class RwkvModel(RwkvTextModel):
             rows.append(out.reshape(len(part), -1).float().cpu())
         return torch.cat(rows).numpy()
 
+    def _hidden_states(self, ids: list[int]) -> npt.NDArray[np.float32]:
+        """The output of the final layer norm ``ln_out`` at every position of ``ids``, read
+        from the start (zero state) in chunks of ``chunk_len`` as :meth:`_logits` reads: the
+        vectors the ``head`` reads. The package computes ``ln_out(x) @ head`` in one step, so
+        for this one pass its head is an identity matrix (in the activation dtype, on
+        ``ln_out``'s device): ``x @ I`` is ``x`` exactly. The package's weight dict is replaced
+        as a whole (a TorchScript model hands Python a copy of it) and restored afterwards,
+        under the model's lock; chat states are not touched. RWKV has no BOS: ``tokenize(text)``
+        is the text's ids (``[end-of-text]`` for an empty text), all of them pooled."""
+        import torch
+
+        pkg = self._pkg
+        attr = "z" if self.arch.version == "7" else "w"
+        weights = getattr(pkg, attr)
+        ln = weights["ln_out.weight"]
+        head = weights["head.weight"]
+        swapped = dict(weights)
+        swapped["head.weight"] = torch.eye(ln.shape[0], dtype=ln.dtype, device=ln.device)
+        setattr(pkg, attr, swapped)
+        try:
+            rows = []
+            state = None
+            chunk = self.options.chunk_len
+            for start in range(0, len(ids), chunk):
+                part = ids[start : start + chunk]
+                out, state = self._forward(part, state, full=True)
+                rows.append(out.reshape(len(part), -1).float().cpu())
+        finally:
+            swapped["head.weight"] = head
+            setattr(pkg, attr, swapped)
+        return torch.cat(rows).numpy()
+
     def _token_stream(self, prompt_ids: list[int], config: GenerationConfig) -> Iterator[int]:
         plan = self._plans.pop(tuple(prompt_ids), None)
         opts = self.options

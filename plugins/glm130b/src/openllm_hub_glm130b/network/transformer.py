@@ -155,6 +155,14 @@ class GLMShard:
         ``context``: how many leading tokens of the whole sequence are attended bidirectionally.
         With ``last_only`` only the last position's logits are computed (``[B, 1, V]``).
         """
+        return self.embedding.logits(self.hidden(ids, positions, cache, context, last_only)).float()
+
+    def hidden(self, ids: torch.Tensor, positions: torch.Tensor, cache: KVCache, context: int,
+               last_only: bool = False) -> torch.Tensor:
+        """The final-LayerNorm outputs ``[B, T, hidden]`` (compute dtype) of the new ``ids``,
+        what the tied output layer reads (:meth:`forward`'s logits are these times the word
+        embeddings). Every rank holds the whole vectors (the row-parallel outputs are summed
+        over the ranks), so rank 0's are the model's."""
         past, t = cache.length, ids.shape[1]
         q_idx = torch.arange(past, past + t, device=self.device)
         k_idx = torch.arange(past + t, device=self.device)
@@ -166,8 +174,7 @@ class GLMShard:
         cache.advance(t)
         if last_only:
             h = h[:, -1:]
-        h = F.layer_norm(h, (self.cfg.hidden_size,), self.final_w, self.final_b, self.cfg.layernorm_epsilon)
-        return self.embedding.logits(h).float()
+        return F.layer_norm(h, (self.cfg.hidden_size,), self.final_w, self.final_b, self.cfg.layernorm_epsilon)
 
     def _layer(self, n: int, layer: Layer, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                allowed: torch.Tensor, cache: KVCache) -> torch.Tensor:
