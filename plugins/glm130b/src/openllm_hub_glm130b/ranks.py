@@ -151,6 +151,12 @@ class RankEngine:
         self.batches.pop(batch, None)
         self.joining.pop(batch, None)
 
+    def kv_bytes_per_token(self) -> int:
+        """Bytes one token's keys and values take in this rank's cache (its heads, every layer):
+        what the server's default slot count divides memory by."""
+        shard = self.shard
+        return 2 * shard.cfg.num_layers * shard.heads * shard.head_dim * torch.finfo(shard.dtype).bits // 8
+
     def weight_bytes(self) -> dict[str, int]:
         return self.shard.weight_bytes()
 
