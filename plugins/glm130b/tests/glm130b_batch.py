@@ -33,7 +33,7 @@ PROMPTS = ["the cat sat on the mat", "hello", "a dog [MASK] the river", "the qui
            "x", "we [sMASK] to the sea and back again", "one two three four five six seven eight nine ten", "ok [MASK]"]
 #: A prompt of >= 1,024 tokens (the tiny tokenizer reads a word as several pieces).
 LONG = " ".join(["the quick brown fox jumps over the lazy dog"] * 40) + " and the cat [MASK] on the mat"
-GREEDY = {"temperature": 0.0, "repeat_penalty": 1.0, "seed": 0}
+GREEDY: dict[str, Any] = {"temperature": 0.0, "repeat_penalty": 1.0, "seed": 0}
 
 
 def relative(a: np.ndarray, ref: np.ndarray) -> float:

@@ -128,7 +128,7 @@ class RankEngine:
         t_pos = torch.tensor([list(positions)], dtype=torch.long, device=self.device)
         out = self.shard.forward(t_ids, t_pos, cache, context, True)[0, -1].cpu().numpy()
         self.joining[batch] = cache
-        return out  # type: ignore[no-any-return]
+        return out
 
     def batch_merge(self, batch: int) -> None:
         """The prompt :meth:`batch_prefill` read becomes the batch's last row."""
@@ -139,7 +139,7 @@ class RankEngine:
         """One step for every row: ``ids[i]`` at position id ``positions[i]``; logits ``[rows, V]``."""
         t_ids = torch.tensor(list(ids), dtype=torch.long, device=self.device)
         t_pos = torch.tensor(list(positions), dtype=torch.long, device=self.device)
-        return self.shard.forward_rows(t_ids, t_pos, self.batches[batch]).cpu().numpy()  # type: ignore[no-any-return]
+        return self.shard.forward_rows(t_ids, t_pos, self.batches[batch]).cpu().numpy()
 
     def batch_drop(self, batch: int, index: int) -> None:
         """Remove row ``index`` (a sequence that left); the rows after it move up."""
