@@ -193,6 +193,7 @@ class GLM130BBatchDecoder(RowBatchDecoder):
         #: each row's layout, in row order
         self._layouts: list[Layout] = []
         with model._lock:  # the core makes a decoder outside the lock; the ranks take calls one at a time
+            model._check_open()  # a closed model's other ranks are gone: nothing may be broadcast to them
             self.id = model._batch_ids
             model._batch_ids += 1
             self._open = True
