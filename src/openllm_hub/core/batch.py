@@ -27,8 +27,9 @@ where an engine keeps its generation state, which it declares in
   so it happens only when two or more sequences are running. A single call (``generate``,
   ``logits``) or another batch on the same model first lets the batch save its owner's
   state (``Model._claim_engine_state``), so they may be mixed freely.
-* ``"serial"``: neither is possible (GLM-130B's ranks hold one cache): sequences run one
-  after the other, in arrival order. Correct, not interleaved.
+* ``"serial"``: neither is possible (one shared cache that a new sequence resets, as the
+  single-sequence cache of GLM-130B's ranks, whose engine batches with its own decoder
+  instead): sequences run one after the other, in arrival order. Correct, not interleaved.
 
 Re-prefilling a sequence from its ids at every switch was not chosen: it costs a whole prompt
 per token, and the engine's sampler (llama.cpp's seeded chain) would restart its random

@@ -2,7 +2,8 @@
 
 :class:`RowBatchDecoder` is a :class:`~openllm_hub.core.batch.BatchDecoder` for engines whose
 network can run one decoding step for several sequences at once, each a row of a padded KV
-cache (HF LLaMA on transformers, ChatGLM2/3 on this SDK's network). It keeps what every such
+cache (HF LLaMA on transformers, ChatGLM on this SDK's network, GLM-130B on every
+tensor-parallel rank). It keeps what every such
 engine does the same way, so it lives once:
 
 * **a joining sequence's prompt is read alone**, in the single path's chunks (``_prefill``),

@@ -8,6 +8,10 @@ appended, as GLM-130B's ``generate.py`` does); a text with ``[MASK]``/``[sMASK]`
 its first blank. :meth:`fill_blanks` fills every blank and returns the whole text.
 :meth:`logits` on ids that contain ``<sop>`` uses GLM's layout (bidirectional context up to
 ``<sop>``, mask positions); ids without ``<sop>`` are read as plain causal text.
+
+Several sequences (``generate_batch``, ``stream_batch``, the server's ``--parallel`` slots) are
+decoded together by :class:`GLM130BBatchDecoder`: one forward pass per step for every running
+sequence, on every rank, each rank following rank 0's batch (see :mod:`~openllm_hub_glm130b.ranks`).
 """
 
 from __future__ import annotations
@@ -16,10 +20,11 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from openllm_hub.plugin import GenerationConfig, Model, ModelInfo, generate_tokens
+from openllm_hub.engines.torch_batch import RowBatchDecoder
+from openllm_hub.plugin import GenerationConfig, InvalidParameterError, Model, ModelInfo, generate_tokens
 from openllm_hub_glm130b.beam import Beam, beam_search, check_params
 from openllm_hub_glm130b.blanks import BlankFill, fill_blanks
-from openllm_hub_glm130b.network.positions import layout_of
+from openllm_hub_glm130b.network.positions import Layout, layout_of
 from openllm_hub_glm130b.spec import GLMConfig
 from openllm_hub_glm130b.tokenizer import GLMTokenizer, encode_with_masks, generation_prompt
 
@@ -45,13 +50,17 @@ class GLM130BModel(Model):
     default_chat_template = "plain"
     #: GLM-130B's scripts/generate.sh: temperature 1.0, top-k off, top-p 0.7, no repetition penalty.
     generation_defaults = GenerationConfig(temperature=1.0, top_k=0, top_p=0.7, repeat_penalty=1.0)
-    #: Every rank holds one KV cache ("start" resets it), so several sequences run one after the other.
+    #: Several sequences are decoded together by :class:`GLM130BBatchDecoder` (``_batch_decoder``).
+    #: Without it (the core's fallback) they would run one after the other: a ``_token_stream``
+    #: keeps its sequence in the ranks' one single-sequence cache ("start" resets it).
     sequence_interleaving = "serial"
 
     def __init__(self, info: ModelInfo, backend: Backend, tokenizer: GLMTokenizer, config: GLMConfig) -> None:
         cmds = tokenizer.commands
         super().__init__(info, eos_token_ids=(cmds["<eop>"], cmds["<eos>"]))
         self.backend, self.tokenizer, self.config = backend, tokenizer, config
+        #: the id the next batch's rows get on every rank
+        self._batch_ids = 0
 
     # ---- the engine contract -------------------------------------------------------
     def _tokenize(self, text: str, add_special: bool) -> list[int]:
@@ -97,6 +106,9 @@ class GLM130BModel(Model):
         self.backend("start", 1)
         ctx = self.config.max_sequence_length
         yield from generate_tokens(step, prompt_ids, config, context_length=ctx, prompt_chunk=ctx)
+
+    def _batch_decoder(self, slots: int) -> GLM130BBatchDecoder:
+        return GLM130BBatchDecoder(self)
 
     def _close(self) -> None:
         self.backend.close()
@@ -161,3 +173,76 @@ class GLM130BModel(Model):
             return out
 
         return fill_blanks(self.tokenizer, text, complete)
+
+
+class GLM130BBatchDecoder(RowBatchDecoder):
+    """Several GLM-130B sequences in one forward pass per step, on every tensor-parallel rank
+    (the shared :class:`~openllm_hub.engines.torch_batch.RowBatchDecoder`, whose doc says where
+    results may differ from a single run).
+
+    Rank 0 decides; every decision is one engine call each rank makes (:mod:`~openllm_hub_glm130b.ranks`):
+
+    * a joining prompt is read alone (``batch_prefill``), in one piece with GLM's layout from
+      :func:`~openllm_hub_glm130b.network.positions.layout_of` (the context before ``<sop>``
+      attended both ways; position ids frozen at the ``[MASK]``/``[sMASK]`` being filled, or
+      counting on after ``[gMASK]``), exactly as the single path reads it: its logits are the
+      single run's. Its cache then becomes the batch's last row (``batch_merge``);
+    * each step (``batch_decode``) feeds one token per row at the row's own position id (its
+      layout's, for the token's index in its sequence), attending to its row's positions only
+      (the ragged cache's padding is masked);
+    * a sequence that leaves (finished, cancelled, failed) has its row dropped on every rank
+      (``batch_drop``); the other rows are untouched.
+
+    Ids outside the vocabulary are refused here, on rank 0, before anything is broadcast, so a
+    bad sequence fails alone and the other ranks never see it. Each batch has its own rows on
+    the ranks (its id), apart from the single-sequence cache of ``generate``, ``logits`` and
+    beam search, which may run between two steps.
+    """
+
+    def __init__(self, model: GLM130BModel, *, step_tokens: int = 512, keep_logits: bool = False) -> None:
+        super().__init__(model.info.context_length, step_tokens=step_tokens, keep_logits=keep_logits)
+        self.model = model
+        #: each row's layout, in row order
+        self._layouts: list[Layout] = []
+        with model._lock:  # the core makes a decoder outside the lock; the ranks take calls one at a time
+            model._check_open()  # a closed model's other ranks are gone: nothing may be broadcast to them
+            self.id = model._batch_ids
+            model._batch_ids += 1
+            self._open = True
+            self._call("batch_open")
+
+    def _call(self, op: str, *args: Any) -> Any:
+        return self.model.backend(op, self.id, *args)
+
+    def _live(self) -> bool:
+        """Whether the ranks still hold this batch (not once it or the model is closed)."""
+        return self._open and not self.model.backend.closed
+
+    def _prefill(self, prompt_ids: list[int]) -> tuple[Any, npt.NDArray[np.float32]]:
+        vocab = self.model.config.vocab_size
+        bad = [t for t in prompt_ids if not 0 <= t < vocab]
+        if bad:
+            raise InvalidParameterError(f"token id {bad[0]} is outside the vocabulary (0..{vocab - 1})",
+                                        where="prompt", fix="tokenize with this model")
+        lay = layout_of(prompt_ids, self.model.tokenizer.commands)
+        logits = self._call("batch_prefill", prompt_ids, lay.positions(0, len(prompt_ids)), lay.context)
+        return lay, logits
+
+    def _merge(self, cache: Any, length: int) -> None:
+        self._call("batch_merge")
+        self._layouts.append(cache)
+
+    def _decode(self, tokens: list[int], positions: list[int]) -> npt.NDArray[np.float32]:
+        ids = [lay.position(i) for lay, i in zip(self._layouts, positions, strict=True)]
+        return self._call("batch_decode", tokens, ids)  # type: ignore[no-any-return]
+
+    def _drop(self, index: int) -> None:
+        self._layouts.pop(index)
+        if self._live():
+            self._call("batch_drop", index)
+
+    def close(self) -> None:
+        super().close()
+        if self._live():
+            self._call("batch_close")
+        self._open = False

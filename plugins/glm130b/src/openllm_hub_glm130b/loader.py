@@ -35,7 +35,8 @@ def model_info(ck: SatCheckpoint, engine: RankEngine, device: str, dtype: str) -
         else f"int{cfg.quantization_bit_width}", context_length=cfg.max_sequence_length,
         vocab_size=cfg.vocab_size, dtype=dtype,
         extra={"tensor_parallel": engine.tp.world, "checkpoint_tp": ck.tp,
-               "offloaded_layers": sorted(engine.shard.offload_layers), "weight_bytes_rank0": engine.weight_bytes()})
+               "offloaded_layers": sorted(engine.shard.offload_layers), "weight_bytes_rank0": engine.weight_bytes(),
+               "kv_bytes_per_token": engine.kv_bytes_per_token()})
 
 
 def build_model(ck: SatCheckpoint, engine: RankEngine, backend: Backend, device: str, dtype: str,

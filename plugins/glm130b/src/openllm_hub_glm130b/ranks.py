@@ -5,6 +5,16 @@ API; each engine call it makes is first broadcast as a small ``(op, args)`` mess
 control group, so the other ranks (in :func:`follow`) make the same call and take part in its
 collectives. With one rank nothing is broadcast. Token choice (sampling, beam search) happens
 on rank 0 only and reaches the others as the next call's ids, so ranks never diverge.
+
+Continuous batching follows the same rule: rank 0's batch decoder
+(:class:`~openllm_hub_glm130b.engine_tp.GLM130BBatchDecoder`) decides which sequences join,
+decode and leave, and each of those decisions is one engine call every rank makes
+(``batch_open``, ``batch_prefill``, ``batch_merge``, ``batch_decode``, ``batch_drop``,
+``batch_close``). A batch's rows live in their own ragged KV cache, named by the batch's id,
+next to the single-sequence cache (``start``/``forward``/``reorder``: generation, logits, beam
+search), so a single call between two batch steps leaves the batch alone. What can fail for one
+sequence only (its ids, its sampling, a cancellation) is decided on rank 0 before anything is
+broadcast, so it reaches the other ranks as that row's ``batch_drop`` at most.
 """
 
 from __future__ import annotations
@@ -84,6 +94,9 @@ class RankEngine:
         del state
         self.tp, self.device = tp, device
         self.cache: KVCache = self.shard.new_cache(1)
+        #: each open batch's rows (continuous batching), by batch id, and a prompt read to join it
+        self.batches: dict[int, KVCache] = {}
+        self.joining: dict[int, KVCache] = {}
 
     def start(self, batch: int) -> None:
         self.cache = self.shard.new_cache(batch)
@@ -109,11 +122,59 @@ class RankEngine:
     def reorder(self, index: Sequence[int]) -> None:
         self.cache.reorder(torch.tensor(index, dtype=torch.long, device=self.device))
 
+    # -- continuous batching: several sequences as rows of one ragged cache per batch
+    def batch_open(self, batch: int) -> None:
+        """A new batch ``batch`` with no rows yet."""
+        self.batches[batch] = self.shard.new_cache(0)
+        self.joining.pop(batch, None)
+
+    @torch.inference_mode()
+    def batch_prefill(self, batch: int, ids: Sequence[int], positions: Sequence[int],
+                      context: int) -> npt.NDArray[np.float32]:
+        """Read a joining sequence's prompt alone, exactly as :meth:`forward` reads a single
+        run's (a fresh one-row cache, the whole prompt in one piece with its bidirectional
+        context): the logits of its last position. Its cache waits for :meth:`batch_merge`."""
+        cache = self.shard.new_cache(1)
+        t_ids = torch.tensor([list(ids)], dtype=torch.long, device=self.device)
+        t_pos = torch.tensor([list(positions)], dtype=torch.long, device=self.device)
+        out = self.shard.forward(t_ids, t_pos, cache, context, True)[0, -1].cpu().numpy()
+        self.joining[batch] = cache
+        return out
+
+    def batch_merge(self, batch: int) -> None:
+        """The prompt :meth:`batch_prefill` read becomes the batch's last row."""
+        self.batches[batch].add_rows(self.joining.pop(batch))
+
+    @torch.inference_mode()
+    def batch_decode(self, batch: int, ids: Sequence[int], positions: Sequence[int]) -> npt.NDArray[np.float32]:
+        """One step for every row: ``ids[i]`` at position id ``positions[i]``; logits ``[rows, V]``."""
+        t_ids = torch.tensor(list(ids), dtype=torch.long, device=self.device)
+        t_pos = torch.tensor(list(positions), dtype=torch.long, device=self.device)
+        return self.shard.forward_rows(t_ids, t_pos, self.batches[batch]).cpu().numpy()
+
+    def batch_drop(self, batch: int, index: int) -> None:
+        """Remove row ``index`` (a sequence that left); the rows after it move up."""
+        cache = self.batches[batch]
+        keep = [i for i in range(cache.batch) if i != index]
+        cache.reorder(torch.tensor(keep, dtype=torch.long, device=self.device))
+
+    def batch_close(self, batch: int) -> None:
+        self.batches.pop(batch, None)
+        self.joining.pop(batch, None)
+
+    def kv_bytes_per_token(self) -> int:
+        """Bytes one token's keys and values take in this rank's cache (its heads, every layer):
+        what the server's default slot count divides memory by."""
+        shard = self.shard
+        return 2 * shard.cfg.num_layers * shard.heads * shard.head_dim * torch.finfo(shard.dtype).bits // 8
+
     def weight_bytes(self) -> dict[str, int]:
         return self.shard.weight_bytes()
 
     def close(self) -> None:
         self.cache = self.shard.new_cache(1)
+        self.batches.clear()
+        self.joining.clear()
 
 
 class Backend:

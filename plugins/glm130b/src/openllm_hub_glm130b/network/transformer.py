@@ -176,8 +176,27 @@ class GLMShard:
             h = h[:, -1:]
         return F.layer_norm(h, (self.cfg.hidden_size,), self.final_w, self.final_b, self.cfg.layernorm_epsilon)
 
+    def forward_rows(self, ids: torch.Tensor, positions: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """One decoding step of several sequences, each a row of a ragged ``cache`` (continuous
+        batching): ``ids`` ``[B]`` at position ids ``positions`` ``[B]``, each appended at its
+        row's own length; logits ``[B, V]`` (float32).
+
+        A decoded token comes after its sequence's bidirectional context, so it attends to every
+        position of its row (the context both ways is the prompt's business, read alone with
+        :meth:`forward`); what lies past a row's length is padding, masked with the same -10000
+        as any masked score (its probability is exactly 0 in fp32).
+        """
+        allowed = cache.row_mask()[:, None, None, :]  # [B, 1 (heads), 1 (query), S]
+        cos, sin = self._rotary(positions[:, None])
+        h = self.embedding(ids[:, None])
+        for n, layer in enumerate(self.layers):
+            h = self._layer(n, layer, h, cos, sin, allowed, cache, rows=True)
+        cache.advance_rows()
+        h = F.layer_norm(h, (self.cfg.hidden_size,), self.final_w, self.final_b, self.cfg.layernorm_epsilon)
+        return self.embedding.logits(h)[:, 0].float()
+
     def _layer(self, n: int, layer: Layer, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-               allowed: torch.Tensor, cache: KVCache) -> torch.Tensor:
+               allowed: torch.Tensor, cache: KVCache, rows: bool = False) -> torch.Tensor:
         eps, size = self.cfg.layernorm_epsilon, (self.cfg.hidden_size,)
         b, t, _ = h.shape
         a = F.layer_norm(h, size, layer.ln1_w, layer.ln1_b, eps)
@@ -186,7 +205,8 @@ class GLMShard:
         q, k, v = qkv[..., :d], qkv[..., d : 2 * d], qkv[..., 2 * d :]  # each [B, T, H, D]
         q = q * cos + rotate_half(q) * sin
         k = k * cos + rotate_half(k) * sin
-        keys, values = cache.append(n, k.transpose(1, 2), v.transpose(1, 2))  # [B, H, S, D]
+        append = cache.append_rows if rows else cache.append
+        keys, values = append(n, k.transpose(1, 2), v.transpose(1, 2))  # [B, H, S, D]
         # GLM-130B's query-key layer scaling, in every dtype as the official attention does it:
         # q / (sqrt(D) * (layer + 1)) in the compute dtype, scores masked with -10000 in the compute
         # dtype, then in fp32 multiplied back by (layer + 1); softmax in fp32; the probabilities go
