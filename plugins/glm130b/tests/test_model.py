@@ -102,6 +102,20 @@ def test_stream_chunks_add_up(model: Any) -> None:
     assert "".join(c.text for c in chunks) == full.text
 
 
+def test_logits_between_generation_steps_change_no_token(model: Any) -> None:
+    """The ranks read ``logits()`` with a KV cache of their own: a sequence being generated
+    (whose cache they hold) goes on as it would alone, and the logits equal a fresh call's."""
+    prompt = "GLM-130B is a model"
+    alone = model.generate(prompt, max_new_tokens=8, temperature=0.0).token_ids
+    probe = model.tokenize("something else entirely")
+    fresh = model.logits(probe)
+    got: list[int] = []
+    for chunk in model.stream(prompt, max_new_tokens=8, temperature=0.0):
+        got.extend(chunk.token_ids)
+        assert np.array_equal(model.logits(probe), fresh)
+    assert tuple(got) == alone
+
+
 def test_blank_filling_fills_each_mask_in_place(model: Any, tiny: Any) -> None:
     cmd = tiny.config.tokenizer.commands
     ends = set(model.eos_token_ids)

@@ -76,9 +76,10 @@ class GLM130BModel(Model):
         return self.tokenizer.decode(list(ids))
 
     def _logits(self, ids: list[int]) -> npt.NDArray[np.float32]:
+        """Every position's logits, read on every rank with a KV cache of its own (as
+        :meth:`_hidden_states`): a sequence being generated is not disturbed."""
         lay = layout_of(ids, self.tokenizer.commands)
-        self.backend("start", 1)
-        out = self.backend("forward", [ids], [lay.positions(0, len(ids))], lay.context, False)
+        out = self.backend("logits", [ids], [lay.positions(0, len(ids))], lay.context)
         return out[0]  # type: ignore[no-any-return]
 
     def _hidden_states(self, ids: list[int]) -> npt.NDArray[np.float32]:

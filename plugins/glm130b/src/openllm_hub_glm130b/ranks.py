@@ -109,6 +109,17 @@ class RankEngine:
         return self.shard.forward(t_ids, t_pos, self.cache, context, last_only).cpu().numpy()
 
     @torch.inference_mode()
+    def logits(self, ids: Sequence[Sequence[int]], positions: Sequence[Sequence[int]],
+               context: int) -> npt.NDArray[np.float32]:
+        """As :meth:`forward` over every position of whole sequences, with a KV cache of its
+        own (``Model.logits`` between two steps of a generation leaves that generation's
+        cache alone)."""
+        t_ids = torch.tensor(ids, dtype=torch.long, device=self.device)
+        t_pos = torch.tensor(positions, dtype=torch.long, device=self.device)
+        own = self.shard.new_cache(len(ids))
+        return self.shard.forward(t_ids, t_pos, own, context, False).cpu().numpy()
+
+    @torch.inference_mode()
     def hidden(self, ids: Sequence[Sequence[int]], positions: Sequence[Sequence[int]],
                context: int) -> npt.NDArray[np.float32]:
         """As :meth:`forward` over every position of whole sequences, the final-LayerNorm hidden
