@@ -358,9 +358,7 @@ class Model(ABC):
         if checked is None or mode == "none":
             return None, None, None
         if tpl.tools_fn is None:
-            raise InvalidParameterError(f"the chat template {tpl.name!r} cannot render tools", where="tools",
-                                        fix="use the model's own template ('model') when it supports tools, or "
-                                            "leave tools out")
+            raise tpl.refuse_tools("tools")
         if mode == "auto":
             return checked, None if tpl.tool_format is None else ToolCallStream(tpl.tool_format), None
         fmt = tpl.tool_format or "hermes"
