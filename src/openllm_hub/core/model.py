@@ -331,6 +331,11 @@ class Model(ABC):
         offered, reader, constraint = self._tool_plan(tpl, tools, tool_choice)
         pieces = tpl.pieces(messages, tools=offered)  # type: ignore[arg-type]
         if constraint is not None:
+            for key in ("json_schema", "grammar", "json_object"):
+                if params.get(key):
+                    raise InvalidParameterError(f"{key} cannot be set with tool_choice {tool_choice!r}, which "
+                                                "constrains the answer to one tool call", where=key,
+                                                fix="leave tool_choice out ('auto'), or drop the other constraint")
             params.update(constraint)
         config = GenerationConfig.build(self.generation_defaults, stop=self._chat_stops(tpl, params.pop("stop", None)),
                                         **params)
