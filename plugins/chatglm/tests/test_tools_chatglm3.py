@@ -201,6 +201,40 @@ def test_calls_are_read_whole_and_streamed() -> None:
         assert parse_tool_calls(text, "chatglm3") == (text, [])
 
 
+#: text then calls in one answer, as the engines' text has it: ChatGLM3 writes ``<|assistant|>``
+#: before each call (PROMPT.md's example), a control token that decoding leaves out
+AFTER_TEXT = [
+    ('\nLet me check.get_weather\n```python\ntool_call(city="Paris")\n```', "Let me check.",
+     [("get_weather", {"city": "Paris"})]),
+    ('\nTwo calls:get_weather\n```python\ntool_call(city="Rome")\n```get_time\n```python\ntool_call()\n```',
+     "Two calls:", [("get_weather", {"city": "Rome"}), ("get_time", {})]),
+    # the engine that keeps the control token in its text
+    ('\nLet me check.<|assistant|>get_weather\n```python\ntool_call(city="Paris")\n```', "Let me check.",
+     [("get_weather", {"city": "Paris"})]),
+]
+NAMES = ("get_weather", "get_time")
+
+
+def test_calls_after_text_are_read_by_the_offered_names() -> None:
+    for text, content, want in AFTER_TEXT:
+        got_content, calls = parse_tool_calls(text, "chatglm3", NAMES)
+        assert (got_content, [(c.name, json.loads(c.arguments)) for c in calls]) == (content, want), text
+        for step in (1, 5, 1000):
+            reader = ToolCallStream("chatglm3", names=NAMES)
+            early = "".join(reader.feed(text[i:i + step]) for i in range(0, len(text), step))
+            rest, calls = reader.finish()
+            assert early.strip() == content and rest == ""
+            assert [(c.name, json.loads(c.arguments)) for c in calls] == want
+    # text naming a tool, or a fence of something else, stays text, streamed as it comes
+    for text in ("\nI would call get_weather for that.", "\nget_weather\n```python\nprint(1)\n```"):
+        assert parse_tool_calls(text, "chatglm3", NAMES) == (text, [])
+        reader = ToolCallStream("chatglm3", names=NAMES)
+        early = "".join(reader.feed(ch) for ch in text)
+        assert early + reader.finish()[0] == text and reader.finish()[1] == []
+    reader = ToolCallStream("chatglm3", names=NAMES)
+    assert reader.feed("\nIt is sunny in Paris") == "\nIt is sunny in Paris"  # no name in sight: out at once
+
+
 def test_the_call_grammar_is_chatglm3_syntax() -> None:
     from llguidance import LLMatcher
 

@@ -365,7 +365,8 @@ class Model(ABC):
         if tpl.tools_fn is None:
             raise tpl.refuse_tools("tools")
         if mode == "auto":
-            return checked, None if tpl.tool_format is None else ToolCallStream(tpl.tool_format), None
+            names = [t["function"]["name"] for t in checked]
+            return checked, None if tpl.tool_format is None else ToolCallStream(tpl.tool_format, names=names), None
         fmt = tpl.tool_format or "hermes"
         return checked, ToolCallStream(fmt, constrained=True), call_constraint(checked, fmt, name)
 

@@ -17,7 +17,9 @@ template by :func:`detect_tool_format`). The formats read here:
   function, then ``tool_call(key=value, ...)`` in a ```` ```python ```` fence; read with
   :mod:`ast` literals only, never run (the official code ``eval`` it). Values are read as
   JSON first (what a constrained call writes), else as Python literals (what the model writes:
-  ``True``, ``'x'``); :func:`tool_call_code` writes a past call back in this form.
+  ``True``, ``'x'``); :func:`tool_call_code` writes a past call back in this form. A call after
+  text in the same answer starts with ``<|assistant|>``, a control token engines leave out of
+  the text: the offered tools' names (``names``) tell where the call starts.
 
 :func:`parse_tool_calls` returns ``(content, calls)``; text that does not parse as the format's
 calls stays content (a malformed call is never an error: the model wrote text).
@@ -305,7 +307,39 @@ def tool_call_code(arguments: Mapping[str, Any]) -> str:
     return "tool_call(" + ", ".join([*plain, *([f"**{_py(rest)}"] if rest else [])]) + ")"
 
 
-def _chatglm3(text: str) -> tuple[str, list[ToolCall]]:
+_OPEN = "\n```python\n"
+
+
+def _ending_name(head: str, names: Sequence[str]) -> str | None:
+    """The longest of ``names`` that ``head`` ends with."""
+    found = [n for n in names if n and head.endswith(n)]
+    return max(found, key=len) if found else None
+
+
+def _chatglm3_after_text(text: str, names: Sequence[str]) -> tuple[str, list[ToolCall]] | None:
+    """Calls after text in one answer: ChatGLM3 starts each call with its ``<|assistant|>``
+    control token, which engines leave out of the text, so the call's name follows the text
+    directly (``"Let me check.get_weather\n```python\n..."``). Told apart by the offered
+    tools' names (the longest one the text before the fence ends with); None when it is not so."""
+    parts = text.split(_OPEN)
+    if len(parts) < 2 or not names:
+        return None
+    content, calls, head = "", [], parts[0]
+    for i, part in enumerate(parts[1:]):
+        name = _ending_name(head, names)
+        if name is None or (i > 0 and head[: -len(name)].strip()):
+            return None
+        if i == 0:
+            content = head[: -len(name)]
+        body, _, head = part.partition("\n```")
+        args = _chatglm3_args(body)
+        if args is None:
+            return None
+        calls.append(ToolCall(new_call_id("chatglm3"), name, json.dumps(args, ensure_ascii=False)))
+    return (content.strip(), calls) if not head.strip() else None
+
+
+def _chatglm3(text: str, names: Sequence[str] = ()) -> tuple[str, list[ToolCall]]:
     contents, calls = [], []
     for segment in text.split("<|assistant|>"):
         metadata, _, body = segment.partition("\n") if "\n" in segment else ("", "", segment)
@@ -316,14 +350,16 @@ def _chatglm3(text: str) -> tuple[str, list[ToolCall]]:
         fence = _FENCE.match(body)
         args = _chatglm3_args(fence.group(1) if fence else body)
         if not re.fullmatch(r"[A-Za-z0-9_.\-]{1,64}", name) or args is None:
-            return text, []
+            return _chatglm3_after_text(text, names) or (text, [])
         calls.append(ToolCall(new_call_id("chatglm3"), name, json.dumps(args, ensure_ascii=False)))
     if not calls:
-        return text, []
+        return _chatglm3_after_text(text, names) or (text, [])
     return "\n".join(c for c in contents if c), calls
 
 
-_PARSERS = {"hermes": _hermes, "llama3_json": _llama3, "mistral": _mistral, "chatglm3": _chatglm3}
+_PARSERS: Mapping[str, Callable[[str, Sequence[str]], tuple[str, list[ToolCall]]]] = {
+    "hermes": lambda text, _: _hermes(text), "llama3_json": lambda text, _: _llama3(text),
+    "mistral": lambda text, _: _mistral(text), "chatglm3": _chatglm3}
 
 
 def check_tool_format(fmt: str) -> ToolFormat:
@@ -333,10 +369,11 @@ def check_tool_format(fmt: str) -> ToolFormat:
     return fmt  # type: ignore[return-value]
 
 
-def parse_tool_calls(text: str, fmt: str) -> tuple[str, list[ToolCall]]:
+def parse_tool_calls(text: str, fmt: str, names: Sequence[str] = ()) -> tuple[str, list[ToolCall]]:
     """``(content, calls)`` of an answer written in ``fmt``; an answer whose calls do not parse
-    is all content (no calls)."""
-    return _PARSERS[check_tool_format(fmt)](text)
+    is all content (no calls). ``names``: the offered tools' names, which tell where a ChatGLM3
+    call starts after text (its ``<|assistant|>`` token is not in the text)."""
+    return _PARSERS[check_tool_format(fmt)](text, names)
 
 
 # ---- constrained calls -----------------------------------------------------------------------
@@ -450,9 +487,12 @@ class ToolCallStream:
                                               "llama3_json": ("<|python_tag|>", "{"), "chatglm3": ()}
     _INNER: Mapping[str, str] = {"hermes": "<tool_call>", "mistral": "[TOOL_CALLS]"}
 
-    def __init__(self, fmt: str, *, constrained: bool = False) -> None:
+    def __init__(self, fmt: str, *, constrained: bool = False, names: Sequence[str] = ()) -> None:
         self.fmt = check_tool_format(fmt)
         self.constrained = constrained
+        self.names = tuple(names)  # the offered tools' names (see parse_tool_calls)
+        #: ChatGLM3: what starts a call after text (its control token, when an engine's text keeps it)
+        self._markers = ("<|assistant|>", *(n + _OPEN for n in self.names if n))
         self._buffer = ""
         self._held = constrained  # True once a call may have started: everything from here waits
         self._sent = 0  # characters of the buffer already given out as content
@@ -466,12 +506,11 @@ class ToolCallStream:
             if self._sent == 0:
                 if "\n" not in self._buffer:
                     return ""
-                if self._buffer.partition("\n")[0].strip():
+                first = self._buffer.partition("\n")[0].strip()
+                if first and (not self.names or first in self.names):
                     self._held = True
                     return ""
-            out = self._buffer[self._sent:]
-            self._sent += len(out)
-            return out
+            return self._chatglm3_text()
         if self._sent == 0:
             head = self._buffer.lstrip()
             starts = self._STARTS[self.fmt]
@@ -496,12 +535,30 @@ class ToolCallStream:
         self._sent += len(out)
         return out
 
+    def _chatglm3_text(self) -> str:
+        """Text of a ChatGLM3 answer that may go out: up to a call after the text (an offered
+        name followed by the python fence, or ``<|assistant|>``), holding back a tail that
+        could start one."""
+        pending = self._buffer[self._sent:]
+        cut = len(pending)
+        starts = [i for i in (pending.find(m) for m in self._markers) if i >= 0]
+        if starts:
+            cut, self._held = min(starts), True
+        else:
+            for k in range(min(max((len(m) for m in self._markers), default=1) - 1, len(pending)), 0, -1):
+                if any(m.startswith(pending[-k:]) for m in self._markers):
+                    cut = len(pending) - k
+                    break
+        out = pending[:cut]
+        self._sent += len(out)
+        return out
+
     def finish(self) -> tuple[str, list[ToolCall]]:
         """The content not yet given out, and the calls (the given-out content holds none)."""
         rest = self._buffer[self._sent:]
         json_call = self.constrained and self.fmt not in _OWN_SYNTAX
-        parse = parse_constrained_call if json_call else parse_tool_calls
-        content, calls = parse(rest, self.fmt)
+        content, calls = parse_constrained_call(rest, self.fmt) if json_call else parse_tool_calls(rest, self.fmt,
+                                                                                                     self.names)
         return (content, calls) if calls else (rest, [])
 
 
