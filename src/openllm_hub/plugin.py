@@ -73,6 +73,7 @@ from openllm_hub.core.quantize import Quantizer, QuantizeRequest
 from openllm_hub.core.registry import API_VERSION
 from openllm_hub.core.sampling import Sampler
 from openllm_hub.core.tiny import choice_option, int_option
+from openllm_hub.core.tool_calls import tool_call_code
 from openllm_hub.errors import (
     ConversionError,
     CorruptFileError,
@@ -176,6 +177,7 @@ __all__ = [
     "score",
     "scratch_dir",
     "stored_as",
+    "tool_call_code",
     "track",
     "verify_models",
     "write_json",

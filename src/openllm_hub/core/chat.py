@@ -34,6 +34,8 @@ Role = Literal["system", "user", "assistant", "tool"]
 #: The reserved template name of a model's own template (the Jinja text its file ships, see
 #: :mod:`openllm_hub.core.chat_jinja`): ``model.chat_template("model")``; no plugin may take it.
 MODEL_TEMPLATE = "model"
+#: What to do when a template cannot render tools (templates may say more: ``no_tools_fix``)
+NO_TOOLS_FIX = "use the model's own template ('model') when it supports tools, or leave tools out"
 
 
 class Message(TypedDict):
@@ -122,6 +124,14 @@ class ChatTemplate:
                        Sequence[Piece]] | None = field(default=None, compare=False)
     #: How the model writes its tool calls (a :mod:`openllm_hub.core.tool_calls` format name)
     tool_format: str | None = None
+    #: Templates without tool support (``tools_fn`` None): why, and what to do instead, said
+    #: when tools are refused (None: the generic advice, :data:`NO_TOOLS_FIX`)
+    no_tools_fix: str | None = None
+
+    def refuse_tools(self, where: str) -> InvalidParameterError:
+        """The error for tools, tool calls or tool results given to a template without tool support."""
+        return InvalidParameterError(f"the chat template {self.name!r} cannot render tools, tool calls or tool "
+                                     "results", where=where, fix=self.no_tools_fix or NO_TOOLS_FIX)
 
     def pieces(self, messages: Sequence[Message], *, complete: bool = True,
                tools: Sequence[Mapping[str, Any]] | None = None) -> list[Piece]:
@@ -135,10 +145,7 @@ class ChatTemplate:
         msgs = validate_messages(messages, complete=complete)
         uses_tools = tools is not None or any(m["role"] == "tool" or "tool_calls" in m for m in msgs)
         if uses_tools and self.tools_fn is None:
-            raise InvalidParameterError(f"the chat template {self.name!r} cannot render tools, tool calls or tool "
-                                        "results", where="tools" if tools is not None else "chat messages",
-                                        fix="use the model's own template ('model') when it supports tools, or "
-                                            "leave tools out")
+            raise self.refuse_tools("tools" if tools is not None else "chat messages")
         if uses_tools:
             assert self.tools_fn is not None
             if not complete:

@@ -26,7 +26,7 @@ from openllm_hub.core.chat import ChatTemplate, Cut, Piece, Special, Text, get_t
 from openllm_hub.core.chat_jinja import MODEL_TEMPLATE, ChatTemplateError, JinjaTemplate
 from openllm_hub.core.config import GenerationConfig
 from openllm_hub.core.logprobs import TokenLogprob
-from openllm_hub.core.tool_calls import ToolCall, ToolCallStream, call_schema, tool_choice_mode, validate_tools
+from openllm_hub.core.tool_calls import ToolCall, ToolCallStream, call_constraint, tool_choice_mode, validate_tools
 from openllm_hub.errors import InvalidParameterError, ModelClosedError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -318,7 +318,7 @@ class Model(ABC):
         ``Completion.tool_calls`` with ``finish_reason="tool_calls"``, the text around them as
         ``text``. ``tool_choice``: ``"auto"`` (default), ``"none"`` (tools are not offered),
         ``"required"`` or ``{"type": "function", "function": {"name": ...}}`` (the answer is
-        constrained to one call's JSON schema)."""
+        constrained to one call: its JSON schema, or a grammar of the format's own syntax)."""
         if tools is not None or tool_choice is not None:  # engines whose stream_chat predates tools never see them
             params.update(tools=tools, tool_choice=tool_choice)
         return self._collect(self.stream_chat(messages, template=template, **params))
@@ -330,10 +330,15 @@ class Model(ABC):
         """:meth:`chat`, streamed: content goes out as it comes; text that may start a tool call
         is held until the answer ends, and the last chunk carries the calls."""
         tpl = self.chat_template(template)
-        offered, reader, schema = self._tool_plan(tpl, tools, tool_choice)
+        offered, reader, constraint = self._tool_plan(tpl, tools, tool_choice)
         pieces = tpl.pieces(messages, tools=offered)  # type: ignore[arg-type]
-        if schema is not None:
-            params["json_schema"] = schema
+        if constraint is not None:
+            for key in ("json_schema", "grammar", "json_object"):
+                if params.get(key):
+                    raise InvalidParameterError(f"{key} cannot be set with tool_choice {tool_choice!r}, which "
+                                                "constrains the answer to one tool call", where=key,
+                                                fix="leave tool_choice out ('auto'), or drop the other constraint")
+            params.update(constraint)
         config = GenerationConfig.build(self.generation_defaults, stop=self._chat_stops(tpl, params.pop("stop", None)),
                                         **params)
         self._check_open()
@@ -353,19 +358,19 @@ class Model(ABC):
     @staticmethod
     def _tool_plan(tpl: ChatTemplate, tools: Sequence[Mapping[str, Any]] | None, tool_choice: Any
                    ) -> tuple[list[dict[str, Any]] | None, ToolCallStream | None, dict[str, Any] | None]:
-        """(the tools to render, the reader of the answer, the JSON schema that constrains it)."""
+        """(the tools to render, the reader of the answer, the generation parameter that
+        constrains it: ``json_schema`` or ``grammar``, see :func:`call_constraint`)."""
         checked = validate_tools(tools) if tools is not None else None
         mode, name = tool_choice_mode(tool_choice, checked)
         if checked is None or mode == "none":
             return None, None, None
         if tpl.tools_fn is None:
-            raise InvalidParameterError(f"the chat template {tpl.name!r} cannot render tools", where="tools",
-                                        fix="use the model's own template ('model') when it supports tools, or "
-                                            "leave tools out")
+            raise tpl.refuse_tools("tools")
         if mode == "auto":
-            return checked, None if tpl.tool_format is None else ToolCallStream(tpl.tool_format), None
+            names = [t["function"]["name"] for t in checked]
+            return checked, None if tpl.tool_format is None else ToolCallStream(tpl.tool_format, names=names), None
         fmt = tpl.tool_format or "hermes"
-        return checked, ToolCallStream(fmt, constrained=True), call_schema(checked, fmt, name)
+        return checked, ToolCallStream(fmt, constrained=True), call_constraint(checked, fmt, name)
 
     def chat_prompt_ids(self, messages: Sequence[Mapping[str, Any]], *, template: str | None = None,
                         tools: Sequence[Mapping[str, Any]] | None = None) -> list[int]:

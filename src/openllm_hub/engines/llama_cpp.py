@@ -740,14 +740,16 @@ def _check_context(req: LoadRequest[Any], layout_meta: Mapping[str, Any], arch: 
 
 def load_gguf(req: LoadRequest[Any], *, family: str, options: LlamaCppOptions | None = None,
               model_class: type[LlamaCppModel] = LlamaCppModel,
-              info_extra: Mapping[str, Any] | None = None) -> LlamaCppModel:
+              info_extra: Mapping[str, Any] | None = None, context_limit: int | None = None) -> LlamaCppModel:
     """Open the GGUF file ``req.path`` on llama.cpp with the request's placement.
 
     ``family`` names the model in its :class:`ModelInfo`; ``options`` (default:
     ``req.options``, which must then be a :class:`LlamaCppOptions`) size the context and
     choose the KV cache, LoRA adapters, repacking, template and seed; ``model_class`` is the
     family's :class:`LlamaCppModel` subclass, if it has one; ``info_extra`` is merged into
-    ``info.extra`` (e.g. the checkpoint a cached GGUF was made from).
+    ``info.extra`` (e.g. the checkpoint a cached GGUF was made from); ``context_limit``: the
+    most tokens a sequence may hold when that must be exactly ``n_ctx`` (llama.cpp rounds its
+    context up to a multiple of 256; e.g. a sliding window the architecture does not apply).
     """
     import llama_cpp
     from llama_cpp import Llama
@@ -832,7 +834,7 @@ def load_gguf(req: LoadRequest[Any], *, family: str, options: LlamaCppOptions | 
     info = ModelInfo(
         family=family, format="gguf", engine="llama.cpp", path=str(path), device=device,
         parameters=int(llama_cpp.llama_model_n_params(model_ptr)), quantization=ftype,
-        context_length=llm.n_ctx(), vocab_size=llm.n_vocab(), dtype=ftype,
+        context_length=min(llm.n_ctx(), context_limit or llm.n_ctx()), vocab_size=llm.n_vocab(), dtype=ftype,
         extra={"n_ctx_train": train_ctx, "n_layers": n_layers, "n_gpu_layers": n_gpu_layers,
                "threads": threads, "kv_cache_type": kv_type, "repack": repack, "n_batch": llm.n_batch,
                # what one token's KV cache costs (a batch holds slots x n_ctx of them; serve's default --parallel)
@@ -848,6 +850,8 @@ def load_gguf(req: LoadRequest[Any], *, family: str, options: LlamaCppOptions | 
     except Exception:
         llm.close()
         raise
+    if context_limit is not None:
+        model._n_ctx = min(model._n_ctx, context_limit)
     model.prefix_cache = PrefixCache(cache_mib * 2**20)
     return model
 

@@ -5,9 +5,11 @@ OpenAI client sends, and refuse, with a clear 400, the ones this server cannot h
 (``n > 1``, penalties other than 0, ...). ``logprobs`` come in OpenAI's two shapes:
 chat's ``choices[].logprobs.content[]`` and the legacy completions' parallel lists
 (``tokens``, ``token_logprobs``, ``top_logprobs``, ``text_offset``). ``response_format``
-(``json_object``, ``json_schema``) constrains the answer, on completions too. Three llama.cpp-style
-extensions are accepted: ``top_k``, ``repeat_penalty`` and ``chat_template`` (a template
-name). Responses are built from the models below, so the JSON always has OpenAI's keys.
+(``json_object``, ``json_schema``) constrains the answer, on completions too. Four llama.cpp-style
+extensions are accepted: ``top_k``, ``repeat_penalty``, ``grammar`` (the answer follows a GBNF
+grammar, as llama-cpp-python's server takes it, or a Lark grammar in llguidance's syntax; both
+endpoints) and ``chat_template`` (a template name). Responses are built from the models below,
+so the JSON always has OpenAI's keys.
 """
 
 from __future__ import annotations
@@ -47,6 +49,8 @@ class RequestBase(BaseModel):
     # llama.cpp-style extensions (pass with the openai client's ``extra_body``)
     top_k: int | None = Field(None, ge=0)
     repeat_penalty: float | None = Field(None, gt=0.0, le=10.0)
+    #: the answer follows this grammar: GBNF (llama.cpp's form, ``root ::= ...``) or Lark (llguidance)
+    grammar: str | None = None
 
     @field_validator("stop")
     @classmethod

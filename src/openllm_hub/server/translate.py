@@ -44,6 +44,11 @@ def _common(req: RequestBase, max_tokens: int | None, *, default_max: int, limit
             params[ours] = value
     if req.stop is not None:
         params["stop"] = [req.stop] if isinstance(req.stop, str) else list(req.stop)
+    if req.grammar is not None:  # llama-cpp-python's extension (GBNF), Lark too
+        if not req.grammar.strip():
+            raise invalid_request("grammar is empty; give a GBNF (root ::= ...) or Lark (start: ...) grammar",
+                                  param="grammar")
+        params["grammar"] = req.grammar
     return params
 
 
@@ -131,10 +136,16 @@ def _tools(model: Model, req: ChatCompletionRequest, params: dict[str, Any]) -> 
 
     try:
         tools = validate_tools(req.tools) if req.tools is not None else None
-        tool_choice_mode(req.tool_choice, tools)
+        mode, _ = tool_choice_mode(req.tool_choice, tools)
         model.tool_call_reader(tools, req.tool_choice, req.chat_template)  # the template can render them
     except OpenLLMHubError as exc:
         raise from_exception(exc) from None
+    if mode == "required":  # the answer is constrained to one call: no other constraint fits with it
+        for ours, theirs in (("grammar", "grammar"), ("json_schema", "response_format"),
+                             ("json_object", "response_format")):
+            if params.get(ours):
+                raise invalid_request(f"{theirs} cannot be combined with tool_choice {req.tool_choice!r}, which "
+                                      "constrains the answer to one tool call", param=theirs)
     params.update(tools=tools, tool_choice=req.tool_choice)
 
 

@@ -130,6 +130,44 @@ def read_hf_config(path: Path) -> tuple[dict[str, Any], HFLlamaConfig]:
 
 
 # ---- hyper-parameters ----------------------------------------------------------------------------
+#: HF architectures that are a LLaMA network: Mistral's is a LLaMA with sliding-window attention
+#: (llama.cpp's ``convert_hf_to_gguf.py`` converts it as ``llama`` too)
+LLAMA_MODEL_TYPES = ("llama", "mistral")
+LLAMA_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM")
+
+
+def is_llama_config(cfg: Mapping[str, Any]) -> bool:
+    """Whether an HF ``config.json`` describes a LLaMA network (LLaMA or Mistral)."""
+    archs = cfg.get("architectures") or []
+    return cfg.get("model_type") in (None, *LLAMA_MODEL_TYPES) or any(a in archs for a in LLAMA_ARCHITECTURES)
+
+
+def window_context(window: int | None, wanted: int | None, default: int, engine: str,
+                   more: str = "n_ctx=N opens more, with full attention beyond the window") -> tuple[int, str | None]:
+    """The context to open for a model with a Mistral-style sliding window on an engine that
+    attends over the whole context (llama.cpp runs ``llama`` files without the window; the
+    transformers engine runs ``LlamaForCausalLM``), and the one-line warning to give, if any.
+
+    Within the window full attention and sliding attention are the same, so the default
+    context is capped at the window: what the model computes stays the original model's (a
+    longer prompt is refused as too long, naming the context). A context asked for beyond the
+    window is opened as asked (the caller chose it; llama.cpp and ollama run such files so)
+    with a warning that beyond the window the attention, and so the answers, differ from the
+    original model's. ``wanted``: the caller's context (None: ``default``); ``more``: how to
+    open a longer context on this engine."""
+    if window is None:
+        return wanted or default, None
+    if wanted is None:
+        if default <= window:
+            return default, None
+        return window, (f"this model attends over a sliding window of {window} tokens, which {engine} does not "
+                        f"apply: the context is capped at {window} tokens ({more})")
+    if wanted <= window:
+        return wanted, None
+    return wanted, (f"n_ctx={wanted} is beyond this model's sliding window of {window} tokens, which {engine} does "
+                    f"not apply: beyond {window} tokens it attends over the whole context, so its answers differ "
+                    "from the original model's")
+
 @dataclass(frozen=True)
 class LlamaHParams:
     """What the converters need to know about a LLaMA architecture."""
@@ -149,6 +187,9 @@ class LlamaHParams:
     eos_token_id: int | None = 2
     pad_token_id: int | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
+    #: Mistral-style sliding-window attention (each token sees the last ``sliding_window``
+    #: tokens), when the window is smaller than the context; None: full attention
+    sliding_window: int | None = None
 
     @property
     def head_dim(self) -> int:
@@ -166,7 +207,7 @@ class LlamaHParams:
                                        fix="restore config.json from the model's source")
             return cfg[key]
 
-        if cfg.get("model_type") not in (None, "llama") and "LlamaForCausalLM" not in (cfg.get("architectures") or []):
+        if not is_llama_config(cfg):
             raise ConversionError(f"not a LLaMA config (model_type={cfg.get('model_type')!r})", where=where)
         for key in ("num_attention_heads", "hidden_size", "vocab_size", "intermediate_size", "num_hidden_layers",
                     "rms_norm_eps"):
@@ -203,6 +244,11 @@ class LlamaHParams:
                 v = v[0] if v else None
             return int(v) if isinstance(v, int) and v >= 0 else None
 
+        ctx = int(cfg.get("max_position_embeddings") or 2048)
+        window = cfg.get("sliding_window")
+        if window is not None and (not isinstance(window, int) or isinstance(window, bool) or window < 1):
+            raise CorruptFileError(f"sliding_window must be a positive number of tokens or null, got {window!r}",
+                                   where=where, fix="restore config.json from the model's source")
         return cls(
             vocab_size=int(need("vocab_size")), hidden_size=hidden, intermediate_size=int(need("intermediate_size")),
             num_layers=int(need("num_hidden_layers")), num_heads=heads, num_kv_heads=kv,
@@ -211,6 +257,7 @@ class LlamaHParams:
             tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)), rope_linear_factor=factor,
             bos_token_id=token_id("bos_token_id"), eos_token_id=token_id("eos_token_id"),
             pad_token_id=token_id("pad_token_id"),
+            sliding_window=window if window is not None and window < ctx else None,
         )
 
     def hf_config(self, torch_dtype: str) -> dict[str, Any]:

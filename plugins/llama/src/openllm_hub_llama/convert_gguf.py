@@ -1,11 +1,16 @@
 """HuggingFace (or Meta) LLaMA -> GGUF, streamed tensor by tensor.
 
-The output is what llama.cpp's own ``convert_hf_to_gguf.py`` produces for a LLaMA: the same
+The output is what llama.cpp's own ``convert_hf_to_gguf.py`` produces for a LLaMA (and for a
+Mistral, which it converts as a LLaMA too): the same
 tensor names (``token_embd``, ``blk.N.attn_q`` ... ``output_norm``, ``output``; no output
 tensor when embeddings are tied), the q/k rows permuted back to Meta's interleaved rotary
 layout (llama.cpp's ``LlamaModel.undo_permute``), 1-D tensors (norms) kept in F32, a q8_0
 matrix whose row length is not a multiple of 32 stored as F16 (llama.cpp's fallback), and
 q8_0 / bf16 quantized with gguf's numpy quantizers (bit-exact with ggml's reference code).
+One addition: a Mistral-style sliding window smaller than the context is recorded as
+``llama.attention.sliding_window``, which llama.cpp's converter drops and llama.cpp does not
+apply to ``llama`` files; the loader reads it to keep the context honest
+(:func:`~openllm_hub_llama.checkpoint.window_context`).
 
 Memory: the GGUF header is written from the checkpoint's headers, then every tensor is read,
 converted and written in row chunks of a few tens of MB (q/k projections whole, since their
@@ -67,6 +72,8 @@ def write_gguf(src: Path, dst: Path, outtype: str, *, progress: bool = False, na
             feed_forward_length=hp.intermediate_size, head_count=hp.num_heads, head_count_kv=hp.num_kv_heads,
             rms_norm_eps=hp.rms_norm_eps, rope_dimension_count=hp.head_dim, rope_freq_base=hp.rope_theta,
             rope_linear_factor=hp.rope_linear_factor).add_to(writer)
+        if hp.sliding_window is not None:  # recorded for the loader (llama.cpp does not apply it to llama files)
+            writer.add_sliding_window(hp.sliding_window)
         add_vocab_to_gguf(writer, vocab)
 
     tensors = [GGUFTensor(t.gguf, t.shape, tensor_qtype(outtype, t.shape), _rows(ck, t, permute_qk),

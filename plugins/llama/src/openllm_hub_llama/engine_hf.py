@@ -18,6 +18,7 @@ Inf weight is refused by name; library warnings and bars stay off stderr unless 
 from __future__ import annotations
 
 import inspect
+import logging
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -39,7 +40,7 @@ from openllm_hub.plugin import (
     read_json,
     read_text_file,
 )
-from openllm_hub_llama.checkpoint import check_hf_folder
+from openllm_hub_llama.checkpoint import check_hf_folder, window_context
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
@@ -48,6 +49,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from openllm_hub_llama.options import LlamaOptions
 
+logger = logging.getLogger("openllm_hub")
 TORCH_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
 
@@ -386,15 +388,26 @@ def load_hf(req: LoadRequest[LlamaOptions]) -> HFModel:
     for name, param in model.state_dict().items():  # NaN/Inf weights would only show as NaN logits
         check_finite(name, param, folder)
     model.eval()
+    # a Mistral-style window: LlamaForCausalLM attends over the whole context, so the context
+    # stops at the window (equal within it; there is no n_ctx on this engine to ask for more)
+    trained = int(config.max_position_embeddings)
+    window = getattr(config, "sliding_window", None)
+    window = window if isinstance(window, int) and 0 < window < trained else None
+    context, warning = window_context(window, None, trained, "the transformers engine (LlamaForCausalLM)",
+                                      more="engine='llama.cpp' with n_ctx=N opens more, with full attention beyond "
+                                           "the window")
+    if warning is not None:
+        logger.warning(warning)
     device = model.get_input_embeddings().weight.device
     n_params = sum(t.numel() for t in model.parameters())
     dev = ("cuda:" + ",".join(map(str, p.gpu_ids or (0,)))) if p.kind == "cuda" else "cpu"
     info = ModelInfo(
         family="llama", format="hf", engine="transformers", path=str(folder), device=dev, parameters=n_params,
-        context_length=int(config.max_position_embeddings), vocab_size=int(config.vocab_size), dtype=p.dtype,
+        context_length=context, vocab_size=int(config.vocab_size), dtype=p.dtype,
         extra={"n_layers": config.num_hidden_layers, "n_heads": config.num_attention_heads,
                "n_kv_heads": config.num_key_value_heads, "tied_embeddings": bool(config.tie_word_embeddings),
                "rope_parameters": getattr(config, "rope_parameters", None),
+               **({"sliding_window": window} if window is not None else {}),
                "torch": torch.__version__},
     )
     return HFModel(model, tok, info, eos_token_ids=sorted(_eos_ids(folder, tok, config)), device=device,

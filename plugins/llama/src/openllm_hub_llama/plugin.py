@@ -60,6 +60,8 @@ def _detect(probe: Probe) -> Detection | None:
         archs = cfg.get("architectures") or []
         if cfg.get("model_type") == "llama" or "LlamaForCausalLM" in archs:
             return Detection("hf", 0.9, "config.json model_type=llama")
+        if cfg.get("model_type") == "mistral" or "MistralForCausalLM" in archs:
+            return Detection("hf", 0.9, "config.json model_type=mistral (a LLaMA with a sliding window)")
         return None
     params = probe.json("params.json")
     if params is not None and any(f.startswith("consolidated.") and f.endswith(".pth") for f in probe.files):

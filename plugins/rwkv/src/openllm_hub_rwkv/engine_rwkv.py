@@ -257,11 +257,15 @@ class RwkvModel(RwkvTextModel):
         return logits, state
 
     def stream_chat(self, messages: Sequence[Mapping[str, str]], *, template: str | None = None,
+                    tools: Sequence[Mapping[str, Any]] | None = None, tool_choice: Any = None,
                     **params: Any) -> Iterator[Chunk]:
         """Answer the last user message, continuing from a cached state of this conversation
-        when there is one (see the module docstring)."""
+        when there is one (see the module docstring). ``tools`` are checked as every model
+        checks them: with ``tool_choice="none"`` they are not offered; otherwise the template
+        refuses them (RWKV's formats have none, see :mod:`openllm_hub_rwkv.templates`)."""
         self._check_open()
         tpl = self.chat_template(template)
+        self._tool_plan(tpl, tools, tool_choice)
         plan = self._chat_read(messages, tpl.name, complete=True)
         stops = self._chat_stops(tpl, params.pop("stop", None))
         config = GenerationConfig.build(self.generation_defaults, stop=stops, **params)

@@ -9,6 +9,11 @@ Formats (ChatRWKV ``v2/chat.py`` and its prompt files; RWKV World's model cards)
 * ``rwkv-raven-zh`` and ``rwkv-world-zh``: the same layouts with a Chinese default system
   prompt, as ChatRWKV's Chinese prompt files use.
 
+No tools: neither ChatRWKV nor the RWKV World/RWKV-7 model cards define a way to offer functions
+or a format for calls, so these templates render none (inventing one would make a model call
+tools in a format it never saw, and its "calls" would parse by luck). Tools are refused with
+:data:`NO_TOOLS_FIX`, which says what works instead: a structured answer (``json_schema``).
+
 An answer ends at a blank line (ChatRWKV stops at ``\\n\\n``), so message text is normalised
 the way ChatRWKV does: stripped, with runs of blank lines collapsed to one newline.
 
@@ -34,10 +39,19 @@ def normalize(text: str) -> str:
     return _BLANK_LINES.sub("\n", text.replace("\r\n", "\n").strip())
 
 
+#: Why RWKV's templates refuse tools and what to do instead (the error's fix).
+NO_TOOLS_FIX = ("RWKV's chat formats (ChatRWKV's, RWKV World's) have no tool-call format: rendering tools needs a "
+                "template that defines one (Hermes <tool_call>, Llama 3.1 JSON, Mistral [TOOL_CALLS], ChatGLM3), "
+                "and RWKV models were not trained with any. Leave tools out (or tool_choice='none'); for a "
+                "machine-readable answer describe the function in the system message and constrain the answer "
+                "with json_schema (response_format in the server), which RWKV supports")
+
+
 def _rwkv(name: str, user: str, assistant: str, system: str, stop: tuple[str, ...], description: str,
           default_system: str | None = None) -> ChatTemplate:
     return ChatTemplate(name=name, user=user, assistant=assistant, system=system, stop=stop,
-                        default_system=default_system, description=description, normalize=normalize)
+                        default_system=default_system, description=description, normalize=normalize,
+                        no_tools_fix=NO_TOOLS_FIX)
 
 
 RAVEN_ZH_SYSTEM = "以下是Bob与Alice之间的一段对话。Alice聪明、友善、知识渊博，会用中文详细而有条理地回答Bob的问题。"
