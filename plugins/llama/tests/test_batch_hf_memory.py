@@ -124,3 +124,14 @@ def test_server_refuses_a_request_over_the_memory_slot_before_admission(model: H
         ran = sum(sample.value for family in text_string_to_metric_families(client.get("/metrics").text)
                   for sample in family.samples if sample.name == "openllm_hub_requests_total")
         assert ran == 2, "the refused request never ran"
+
+
+def test_the_load_option(tiny_hf_factory: Callable[..., Path]) -> None:
+    """``batch_kv_mib`` sets the budget: 1 MiB holds 2,048 tokens of this model's 512-byte cache."""
+    with openllm_hub.load(tiny_hf_factory(num_kv_heads=2), device="cpu", threads=1, batch_kv_mib=1) as m:
+        assert isinstance(m, HFModel) and m.batch_kv_bytes == 2**20
+        per = m.info.extra["kv_bytes_per_token"]
+        dec = HFBatchDecoder(m, slots=4)
+        assert dec.slot_tokens == min(m.info.context_length, 2**20 // per // 4)
+    with pytest.raises(openllm_hub.errors.OpenLLMHubError):
+        openllm_hub.load(tiny_hf_factory(num_kv_heads=2), device="cpu", threads=1, batch_kv_mib=0)

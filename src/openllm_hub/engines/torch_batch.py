@@ -42,6 +42,8 @@ from __future__ import annotations
 from abc import abstractmethod
 from typing import TYPE_CHECKING, Any
 
+from pydantic import BaseModel, Field
+
 from openllm_hub.core.batch import BatchDecoder, StepResult
 from openllm_hub.core.config import GenerationConfig
 from openllm_hub.core.logprobs import score
@@ -74,6 +76,16 @@ def plan_rows(budget_bytes: int | None, bytes_per_token: int | None, context: in
     if slot < floor:
         slot = max(1, min(floor, fit))
     return max(1, fit // slot), slot
+
+
+class TorchBatchOptions(BaseModel):
+    """The load option of the torch engines' batched decoders; a family's options model that
+    loads onto one of them extends it."""
+
+    batch_kv_mib: int | None = Field(
+        None, ge=1, description="torch engines: memory for the batched decoder's KV cache, all slots together "
+                                "(slots get shorter than the context when that many full ones do not fit); "
+                                "None: half the free memory of the model's device")
 
 
 def kv_budget_bytes(device: str) -> int | None:
@@ -238,4 +250,4 @@ class RowBatchDecoder(BatchDecoder):
         return len(self._rows)
 
 
-__all__ = ["MIN_SLOT_TOKENS", "RowBatchDecoder", "kv_budget_bytes", "plan_rows"]
+__all__ = ["MIN_SLOT_TOKENS", "RowBatchDecoder", "TorchBatchOptions", "kv_budget_bytes", "plan_rows"]

@@ -309,6 +309,8 @@ def load_chatglm(req: LoadRequest[ChatGLMOptions]) -> ChatGLMModel:
     template = opts.chat_template or spec.variant
     model = ChatGLMModel(info, net, tokenizer, spec, ctx, template)
     model.prefix_cache = PrefixCache(cache_mib * 2**20)
+    if opts.batch_kv_mib is not None:
+        model.batch_kv_bytes = opts.batch_kv_mib * 2**20
     if opts.seed is not None:
         model.generation_defaults = model.generation_defaults.model_copy(update={"seed": opts.seed})
     return model

@@ -456,6 +456,8 @@ def load_hf(req: LoadRequest[LlamaOptions]) -> HFModel:
                        default_template=opts.chat_template, seed=opts.seed,
                        own_template=_own_chat_template(folder, tok))
     hf_model.prefix_cache = PrefixCache(cache_mib * 2**20)
+    if opts.batch_kv_mib is not None:
+        hf_model.batch_kv_bytes = opts.batch_kv_mib * 2**20
     return hf_model
 
 
