@@ -25,7 +25,10 @@ engine does the same way, so it lives once:
   prompts unread, until a row leaves), so ``max_rows x slot_tokens`` tokens fit the budget.
   The server refuses a request over :attr:`slot_tokens` (400) before admitting it.
 
-Where results can differ from a single run: a prompt's logits are the single run's exactly.
+Where results can differ from a single run: a prompt's logits are the single run's exactly
+(engines that reuse a stored prefix, :mod:`openllm_hub.engines.torch_prefix`, do it in
+``_prefill`` as their single path does; whether a prompt hits depends on what was stored
+before, and a hit's logits may differ from a cold read in the last bits, as that module says).
 A decoding step's rows are computed by matrix products over several rows and attention with a
 padding mask, whose kernels may sum in another order than the one-row products of the single
 path, so each decoded row may differ in the last bits (the engines' tests state the bound in
@@ -152,8 +155,9 @@ class RowBatchDecoder(BatchDecoder):
     # -- what an engine implements
     @abstractmethod
     def _prefill(self, prompt_ids: list[int]) -> tuple[Any, npt.NDArray[np.float32]]:
-        """Read a prompt alone, as the single path does: its cache (batch 1) and the logits of
-        its last position."""
+        """Read a prompt alone, as the single path does (after the longest prefix the engine's
+        prefix cache holds of it, where it has one): its cache (batch 1) and the logits of its
+        last position."""
 
     @abstractmethod
     def _merge(self, cache: Any, length: int) -> None:
