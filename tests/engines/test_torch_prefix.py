@@ -9,7 +9,6 @@ the rest in the single path's chunks. The engines' own tests check real models a
 from __future__ import annotations
 
 import numpy as np
-import pytest
 import torch
 
 from openllm_hub.engines.kv_cache import KVCache
@@ -57,8 +56,8 @@ def test_what_is_never_stored() -> None:
     assert len(store) == 0
     assert store_kv(store, ids, _kv(40), np.zeros(2, np.float32))
     assert not store_kv(store, ids[:20], _kv(20), np.zeros(2, np.float32))  # held already
-    with pytest.raises(ValueError, match="exactly"):
-        store_kv(store, list(range(50, 90)), _kv(41), np.zeros(2, np.float32))
+    # a cache that does not hold every position (a sliding window) is not stored
+    assert not store_kv(store, list(range(50, 90)), _kv(32), np.zeros(2, np.float32))
 
 
 def test_read_prompt_reads_only_the_rest_in_chunks() -> None:

@@ -66,8 +66,8 @@ def store_kv(store: PrefixCache, prompt_ids: Sequence[int], layers: KVLayers,
              logits: npt.NDArray[np.float32] | None) -> bool:
     """Keep copies (host RAM) of ``layers``' keys and values, which hold exactly ``prompt_ids``
     (called right after the prompt's last position was computed, whose ``logits`` must be
-    finite), unless the store is off, holds the whole prompt already, or cannot hold this entry.
-    Returns whether it was stored."""
+    finite), unless the store is off, holds the whole prompt already, or cannot hold this entry
+    (or the cache does not hold every position of the prompt). Returns whether it was stored."""
     import numpy as np
     import torch
 
@@ -77,7 +77,7 @@ def store_kv(store: PrefixCache, prompt_ids: Sequence[int], layers: KVLayers,
     if not bool(np.isfinite(logits).all()):  # never store a broken state
         return False
     if any(int(k.shape[2]) != n or int(v.shape[2]) != n for k, v in layers):
-        raise ValueError(f"the KV cache does not hold exactly the {n}-id prompt")
+        return False  # the cache does not hold every position (e.g. a sliding window): nothing to reuse
     nbytes = sum(t.numel() * t.element_size() for pair in layers for t in pair)
     if nbytes > store.budget_bytes:
         return False
