@@ -8,7 +8,10 @@ the rest in the single path's chunks. The engines' own tests check real models a
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
+import numpy.typing as npt
 import torch
 
 from openllm_hub.engines.kv_cache import KVCache
@@ -69,9 +72,9 @@ def test_read_prompt_reads_only_the_rest_in_chunks() -> None:
         cache = KVCache(LAYERS, 1, HEADS, DIM, torch.float32, torch.device("cpu"))
         calls: list[tuple[int, int]] = []
 
-        def forward(new: list[int]) -> np.ndarray:
+        def forward(new: Sequence[int]) -> npt.NDArray[np.float32]:
             calls.append((cache.length, len(new)))
-            kv = torch.tensor(new, dtype=torch.float32).view(1, 1, -1, 1).expand(1, HEADS, -1, DIM)
+            kv = torch.tensor(list(new), dtype=torch.float32).view(1, 1, -1, 1).expand(1, HEADS, -1, DIM)
             cache.extend([(kv, -kv)] * LAYERS)
             return np.full(3, float(new[-1]), np.float32)
 
@@ -96,7 +99,7 @@ def test_remembering_stores_once_the_prompt_is_read() -> None:
     ids = list(range(20))
     cache = KVCache(LAYERS, 1, HEADS, DIM, torch.float32, torch.device("cpu"))
 
-    def step(new: list[int]) -> np.ndarray:
+    def step(new: Sequence[int]) -> npt.NDArray[np.float32]:
         cache.extend(_kv(len(new)))
         return np.zeros(2, np.float32)
 
