@@ -32,7 +32,10 @@ Per round: a fresh cache, the first request (reads everything, stores its prompt
 again); and the same on the single path (``Model.generate``), where an unrelated prompt is run
 before each request so that llama-cpp-python's own reuse of the last prompt's cells does not
 hide the cache (or make a first request look cached). Times are wall clock and process CPU time (1 thread: robust to
-neighbours); best and median of ``--reps``.
+neighbours); best and median of ``--reps``. ``--prefix --engine transformers`` runs it on the same
+random LLaMA as an HF folder on torch (float32; openllm_hub.engines.torch_prefix), ``--prefix
+--family chatglm2`` on a random ChatGLM2 of about the same shape (hidden 768, 12 layers, float32,
+this SDK's torch network, a small trained tokenizer) built in ``--work``.
 """
 
 from __future__ import annotations
@@ -67,10 +70,18 @@ def main() -> None:
     ap.add_argument("--json", type=Path)
     ap.add_argument("--prefix", action="store_true", help="time to first token with a shared system prompt")
     ap.add_argument("--system-tokens", type=int, default=1000)
+    ap.add_argument("--family", choices=("llama", "chatglm2"), default="llama",
+                    help="--prefix only: chatglm2 runs a random ChatGLM2 on torch")
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     if args.prefix:
-        prefix_main(args, args.model or build_model(args.work), machine())
+        if args.family == "chatglm2":
+            path = args.model or build_chatglm2(args.work)
+        elif args.engine == "transformers":
+            path = args.model or build_hf(args.work)
+        else:
+            path = args.model or build_model(args.work)
+        prefix_main(args, path, machine())
         return
 
     import openllm_hub
@@ -167,13 +178,27 @@ QUESTIONS = ["When do you open?", "How long can I keep a book?", "Where is the r
              "Where are the children's books?", "Can I renew online?", "Do you sell coffee?"]
 
 
+def build_chatglm2(work: Path) -> Path:
+    """A random ChatGLM2 (hidden 768, 12 layers, 12 heads, 2 key/value groups, 2,048-token context)."""
+    from openllm_hub_chatglm.tiny import build_checkpoint
+
+    folder = work / "prefix-chatglm2"
+    if not (folder / "config.json").is_file():
+        build_checkpoint(folder, "chatglm2", hidden=768, layers=12, heads=12, kv_groups=2, ffn=2048,
+                         seq_length=2048, seed=0)
+    return folder
+
+
 def prefix_main(args: argparse.Namespace, path: Path, machine_info: dict[str, Any]) -> None:
     """``--prefix``: time to first token with and without the prefix cache (see the module doc)."""
     import openllm_hub
     from openllm_hub.core.config import GenerationConfig
     from openllm_hub.engines.prefix_cache import PrefixCache
 
-    model: Any = openllm_hub.load(path, device="cpu", threads=args.threads, n_ctx=args.system_tokens + 256)
+    if args.family == "chatglm2" or args.engine == "transformers":
+        model: Any = openllm_hub.load(path, device="cpu", threads=args.threads, dtype="fp32")
+    else:
+        model = openllm_hub.load(path, device="cpu", threads=args.threads, n_ctx=args.system_tokens + 256)
     budget = model.prefix_cache.budget_bytes
     words: list[str] = []
     i = 0
@@ -216,11 +241,14 @@ def prefix_main(args: argparse.Namespace, path: Path, machine_info: dict[str, An
             model.prefix_cache = PrefixCache(0)
             model.generate("An unrelated prompt about the weather.", max_new_tokens=1)
             rows.setdefault("single: second, cache off", []).append(single())
+    stats = model.prefix_cache.stats()
     model.close()
-    print(f"{(model.info.parameters or 0) / 1e6:.0f}M parameters, {model.info.dtype}, {args.threads} thread(s), "
-          f"prompt {n_prompt} tokens ({args.system_tokens}-token system prompt), best (median) of {args.reps}")
+    print(f"{model.info.family} on {model.info.engine}, {(model.info.parameters or 0) / 1e6:.0f}M parameters, "
+          f"{model.info.dtype}, {args.threads} thread(s), prompt {n_prompt} tokens ({args.system_tokens}-token "
+          f"system prompt), best (median) of {args.reps}; last cache: {stats}")
     print(f"{'request':<30} {'TTFT wall ms':>20} {'TTFT CPU ms':>20} {'first / this (CPU)':>20}")
-    report: dict[str, Any] = {"model": str(path), "parameters": model.info.parameters, "dtype": model.info.dtype,
+    report: dict[str, Any] = {"model": str(path), "family": model.info.family, "engine": model.info.engine,
+                              "parameters": model.info.parameters, "dtype": model.info.dtype,
                               "threads": args.threads, "prompt_tokens": n_prompt, "machine": machine_info,
                               "rows": []}
     for name, got in rows.items():

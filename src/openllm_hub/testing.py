@@ -685,6 +685,80 @@ def check_batched_logits_match_alone(model: Model, decoder: Callable[..., RowBat
     assert dec.rows == 0, "rows left in the decoder"
 
 
+# ---- prefix cache (engines that keep read prompts for prompts sharing their prefix) -------------
+def check_prefix_cache_hits_equal_cold(model: Model, cold: Model, system: str, questions: list[str], *,
+                                       bound: float, single_path_hits: bool = True) -> None:
+    """Prompts sharing a long ``system`` prompt reuse what ``model``'s prefix cache stored and
+    give what ``cold`` (the same weights, its cache off) gives: greedy tokens exactly and
+    log-probabilities (of the token and two alternatives) within ``bound``, on the single path
+    and in a batch, for another question after the same system prompt, a prompt that is a prefix
+    of a stored one, and under a budget that holds one entry (least recently used evicted).
+
+    ``model.prefix_cache`` is the engine's :class:`~openllm_hub.engines.prefix_cache.PrefixCache`
+    (replaced by fresh ones during the check, then put back); ``questions``: at least 4, whose
+    prompts share the whole system prompt (two blocks at least: give a long one).
+    ``single_path_hits=False`` for an engine whose single path reuses its last prompt's cache
+    itself before it asks the store (llama.cpp): its single-path hits are then not counted.
+    """
+    from openllm_hub.engines.prefix_cache import PrefixCache
+
+    original: PrefixCache = getattr(model, "prefix_cache")  # noqa: B009 - engines without one fail here
+    assert original.enabled, "the model's prefix cache is off"
+    assert not getattr(cold, "prefix_cache", PrefixCache(0)).enabled, "the cold model's prefix cache is on"
+    assert len(questions) >= 4, "give at least 4 questions"
+    params: dict[str, Any] = {"max_new_tokens": 8, "temperature": 0.0, "logprobs": True, "top_logprobs": 2}
+    prompts = [f"{system}\n{q}" for q in questions]
+    ids = [model.tokenize(p) for p in prompts]
+    shared = min(next((i for i, (a, b) in enumerate(zip(ids[0], x)) if a != b), len(x)) for x in ids[1:])
+    block = original.block_tokens
+
+    def same(got: Completion, want: Completion, what: str) -> None:
+        assert got.token_ids == want.token_ids, f"{what}: {got.text!r} with the cache, {want.text!r} cold"
+        assert got.logprobs is not None and want.logprobs is not None
+        worst = 0.0
+        for a, b in zip(got.logprobs, want.logprobs):
+            worst = max(worst, abs(a.logprob - b.logprob),
+                        *(abs(x.logprob - y.logprob) for x, y in zip(a.top, b.top) if x.token_id == y.token_id))
+        assert worst <= bound, f"{what}: log-probabilities differ from the cold run's by {worst:.3g} (> {bound})"
+
+    def stats() -> dict[str, int]:
+        store: PrefixCache = getattr(model, "prefix_cache")  # noqa: B009
+        return store.stats()
+
+    try:
+        model.prefix_cache = PrefixCache(original.budget_bytes, block_tokens=block)  # type: ignore[attr-defined]
+        assert shared >= 2 * block, f"the prompts share {shared} ids: give a system prompt of 2x{block} ids at least"
+        # single path: the first prompt is stored, a second one with another question reuses its system prompt
+        same(_generate_ids(model, ids[0], **params), _generate_ids(cold, ids[0], **params), "a first prompt")
+        assert stats()["entries"] == 1 and stats()["hits"] == 0, stats()
+        same(_generate_ids(model, ids[1], **params), _generate_ids(cold, ids[1], **params), "another question")
+        if single_path_hits:
+            assert stats()["hits"] == 1 and stats()["tokens_reused"] == shared, stats()
+        # a prompt that is a prefix of a stored one reuses all of it but its last id (whose logits it needs)
+        short = ids[0][:len(ids[0]) - 3]
+        same(_generate_ids(model, short, **params), _generate_ids(cold, short, **params), "a prefix of a stored prompt")
+        if single_path_hits:
+            assert stats()["hits"] == 2 and stats()["tokens_reused"] == shared + len(short) - 1, stats()
+        # a batch: both prompts reuse the system prompt, and give the cold single runs
+        hits = stats()["hits"]
+        batch = model.generate_batch(prompts[2:4], [params, params])
+        for i, got in zip((2, 3), batch):
+            same(got, _generate_ids(cold, ids[i], **params), f"question {i} in a batch")
+        assert stats()["hits"] == hits + 2, stats()
+        # a budget that holds one entry: each new system prompt evicts the last one, results stay cold's
+        one = max(stats()["bytes"] // max(stats()["entries"], 1), 1)
+        model.prefix_cache = PrefixCache(int(one * 1.5), block_tokens=block)  # type: ignore[attr-defined]
+        cases = [(f"Preamble {k % 3}. {system}", questions[k % len(questions)]) for k in range(5)]
+        for k, (pre, q) in enumerate(cases):
+            case = model.tokenize(f"{pre}\n{q}")
+            same(_generate_ids(model, case, **params), _generate_ids(cold, case, **params), f"eviction case {k}")
+        got_stats = stats()
+        assert got_stats["evictions"] >= 3 and got_stats["entries"] == 1, got_stats
+        assert got_stats["bytes"] <= got_stats["budget_bytes"], got_stats
+    finally:
+        model.prefix_cache = original  # type: ignore[attr-defined]
+
+
 __all__ = [
     "COMMON_SPECIALS",
     "SAMPLED",
@@ -698,6 +772,7 @@ __all__ = [
     "check_chat_special_tokens_stay_text",
     "check_greedy_batch_matches_single_runs",
     "check_joins_and_cancels_leave_the_others_unchanged",
+    "check_prefix_cache_hits_equal_cold",
     "check_sampled_batch_matches_single_runs",
     "check_verify_catches_broken_conversion",
     "run_conformance",

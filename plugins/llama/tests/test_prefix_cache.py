@@ -20,6 +20,7 @@ from openllm_hub.core.config import GenerationConfig
 from openllm_hub.engines.llama_cpp import LlamaCppModel
 from openllm_hub.engines.llama_cpp_batch import LlamaCppBatchDecoder
 from openllm_hub.engines.prefix_cache import PrefixCache
+from openllm_hub.testing import check_prefix_cache_hits_equal_cold
 
 #: A cache hit's logits against the cold run's, relative to the row's range. The reused cells were
 #: computed for another prompt, read in other chunk sizes (llama.cpp's kernels may sum a chunk in
@@ -100,6 +101,13 @@ def test_defaults_and_info(gguf: Path, cached: LlamaCppModel, cold: LlamaCppMode
         assert 0 < m.info.extra["prefix_cache_mib"] <= 4096
     with pytest.raises(openllm_hub.errors.OpenLLMHubError):
         openllm_hub.load(gguf, device="cpu", threads=1, prefix_cache_mib=-1)
+
+
+def test_conformance_hits_equal_cold(cached: LlamaCppModel, cold: LlamaCppModel) -> None:
+    """The conformance kit's check (llama-cpp-python's single path reuses its last prompt's cells
+    before it asks the store, so single-path hits are not counted; log-probabilities as in
+    test_single_path_hit_equals_cold)."""
+    check_prefix_cache_hits_equal_cold(cached, cold, SYSTEM, QUESTIONS, bound=1e-4, single_path_hits=False)
 
 
 def test_batched_hit_equals_cold(cached: LlamaCppModel, cold: LlamaCppModel) -> None:

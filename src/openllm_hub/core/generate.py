@@ -29,6 +29,7 @@ def generate_tokens(
     context_length: int | None = None,
     prompt_chunk: int = 512,
     raw_logits: Callable[[], npt.NDArray[np.float32]] | None = None,
+    cached: int = 0,
 ) -> Iterator[int]:
     """Yield sampled ids until the caller stops iterating or the context is full.
 
@@ -38,13 +39,19 @@ def generate_tokens(
     scored against the logits ``step`` returned for its position; an engine whose ``step``
     returns logits it already adjusted (its own penalty) passes ``raw_logits``, giving the
     model's unadjusted row of the last step, so logprobs stay those of the raw logits.
+
+    ``cached``: how many leading prompt ids ``step``'s cache holds already (a prefix restored
+    from a prefix cache); only the rest is fed, and at least the last id must be (its logits
+    are the first token's).
     """
     if not prompt_ids:
         raise ValueError("generation needs at least one prompt id (e.g. BOS)")
+    if not 0 <= cached < len(prompt_ids):
+        raise ValueError(f"{cached} cached ids of a {len(prompt_ids)}-id prompt: the last one must be fed")
     sample = Sampler(config.with_seed())
     history = list(prompt_ids)
     logits = None
-    for start in range(0, len(prompt_ids), prompt_chunk):
+    for start in range(cached, len(prompt_ids), prompt_chunk):
         logits = step(prompt_ids[start : start + prompt_chunk])
     assert logits is not None
     scored, top_k = config.wants_logprobs, config.top_logprobs

@@ -87,6 +87,26 @@ class KVCache:
         """Count ``n`` more positions as cached (after every layer appended them)."""
         self.length += n
 
+    def keys_values(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``layer``'s keys and values of the cached positions, ``(batch, heads, length,
+        head_dim)`` views of the buffers (e.g. to store a read prompt in a prefix cache)."""
+        if self.row_lengths is not None:
+            raise ValueError("a ragged KV cache (rows of different lengths) has no common length to read")
+        buf_k, buf_v = self._k[layer], self._v[layer]
+        if buf_k is None or buf_v is None:
+            raise ValueError(f"layer {layer} of the KV cache holds nothing yet")
+        return buf_k[:, :, :self.length], buf_v[:, :, :self.length]
+
+    def extend(self, layers: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """Append the same positions to every layer, ``layers[i]`` layer ``i``'s keys and values
+        ``(batch, heads, new, head_dim)`` (e.g. a prefix restored from a prefix cache), and
+        count them (:meth:`advance`)."""
+        if len(layers) != self.layers:
+            raise ValueError(f"a KV cache of {self.layers} layers cannot take {len(layers)}")
+        for layer, (k, v) in enumerate(layers):
+            self.append(layer, k, v)
+        self.advance(int(layers[0][0].shape[2]) if layers else 0)
+
     def truncate(self, length: int) -> None:
         """Forget every position from ``length`` on (e.g. to reuse a cached prefix); the
         buffers keep their capacity and the next append writes at ``length``."""

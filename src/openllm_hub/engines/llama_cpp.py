@@ -38,7 +38,7 @@ from openllm_hub.core.family import LoadRequest
 from openllm_hub.core.gguf_check import check_gguf, find_nonfinite, hparam
 from openllm_hub.core.logprobs import score
 from openllm_hub.core.model import Model, ModelInfo
-from openllm_hub.engines.prefix_cache import PrefixCache
+from openllm_hub.engines.prefix_cache import PrefixCache, default_prefix_cache_mib
 from openllm_hub.errors import (
     CorruptFileError,
     IncompatibleDeviceError,
@@ -820,7 +820,7 @@ def load_gguf(req: LoadRequest[Any], *, family: str, options: LlamaCppOptions | 
             raise
     model_ptr = llm._model.model
     vocab = llm._model.vocab
-    cache_mib = opts.prefix_cache_mib if opts.prefix_cache_mib is not None else _default_prefix_cache_mib()
+    cache_mib = opts.prefix_cache_mib if opts.prefix_cache_mib is not None else default_prefix_cache_mib()
     eos = {llm.token_eos()}
     eos.update(t for t in range(llm.n_vocab()) if llama_cpp.llama_vocab_is_eog(vocab, t))
     eos.discard(-1)
@@ -854,15 +854,6 @@ def load_gguf(req: LoadRequest[Any], *, family: str, options: LlamaCppOptions | 
         model._n_ctx = min(model._n_ctx, context_limit)
     model.prefix_cache = PrefixCache(cache_mib * 2**20)
     return model
-
-
-def _default_prefix_cache_mib() -> int:
-    """The prefix cache's default budget: an eighth of the available RAM (KV blobs live in RAM
-    whatever the device), at most 4 GiB."""
-    from openllm_hub.core.plan import available_ram
-
-    free = available_ram()
-    return 1024 if free is None else min(4096, free // 8 // 2**20)
 
 
 def _load_failure(exc: BaseException, log: Sequence[str], path: Path, *, n_ctx: int, kv_type: str,

@@ -29,6 +29,16 @@ from typing import Any
 DEFAULT_BLOCK_TOKENS = 64
 
 
+def default_prefix_cache_mib() -> int:
+    """The default budget of every engine's prefix cache (load option ``prefix_cache_mib``
+    unset): an eighth of the available RAM, at most 4 GiB. Entries live in RAM whatever the
+    device (llama.cpp's state blobs; the torch engines' KV tensors are kept on the host too)."""
+    from openllm_hub.core.plan import available_ram
+
+    free = available_ram()
+    return 1024 if free is None else min(4096, free // 8 // 2**20)
+
+
 @dataclass(frozen=True)
 class PrefixHit:
     """The entry sharing the longest prefix with a prompt: its ``value`` (as stored), the ``ids``
@@ -183,4 +193,4 @@ class PrefixCache:
                     del self._index[h]
 
 
-__all__ = ["DEFAULT_BLOCK_TOKENS", "PrefixCache", "PrefixHit", "block_hashes"]
+__all__ = ["DEFAULT_BLOCK_TOKENS", "PrefixCache", "PrefixHit", "block_hashes", "default_prefix_cache_mib"]

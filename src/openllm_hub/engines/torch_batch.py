@@ -18,8 +18,18 @@ engine does the same way, so it lives once:
   :func:`~openllm_hub.core.generate.generate_tokens` does on the single path; it ends when its
   history fills the context, as there.
 * a sequence that **leaves** has its row dropped (``_drop``); the other rows are untouched.
+* **memory is bounded** (:func:`plan_rows`): a padded cache grows with rows x the longest row,
+  so the decoder gets a KV budget (half the free memory where the model runs, or the model's
+  ``batch_kv_bytes``) and the model's KV bytes per token, and sets :attr:`slot_tokens` (the
+  most tokens a sequence may hold: the context, or less when the batch's slots of full context
+  would not fit) and :attr:`max_rows` (how many sequences are rows at once; more wait, their
+  prompts unread, until a row leaves), so ``max_rows x slot_tokens`` tokens fit the budget.
+  The server refuses a request over :attr:`slot_tokens` (400) before admitting it.
 
-Where results can differ from a single run: a prompt's logits are the single run's exactly.
+Where results can differ from a single run: a prompt's logits are the single run's exactly
+(engines that reuse a stored prefix, :mod:`openllm_hub.engines.torch_prefix`, do it in
+``_prefill`` as their single path does; whether a prompt hits depends on what was stored
+before, and a hit's logits may differ from a cold read in the last bits, as that module says).
 A decoding step's rows are computed by matrix products over several rows and attention with a
 padding mask, whose kernels may sum in another order than the one-row products of the single
 path, so each decoded row may differ in the last bits (the engines' tests state the bound in
@@ -36,6 +46,8 @@ from __future__ import annotations
 from abc import abstractmethod
 from typing import TYPE_CHECKING, Any
 
+from pydantic import BaseModel, Field
+
 from openllm_hub.core.batch import BatchDecoder, StepResult
 from openllm_hub.core.config import GenerationConfig
 from openllm_hub.core.logprobs import score
@@ -45,6 +57,57 @@ from openllm_hub.errors import InvalidParameterError
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
     import numpy.typing as npt
+
+
+#: Slots shrink below the context to fit a batch's slots in memory, but not below this (or the
+#: context, when shorter); past it fewer sequences are rows at once and the others wait.
+MIN_SLOT_TOKENS = 512
+
+
+def plan_rows(budget_bytes: int | None, bytes_per_token: int | None, context: int | None,
+              slots: int) -> tuple[int | None, int | None]:
+    """``(max_rows, slot_tokens)`` for a padded KV cache of ``bytes_per_token`` per token within
+    ``budget_bytes``, for a batch of ``slots`` sequences: each slot holds the whole ``context``
+    when ``slots`` of them fit; else slots shrink to what fits, down to ``MIN_SLOT_TOKENS``; and
+    as many rows as the budget holds of such slots run at once (at least one; more than ``slots``
+    when they fit, for a batch without a slot limit). ``(None, context)`` when the budget or the
+    cost of a token is unknown."""
+    if budget_bytes is None or not bytes_per_token or context is None:
+        return None, context
+    fit = max(1, budget_bytes // bytes_per_token)  # tokens the budget holds
+    slot = min(context, fit // max(slots, 1))
+    floor = min(context, MIN_SLOT_TOKENS)
+    if slot < floor:
+        slot = max(1, min(floor, fit))
+    return max(1, fit // slot), slot
+
+
+class TorchBatchOptions(BaseModel):
+    """The load option of the torch engines' batched decoders; a family's options model that
+    loads onto one of them extends it."""
+
+    batch_kv_mib: int | None = Field(
+        None, ge=1, description="torch engines: memory for the batched decoder's KV cache, all slots together "
+                                "(slots get shorter than the context when that many full ones do not fit); "
+                                "None: half the free memory of the model's device")
+
+
+def kv_budget_bytes(device: str) -> int | None:
+    """Half the free memory of ``device`` (``"cpu..."`` or ``"cuda:N..."``, as ``ModelInfo.device``
+    names it): what a batched decoder's KV cache may take by default; None when unknown."""
+    if device.startswith("cuda"):
+        import torch
+
+        try:
+            index = int(device.split(":", 1)[1].split(",")[0].split(" ")[0]) if ":" in device else 0
+            free, _ = torch.cuda.mem_get_info(index)
+        except (RuntimeError, ValueError, AssertionError):
+            return None
+        return int(free) // 2
+    from openllm_hub.core.plan import available_ram
+
+    free_ram = available_ram()
+    return None if free_ram is None else free_ram // 2
 
 
 class _Row:
@@ -70,10 +133,18 @@ class RowBatchDecoder(BatchDecoder):
     rows are kept in join order (``_merge`` appends one, ``_drop`` removes one by index).
     ``keep_logits=True`` keeps, for each key, a copy of every logits row its tokens were
     sampled from (:attr:`logits`), for tests that compare them with the single run.
+
+    Memory (:func:`plan_rows`): ``slots`` is how many sequences the batch runs at once,
+    ``kv_bytes_per_token`` what one token's keys and values cost in the engine's cache and
+    ``kv_budget`` the bytes the cache may take (None: unbounded); they set :attr:`slot_tokens`
+    and :attr:`max_rows`.
     """
 
-    def __init__(self, context_length: int | None, *, step_tokens: int = 512, keep_logits: bool = False) -> None:
-        self.slot_tokens = context_length
+    def __init__(self, context_length: int | None, *, step_tokens: int = 512, keep_logits: bool = False,
+                 slots: int = 1, kv_bytes_per_token: int | None = None, kv_budget: int | None = None) -> None:
+        #: how many sequences are rows of the cache at once (None: no limit); more wait
+        self.max_rows: int | None
+        self.max_rows, self.slot_tokens = plan_rows(kv_budget, kv_bytes_per_token, context_length, slots)
         self._budget = max(1, step_tokens)
         self._seqs: dict[int, _Row] = {}
         #: keys of the sequences whose cache is a row, in row order
@@ -85,8 +156,9 @@ class RowBatchDecoder(BatchDecoder):
     # -- what an engine implements
     @abstractmethod
     def _prefill(self, prompt_ids: list[int]) -> tuple[Any, npt.NDArray[np.float32]]:
-        """Read a prompt alone, as the single path does: its cache (batch 1) and the logits of
-        its last position."""
+        """Read a prompt alone, as the single path does (after the longest prefix the engine's
+        prefix cache holds of it, where it has one): its cache (batch 1) and the logits of its
+        last position."""
 
     @abstractmethod
     def _merge(self, cache: Any, length: int) -> None:
@@ -133,12 +205,14 @@ class RowBatchDecoder(BatchDecoder):
             rows = self._decode([int(t) for t in tokens if t is not None], [len(s.history) - 1 for s in seqs])
             for i, s in enumerate(seqs):
                 s.logits = rows[i]
-        # then prompts, first come first served, within the per-step budget
+        # then prompts, first come first served, within the per-step budget and the rows memory holds
         read = 0
         for key, seq in list(self._seqs.items()):
             if seq.pending is None:
                 continue
             if read and read + len(seq.pending) > self._budget:
+                break
+            if self.max_rows is not None and len(self._rows) >= self.max_rows:
                 break
             try:
                 cache, seq.logits = self._prefill(seq.pending)
@@ -181,4 +255,4 @@ class RowBatchDecoder(BatchDecoder):
         return len(self._rows)
 
 
-__all__ = ["RowBatchDecoder"]
+__all__ = ["MIN_SLOT_TOKENS", "RowBatchDecoder", "TorchBatchOptions", "kv_budget_bytes", "plan_rows"]

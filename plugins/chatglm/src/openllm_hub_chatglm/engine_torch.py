@@ -5,19 +5,29 @@ shard into the network, converting to the placement's dtype or quantizing on the
 Generation runs the core KV-cache loop; ChatGLM-6B feeds its prompt in one piece because
 its prompt attends bidirectionally, and builds its 2D position ids as the reference does.
 Several sequences decode in one forward pass per step (:class:`ChatGLMBatchDecoder`, rows of
-one ragged KV cache; ChatGLM-6B with its 2D positions).
+one ragged KV cache within a memory budget; ChatGLM-6B with its 2D positions).
+
+ChatGLM2/3 prompts sharing a prefix (a system prompt, a chat history) reuse its keys and values
+from the model's :attr:`ChatGLMModel.prefix_cache` (load option ``prefix_cache_mib``; see
+:mod:`openllm_hub.engines.torch_prefix`), on the single path and in the batched decoder.
+ChatGLM-6B (v1) has none: its prompt ends with ``[gMASK] <sop>`` and every position before
+``<sop>`` attends to the whole prompt (both ways), with the ``[gMASK]`` position in the 2D
+positions of what follows, so the keys and values of a shared prefix depend on the rest of the
+prompt and could not be reused exactly (``prefix_cache_mib`` is 0 for it).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
 from openllm_hub.engines.finite import finite_tensors
-from openllm_hub.engines.torch_batch import RowBatchDecoder
+from openllm_hub.engines.prefix_cache import PrefixCache, default_prefix_cache_mib
+from openllm_hub.engines.torch_batch import RowBatchDecoder, kv_budget_bytes
+from openllm_hub.engines.torch_prefix import KVLayers, Step, lookup_kv, read_prompt, remembering
 from openllm_hub.engines.torch_quant import resident_bytes
 from openllm_hub.plugin import (
     CorruptFileError,
@@ -49,8 +59,21 @@ if TYPE_CHECKING:  # pragma: no cover
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+def _cache_layers(cache: KVCache) -> KVLayers:
+    return [cache.keys_values(layer) for layer in range(cache.layers)]
+
+
 class ChatGLMModel(Model):
-    """A loaded ChatGLM checkpoint (v1, v2 or v3)."""
+    """A loaded ChatGLM checkpoint (v1, v2 or v3).
+
+    :attr:`prefix_cache` keeps the keys and values of read prompts for prompts sharing their
+    prefix (ChatGLM2/3; sized by ``prefix_cache_mib``); :attr:`batch_kv_bytes` bounds the batched
+    decoder's KV cache (None: half the free memory).
+    """
+
+    #: the most bytes the batched decoder's KV cache may take, all rows together (None: half the
+    #: free memory of the model's device when a decoder is made)
+    batch_kv_bytes: int | None = None
 
     def __init__(self, info: ModelInfo, net: GLMNetwork, tokenizer: ChatGLMTokenizer, spec: GLMSpec,
                  context_length: int, chat_template: str) -> None:
@@ -62,6 +85,9 @@ class ChatGLMModel(Model):
         self.context_length = context_length
         self.default_chat_template = chat_template
         self.generation_defaults = CHAT_DEFAULTS[spec.variant]
+        #: keys and values of read prompts, for prompts sharing their prefix (load_chatglm sizes it;
+        #: always off for ChatGLM-6B, see the module doc)
+        self.prefix_cache = PrefixCache(0)
 
     # ---- engine methods ----------------------------------------------------------------
     def _tokenize(self, text: str, add_special: bool) -> list[int]:
@@ -98,12 +124,21 @@ class ChatGLMModel(Model):
                 hidden = self.net.forward_hidden(ids, cache, **self._positions(prompt, start, len(new_ids), len(seq)))
                 return self.net.logits(hidden[-1:])[0].float().cpu().numpy()
 
-        # ChatGLM-6B's prompt attends both ways, so it must be fed as one chunk
+        # ChatGLM-6B's prompt attends both ways, so it must be fed as one chunk (and no prefix is reused)
         chunk = max(len(prompt), 1) if self.spec.version == 1 else 512
-        yield from generate_tokens(step, prompt, config, context_length=self.context_length, prompt_chunk=chunk)
+        cached, run = 0, cast("Step", step)
+        if self.spec.version != 1:  # the longest stored prefix goes into the cache; only the rest is read
+            cached, prefix = lookup_kv(self.prefix_cache, prompt)
+            if cached:
+                with torch.inference_mode():
+                    cache.extend([(k.to(self.net.device), v.to(self.net.device)) for k, v in prefix])
+            run = remembering(self.prefix_cache, prompt, step, length=lambda: cache.length,
+                              layers=lambda: _cache_layers(cache))
+        yield from generate_tokens(run, prompt, config, context_length=self.context_length, prompt_chunk=chunk,
+                                   cached=cached)
 
     def _batch_decoder(self, slots: int) -> ChatGLMBatchDecoder:
-        return ChatGLMBatchDecoder(self)
+        return ChatGLMBatchDecoder(self, slots=slots)
 
     def _logits(self, ids: list[int]) -> npt.NDArray[np.float32]:
         t = torch.tensor(ids, dtype=torch.long, device=self.net.device)
@@ -125,6 +160,7 @@ class ChatGLMModel(Model):
 
     def _close(self) -> None:
         self.net = None  # type: ignore[assignment]
+        self.prefix_cache.clear()
 
     # ---- extras --------------------------------------------------------------------------
     def weight_bytes(self) -> int:
@@ -144,32 +180,48 @@ class ChatGLMBatchDecoder(RowBatchDecoder):
     network's ``forward_rows``: one token per row at the row's own position (ChatGLM-6B: its
     2D position, the prompt's last position and the next block position, as
     :func:`~openllm_hub_chatglm.network.glm1.position_ids` continues it), attention masked to
-    the row's own positions.
+    the row's own positions. ChatGLM2/3 prompts start from the longest prefix the model's
+    prefix cache holds of them, as on the single path. ``slots`` sequences of at most
+    :attr:`slot_tokens` tokens fit the model's ``batch_kv_bytes`` (default: half the free memory;
+    see :func:`~openllm_hub.engines.torch_batch.plan_rows`); the caches never grow past
+    :attr:`slot_tokens` positions a row.
     """
 
-    def __init__(self, model: ChatGLMModel, *, step_tokens: int = 512, keep_logits: bool = False) -> None:
-        super().__init__(model.context_length, step_tokens=step_tokens, keep_logits=keep_logits)
+    def __init__(self, model: ChatGLMModel, *, slots: int = 1, step_tokens: int = 512,
+                 keep_logits: bool = False) -> None:
+        budget = model.batch_kv_bytes if model.batch_kv_bytes is not None else kv_budget_bytes(model.info.device)
+        super().__init__(model.context_length, step_tokens=step_tokens, keep_logits=keep_logits, slots=slots,
+                         kv_bytes_per_token=model.info.extra.get("kv_bytes_per_token"), kv_budget=budget)
         self.model = model
-        self._cache: KVCache | None = model.net.new_cache(model.context_length, batch=0)
+        self._limit = self.slot_tokens or model.context_length
+        self._cache: KVCache | None = model.net.new_cache(self._limit, batch=0)
         #: ChatGLM-6B, per row: (prompt length, last prompt position, last prompt block position)
         self._rows2d: list[tuple[int, int, int]] = []
 
     def _prefill(self, prompt_ids: list[int]) -> tuple[Any, npt.NDArray[np.float32]]:
         model, net = self.model, self.model.net
-        cache = net.new_cache(model.context_length)
-        v1 = model.spec.version == 1
-        chunk = len(prompt_ids) if v1 else 512  # the single path's prompt_chunk
+        cache = net.new_cache(self._limit)
+        if model.spec.version != 1:  # in the single path's chunks (512), after the longest stored prefix
+
+            def forward(ids: Sequence[int]) -> npt.NDArray[np.float32]:
+                hidden = net.forward_hidden(torch.tensor(list(ids), dtype=torch.long, device=net.device), cache)
+                row: npt.NDArray[np.float32] = net.logits(hidden[-1:])[0].float().cpu().numpy()
+                return row
+
+            def load(prefix: KVLayers) -> None:
+                cache.extend([(k.to(net.device), v.to(net.device)) for k, v in prefix])
+
+            with torch.inference_mode():
+                logits, _ = read_prompt(model.prefix_cache, prompt_ids, forward=forward, load=load,
+                                        layers=lambda: _cache_layers(cache))
+            return (cache, None), logits
+        # ChatGLM-6B: the prompt attends both ways, so it is read in one piece (no prefix reused)
         with torch.inference_mode():
-            for start in range(0, len(prompt_ids), chunk):
-                ids = torch.tensor(prompt_ids[start:start + chunk], dtype=torch.long, device=net.device)
-                positions = model._positions(prompt_ids, start, len(ids), len(prompt_ids))
-                hidden = net.forward_hidden(ids, cache, **positions)
-            logits: npt.NDArray[np.float32] = net.logits(hidden[-1:])[0].float().cpu().numpy()
-        rope = None
-        if v1:
-            pos, block, _ = position_ids(prompt_ids, model.spec)
-            rope = (len(prompt_ids), pos[-1], block[-1])
-        return (cache, rope), logits
+            ids = torch.tensor(prompt_ids, dtype=torch.long, device=net.device)
+            hidden = net.forward_hidden(ids, cache, **model._positions(prompt_ids, 0, len(ids), len(prompt_ids)))
+            logits_v1: npt.NDArray[np.float32] = net.logits(hidden[-1:])[0].float().cpu().numpy()
+        pos, block, _ = position_ids(prompt_ids, model.spec)
+        return (cache, (len(prompt_ids), pos[-1], block[-1])), logits_v1
 
     def _merge(self, cache: Any, length: int) -> None:
         assert self._cache is not None
@@ -252,6 +304,9 @@ def load_chatglm(req: LoadRequest[ChatGLMOptions]) -> ChatGLMModel:
     ctx = spec.max_length if cap is None else min(cap, spec.max_length)
     quant = f"int{plan.bits}" if plan.bits else None
     n_params = spec.parameter_count()
+    # ChatGLM-6B cannot reuse a prefix (see the module doc): its prefix cache is always off
+    cache_mib = 0 if spec.version == 1 else (
+        opts.prefix_cache_mib if opts.prefix_cache_mib is not None else default_prefix_cache_mib())
     info = ModelInfo(
         family="chatglm", format=req.format, engine="torch (openllm_hub_chatglm)", path=str(folder),
         device=str(device), parameters=n_params, quantization=quant, context_length=ctx,
@@ -259,10 +314,15 @@ def load_chatglm(req: LoadRequest[ChatGLMOptions]) -> ChatGLMModel:
         extra={"variant": spec.variant, "checkpoint_quantization_bit": spec.quantization_bit,
                "quantized_embeddings": bool(plan.bits and plan.embeddings),
                "weight_bytes": resident_bytes(net), "placement": placement.reason,
-               "cpu_int4_kernel_layers": kernel_layers},
+               "cpu_int4_kernel_layers": kernel_layers, "prefix_cache_mib": cache_mib,
+               # one token's keys and values (the batched decoder's memory plan; serve's default --parallel)
+               "kv_bytes_per_token": 2 * spec.num_layers * spec.num_kv_heads * spec.head_dim * dtype.itemsize},
     )
     template = opts.chat_template or spec.variant
     model = ChatGLMModel(info, net, tokenizer, spec, ctx, template)
+    model.prefix_cache = PrefixCache(cache_mib * 2**20)
+    if opts.batch_kv_mib is not None:
+        model.batch_kv_bytes = opts.batch_kv_mib * 2**20
     if opts.seed is not None:
         model.generation_defaults = model.generation_defaults.model_copy(update={"seed": opts.seed})
     return model

@@ -12,18 +12,20 @@ from pydantic import ConfigDict, Field, field_validator
 
 from openllm_hub.engines.llama_cpp import LlamaCppOptions
 from openllm_hub.engines.llama_cpp_quantize import QUANT_TYPES
+from openllm_hub.engines.torch_batch import TorchBatchOptions
 
 #: ``quantize`` values run by this plugin's torch engine; the llama.cpp types go through GGUF.
 TORCH_QUANT = ("int8", "int4")
 
 
-class ChatGLMOptions(LlamaCppOptions):
+class ChatGLMOptions(LlamaCppOptions, TorchBatchOptions):
     """Load options of the chatglm family (device options dtype/threads are the core's).
 
     The llama.cpp options (n_batch, use_mmap, kv_cache_type, lora, repack; see
     :class:`LlamaCppOptions`) apply to GGUF files and to the llama.cpp ``quantize`` types;
-    ``n_ctx`` is another name for ``context_length``; ``chat_template`` and ``seed`` apply to
-    both engines.
+    ``n_ctx`` is another name for ``context_length``; ``chat_template``, ``seed`` and
+    ``prefix_cache_mib`` apply to both engines (the torch one keeps it off for ChatGLM-6B);
+    ``batch_kv_mib`` bounds the torch engine's batched decoder.
     """
 
     model_config = ConfigDict(extra="forbid")

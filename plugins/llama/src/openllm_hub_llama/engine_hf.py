@@ -7,7 +7,10 @@ settings come from ``config.json`` through transformers. Tokens come from the fo
 engines give the same ids for the same text. Generation is the core's KV-cache loop
 (:func:`openllm_hub.core.generate.generate_tokens`) over a ``DynamicCache``. Several
 sequences decode in one forward pass per step (:class:`HFBatchDecoder`: rows of one
-left-padded ``DynamicCache``, with a padding mask and per-row position ids).
+left-padded ``DynamicCache``, with a padding mask and per-row position ids, within a memory
+budget). Prompts sharing a prefix (a system prompt, a chat history) reuse its keys and values
+from the model's :attr:`HFModel.prefix_cache` (load option ``prefix_cache_mib``; see
+:mod:`openllm_hub.engines.torch_prefix`), on the single path and in the batched decoder.
 
 Before transformers sees the folder, ``config.json`` is validated (bounded numbers) and the
 stored tensors are checked against it (:func:`openllm_hub_llama.checkpoint.check_hf_folder`):
@@ -25,7 +28,9 @@ from typing import TYPE_CHECKING, Any
 
 from openllm_hub.engines.finite import check_finite
 from openllm_hub.engines.hf_quiet import hf_quiet
-from openllm_hub.engines.torch_batch import RowBatchDecoder
+from openllm_hub.engines.prefix_cache import PrefixCache, default_prefix_cache_mib
+from openllm_hub.engines.torch_batch import RowBatchDecoder, kv_budget_bytes
+from openllm_hub.engines.torch_prefix import KVLayers, lookup_kv, read_prompt, remembering
 from openllm_hub.plugin import (
     CorruptFileError,
     GenerationConfig,
@@ -148,8 +153,28 @@ def _eos_ids(folder: Path, tok: SentencePieceTokenizer, config: Any) -> set[int]
     return ids
 
 
+def _dynamic_layers(cache: Any) -> KVLayers:
+    """A batch-1 ``DynamicCache``'s keys and values, one pair per layer."""
+    return [(layer.keys, layer.values) for layer in cache.layers]
+
+
+def _load_dynamic(cache: Any, layers: KVLayers, devices: Sequence[torch.device]) -> None:
+    """Put a stored prefix (host tensors) into an empty ``DynamicCache``, each layer on its device."""
+    for i, ((k, v), dev) in enumerate(zip(layers, devices, strict=True)):
+        cache.update(k.to(dev), v.to(dev), i)
+
+
 class HFModel(Model):
-    """A LLaMA checkpoint on transformers/torch."""
+    """A LLaMA checkpoint on transformers/torch.
+
+    :attr:`prefix_cache` keeps the keys and values of read prompts for prompts sharing their
+    prefix (sized by ``prefix_cache_mib``; :mod:`openllm_hub.engines.torch_prefix`);
+    :attr:`batch_kv_bytes` bounds the batched decoder's KV cache (None: half the free memory).
+    """
+
+    #: the most bytes the batched decoder's KV cache may take, all rows together (None: half the
+    #: free memory of the model's device when a decoder is made)
+    batch_kv_bytes: int | None = None
 
     def __init__(self, model: Any, tok: SentencePieceTokenizer, info: ModelInfo, *, eos_token_ids: Sequence[int],
                  device: torch.device, default_template: str | None, seed: int | None,
@@ -167,6 +192,10 @@ class HFModel(Model):
             self.default_chat_template = default_template
         if seed is not None:
             self.generation_defaults = GenerationConfig(seed=seed)
+        #: keys and values of read prompts, for prompts sharing their prefix (load_hf sizes it)
+        self.prefix_cache = PrefixCache(0)
+        #: where each decoder layer's keys and values live (one device, or several with a device map)
+        self._kv_devices = [layer.self_attn.k_proj.weight.device for layer in model.model.layers]
 
     @property
     def torch_model(self) -> Any:
@@ -206,10 +235,17 @@ class HFModel(Model):
                 result: npt.NDArray[np.float32] = out.logits[0, -1].float().cpu().numpy()
                 return result
 
-        return generate_tokens(step, prompt_ids, config, context_length=self.info.context_length)
+        # the longest stored prefix of the prompt goes into the cache; only the rest is read
+        cached, prefix = lookup_kv(self.prefix_cache, prompt_ids)
+        if cached:
+            with torch.inference_mode():
+                _load_dynamic(cache, prefix, self._kv_devices)
+        run = remembering(self.prefix_cache, prompt_ids, step, length=cache.get_seq_length,
+                          layers=lambda: _dynamic_layers(cache))
+        yield from generate_tokens(run, prompt_ids, config, context_length=self.info.context_length, cached=cached)
 
     def _batch_decoder(self, slots: int) -> HFBatchDecoder:
-        return HFBatchDecoder(self)
+        return HFBatchDecoder(self, slots=slots)
 
     def _logits(self, ids: list[int]) -> npt.NDArray[np.float32]:
         import torch
@@ -237,6 +273,7 @@ class HFModel(Model):
 
     def _close(self) -> None:
         self._model = None
+        self.prefix_cache.clear()
         if self._device.type == "cuda":
             import torch
 
@@ -249,17 +286,22 @@ class HFBatchDecoder(RowBatchDecoder):
     may differ from a single run).
 
     A joining prompt is read alone in the single path's chunks (512 ids) into its own
-    ``DynamicCache``; its layers then become a row of the batch's cache. Rows are
+    ``DynamicCache``, after the longest prefix the model's prefix cache holds of it (as the
+    single path reads it); its layers then become a row of the batch's cache. Rows are
     **left-padded**: each row's tokens end at the cache's last column, so one decoding step
     appends one column for all rows, as transformers' own batched ``generate`` does. The step
     passes a 2D ``attention_mask`` (0 on each row's padding; omitted when no row is padded, so
     a lone row runs the single path's computation) and each row's ``position_ids`` (its own
     length), so rotary positions and attention are the row's own. A row that leaves is
-    dropped, and columns that only padding holds are cut off.
+    dropped, and columns that only padding holds are cut off. ``slots`` sequences of at most
+    :attr:`slot_tokens` tokens fit the model's ``batch_kv_bytes`` (default: half the free memory;
+    see :func:`~openllm_hub.engines.torch_batch.plan_rows`).
     """
 
-    def __init__(self, model: HFModel, *, step_tokens: int = 512, keep_logits: bool = False) -> None:
-        super().__init__(model.info.context_length, step_tokens=step_tokens, keep_logits=keep_logits)
+    def __init__(self, model: HFModel, *, slots: int = 1, step_tokens: int = 512, keep_logits: bool = False) -> None:
+        budget = model.batch_kv_bytes if model.batch_kv_bytes is not None else kv_budget_bytes(model.info.device)
+        super().__init__(model.info.context_length, step_tokens=step_tokens, keep_logits=keep_logits, slots=slots,
+                         kv_bytes_per_token=model.info.extra.get("kv_bytes_per_token"), kv_budget=budget)
         self.model = model
         self._cache: Any = None
         #: tokens each row holds (right-aligned in the cache's columns)
@@ -272,13 +314,20 @@ class HFBatchDecoder(RowBatchDecoder):
         import torch
         from transformers import DynamicCache
 
-        hf = self.model.torch_model
+        model = self.model
+        hf = model.torch_model
         cache = DynamicCache(config=hf.config)
-        with torch.inference_mode():
-            for start in range(0, len(prompt_ids), 512):  # generate_tokens' prompt_chunk
-                x = torch.tensor([prompt_ids[start:start + 512]], dtype=torch.long, device=self.model._device)
-                out = hf(input_ids=x, use_cache=True, logits_to_keep=1, **{self.model._cache_kw: cache})
-            logits: npt.NDArray[np.float32] = out.logits[0, -1].float().cpu().numpy()
+
+        def forward(ids: Sequence[int]) -> npt.NDArray[np.float32]:
+            x = torch.tensor([list(ids)], dtype=torch.long, device=model._device)
+            out = hf(input_ids=x, use_cache=True, logits_to_keep=1, **{model._cache_kw: cache})
+            row: npt.NDArray[np.float32] = out.logits[0, -1].float().cpu().numpy()
+            return row
+
+        with torch.inference_mode():  # in generate_tokens' prompt chunks (512), as the single path
+            logits, _ = read_prompt(model.prefix_cache, prompt_ids, forward=forward,
+                                    load=lambda prefix: _load_dynamic(cache, prefix, model._kv_devices),
+                                    layers=lambda: _dynamic_layers(cache))
         return cache, logits
 
     def _merge(self, cache: Any, length: int) -> None:
@@ -401,6 +450,10 @@ def load_hf(req: LoadRequest[LlamaOptions]) -> HFModel:
     device = model.get_input_embeddings().weight.device
     n_params = sum(t.numel() for t in model.parameters())
     dev = ("cuda:" + ",".join(map(str, p.gpu_ids or (0,)))) if p.kind == "cuda" else "cpu"
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    kv_heads = config.num_key_value_heads or config.num_attention_heads
+    kv_bytes_per_token = 2 * config.num_hidden_layers * kv_heads * head_dim * dtype.itemsize
+    cache_mib = opts.prefix_cache_mib if opts.prefix_cache_mib is not None else default_prefix_cache_mib()
     info = ModelInfo(
         family="llama", format="hf", engine="transformers", path=str(folder), device=dev, parameters=n_params,
         context_length=context, vocab_size=int(config.vocab_size), dtype=p.dtype,
@@ -408,10 +461,17 @@ def load_hf(req: LoadRequest[LlamaOptions]) -> HFModel:
                "n_kv_heads": config.num_key_value_heads, "tied_embeddings": bool(config.tie_word_embeddings),
                "rope_parameters": getattr(config, "rope_parameters", None),
                **({"sliding_window": window} if window is not None else {}),
+               # one token's keys and values (the batched decoder's memory plan; serve's default --parallel)
+               "kv_bytes_per_token": kv_bytes_per_token, "prefix_cache_mib": cache_mib,
                "torch": torch.__version__},
     )
-    return HFModel(model, tok, info, eos_token_ids=sorted(_eos_ids(folder, tok, config)), device=device,
-                   default_template=opts.chat_template, seed=opts.seed, own_template=_own_chat_template(folder, tok))
+    hf_model = HFModel(model, tok, info, eos_token_ids=sorted(_eos_ids(folder, tok, config)), device=device,
+                       default_template=opts.chat_template, seed=opts.seed,
+                       own_template=_own_chat_template(folder, tok))
+    hf_model.prefix_cache = PrefixCache(cache_mib * 2**20)
+    if opts.batch_kv_mib is not None:
+        hf_model.batch_kv_bytes = opts.batch_kv_mib * 2**20
+    return hf_model
 
 
 def _free_mib(gpu_ids: Sequence[int]) -> dict[int, int]:

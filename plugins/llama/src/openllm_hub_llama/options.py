@@ -11,12 +11,15 @@ from typing import Literal
 from pydantic import ConfigDict, Field
 
 from openllm_hub.engines.llama_cpp import LlamaCppOptions
+from openllm_hub.engines.torch_batch import TorchBatchOptions
 
 
-class LlamaOptions(LlamaCppOptions):
+class LlamaOptions(LlamaCppOptions, TorchBatchOptions):
     """Load options of the llama family: llama.cpp's (n_ctx, n_batch, use_mmap, kv_cache_type,
-    lora, chat_template, repack, seed; see :class:`LlamaCppOptions`) plus the engine choice and
-    Meta conversion (device options dtype/gpu_layers/threads are the core's)."""
+    lora, chat_template, repack, seed, prefix_cache_mib; see :class:`LlamaCppOptions`; the
+    transformers engine uses chat_template, seed and prefix_cache_mib), the torch batched
+    decoder's ``batch_kv_mib``, the engine choice and Meta conversion (device options
+    dtype/gpu_layers/threads are the core's)."""
 
     model_config = ConfigDict(extra="forbid")
 
