@@ -35,6 +35,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from openllm_hub import __version__
 from openllm_hub.core.batch import PreparedStream
 from openllm_hub.core.model import Chunk, Model
+from openllm_hub.core.tool_calls import ToolCallStream
 from openllm_hub.errors import InvalidParameterError, OpenLLMHubError
 from openllm_hub.server.auth import BearerAuthMiddleware, HostCheckMiddleware
 from openllm_hub.server.errors import APIError, from_exception, invalid_request
@@ -285,21 +286,30 @@ def _add_routes(app: FastAPI, state: ServerState) -> None:
                            param="model", code="model_not_found")
         return card()
 
+    # A request is checked, its prompt rendered (a model's own Jinja template may take up to
+    # chat_jinja.RENDER_SECONDS) and tokenized once, on a worker thread: the event loop keeps
+    # serving the other slots' streams, /health and /metrics meanwhile.
     @app.post("/v1/completions", response_model=None)
     async def completions(body: CompletionRequest) -> Response:
-        prompt, params = completion_params(model, body, limit=state.max_tokens_limit)
-        stream = await run_in_threadpool(_fit_slot, state, lambda: model.stream(prompt, **params),
-                                         body.max_tokens is not None)
-        return _submit(state, stream, CompletionFormat(state.model_id, len(prompt)), stream_response=bool(body.stream),
+        def prepare() -> tuple[PreparedStream, int]:
+            prompt, params = completion_params(model, body, limit=state.max_tokens_limit)
+            return _fit_slot(state, lambda: model.stream(prompt, **params), body.max_tokens is not None), len(prompt)
+
+        stream, prompt_chars = await run_in_threadpool(prepare)
+        return _submit(state, stream, CompletionFormat(state.model_id, prompt_chars), stream_response=bool(body.stream),
                        include_usage=bool(body.stream_options and body.stream_options.include_usage))
 
     @app.post("/v1/chat/completions", response_model=None)
     async def chat_completions(body: ChatCompletionRequest) -> Response:
-        messages, template, params = chat_params(model, body, limit=state.max_tokens_limit)
-        given = body.max_tokens is not None or body.max_completion_tokens is not None
-        stream = await run_in_threadpool(_fit_slot, state,
-                                         lambda: model.stream_chat(messages, template=template, **params), given)
-        reader = model.tool_call_reader(params["tools"], params["tool_choice"], template) if "tools" in params else None
+        def prepare() -> tuple[PreparedStream, ToolCallStream | None]:
+            messages, template, params = chat_params(model, body, limit=state.max_tokens_limit)
+            given = body.max_tokens is not None or body.max_completion_tokens is not None
+            stream = _fit_slot(state, lambda: model.stream_chat(messages, template=template, **params), given)
+            if "tools" not in params:
+                return stream, None
+            return stream, model.tool_call_reader(params["tools"], params["tool_choice"], template)
+
+        stream, reader = await run_in_threadpool(prepare)
         return _submit(state, stream, ChatFormat(state.model_id, reader), stream_response=bool(body.stream),
                        include_usage=bool(body.stream_options and body.stream_options.include_usage))
 
