@@ -18,6 +18,7 @@ answer comes from the served model and says which one it is.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
@@ -237,6 +238,22 @@ def _base64_floats(vector: list[float]) -> str:
     return base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode("ascii")
 
 
+def _embed_error(exc: OpenLLMHubError, *, single: bool) -> APIError:
+    """An error of ``Model.embed`` named by the request's field: ``texts[i]`` is ``input[i]``
+    (``input`` when it is one string); an engine that cannot embed (``embed``) is ``model``."""
+    if not isinstance(exc, InvalidParameterError) or exc.where is None:
+        return from_exception(exc)
+    where = exc.where
+    if (m := re.fullmatch(r"texts\[(\d+)\]", where)) is not None:
+        field = "input" if single else f"input[{m.group(1)}]"
+    elif where in ("texts", "embed"):
+        field = "input" if where == "texts" else "model"
+    else:
+        return from_exception(exc)
+    what = exc.what.replace(where, field, 1) if exc.what.startswith(where) else exc.what
+    return from_exception(InvalidParameterError(what, where=field, fix=exc.fix))
+
+
 def _submit(state: ServerState, stream: PreparedStream, fmt: ResponseFormat, *, stream_response: bool,
             include_usage: bool) -> JobResponse:
     try:
@@ -332,7 +349,7 @@ def _add_routes(app: FastAPI, state: ServerState) -> None:
         try:
             vectors, tokens = await run_in_threadpool(run)
         except OpenLLMHubError as exc:
-            raise from_exception(exc) from None
+            raise _embed_error(exc, single=isinstance(body.input, str)) from None
         data = [EmbeddingData(index=i, embedding=v) for i, v in enumerate(vectors)]
         if body.encoding_format == "base64":
             data = [EmbeddingData(index=i, embedding=_base64_floats(v)) for i, v in enumerate(vectors)]

@@ -76,6 +76,10 @@ def response_format(value: dict[str, Any] | None) -> dict[str, Any]:
         if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
             raise invalid_request("response_format.json_schema must be an object with a name and a schema",
                                   param="response_format.json_schema")
+        strict = spec.get("strict")
+        if strict is not None and not isinstance(strict, bool):
+            raise invalid_request(f"response_format.json_schema.strict is {strict!r}; it must be true or false (the "
+                                  "schema is enforced either way)", param="response_format.json_schema.strict")
         schema = spec.get("schema", {})
         if not isinstance(schema, dict):
             raise invalid_request("response_format.json_schema.schema must be a JSON schema object",
@@ -145,7 +149,7 @@ def _tools(model: Model, req: ChatCompletionRequest, params: dict[str, Any]) -> 
     if mode == "required":  # the answer is constrained to one call: no other constraint fits with it
         for ours, theirs in (("grammar", "grammar"), ("json_schema", "response_format"),
                              ("json_object", "response_format")):
-            if params.get(ours):
+            if params.get(ours) not in (None, False):  # an empty schema {} is a constraint too
                 raise invalid_request(f"{theirs} cannot be combined with tool_choice {req.tool_choice!r}, which "
                                       "constrains the answer to one tool call", param=theirs)
     params.update(tools=tools, tool_choice=req.tool_choice)
