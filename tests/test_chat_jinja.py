@@ -255,6 +255,39 @@ def test_raise_exception_text_reaches_the_caller() -> None:
         tpl.pieces([SYSTEM, *TURNS], {"<start_of_turn>"})
 
 
+#: Templates whose every single operation is costly: a few loop iterations (or none) run for
+#: seconds unless one operation's size is bounded (each refused before it runs).
+COSTLY_OPERATIONS = {
+    "sort of a repeated list in a short loop":
+        "{% for i in range(12) %}{% set y = (range(100000)|list*10)|sort %}{% endfor %}",
+    "sort of a repeated list": "{% set y = (range(100000)|list*39)|sort %}",
+    "sort of a long string": "{% set y = ('ab' * 1900000)|sort %}",
+    "map over a long string": "{{ ('ab' * 1900000)|map('upper')|join }}",
+    "list of a long string": "{{ ('ab' * 1900000)|list|length }}",
+    "split into many items": "{{ ('a ' * 1000000).split(' ')|length }}",
+    "urlize of a long string": "{{ ('www.a.b ' * 400000)|urlize }}",
+}
+
+
+@pytest.mark.parametrize("label", sorted(COSTLY_OPERATIONS))
+def test_costly_single_operations_are_refused_naming_the_limit(label: str) -> None:
+    with pytest.raises(ChatTemplateError, match=r"went past a limit: .*\(the limit is [\d,]+, MAX_[A-Z_]+\)"):
+        JinjaTemplate(COSTLY_OPERATIONS[label]).pieces(TURNS, QWEN_SPECIALS)
+
+
+def test_the_deadline_is_checked_at_every_iteration(monkeypatch: pytest.MonkeyPatch) -> None:
+    """40 iterations each sorting 100,000 items (allowed one by one) outlast a tiny deadline: the
+    render stops at the deadline, not after 1,024 iterations (it used to finish)."""
+    import openllm_hub.core.chat_jinja as chat_jinja
+
+    monkeypatch.setattr(chat_jinja, "RENDER_SECONDS", 0.01)
+    tpl = JinjaTemplate("{% for i in range(40) %}{% set y = (range(100000)|list)|sort %}{% endfor %}done")
+    with pytest.raises(ChatTemplateError, match=r"took longer than the limit of 0\.01 s \(RENDER_SECONDS\)"):
+        tpl.pieces(TURNS, QWEN_SPECIALS)
+    monkeypatch.setattr(chat_jinja, "RENDER_SECONDS", 60.0)  # within the limit it renders
+    assert tpl.render(TURNS) == "done"
+
+
 # ---- models carrying their template -------------------------------------------------------------
 #: A published template that fits the tiny LLaMA's vocabulary (<s>, </s> are its control tokens).
 MISTRAL = (FIXTURES / "mistral-nemo-instruct-2407.jinja").read_text(encoding="utf-8")

@@ -144,8 +144,10 @@ def test_logprob_limits_are_400s_naming_the_field(client: openai.OpenAI, kind: s
 
 
 def test_bigram_cannot_embed_400(client: openai.OpenAI) -> None:
-    with pytest.raises(openai.BadRequestError, match="cannot compute embeddings"):
+    with pytest.raises(openai.BadRequestError, match="cannot compute embeddings") as info:
         client.embeddings.create(model="bigram", input="hello")
+    body: Any = info.value.body
+    assert body["param"] == "model"  # the served model is what cannot embed
 
 
 # ---- embeddings on llama.cpp --------------------------------------------------------------------
@@ -192,6 +194,23 @@ def test_embeddings_bad_requests(gguf_client: openai.OpenAI, kwargs: dict[str, A
         gguf_client.embeddings.create(model="tiny", **kwargs)
     body: Any = info.value.body
     assert body["param"] == param
+
+
+@pytest.mark.parametrize("as_list", [True, False], ids=["list", "one-string"])
+def test_embedding_a_text_too_long_names_its_input(gguf_client: openai.OpenAI, gguf_model: Model,
+                                                   as_list: bool) -> None:
+    """Model.embed's error about one text names the request's field, ``input[i]`` (``input`` for a
+    single string), in its param and message."""
+    ctx = gguf_model.info.context_length
+    assert ctx is not None
+    long = "fox " * ctx
+    field = "input[1]" if as_list else "input"
+    with pytest.raises(openai.BadRequestError) as info:
+        gguf_client.embeddings.create(model="tiny", input=["Hello", long] if as_list else long)
+    body: Any = info.value.body
+    assert body["param"] == field
+    assert body["message"].startswith(f"{field} is ") and f"the context holds {ctx}" in body["message"]
+    assert "texts" not in body["message"] and "embed]" not in body["message"]
 
 
 def test_chat_logprobs_on_llama_cpp_with_two_slots(gguf_client: openai.OpenAI, gguf_model: Model) -> None:

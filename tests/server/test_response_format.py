@@ -79,6 +79,8 @@ def test_completions_json_schema(client: openai.OpenAI, model: Model) -> None:
     ({"type": "json_schema", "json_schema": {"name": "x", "schema": "not an object"}},
      "response_format.json_schema.schema"),
     ({"type": "yaml"}, "response_format.type"),
+    ({"type": "json_schema", "json_schema": {"name": "x", "schema": SCHEMA, "strict": "yes"}},
+     "response_format.json_schema.strict"),
 ])
 def test_bad_response_format_is_400(client: openai.OpenAI, fmt: dict[str, Any], param: str) -> None:
     with pytest.raises(openai.BadRequestError) as info:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -371,3 +372,47 @@ def test_serve_command_reports_bad_input(bigram_path: Path) -> None:
     r = subprocess.run([sys.executable, "-m", "openllm_hub.server", "/no/such/model"], capture_output=True, text=True,
                        timeout=60)
     assert r.returncode == 1 and "error" in r.stderr
+
+
+# ---- what serve --help and the README say -------------------------------------------------------
+def _openai_fields() -> dict[str, set[str]]:
+    """The fields OpenAI's API defines for each request, from the official client's own types."""
+    from openai.types import completion_create_params, embedding_create_params
+    from openai.types.chat import completion_create_params as chat_create_params
+
+    return {"ChatCompletionRequest": set(chat_create_params.CompletionCreateParamsStreaming.__annotations__),
+            "CompletionRequest": set(completion_create_params.CompletionCreateParamsStreaming.__annotations__),
+            "EmbeddingRequest": set(embedding_create_params.EmbeddingCreateParams.__annotations__)}
+
+
+def _readme_server_section() -> str:
+    readme = (Path(__file__).parents[2] / "README.md").read_text("utf-8")
+    start = readme.index("`openllm-hub serve MODEL")
+    return readme[start:readme.index("\n\n", start)]
+
+
+def test_serve_help_and_readme_list_every_endpoint_and_extension_field(model: Model) -> None:
+    """Every route of the app and every request field beyond OpenAI's are in ``serve --help``
+    and in the README's server section (both written by hand, checked against the code)."""
+    import argparse
+
+    from fastapi.routing import APIRoute
+
+    from openllm_hub.server import schemas
+    from openllm_hub.server.cli import add_serve_command
+
+    help_text = add_serve_command(argparse.ArgumentParser(prog="openllm-hub").add_subparsers()).format_help()
+    paths = {r.path.split("/{")[0] for r in create_app(model).routes
+             if isinstance(r, APIRoute) and r.path not in ("/", "/favicon.ico")}
+    assert {"/v1/models", "/v1/completions", "/v1/chat/completions", "/v1/embeddings", "/health",
+            "/metrics"} <= paths
+    extensions = {name for cls, theirs in _openai_fields().items()
+                  for name in set(getattr(schemas, cls).model_fields) - theirs}
+    assert {"top_k", "repeat_penalty", "grammar", "chat_template", "normalize"} <= extensions
+    for where, text in (("serve --help", " ".join(help_text.split())), ("README", " ".join(
+            _readme_server_section().split()))):
+        for path in paths:
+            assert re.search(rf"{re.escape(path)}(?![\w/])", text), f"{where} does not list {path}"
+        assert re.search(r"chat page at `?/", text), where
+        for name in extensions:
+            assert name in text, f"{where} does not name the extension field {name!r}"

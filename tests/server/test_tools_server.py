@@ -25,6 +25,7 @@ from openai.types.chat import ChatCompletion, ChatCompletionChunk
 import openllm_hub
 from openllm_hub.core.model import Model, Usage
 from openllm_hub.core.tool_calls import ToolCallStream
+from openllm_hub.errors import InvalidParameterError
 from openllm_hub.server import create_app
 from openllm_hub.server.formats import ChatFormat
 
@@ -105,6 +106,41 @@ def test_bad_tools_are_400s_naming_the_field(client: openai.OpenAI) -> None:
     assert "tool message must follow" in body["message"]
     body = _bad(client, tools=TOOLS, parallel_tool_calls=False)
     assert body["param"] == "parallel_tool_calls"
+
+
+#: a tool whose arguments' schema llguidance cannot compile (an unclosed regex group)
+UNCOMPILABLE: list[Any] = [TOOLS[1], {"type": "function", "function": {
+    "name": "lookup", "parameters": {"type": "object", "properties": {"key": {"type": "string", "pattern": "(("}}}}}]
+
+
+@pytest.mark.parametrize("choice", ["required", {"type": "function", "function": {"name": "lookup"}}],
+                         ids=["required", "named"])
+def test_an_uncompilable_tool_schema_names_the_tool(client: openai.OpenAI, choice: Any) -> None:
+    """A required or named call is constrained by its tools' schemas: one that cannot be compiled
+    is the tool's field (not json_schema, which the caller never sent)."""
+    body = _bad(client, tools=UNCOMPILABLE, tool_choice=choice)
+    assert body["param"] == "tools[1].function.parameters", body
+    assert "tools[1].function.parameters" in body["message"] and "'lookup'" in body["message"]
+    assert "json_schema" not in body["message"] and "tool_choice 'auto'" in body["message"]
+    # another named tool, or auto, constrains nothing by that schema: answered
+    r = client.chat.completions.create(model="bigram", messages=QUESTION, tools=UNCOMPILABLE, max_tokens=5,
+                                       tool_choice={"type": "function", "function": {"name": "get_time"}})
+    assert r.choices[0].finish_reason in ("tool_calls", "length", "stop")
+    client.chat.completions.create(model="bigram", messages=QUESTION, tools=UNCOMPILABLE, max_tokens=5)
+
+
+@pytest.mark.parametrize("choice", ["required", {"type": "function", "function": {"name": "get_time"}}],
+                         ids=["required", "named"])
+def test_a_response_format_with_a_required_call_names_response_format(client: openai.OpenAI, model: Model,
+                                                                       choice: Any) -> None:
+    # an empty schema ({}: any JSON) is a constraint too, never silently replaced by the call's
+    with pytest.raises(InvalidParameterError, match="json_schema cannot be set with tool_choice"):
+        model.chat(QUESTION, tools=TOOLS, tool_choice=choice, json_schema={}, max_new_tokens=4)
+    for fmt in ({"type": "json_object"}, {"type": "json_schema", "json_schema": {"name": "x", "schema": {}}}):
+        body = _bad(client, tools=TOOLS, tool_choice=choice, response_format=fmt)
+        assert body["param"] == "response_format", body
+        assert "response_format cannot be combined with tool_choice" in body["message"]
+        assert "json_object" not in body["message"] and "json_schema" not in body["message"]
 
 
 # ---- the OpenAI shapes of calls --------------------------------------------------------------------

@@ -38,10 +38,18 @@ that looks for a control-token spelling *in* a message (``'<tool_call>' in conte
 
 **Bounded.** Templates come with downloaded models and are untrusted: the sandbox refuses
 internals (``__class__``, ``__mro__``, ``__globals__``, unsafe callables); every ``for`` loop
-counts against a per-render budget of iterations and a wall-clock deadline; ``range`` is capped
-by the sandbox; ``*``, ``**``, ``+``, ``%`` and ``~`` refuse results above a size cap; calls and
-filters refuse integer arguments above a cap (``'x'.ljust(10**9)``); the output is capped.
-Each failure is a :class:`ChatTemplateError` naming the template.
+counts against a per-render budget of iterations; the wall-clock deadline is checked at every
+loop iteration, call, filter, operator and output chunk (``time.monotonic``, cheap), so a loop of
+few but costly iterations stops there too. A deadline cannot interrupt one operation, so each is
+bounded in size: ``range`` is capped by the sandbox (``MAX_RANGE``, 100,000); a list, tuple or
+dict a template builds holds at most :data:`MAX_ITEMS` items and a string at most
+:data:`MAX_VALUE_CHARS` characters (``*``, ``**``, ``+``, ``%`` and ``~`` refuse results above
+the caps, every call's and filter's result is checked); the filters that work item by item in
+Python (``sort``, ``list``, ``map``, ``unique``, ``groupby``, ...) refuse an input of more than
+:data:`MAX_ITEMS` items or characters (sorting a string of 4 million characters would take
+seconds); calls and filters refuse integer arguments above a cap (``'x'.ljust(10**9)``); the
+output is capped. Each failure is a :class:`ChatTemplateError` naming the template and the
+limit.
 """
 
 from __future__ import annotations
@@ -69,6 +77,9 @@ MARK_START, MARK_END = "\ufdd0", "\ufdd1"
 #: Limits of one render (module constants so that deployments may tune them).
 MAX_OUTPUT_CHARS = 4_000_000
 MAX_VALUE_CHARS = 4_000_000
+#: Items of a list/tuple/dict a template builds, and of the input of an item-by-item filter
+#: (Jinja's own sandbox caps ``range`` at the same 100,000).
+MAX_ITEMS = 100_000
 MAX_LOOP_ITERATIONS = 2_000_000
 MAX_INT_ARGUMENT = 1_000_000
 RENDER_SECONDS = 10.0
@@ -95,14 +106,16 @@ class _Refused(Exception):
 
 
 def _check_budget(n: int = 1) -> None:
+    """Count ``n`` iterations against the render's budget and check its deadline (every time:
+    one loop iteration may be costly)."""
     budget = _budget.get()
     if budget is None:
         return
     budget.iterations += n
     if budget.iterations > MAX_LOOP_ITERATIONS:
         raise _Refused(f"more than {MAX_LOOP_ITERATIONS:,} loop iterations")
-    if budget.iterations % 1024 == 0 and time.monotonic() > budget.deadline:
-        raise _Refused(f"rendering took longer than {RENDER_SECONDS:g} s")
+    if time.monotonic() > budget.deadline:
+        raise _Refused(f"rendering took longer than the limit of {RENDER_SECONDS:g} s (RENDER_SECONDS)")
 
 
 def _loop_guard(iterable: Any) -> Iterator[Any]:
@@ -113,8 +126,10 @@ def _loop_guard(iterable: Any) -> Iterator[Any]:
 
 
 def _size_guard(value: Any) -> Any:
-    if isinstance(value, (str, list, tuple)) and len(value) > MAX_VALUE_CHARS:
-        raise _Refused(f"a value of {len(value):,} items (the limit is {MAX_VALUE_CHARS:,})")
+    if isinstance(value, str) and len(value) > MAX_VALUE_CHARS:
+        raise _Refused(f"a string of {len(value):,} characters (the limit is {MAX_VALUE_CHARS:,}, MAX_VALUE_CHARS)")
+    if isinstance(value, (list, tuple, dict)) and len(value) > MAX_ITEMS:
+        raise _Refused(f"a {type(value).__name__} of {len(value):,} items (the limit is {MAX_ITEMS:,}, MAX_ITEMS)")
     if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 4096:
         raise _Refused("an integer of more than 4096 bits")
     return value
@@ -193,10 +208,14 @@ def _environment() -> jinja2.Environment:
         intercepted_binops = frozenset(("*", "**", "+", "%"))
 
         def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+            _check_budget(0)
             if operator == "*":
                 for seq, n in ((left, right), (right, left)):
-                    if isinstance(seq, (str, list, tuple)) and isinstance(n, int) and len(seq) * n > MAX_VALUE_CHARS:
-                        raise _Refused(f"a repetition of {len(seq) * n:,} items")
+                    if isinstance(seq, (str, list, tuple)) and isinstance(n, int):
+                        unit, limit, name = (("characters", MAX_VALUE_CHARS, "MAX_VALUE_CHARS") if isinstance(seq, str)
+                                             else ("items", MAX_ITEMS, "MAX_ITEMS"))
+                        if len(seq) * n > limit:
+                            raise _Refused(f"a repetition of {len(seq) * n:,} {unit} (the limit is {limit:,}, {name})")
             if operator == "**" and isinstance(left, int) and isinstance(right, int) and (
                     abs(right) > 4096 or abs(left).bit_length() * abs(right) > 4096):
                 raise _Refused(f"{left} ** {right} is too large")
@@ -213,7 +232,7 @@ def _environment() -> jinja2.Environment:
 
     env = Sandbox(trim_blocks=True, lstrip_blocks=True, extensions=[Generation, jinja2.ext.loopcontrols])
     for name, fn in list(env.filters.items()):
-        env.filters[name] = _guarded_filter(fn)
+        env.filters[name] = _guarded_filter(fn, name if name in _ITEMWISE_FILTERS else None)
     env.filters["tojson"] = _guarded_filter(_tojson)
     env.filters["_loop_guard"] = _loop_guard
     env.filters["_size_guard"] = _size_guard
@@ -224,10 +243,28 @@ def _environment() -> jinja2.Environment:
     return env
 
 
-def _guarded_filter(fn: Callable[..., Any]) -> Callable[..., Any]:
+#: Jinja's filters that go through their input item by item in Python (or, ``urlize`` and
+#: ``wordwrap``, character by character): their cost grows with its length, so it is capped.
+_ITEMWISE_FILTERS = frozenset({"batch", "dictsort", "groupby", "join", "list", "map", "max", "min", "reject",
+                               "rejectattr", "select", "selectattr", "slice", "sort", "sum", "unique", "urlize",
+                               "wordwrap"})
+
+
+def _guarded_filter(fn: Callable[..., Any], itemwise: str | None = None) -> Callable[..., Any]:
+    """``fn`` checking the deadline, its integer arguments, the size of its result and, for the
+    item-by-item filter named ``itemwise``, the length of its input. The input is the first
+    argument after Jinja's context or environment (filters marked ``pass_context`` and the like)."""
+    passes = getattr(fn, "jinja_pass_arg", None) is not None
+
     @wraps(fn)  # keeps Jinja's pass_context/pass_environment marks
     def guarded(*args: Any, **kwargs: Any) -> Any:
-        _check_args(args[1:], kwargs)
+        _check_budget(0)
+        value, rest = (args[1], args[2:]) if passes else (args[0], args[1:])
+        _check_args(rest, kwargs)
+        if itemwise is not None and isinstance(value, (str, list, tuple, dict)) and len(value) > MAX_ITEMS:
+            unit = "characters" if isinstance(value, str) else "items"
+            raise _Refused(f"the filter {itemwise!r} on a value of {len(value):,} {unit} (the limit is "
+                           f"{MAX_ITEMS:,}, MAX_ITEMS)")
         return _size_guard(fn(*args, **kwargs))
 
     return guarded

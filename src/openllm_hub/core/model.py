@@ -26,7 +26,14 @@ from openllm_hub.core.chat import ChatTemplate, Cut, Piece, Special, Text, get_t
 from openllm_hub.core.chat_jinja import MODEL_TEMPLATE, ChatTemplateError, JinjaTemplate
 from openllm_hub.core.config import GenerationConfig
 from openllm_hub.core.logprobs import TokenLogprob
-from openllm_hub.core.tool_calls import ToolCall, ToolCallStream, call_constraint, tool_choice_mode, validate_tools
+from openllm_hub.core.tool_calls import (
+    ToolCall,
+    ToolCallStream,
+    call_constraint,
+    check_call_schemas,
+    tool_choice_mode,
+    validate_tools,
+)
 from openllm_hub.errors import InvalidParameterError, ModelClosedError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -197,7 +204,8 @@ class Model(ABC):
     def _hidden_states(self, ids: list[int]) -> npt.NDArray[np.float32]:
         """Hook for :meth:`embed`: the last hidden states of ``ids`` (shape ``(len(ids), dim)``,
         after the final norm, the vectors the output layer reads). The ids are already
-        checked. Default: this engine cannot embed."""
+        checked; an error about this one text (too long for the engine) has ``where="text"``
+        (:meth:`embed` names the text). Default: this engine cannot embed (``where="embed"``)."""
         raise InvalidParameterError(f"the {self.info.engine} engine of this {self.info.family} model cannot compute "
                                     "embeddings", where="embed",
                                     fix="embeddings come from engines with a hidden-state hook: llama.cpp (GGUF "
@@ -272,26 +280,32 @@ class Model(ABC):
         import numpy as np
 
         if isinstance(texts, str):
-            raise InvalidParameterError("texts must be a list of strings, not one string", where="embed",
+            raise InvalidParameterError("texts must be a list of strings, not one string", where="texts",
                                         fix="pass [text]")
         self._check_open()
         ctx = self.info.context_length
         out: list[list[float]] = []
         for i, text in enumerate(texts):
+            at = f"texts[{i}]"
             if not isinstance(text, str):
-                raise InvalidParameterError(f"texts[{i}] is a {type(text).__name__}, not a string", where="embed")
+                raise InvalidParameterError(f"{at} is a {type(text).__name__}, not a string", where=at)
             ids = self._tokenize(text, True)
             if not ids:
-                raise InvalidParameterError(f"texts[{i}] is empty and this model adds no start token to it",
-                                            where="embed", fix="embed non-empty texts")
+                raise InvalidParameterError(f"{at} is empty and this model adds no start token to it",
+                                            where=at, fix="embed non-empty texts")
             self._check_ids(ids)
             if ctx is not None and len(ids) > ctx:
-                raise InvalidParameterError(f"texts[{i}] is {len(ids)} tokens; the context holds {ctx}",
-                                            where="embed", fix="shorten the text or load with a larger context")
+                raise InvalidParameterError(f"{at} is {len(ids)} tokens; the context holds {ctx}",
+                                            where=at, fix="shorten the text or load with a larger context")
             with self._lock:
                 self._check_open()
                 self._claim_engine_state(None)
-                states = np.asarray(self._hidden_states(ids), dtype=np.float64)
+                try:
+                    states = np.asarray(self._hidden_states(ids), dtype=np.float64)
+                except InvalidParameterError as exc:
+                    if exc.where != "text":
+                        raise
+                    raise InvalidParameterError(f"{at}: {exc.what}", where=at, fix=exc.fix) from None
             vec = states.mean(axis=0)
             if normalize:
                 vec = vec / max(float(np.linalg.norm(vec)), 1e-12)
@@ -334,7 +348,7 @@ class Model(ABC):
         pieces = tpl.pieces(messages, tools=offered)  # type: ignore[arg-type]
         if constraint is not None:
             for key in ("json_schema", "grammar", "json_object"):
-                if params.get(key):
+                if params.get(key) not in (None, False):  # an empty schema {} is one too
                     raise InvalidParameterError(f"{key} cannot be set with tool_choice {tool_choice!r}, which "
                                                 "constrains the answer to one tool call", where=key,
                                                 fix="leave tool_choice out ('auto'), or drop the other constraint")
@@ -370,6 +384,7 @@ class Model(ABC):
             names = [t["function"]["name"] for t in checked]
             return checked, None if tpl.tool_format is None else ToolCallStream(tpl.tool_format, names=names), None
         fmt = tpl.tool_format or "hermes"
+        check_call_schemas(checked, name)
         return checked, ToolCallStream(fmt, constrained=True), call_constraint(checked, fmt, name)
 
     def chat_prompt_ids(self, messages: Sequence[Mapping[str, Any]], *, template: str | None = None,

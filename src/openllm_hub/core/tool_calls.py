@@ -443,6 +443,34 @@ def call_grammar(tools: Sequence[Mapping[str, Any]], fmt: str, name: str | None 
     return "start: " + " | ".join(f"call_{k}" for k in range(len(chosen))) + "\n" + "\n".join(rules) + "\n"
 
 
+def check_call_schemas(tools: Sequence[Mapping[str, Any]], name: str | None = None) -> None:
+    """Compile the ``parameters`` schema of each tool a required/named choice may call (``name``,
+    or every tool), so that one the constrained-decoding library cannot compile is an error
+    naming that tool's field (the combined constraint of :func:`call_constraint` would only
+    name ``json_schema``). Without llguidance nothing is checked here: the constraint itself
+    then names the missing extra."""
+    try:
+        import llguidance  # noqa: F401 - the optional extra 'structured'
+    except ImportError:
+        return
+    from openllm_hub.core.config import GenerationConfig
+    from openllm_hub.core.constrain import grammar_text
+
+    for i, tool in enumerate(tools):
+        fn = tool["function"]
+        if name is not None and fn["name"] != name:
+            continue
+        where = f"tools[{i}].function.parameters"
+        try:
+            grammar_text(GenerationConfig(json_schema=dict(fn.get("parameters") or {"type": "object"})))
+        except InvalidParameterError as exc:
+            why = re.sub(r"^the json_schema [^:]*: ", "", exc.what)  # the schema is this field, not json_schema
+            raise InvalidParameterError(f"{where} (of {fn['name']!r}) cannot be compiled into the constraint of a "
+                                        f"required tool call: {why}", where=where,
+                                        fix=f"{exc.fix or 'fix the schema'}; or use tool_choice 'auto', which "
+                                            "does not constrain the answer") from None
+
+
 def call_constraint(tools: Sequence[Mapping[str, Any]], fmt: str, name: str | None = None) -> dict[str, Any]:
     """The generation parameter that constrains a ``required``/named answer to one call in
     ``fmt``: ``{"grammar": ...}`` (:func:`call_grammar`) or ``{"json_schema": ...}``
@@ -563,5 +591,6 @@ class ToolCallStream:
 
 
 __all__ = ["TOOL_FORMATS", "ToolCall", "ToolCallStream", "ToolFormat", "arguments_as_objects", "call_constraint",
-           "call_grammar", "call_schema", "check_tool_format", "detect_tool_format", "new_call_id",
-           "parse_constrained_call", "parse_tool_calls", "tool_call_code", "tool_choice_mode", "validate_tools"]
+           "call_grammar", "call_schema", "check_call_schemas", "check_tool_format", "detect_tool_format",
+           "new_call_id", "parse_constrained_call", "parse_tool_calls", "tool_call_code", "tool_choice_mode",
+           "validate_tools"]

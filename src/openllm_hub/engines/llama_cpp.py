@@ -645,7 +645,7 @@ class LlamaCppModel(Model):
         pooled = int(llama_cpp.llama_pooling_type(ctx)) not in (llama_cpp.LLAMA_POOLING_TYPE_NONE, -1)
         if pooled and len(ids) > llm.n_batch:
             raise InvalidParameterError(f"the text is {len(ids)} tokens; this embedding model pools a text in one "
-                                        f"batch of at most {llm.n_batch}", where="embed",
+                                        f"batch of at most {llm.n_batch}", where="text",
                                         fix="shorten the text or load with a larger n_batch")
         out = np.empty((1 if pooled else len(ids), n_embd), dtype=np.float32)
         llm.n_tokens = 0

@@ -18,6 +18,7 @@ answer comes from the served model and says which one it is.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
@@ -35,6 +36,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from openllm_hub import __version__
 from openllm_hub.core.batch import PreparedStream
 from openllm_hub.core.model import Chunk, Model
+from openllm_hub.core.tool_calls import ToolCallStream
 from openllm_hub.errors import InvalidParameterError, OpenLLMHubError
 from openllm_hub.server.auth import BearerAuthMiddleware, HostCheckMiddleware
 from openllm_hub.server.errors import APIError, from_exception, invalid_request
@@ -236,6 +238,22 @@ def _base64_floats(vector: list[float]) -> str:
     return base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode("ascii")
 
 
+def _embed_error(exc: OpenLLMHubError, *, single: bool) -> APIError:
+    """An error of ``Model.embed`` named by the request's field: ``texts[i]`` is ``input[i]``
+    (``input`` when it is one string); an engine that cannot embed (``embed``) is ``model``."""
+    if not isinstance(exc, InvalidParameterError) or exc.where is None:
+        return from_exception(exc)
+    where = exc.where
+    if (m := re.fullmatch(r"texts\[(\d+)\]", where)) is not None:
+        field = "input" if single else f"input[{m.group(1)}]"
+    elif where in ("texts", "embed"):
+        field = "input" if where == "texts" else "model"
+    else:
+        return from_exception(exc)
+    what = exc.what.replace(where, field, 1) if exc.what.startswith(where) else exc.what
+    return from_exception(InvalidParameterError(what, where=field, fix=exc.fix))
+
+
 def _submit(state: ServerState, stream: PreparedStream, fmt: ResponseFormat, *, stream_response: bool,
             include_usage: bool) -> JobResponse:
     try:
@@ -285,21 +303,30 @@ def _add_routes(app: FastAPI, state: ServerState) -> None:
                            param="model", code="model_not_found")
         return card()
 
+    # A request is checked, its prompt rendered (a model's own Jinja template may take up to
+    # chat_jinja.RENDER_SECONDS) and tokenized once, on a worker thread: the event loop keeps
+    # serving the other slots' streams, /health and /metrics meanwhile.
     @app.post("/v1/completions", response_model=None)
     async def completions(body: CompletionRequest) -> Response:
-        prompt, params = completion_params(model, body, limit=state.max_tokens_limit)
-        stream = await run_in_threadpool(_fit_slot, state, lambda: model.stream(prompt, **params),
-                                         body.max_tokens is not None)
-        return _submit(state, stream, CompletionFormat(state.model_id, len(prompt)), stream_response=bool(body.stream),
+        def prepare() -> tuple[PreparedStream, int]:
+            prompt, params = completion_params(model, body, limit=state.max_tokens_limit)
+            return _fit_slot(state, lambda: model.stream(prompt, **params), body.max_tokens is not None), len(prompt)
+
+        stream, prompt_chars = await run_in_threadpool(prepare)
+        return _submit(state, stream, CompletionFormat(state.model_id, prompt_chars), stream_response=bool(body.stream),
                        include_usage=bool(body.stream_options and body.stream_options.include_usage))
 
     @app.post("/v1/chat/completions", response_model=None)
     async def chat_completions(body: ChatCompletionRequest) -> Response:
-        messages, template, params = chat_params(model, body, limit=state.max_tokens_limit)
-        given = body.max_tokens is not None or body.max_completion_tokens is not None
-        stream = await run_in_threadpool(_fit_slot, state,
-                                         lambda: model.stream_chat(messages, template=template, **params), given)
-        reader = model.tool_call_reader(params["tools"], params["tool_choice"], template) if "tools" in params else None
+        def prepare() -> tuple[PreparedStream, ToolCallStream | None]:
+            messages, template, params = chat_params(model, body, limit=state.max_tokens_limit)
+            given = body.max_tokens is not None or body.max_completion_tokens is not None
+            stream = _fit_slot(state, lambda: model.stream_chat(messages, template=template, **params), given)
+            if "tools" not in params:
+                return stream, None
+            return stream, model.tool_call_reader(params["tools"], params["tool_choice"], template)
+
+        stream, reader = await run_in_threadpool(prepare)
         return _submit(state, stream, ChatFormat(state.model_id, reader), stream_response=bool(body.stream),
                        include_usage=bool(body.stream_options and body.stream_options.include_usage))
 
@@ -322,7 +349,7 @@ def _add_routes(app: FastAPI, state: ServerState) -> None:
         try:
             vectors, tokens = await run_in_threadpool(run)
         except OpenLLMHubError as exc:
-            raise from_exception(exc) from None
+            raise _embed_error(exc, single=isinstance(body.input, str)) from None
         data = [EmbeddingData(index=i, embedding=v) for i, v in enumerate(vectors)]
         if body.encoding_format == "base64":
             data = [EmbeddingData(index=i, embedding=_base64_floats(v)) for i, v in enumerate(vectors)]

@@ -35,8 +35,14 @@ def add_serve_command(subparsers: argparse._SubParsersAction) -> argparse.Argume
     """Add ``serve`` to an ``openllm-hub`` style sub-parser set; returns the new parser."""
     p: argparse.ArgumentParser = subparsers.add_parser(
         "serve", help="serve a model over an OpenAI-compatible HTTP API, with a chat page at /",
-        description="Serve MODEL over HTTP: OpenAI's /v1/models, /v1/completions and /v1/chat/completions "
-                    "(streaming with server-sent events), /health, and a chat page at /. "
+        description="Serve MODEL over HTTP with OpenAI's API: GET /v1/models; POST /v1/completions and "
+                    "/v1/chat/completions (whole or streamed with server-sent events, with logprobs; "
+                    "response_format, tools and tool_choice on chat); POST /v1/embeddings (on engines that can "
+                    "embed). Also GET /health (no key needed), GET /metrics (Prometheus) and a chat page "
+                    "at /. Fields beyond OpenAI's (the openai client sends them with extra_body): top_k, "
+                    "repeat_penalty and grammar (GBNF or a Lark grammar the answer must follow) on both "
+                    "completion endpoints; response_format on /v1/completions too; chat_template (a named "
+                    "template instead of the model's) on chat; normalize (unit-length vectors) on embeddings. "
                     "Needs the server extra: pip install 'openllm-hub[server]'.")
     add_load_arguments(p)
     p.add_argument("--host", default="127.0.0.1",

@@ -1,15 +1,17 @@
 """From an OpenAI request to the SDK's generation parameters and chat messages.
 
 Only what the caller set is passed on, so a model's own ``generation_defaults`` apply to
-the rest. Everything is validated here, on the event loop and before the request takes a
-queue slot: a bad request costs no generation time.
+the rest. Everything is validated here, on a worker thread (the app calls these off the event
+loop) and before the request takes a queue slot: a bad request costs no generation time. The
+chat template is not rendered here: ``Model.stream_chat`` renders it once, and its errors (a
+template that raises, control tokens the model lacks) are 400s from there.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from openllm_hub.core.chat import Special, validate_messages
+from openllm_hub.core.chat import validate_messages
 from openllm_hub.core.config import GenerationConfig
 from openllm_hub.core.logprobs import MAX_TOP_LOGPROBS
 from openllm_hub.core.model import Model
@@ -74,6 +76,10 @@ def response_format(value: dict[str, Any] | None) -> dict[str, Any]:
         if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
             raise invalid_request("response_format.json_schema must be an object with a name and a schema",
                                   param="response_format.json_schema")
+        strict = spec.get("strict")
+        if strict is not None and not isinstance(strict, bool):
+            raise invalid_request(f"response_format.json_schema.strict is {strict!r}; it must be true or false (the "
+                                  "schema is enforced either way)", param="response_format.json_schema.strict")
         schema = spec.get("schema", {})
         if not isinstance(schema, dict):
             raise invalid_request("response_format.json_schema.schema must be a JSON schema object",
@@ -143,7 +149,7 @@ def _tools(model: Model, req: ChatCompletionRequest, params: dict[str, Any]) -> 
     if mode == "required":  # the answer is constrained to one call: no other constraint fits with it
         for ours, theirs in (("grammar", "grammar"), ("json_schema", "response_format"),
                              ("json_object", "response_format")):
-            if params.get(ours):
+            if params.get(ours) not in (None, False):  # an empty schema {} is a constraint too
                 raise invalid_request(f"{theirs} cannot be combined with tool_choice {req.tool_choice!r}, which "
                                       "constrains the answer to one tool call", param=theirs)
     params.update(tools=tools, tool_choice=req.tool_choice)
@@ -177,11 +183,7 @@ def chat_params(
         raw.append(msg)
     try:
         messages: list[dict[str, Any]] = [dict(m) for m in validate_messages(raw)]
-        # the template's control tokens must be in the model's vocabulary (no tokenizing here)
-        tools = params.get("tools") if params.get("tool_choice") != "none" else None
-        for piece in model.chat_template(req.chat_template).pieces(messages, tools=tools):  # type: ignore[arg-type]
-            if isinstance(piece, Special) and not piece.optional:
-                model.special_token_id(piece.name)
+        model.chat_template(req.chat_template)  # a template name that does not exist is a 400 here
     except OpenLLMHubError as exc:
         raise from_exception(exc) from None
     check_params(model, {k: v for k, v in params.items() if k not in ("tools", "tool_choice")})
