@@ -19,16 +19,17 @@ broadcast, so it reaches the other ranks as that row's ``batch_drop`` at most.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
 from openllm_hub.engines.finite import check_finite
 from openllm_hub.engines.kv_cache import KVCache
-from openllm_hub.plugin import InvalidParameterError
+from openllm_hub.plugin import InvalidParameterError, OpenLLMHubError
 from openllm_hub_glm130b.checkpoint import SatCheckpoint
 from openllm_hub_glm130b.network.parallel import TPGroup
 from openllm_hub_glm130b.network.quant import quantize_state
@@ -188,24 +189,62 @@ class RankEngine:
         self.joining.clear()
 
 
-class Backend:
-    """Rank 0's handle on the engines: runs an op locally after telling the other ranks."""
+class Followers(Protocol):
+    """The other ranks' processes, where rank 0 started them (``launch.Followers``)."""
 
-    def __init__(self, engine: RankEngine, control: Any = None, broadcast: bool = False) -> None:
-        self.engine, self.control, self.broadcast = engine, control, broadcast
+    def lost(self) -> OpenLLMHubError | None: ...
+
+    def close(self) -> None: ...
+
+
+class Backend:
+    """Rank 0's handle on the engines: runs an op locally after telling the other ranks.
+
+    Calls are serialized (a lock): the ranks must see rank 0's collectives in one order, and
+    a model may be used from several threads (the server's batch worker, ``embed``, ``close``).
+    ``followers``: the processes of the other ranks when rank 0 started them (``load(nproc=N)``);
+    an op that fails because one of them is gone raises that as an :class:`OpenLLMHubError`,
+    as does every later op, and :meth:`close` stops them."""
+
+    def __init__(self, engine: RankEngine, control: Any = None, broadcast: bool = False,
+                 followers: Followers | None = None) -> None:
+        self.engine, self.control, self.broadcast, self.followers = engine, control, broadcast, followers
         self.closed = False
+        self.failed: OpenLLMHubError | None = None
+        self._lock = threading.Lock()
 
     def __call__(self, op: str, *args: Any) -> Any:
-        if self.broadcast:
-            import torch.distributed as dist
+        with self._lock:
+            if self.failed is not None:
+                raise self.failed
+            try:
+                if self.broadcast:
+                    import torch.distributed as dist
 
-            dist.broadcast_object_list([(op, args)], src=0, group=self.control)
-        return getattr(self.engine, op)(*args)
+                    dist.broadcast_object_list([(op, args)], src=0, group=self.control)
+                return getattr(self.engine, op)(*args)
+            except OpenLLMHubError:
+                raise
+            except Exception as exc:
+                lost = self.followers.lost() if self.followers is not None else None
+                if lost is None:
+                    raise
+                self.failed = lost
+                raise lost from exc
 
     def close(self) -> None:
-        if not self.closed:
-            self.closed = True
-            self("close")
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            if self.failed is None:
+                self("close")
+        except OpenLLMHubError:
+            if self.failed is None:
+                raise
+        finally:
+            if self.followers is not None:
+                self.followers.close()
 
 
 def follow(engine: RankEngine, control: Any) -> None:
