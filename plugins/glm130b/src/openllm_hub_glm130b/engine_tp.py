@@ -1,7 +1,8 @@
 """GLM130BModel: the common Model API over the rank engines, plus beam search and blank filling.
 
-``load()`` builds it with one in-process rank (TP=1); the launcher builds it on rank 0 of a
-tensor-parallel group, where each engine call is mirrored on the other ranks.
+``load()`` builds it with one in-process rank (TP=1), or with ``nproc=N`` as rank 0 in the
+calling process with N-1 follower processes; the launchers build it on rank 0 of a
+tensor-parallel group. Each engine call is mirrored on the other ranks.
 
 Prompts: ``generate("text")`` continues the text left to right (``[gMASK]`` and ``<sop>`` are
 appended, as GLM-130B's ``generate.py`` does); a text with ``[MASK]``/``[sMASK]`` generates

@@ -3,7 +3,9 @@
 Every rank holds a :class:`RankEngine` (its model slice and KV cache). Rank 0 runs the user
 API; each engine call it makes is first broadcast as a small ``(op, args)`` message on a gloo
 control group, so the other ranks (in :func:`follow`) make the same call and take part in its
-collectives. With one rank nothing is broadcast. Token choice (sampling, beam search) happens
+collectives. With one rank nothing is broadcast. Where rank 0 is the process that called
+``load(..., nproc=N)``, the :class:`Backend` also holds the other ranks' processes
+(``launch.Followers``): a call that fails because one of them died says so, and closing stops them. Token choice (sampling, beam search) happens
 on rank 0 only and reaches the others as the next call's ids, so ranks never diverge.
 
 Continuous batching follows the same rule: rank 0's batch decoder
