@@ -8,7 +8,7 @@ Three launchers share the rank code (:func:`open_rank`, :func:`control_group`, :
 * :func:`torchrun_main` runs inside a process started by ``torchrun`` (several machines:
   ``torchrun --nnodes ... --nproc-per-node ... -m openllm_hub_glm130b MODEL ...``), reading
   RANK/WORLD_SIZE/LOCAL_RANK and the rendezvous from the environment;
-* :func:`open_model` (``load(MODEL, nproc=N)``, ``serve MODEL -o nproc=N``) keeps rank 0 in the
+* :func:`open_model` (``load(MODEL, nproc=N)``, ``serve MODEL --nproc N``) keeps rank 0 in the
   calling process and returns its model, which lives until ``Model.close()``; ranks 1..N-1 are
   :class:`Followers` in processes of their own.
 
@@ -33,7 +33,8 @@ from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 from openllm_hub.plugin import IncompatibleDeviceError, InvalidParameterError, OpenLLMHubError
-from openllm_hub_glm130b.ranks import EngineOptions, preflight
+from openllm_hub_glm130b.checkpoint import SatCheckpoint
+from openllm_hub_glm130b.ranks import EngineOptions, RankEngine, preflight
 
 T = TypeVar("T")
 Job = Callable[[Any], Any]
@@ -69,14 +70,14 @@ def pick_device(device: str, nproc: int) -> str:
     return device
 
 
-def open_rank(spec: RunSpec, rank: int, world: int, device_kind: str, local_rank: int) -> tuple[Any, Any]:
+def open_rank(spec: RunSpec, rank: int, world: int, device_kind: str,
+              local_rank: int) -> tuple[SatCheckpoint, RankEngine]:
     """This rank's checkpoint (checked by :func:`preflight`) and engine, on ``cuda:local_rank``
     (made the current device) or the CPU. Needs no process group yet: the engine's
     collectives use the default group once it exists."""
     import torch
 
     from openllm_hub_glm130b.network.parallel import TPGroup
-    from openllm_hub_glm130b.ranks import RankEngine
 
     ck = preflight(spec.path, world, spec.options)
     device = torch.device(f"cuda:{local_rank}" if device_kind == "cuda" else "cpu")

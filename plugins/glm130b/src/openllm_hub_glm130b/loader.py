@@ -108,7 +108,7 @@ def load_sat(req: LoadRequest[GLMOptions]) -> GLM130BModel:
         from openllm_hub_glm130b.launch import RunSpec, open_model
 
         threads = pl.threads or max(1, (os.cpu_count() or 1) // nproc)
-        if pl.kind == "cpu":  # rank 0 is this process: the machine's cores are shared among the ranks
+        if pl.threads or pl.kind == "cpu":  # rank 0 is this process: on CPU the ranks share the cores
             torch.set_num_threads(threads)
         model = open_model(RunSpec(str(req.path), options, opts.tokenizer), nproc, pl.kind, gpus=gpus,
                            threads=threads)

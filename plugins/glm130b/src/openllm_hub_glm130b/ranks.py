@@ -3,10 +3,11 @@
 Every rank holds a :class:`RankEngine` (its model slice and KV cache). Rank 0 runs the user
 API; each engine call it makes is first broadcast as a small ``(op, args)`` message on a gloo
 control group, so the other ranks (in :func:`follow`) make the same call and take part in its
-collectives. With one rank nothing is broadcast. Where rank 0 is the process that called
-``load(..., nproc=N)``, the :class:`Backend` also holds the other ranks' processes
-(``launch.Followers``): a call that fails because one of them died says so, and closing stops them. Token choice (sampling, beam search) happens
-on rank 0 only and reaches the others as the next call's ids, so ranks never diverge.
+collectives. With one rank nothing is broadcast. Token choice (sampling, beam search) happens
+on rank 0 only and reaches the others as the next call's ids, so ranks never diverge. Where
+rank 0 is the process that called ``load(..., nproc=N)``, the :class:`Backend` also holds the
+other ranks' processes (``launch.Followers``): a call that fails because one of them died says
+so, and closing stops them.
 
 Continuous batching follows the same rule: rank 0's batch decoder
 (:class:`~openllm_hub_glm130b.engine_tp.GLM130BBatchDecoder`) decides which sequences join,
@@ -31,7 +32,7 @@ import torch
 
 from openllm_hub.engines.finite import check_finite
 from openllm_hub.engines.kv_cache import KVCache
-from openllm_hub.plugin import InvalidParameterError, OpenLLMHubError
+from openllm_hub.plugin import InvalidParameterError, ModelClosedError, OpenLLMHubError
 from openllm_hub_glm130b.checkpoint import SatCheckpoint
 from openllm_hub_glm130b.network.parallel import TPGroup
 from openllm_hub_glm130b.network.quant import quantize_state
@@ -219,6 +220,8 @@ class Backend:
         with self._lock:
             if self.failed is not None:
                 raise self.failed
+            if self.closed and op != "close":  # the other ranks are gone (or going): nothing may reach them
+                raise ModelClosedError("the model is closed", fix="load it again")
             try:
                 if self.broadcast:
                     import torch.distributed as dist
