@@ -17,8 +17,11 @@ from openllm_hub_glm130b.tiny import build_tiny, train_char_tokenizer, train_tok
 #: Test-only modules (reference oracles, fixture builders) sit next to the tests instead of in the
 #: installed package; pytest's importlib mode keeps this folder off sys.path, so put it there for them.
 TESTS_DIR = str(Path(__file__).resolve().parent)
-if TESTS_DIR not in sys.path:
-    sys.path.insert(0, TESTS_DIR)
+#: ... and the repository's shared test helpers (tests/helpers: live servers), as tests/conftest.py does.
+HELPERS_DIR = str(Path(__file__).resolve().parents[3] / "tests" / "helpers")
+for folder in (HELPERS_DIR, TESTS_DIR):
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -17,6 +17,7 @@ from openllm_hub_glm130b.commands import add_run_arguments, job_from_args
 
 from openllm_hub.cli import build_parser
 from openllm_hub.cli import main as cli_main
+from openllm_hub.errors import InvalidParameterError
 
 PROMPT = "the cat [MASK] on the mat"
 
@@ -49,6 +50,7 @@ def _parse(*flags: str) -> argparse.Namespace:
     (("--offload-layers", "all"), "offload_layers", "all"),
     (("--tokenizer", "t.model"), "tokenizer", "t.model"),
     (("--nproc", "2"), "nproc", 2),
+    (("--parallel", "3"), "parallel", 3),
 ])
 def test_each_flag(flags: tuple[str, ...], dest: str, value: Any) -> None:
     args = _parse(*flags)
@@ -61,7 +63,10 @@ def test_defaults_and_job_parameters() -> None:
                                                                                             "sample")
     job = job_from_args(_parse("-n", "9", "--temp", "0.7", "--top-k", "5", "--top-p", "0.8", "--seed", "3"))
     assert dict(job.params) == {"max_new_tokens": 9, "temperature": 0.7, "top_k": 5, "top_p": 0.8, "seed": 3}
-    assert job.num_beams is None and job.prompts == (PROMPT,)
+    assert job.num_beams is None and job.prompts == (PROMPT,) and job.parallel is None
+    assert job_from_args(_parse("--parallel", "2")).parallel == 2
+    with pytest.raises(InvalidParameterError, match="--parallel"):
+        job_from_args(_parse("--parallel", "0"))
     greedy = job_from_args(_parse("--strategy", "greedy", "--temp", "0.7"))
     assert dict(greedy.params)["temperature"] == 0.0
     beam = job_from_args(_parse("--strategy", "beam", "--num-beams", "3", "--length-penalty", "0.5"))

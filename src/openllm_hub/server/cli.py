@@ -53,6 +53,9 @@ def add_serve_command(subparsers: argparse._SubParsersAction) -> argparse.Argume
     p.add_argument("--parallel", type=int, default=None, metavar="N",
                    help="requests generated at once, in one batch (interleaved where the engine cannot batch); "
                         "default: from the engine, CPU threads and free memory (shown at start-up)")
+    p.add_argument("--nproc", type=int, default=None, metavar="N",
+                   help="tensor-parallel ranks on this machine (this process is rank 0), for families that run "
+                        "over several processes (e.g. glm130b): the same as -o nproc=N")
     p.add_argument("--queue-size", type=int, default=8,
                    help="requests that may wait for a running slot; more get 429 (default 8)")
     p.add_argument("--max-tokens-limit", type=int, default=2048,
@@ -104,6 +107,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         allowed = None
     if args.parallel is not None and args.parallel < 1:
         raise InvalidParameterError(f"--parallel must be at least 1, got {args.parallel}", where="--parallel")
+    if args.nproc is not None:  # the family's `nproc` load option (a family without one refuses it by name)
+        args.option = [*(args.option or []), f"nproc={args.nproc}"]
     with load_from_args(args) as model:
         from openllm_hub.server.scheduler import default_parallel
 

@@ -52,6 +52,9 @@ def add_run_arguments(p: argparse.ArgumentParser, *, launcher: bool = False) -> 
     g.add_argument("--length-penalty", type=float, default=1.0, help="beam score / length**penalty (default 1)")
     g.add_argument("--no-repeat-ngram", type=int, default=0, help="beam search: forbid repeated n-grams of this size")
     g.add_argument("--min-new-tokens", type=int, default=0, help="beam search: tokens before an end may be chosen")
+    g.add_argument("--parallel", type=int, default=None, metavar="N",
+                   help="prompts decoded together in one batch when there are several (default: all; beam search "
+                        "runs them one after the other)")
     g.add_argument("--quantize", choices=("int8", "int4"), default=None, help="quantize the linears on load")
     g.add_argument("--offload-layers", default=None, help="'all' or comma-separated layer numbers kept in CPU memory")
     g.add_argument("--tokenizer", default=None, help="a sentencepiece .model to use instead of the config's")
@@ -65,12 +68,15 @@ def job_from_args(args: argparse.Namespace) -> Any:
         prompts = [line.rstrip("\n") for line in sys.stdin if line.strip()]
     if not prompts:
         raise InvalidParameterError("no prompt given", where="glm130b-run", fix="pass -p TEXT or lines on stdin")
+    if args.parallel is not None and args.parallel < 1:
+        raise InvalidParameterError(f"--parallel must be at least 1, got {args.parallel}", where="--parallel")
     params = generation_params(args)
     if args.strategy == "greedy":
         params["temperature"] = 0.0
     return GenerateJob(tuple(prompts), num_beams=args.num_beams if args.strategy == "beam" else None,
                        params=tuple(params.items()), length_penalty=args.length_penalty,
-                       no_repeat_ngram_size=args.no_repeat_ngram, min_new_tokens=args.min_new_tokens)
+                       no_repeat_ngram_size=args.no_repeat_ngram, min_new_tokens=args.min_new_tokens,
+                       parallel=args.parallel)
 
 
 def spec_from_args(args: argparse.Namespace, device_kind: str) -> Any:

@@ -1,7 +1,8 @@
 """GLM130BModel: the common Model API over the rank engines, plus beam search and blank filling.
 
-``load()`` builds it with one in-process rank (TP=1); the launcher builds it on rank 0 of a
-tensor-parallel group, where each engine call is mirrored on the other ranks.
+``load()`` builds it with one in-process rank (TP=1), or with ``nproc=N`` as rank 0 in the
+calling process with N-1 follower processes; the launchers build it on rank 0 of a
+tensor-parallel group. Each engine call is mirrored on the other ranks.
 
 Prompts: ``generate("text")`` continues the text left to right (``[gMASK]`` and ``<sop>`` are
 appended, as GLM-130B's ``generate.py`` does); a text with ``[MASK]``/``[sMASK]`` generates
@@ -16,6 +17,7 @@ sequence, on every rank, each rank following rank 0's batch (see :mod:`~openllm_
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -23,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from openllm_hub.engines.torch_batch import RowBatchDecoder
 from openllm_hub.plugin import GenerationConfig, InvalidParameterError, Model, ModelInfo, generate_tokens
 from openllm_hub_glm130b.beam import Beam, beam_search, check_params
-from openllm_hub_glm130b.blanks import BlankFill, fill_blanks
+from openllm_hub_glm130b.blanks import BlankFill, BlankFiller, fill_blanks
 from openllm_hub_glm130b.network.positions import Layout, layout_of
 from openllm_hub_glm130b.spec import GLMConfig
 from openllm_hub_glm130b.tokenizer import GLMTokenizer, encode_with_masks, generation_prompt
@@ -174,6 +176,55 @@ class GLM130BModel(Model):
             return out
 
         return fill_blanks(self.tokenizer, text, complete)
+
+    def fill_blanks_batch(self, texts: Sequence[str], *, slots: int | None = None,
+                          on_text: Callable[[int, str], None] | None = None,
+                          on_done: Callable[[int, BlankFill], None] | None = None, **params: Any) -> list[BlankFill]:
+        """:meth:`fill_blanks` of several texts together, in input order: each text's blanks are
+        filled left to right as alone, and the blanks being filled (one per text, at most ``slots``
+        texts at a time; None: all) are decoded in one batch, one forward pass per step (the next
+        blank of a text joins as its previous one ends, a waiting text as one is done). Greedy
+        gives exactly the serial results; sampling as :class:`GLM130BBatchDecoder` says.
+        ``on_text(index, text)`` receives text as it is produced, ``on_done(index, fill)`` each
+        text's result as soon as it is complete."""
+        if isinstance(texts, str):
+            raise InvalidParameterError("texts must be a list of strings, not one string", where="texts",
+                                        fix="pass [text], or call fill_blanks() for one text")
+        if slots is not None and slots < 1:
+            raise InvalidParameterError(f"slots must be at least 1, got {slots}", where="slots")
+        self._check_open()
+        config = GenerationConfig.build(self.generation_defaults, **params)
+        fillers = [BlankFiller(self.tokenizer, t) for t in texts]
+        results: list[BlankFill | None] = [None] * len(texts)
+        running: dict[int, tuple[int, list[int]]] = {}  # batch key -> (text index, its blank's ids so far)
+        waiting = deque(range(len(texts)))
+        width = min(slots or len(texts), len(texts))
+
+        def admit(i: int) -> None:
+            ids = fillers[i].prompt()
+            if ids is None:
+                results[i] = done = fillers[i].result()
+                if on_done is not None:
+                    on_done(i, done)
+                return
+            running[batch.add(ids, config)] = (i, [])
+
+        with self.new_batch(max(width, 1)) as batch:
+            while waiting or running:
+                while waiting and len(running) < width:
+                    admit(waiting.popleft())
+                for key, event in batch.step():
+                    if isinstance(event, BaseException):
+                        raise event
+                    i, out = running[key]
+                    out.extend(event.token_ids)
+                    if on_text is not None and event.text:
+                        on_text(i, event.text)
+                    if event.finish_reason is not None:
+                        del running[key]
+                        fillers[i].take(out)
+                        admit(i)  # the text's next blank takes the slot its last one freed
+        return [r for r in results if r is not None]
 
 
 class GLM130BBatchDecoder(RowBatchDecoder):

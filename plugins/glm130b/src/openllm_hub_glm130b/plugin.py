@@ -66,6 +66,11 @@ def _launch(req: LaunchRequest) -> int:
 
     opts = req.options
     assert isinstance(opts, GLMOptions)
+    if opts.nproc not in (1, req.nproc):
+        from openllm_hub.plugin import InvalidParameterError
+
+        raise InvalidParameterError(f"-o nproc={opts.nproc} and --nproc {req.nproc} disagree", where="nproc",
+                                    fix="give the number of ranks once")
     kind = pick_device(req.device if req.device in ("auto", "cpu", "cuda") else "cuda", req.nproc)
     dtype = req.dtype or ("fp16" if kind == "cuda" else "fp32")
     offload = tuple(opts.offload_layers) if isinstance(opts.offload_layers, list) else (opts.offload_layers or ())

@@ -4,7 +4,10 @@ Every rank holds a :class:`RankEngine` (its model slice and KV cache). Rank 0 ru
 API; each engine call it makes is first broadcast as a small ``(op, args)`` message on a gloo
 control group, so the other ranks (in :func:`follow`) make the same call and take part in its
 collectives. With one rank nothing is broadcast. Token choice (sampling, beam search) happens
-on rank 0 only and reaches the others as the next call's ids, so ranks never diverge.
+on rank 0 only and reaches the others as the next call's ids, so ranks never diverge. Where
+rank 0 is the process that called ``load(..., nproc=N)``, the :class:`Backend` also holds the
+other ranks' processes (``launch.Followers``): a call that fails because one of them died says
+so, and closing stops them.
 
 Continuous batching follows the same rule: rank 0's batch decoder
 (:class:`~openllm_hub_glm130b.engine_tp.GLM130BBatchDecoder`) decides which sequences join,
@@ -19,16 +22,17 @@ broadcast, so it reaches the other ranks as that row's ``batch_drop`` at most.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
 from openllm_hub.engines.finite import check_finite
 from openllm_hub.engines.kv_cache import KVCache
-from openllm_hub.plugin import InvalidParameterError
+from openllm_hub.plugin import InvalidParameterError, ModelClosedError, OpenLLMHubError
 from openllm_hub_glm130b.checkpoint import SatCheckpoint
 from openllm_hub_glm130b.network.parallel import TPGroup
 from openllm_hub_glm130b.network.quant import quantize_state
@@ -188,24 +192,64 @@ class RankEngine:
         self.joining.clear()
 
 
-class Backend:
-    """Rank 0's handle on the engines: runs an op locally after telling the other ranks."""
+class Followers(Protocol):
+    """The other ranks' processes, where rank 0 started them (``launch.Followers``)."""
 
-    def __init__(self, engine: RankEngine, control: Any = None, broadcast: bool = False) -> None:
-        self.engine, self.control, self.broadcast = engine, control, broadcast
+    def lost(self) -> OpenLLMHubError | None: ...
+
+    def close(self) -> None: ...
+
+
+class Backend:
+    """Rank 0's handle on the engines: runs an op locally after telling the other ranks.
+
+    Calls are serialized (a lock): the ranks must see rank 0's collectives in one order, and
+    a model may be used from several threads (the server's batch worker, ``embed``, ``close``).
+    ``followers``: the processes of the other ranks when rank 0 started them (``load(nproc=N)``);
+    an op that fails because one of them is gone raises that as an :class:`OpenLLMHubError`,
+    as does every later op, and :meth:`close` stops them."""
+
+    def __init__(self, engine: RankEngine, control: Any = None, broadcast: bool = False,
+                 followers: Followers | None = None) -> None:
+        self.engine, self.control, self.broadcast, self.followers = engine, control, broadcast, followers
         self.closed = False
+        self.failed: OpenLLMHubError | None = None
+        self._lock = threading.Lock()
 
     def __call__(self, op: str, *args: Any) -> Any:
-        if self.broadcast:
-            import torch.distributed as dist
+        with self._lock:
+            if self.failed is not None:
+                raise self.failed
+            if self.closed and op != "close":  # the other ranks are gone (or going): nothing may reach them
+                raise ModelClosedError("the model is closed", fix="load it again")
+            try:
+                if self.broadcast:
+                    import torch.distributed as dist
 
-            dist.broadcast_object_list([(op, args)], src=0, group=self.control)
-        return getattr(self.engine, op)(*args)
+                    dist.broadcast_object_list([(op, args)], src=0, group=self.control)
+                return getattr(self.engine, op)(*args)
+            except OpenLLMHubError:
+                raise
+            except Exception as exc:
+                lost = self.followers.lost() if self.followers is not None else None
+                if lost is None:
+                    raise
+                self.failed = lost
+                raise lost from exc
 
     def close(self) -> None:
-        if not self.closed:
-            self.closed = True
-            self("close")
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            if self.failed is None:
+                self("close")
+        except OpenLLMHubError:
+            if self.failed is None:
+                raise
+        finally:
+            if self.followers is not None:
+                self.followers.close()
 
 
 def follow(engine: RankEngine, control: Any) -> None:
