@@ -264,7 +264,7 @@ def prefix_store_main(args: argparse.Namespace, path: Path) -> None:
 
         torch.set_num_threads(args.threads)
         # remembering() calls store_kv through its module's globals
-        torch_prefix.store_kv = clocked(torch_prefix.store_kv)  # type: ignore[assignment]
+        torch_prefix.store_kv = clocked(torch_prefix.store_kv)
         sdk = openllm_hub.load(path, device="cpu", threads=args.threads, dtype="fp32")
     else:
         from llama_cpp import Llama
