@@ -702,9 +702,10 @@ def check_prefix_cache_hits_equal_cold(model: Model, cold: Model, system: str, q
     """
     from openllm_hub.engines.prefix_cache import PrefixCache
 
-    original: PrefixCache = getattr(model, "prefix_cache")  # noqa: B009 - engines without one fail here
+    original: PrefixCache | None = model.prefix_cache
+    assert original is not None, "this model keeps no prefix cache (Model.prefix_cache is None)"
     assert original.enabled, "the model's prefix cache is off"
-    assert not getattr(cold, "prefix_cache", PrefixCache(0)).enabled, "the cold model's prefix cache is on"
+    assert cold.prefix_cache is None or not cold.prefix_cache.enabled, "the cold model's prefix cache is on"
     assert len(questions) >= 4, "give at least 4 questions"
     params: dict[str, Any] = {"max_new_tokens": 8, "temperature": 0.0, "logprobs": True, "top_logprobs": 2}
     prompts = [f"{system}\n{q}" for q in questions]
@@ -722,11 +723,11 @@ def check_prefix_cache_hits_equal_cold(model: Model, cold: Model, system: str, q
         assert worst <= bound, f"{what}: log-probabilities differ from the cold run's by {worst:.3g} (> {bound})"
 
     def stats() -> dict[str, int]:
-        store: PrefixCache = getattr(model, "prefix_cache")  # noqa: B009
+        store: PrefixCache = model.prefix_cache
         return store.stats()
 
     try:
-        model.prefix_cache = PrefixCache(original.budget_bytes, block_tokens=block)  # type: ignore[attr-defined]
+        model.prefix_cache = PrefixCache(original.budget_bytes, block_tokens=block)
         assert shared >= 2 * block, f"the prompts share {shared} ids: give a system prompt of 2x{block} ids at least"
         # single path: the first prompt is stored, a second one with another question reuses its system prompt
         same(_generate_ids(model, ids[0], **params), _generate_ids(cold, ids[0], **params), "a first prompt")
@@ -747,7 +748,7 @@ def check_prefix_cache_hits_equal_cold(model: Model, cold: Model, system: str, q
         assert stats()["hits"] == hits + 2, stats()
         # a budget that holds one entry: each new system prompt evicts the last one, results stay cold's
         one = max(stats()["bytes"] // max(stats()["entries"], 1), 1)
-        model.prefix_cache = PrefixCache(int(one * 1.5), block_tokens=block)  # type: ignore[attr-defined]
+        model.prefix_cache = PrefixCache(int(one * 1.5), block_tokens=block)
         cases = [(f"Preamble {k % 3}. {system}", questions[k % len(questions)]) for k in range(5)]
         for k, (pre, q) in enumerate(cases):
             case = model.tokenize(f"{pre}\n{q}")
@@ -756,7 +757,7 @@ def check_prefix_cache_hits_equal_cold(model: Model, cold: Model, system: str, q
         assert got_stats["evictions"] >= 3 and got_stats["entries"] == 1, got_stats
         assert got_stats["bytes"] <= got_stats["budget_bytes"], got_stats
     finally:
-        model.prefix_cache = original  # type: ignore[attr-defined]
+        model.prefix_cache = original
 
 
 __all__ = [

@@ -141,6 +141,9 @@ class Model(ABC):
     _model_template_pieces: ChatTemplate | None = None
     #: Parameter defaults of this model (e.g. a chat model's lower temperature).
     generation_defaults: GenerationConfig = GenerationConfig()
+    #: The store of read prompts of an engine that keeps one
+    #: (:class:`openllm_hub.engines.prefix_cache.PrefixCache`), else None.
+    prefix_cache: Any = None
 
     def __init__(self, info: ModelInfo, *, eos_token_ids: Iterable[int] = ()) -> None:
         self.info = info
@@ -246,6 +249,13 @@ class Model(ABC):
         return self.info.vocab_size
 
     # ---- public API ------------------------------------------------------------------
+    def prefix_cache_stats(self) -> dict[str, int] | None:
+        """The prefix cache's budget, use and counters (``budget_bytes``, ``bytes``,
+        ``entries``, ``hits``, ``misses``, ``evictions``, ``tokens_reused``); None when this
+        engine keeps no prefix cache. The server exports them on ``/metrics``."""
+        cache = self.prefix_cache
+        return None if cache is None else {str(k): int(v) for k, v in cache.stats().items()}
+
     def tokenize(self, text: str, *, add_special: bool = True) -> list[int]:
         self._check_open()
         return self._tokenize(text, add_special)

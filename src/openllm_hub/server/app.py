@@ -137,7 +137,8 @@ def create_app(
         raise InvalidParameterError("the API key is empty", where="create_app(api_key=)",
                                     fix="pass a non-empty key, or None for no authentication")
     scheduler = Scheduler(model, queue_size, parallel=parallel)
-    metrics = ServerMetrics(lambda: scheduler.stats().running, lambda: scheduler.stats().waiting, parallel)
+    metrics = ServerMetrics(lambda: scheduler.stats().running, lambda: scheduler.stats().waiting, parallel,
+                            model.prefix_cache_stats)
     scheduler.metrics = metrics
     state = ServerState(model=model, model_id=model_id or Path(model.info.path).name or model.info.family,
                         scheduler=scheduler, metrics=metrics, max_tokens_limit=max_tokens_limit,

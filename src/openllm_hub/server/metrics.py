@@ -13,15 +13,21 @@ numbers). What is exported, all prefixed ``openllm_hub_``:
 * ``time_to_first_token_seconds``: from admission into the queue to the first generated text
   (waiting included, as a client sees it);
 * ``time_per_output_token_seconds``: per request with two or more tokens, the mean time
-  between its tokens after the first.
+  between its tokens after the first;
+* for an engine with a prefix cache (``Model.prefix_cache_stats``, read when scraped):
+  ``prefix_cache_hits_total``, ``prefix_cache_misses_total``, ``prefix_cache_evictions_total``,
+  ``prefix_cache_tokens_reused_total`` (prompt tokens not read again) and the gauges
+  ``prefix_cache_bytes``, ``prefix_cache_budget_bytes``, ``prefix_cache_entries``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
 
 from openllm_hub.core.model import Chunk
 
@@ -32,12 +38,42 @@ TPOT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 
 OUTCOMES = ("stop", "length", "cancelled", "error")
 
 
+#: The prefix cache's counters and gauges: stats key -> (help text, counter?)
+_PREFIX_CACHE = {
+    "hits": ("prompts that reused a stored prefix", True),
+    "misses": ("prompts that found no stored prefix", True),
+    "evictions": ("stored prefixes evicted to stay within the budget", True),
+    "tokens_reused": ("prompt tokens taken from stored prefixes instead of being read", True),
+    "bytes": ("bytes the stored prefixes hold", False),
+    "budget_bytes": ("the prefix cache's budget in bytes (prefix_cache_mib)", False),
+    "entries": ("stored prefixes", False),
+}
+
+
+class _PrefixCacheCollector(Collector):
+    """The engine's prefix-cache counters, read when scraped (the engine keeps them)."""
+
+    def __init__(self, stats: Callable[[], dict[str, int] | None]) -> None:
+        self._stats = stats
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self._stats()
+        if stats is None:
+            return
+        for key, (text, counter) in _PREFIX_CACHE.items():
+            if key in stats:
+                kind = CounterMetricFamily if counter else GaugeMetricFamily
+                yield kind(f"openllm_hub_prefix_cache_{key}", text, value=float(stats[key]))
+
+
 class ServerMetrics:
     """The metrics of one app; the scheduler reports to it, ``/metrics`` renders it."""
 
-    def __init__(self, running: Callable[[], int], waiting: Callable[[], int], slots: int) -> None:
+    def __init__(self, running: Callable[[], int], waiting: Callable[[], int], slots: int,
+                 prefix_cache: Callable[[], dict[str, int] | None] = lambda: None) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
+        r.register(_PrefixCacheCollector(prefix_cache))
         g = Gauge("openllm_hub_requests_running", "requests in a slot, generating", registry=r)
         g.set_function(lambda: float(running()))
         g = Gauge("openllm_hub_requests_waiting", "requests queued for a slot", registry=r)
