@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     import numpy as np
     import numpy.typing as npt
 
+    from openllm_hub.core.batch import BatchDecoder
     from openllm_hub.engines.torch_batch import RowBatchDecoder
 
 
@@ -500,7 +501,9 @@ def check_batch_equals_single(model: Model, prompts: tuple[str, ...] | list[str]
 
 def check_batch_join_and_cancel(model: Model, prompts: tuple[str, ...] | list[str]) -> None:
     """A sequence that joins a running batch and one cancelled in the middle leave the others
-    unchanged: each surviving sequence equals its single run (greedy)."""
+    unchanged: each surviving sequence equals its single run (greedy). The cancelled one is
+    cancelled at step 3, or at the first step after it has produced tokens, before it ends:
+    what it gave is a non-empty prefix of its single run."""
     assert len(prompts) >= 3, "give at least three prompts"
     params = [_batch_params(200 + i, True) for i in range(len(prompts))]
     single = [model.generate(p, **kw) for p, kw in zip(prompts, params)]
@@ -512,13 +515,16 @@ def check_batch_join_and_cancel(model: Model, prompts: tuple[str, ...] | list[st
     with model.new_batch() as batch:
         keys = {batch.add(ids[0], configs[0]): 0, batch.add(ids[1], configs[1]): 1}
         steps = 0
+        cancelled_at: int | None = None
         while batch.running:
             if steps == 2:  # joins while the others are generating
                 keys[batch.add(ids[2], configs[2])] = 2
-            if steps == 3:  # leaves in the middle
+            if steps >= 3 and cancelled_at is None and tokens.get(1):  # leaves in the middle
+                assert 1 not in ended, "sequence 1 ended before it could be cancelled: give it a longer answer"
                 victim = next(k for k, i in keys.items() if i == 1)
                 batch.cancel(victim)
                 ended.add(1)
+                cancelled_at = steps
             for key, event in batch.step():
                 assert not isinstance(event, BaseException), f"sequence {keys[key]} failed: {event!r}"
                 texts.setdefault(keys[key], []).append(event.text)
@@ -532,7 +538,9 @@ def check_batch_join_and_cancel(model: Model, prompts: tuple[str, ...] | list[st
         got = "".join(texts.get(i, []))
         assert tuple(tokens.get(i, [])) == single[i].token_ids and got == single[i].text, \
             f"prompt {i}: in a batch with a join and a cancel it gave {got!r}, alone {single[i].text!r}"
+    assert cancelled_at is not None, "sequence 1 produced no token before it ended: nothing was cancelled mid-batch"
     cancelled = tuple(tokens.get(1, []))
+    assert cancelled, "the cancelled sequence produced no token before it left"
     assert cancelled == single[1].token_ids[: len(cancelled)], "the cancelled sequence was corrupted before it left"
 
 
@@ -568,7 +576,8 @@ def check_sampled_batch_matches_single_runs(model: Model, prompts: list[str]) ->
 def check_joins_and_cancels_leave_the_others_unchanged(model: Model, prompts: list[str],
                                                        greedy: dict[str, Any]) -> None:
     """Eight greedy sequences: three start, five join at step 3, two (1 and 4) are cancelled at
-    step 5; the others give exactly their single runs and the cancelled ones a prefix of theirs."""
+    step 5 (or, each, at the first step after it has produced tokens, before it ends); the others
+    give exactly their single runs and the cancelled ones a non-empty prefix of theirs."""
     assert len(prompts) == 8
     kw = {**greedy, "max_new_tokens": 16}
     single = [model.generate(p, **kw) for p in prompts]
@@ -578,22 +587,30 @@ def check_joins_and_cancels_leave_the_others_unchanged(model: Model, prompts: li
     def config() -> GenerationConfig:
         return GenerationConfig.build(model.generation_defaults, **kw).with_seed()
 
+    to_cancel = {1, 4}
+    finished: set[int] = set()
     with model.new_batch(8) as batch:
         keys = {batch.add(ids[i], config()): i for i in range(3)}
-        for step in range(40):
+        for step in range(60):
             if step == 3:
                 keys.update({batch.add(ids[i], config()): i for i in range(3, 8)})
-            if step == 5:
-                batch.cancel(next(k for k, i in keys.items() if i == 1))
-                batch.cancel(next(k for k, i in keys.items() if i == 4))
+            for i in sorted(to_cancel):
+                if step >= 5 and got.get(i):
+                    assert i not in finished, f"sequence {i} ended before it could be cancelled"
+                    batch.cancel(next(k for k, j in keys.items() if j == i))
+                    to_cancel.discard(i)
             for key, event in batch.step():
                 assert not isinstance(event, BaseException)
                 got.setdefault(keys[key], []).extend(event.token_ids)
+                if event.finish_reason is not None:
+                    finished.add(keys[key])
             if not batch.running:
                 break
         assert not batch.running
+    assert not to_cancel, f"sequences {sorted(to_cancel)} produced no token before they ended: none was cancelled"
     for i in range(8):
         if i in (1, 4):
+            assert got.get(i), f"the cancelled sequence {i} produced no token before it left"
             assert tuple(got.get(i, [])) == single[i].token_ids[: len(got.get(i, []))]
         else:
             assert tuple(got[i]) == single[i].token_ids, f"prompt {i}"
@@ -619,13 +636,109 @@ def check_batch_logprobs_match_single_runs(model: Model, prompts: list[str], gre
             assert np.allclose([t.logprob for t in x.top], [t.logprob for t in y.top], atol=atol), f"prompt {i}: top"
 
 
+#: The text :func:`long_prompt` repeats: plain words every tokenizer reads, varied enough that a
+#: position bug shows (a repeated piece is not one token over and over).
+LONG_TEXT = ("The little dog ran to the big house, and the old cat slept by the warm fire while the rain "
+             "fell on the green hills. One two three four five six seven eight nine ten.")
+#: How long a long prompt is: rotary and position bugs hide at short positions.
+LONG_PROMPT_TOKENS = 1024
+
+
+def long_prompt(model: Model, min_tokens: int = LONG_PROMPT_TOKENS, text: str = LONG_TEXT) -> str:
+    """``text`` repeated (joined by spaces) until ``model.tokenize`` gives at least ``min_tokens`` ids."""
+    n = max(1, len(model.tokenize(text)))
+    out = " ".join([text] * max(1, min_tokens // n))
+    while len(model.tokenize(out)) < min_tokens:
+        out += " " + text
+    return out
+
+
+def check_long_prompt_in_batch(model: Model, prompts: list[str], greedy: dict[str, Any], *,
+                               min_tokens: int = LONG_PROMPT_TOKENS,
+                               decoder: Callable[..., RowBatchDecoder] | None = None, bound: float = 0.0,
+                               full_bound: float = 0.0) -> str:
+    """A prompt of >= ``min_tokens`` tokens (:func:`long_prompt`) in a batch with short ones of
+    different lengths (the first five of ``prompts`` of different token counts), so a row's
+    positions reach far beyond the others' (padding, ragged rows, position ids far out):
+
+    * :func:`check_greedy_batch_matches_single_runs` on the five short prompts with the long one
+      fourth (all at once, and with 3 slots, where it joins while the first ones generate);
+    * with ``decoder`` (a row-batched engine), :func:`check_batched_logits_match_alone` on four
+      short prompts and the long one joining at step 3: every logits row within ``bound`` of the
+      single run and ``full_bound`` of ``Model.logits``, the same greedy tokens.
+
+    The model's context must hold the long prompt and its answer. Returns the long prompt."""
+    by_length: dict[int, str] = {}
+    for p in prompts:
+        by_length.setdefault(len(model.tokenize(p)), p)
+    short = list(by_length.values())[:5]
+    assert len(short) == 5, "give five short prompts of different lengths"
+    text = long_prompt(model, min_tokens)
+    n = len(model.tokenize(text))
+    assert n >= min_tokens
+    ctx = model.info.context_length
+    assert ctx is None or n + 32 <= ctx, f"a context of {ctx} tokens cannot hold a {n}-token prompt and its answer"
+    assert max(by_length) < n // 4, "the other prompts must be short"
+    check_greedy_batch_matches_single_runs(model, [*short[:3], text, *short[3:]], greedy, slots=(None, 3))
+    if decoder is not None:
+        check_batched_logits_match_alone(model, decoder, [*short[:4], text], greedy, bound=bound,
+                                         full_bound=full_bound)
+    return text
+
+
+def check_long_prompt_does_not_stall_the_others(model: Model, decoder: BatchDecoder, prompts: list[str], long: str,
+                                                greedy: dict[str, Any]) -> int:
+    """While a long prompt joins ``decoder`` (an engine's batch decoder, empty) and is read, the
+    sequences already generating get one token at every step, no step skipped (tokens are
+    counted per step, no clock), and their tokens (greedy) are their single runs'; the long
+    one's first token is its single run's. Returns how many steps the long prompt took to
+    reach its first token (an engine that reads prompts in chunks under a per-step budget
+    takes several; the caller checks how many)."""
+    def config() -> GenerationConfig:
+        return GenerationConfig.build(model.generation_defaults, **greedy).with_seed()
+
+    got: dict[int, list[int]] = {k: [] for k in range(len(prompts))}
+    for key, p in enumerate(prompts):
+        decoder.join(key, model.tokenize(p), config())
+    for _ in range(100):  # until every short one generates
+        for key, token in decoder.step().items():
+            assert isinstance(token, int), f"sequence {key} ended: {token!r}"
+            got[key].append(token)
+        if all(got.values()):
+            break
+    assert all(got.values()), "the short prompts never started generating"
+    late = len(prompts)
+    decoder.join(late, model.tokenize(long), config())
+    steps = 0
+    while True:
+        out = decoder.step()
+        steps += 1
+        for key in got:
+            token = out.get(key)
+            assert isinstance(token, int), f"step {steps} of reading the long prompt: sequence {key} got {token!r}"
+            got[key].append(token)
+        if late in out:
+            first = out[late]
+            assert isinstance(first, int), f"the long prompt's sequence ended: {first!r}"
+            break
+        assert steps < 10_000, "the long prompt never produced a token"
+    decoder.leave(late)
+    for key, p in enumerate(prompts):
+        alone = model.generate(p, **{**greedy, "max_new_tokens": len(got[key])}).token_ids
+        assert tuple(got[key][: len(alone)]) == alone, f"prompt {key}: other tokens while the long prompt was read"
+    alone_first = model.generate(long, **{**greedy, "max_new_tokens": 1}).token_ids
+    assert alone_first in ((), (int(first),)), "the long prompt's first token differs from its single run"
+    return steps
+
+
 def _relative_diff(a: npt.NDArray[np.float32], ref: npt.NDArray[np.float32]) -> float:
     """The largest difference of two logits rows, relative to ``ref``'s range."""
     return float(abs(a - ref).max()) / float(ref.max() - ref.min())
 
 
 def check_batched_logits_match_alone(model: Model, decoder: Callable[..., RowBatchDecoder], prompts: list[str],
-                                     greedy: dict[str, Any], *, bound: float, full_bound: float) -> None:
+                                     greedy: dict[str, Any], *, bound: float, full_bound: float
+                                     ) -> tuple[float, float]:
     """Every logits row a sequence samples from in a row-batched decoder (its prompt's last row,
     then one per generated token) against the same sequence decoded alone and against
     ``Model.logits`` (one pass over all ids), relative to the row's range: within ``bound`` and
@@ -634,7 +747,8 @@ def check_batched_logits_match_alone(model: Model, decoder: Callable[..., RowBat
     ``decoder(model, keep_logits=True)`` makes the engine's
     :class:`~openllm_hub.engines.torch_batch.RowBatchDecoder`. Five prompts of different lengths
     (``greedy`` parameters, 12 steps): four join at once, the fifth at step 3, the second leaves
-    at step 6; at the end every row is gone.
+    at step 6; at the end every row is gone. Returns the largest differences measured (against
+    the single run, against ``Model.logits``), for stating bounds.
     """
     import numpy as np
 
@@ -683,10 +797,13 @@ def check_batched_logits_match_alone(model: Model, decoder: Callable[..., RowBat
     finally:
         dec.close()
     assert dec.rows == 0, "rows left in the decoder"
+    return worst, worst_full
 
 
 __all__ = [
     "COMMON_SPECIALS",
+    "LONG_PROMPT_TOKENS",
+    "LONG_TEXT",
     "SAMPLED",
     "Completion",
     "ModelConformance",
@@ -698,7 +815,10 @@ __all__ = [
     "check_chat_special_tokens_stay_text",
     "check_greedy_batch_matches_single_runs",
     "check_joins_and_cancels_leave_the_others_unchanged",
+    "check_long_prompt_does_not_stall_the_others",
+    "check_long_prompt_in_batch",
     "check_sampled_batch_matches_single_runs",
     "check_verify_catches_broken_conversion",
+    "long_prompt",
     "run_conformance",
 ]
