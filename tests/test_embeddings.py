@@ -68,6 +68,19 @@ def test_embeddings_equal_transformers_mean_pooled_hidden_states(engine: tuple[M
         assert np.abs(np.asarray(vec) - ref).max() <= bound
 
 
+def test_embedding_of_a_long_text_equals_transformers(engine: tuple[Model, float], transformers_mean: object) -> None:
+    """A >= 1,024-token text (positions far out, where rotary and cache bugs show; llama.cpp
+    reads it in several ubatches), within the same bound."""
+    from openllm_hub.testing import long_prompt
+
+    model, bound = engine
+    text = long_prompt(model)
+    ids = model.tokenize(text)
+    assert len(ids) >= 1024
+    (vec,) = model.embed([text])
+    assert np.abs(np.asarray(vec) - transformers_mean(ids)).max() <= bound  # type: ignore[operator]
+
+
 def test_normalize_gives_unit_vectors_in_the_same_direction(engine: tuple[Model, float]) -> None:
     model, _ = engine
     raw = np.asarray(model.embed(TEXTS))

@@ -268,15 +268,39 @@ def test_lora_adapters_apply_in_the_batch(tiny_hf_factory: Callable[..., Path], 
         assert [plain.generate(p, **_greedy(10)).token_ids for p in PROMPTS[:4]] != [a.token_ids for a in single]
 
 
-def test_server_slots_run_the_gguf_model_batched(model: LlamaCppModel) -> None:
+def _wait_for(cond: Callable[[], bool], what: str, limit: float = 120.0) -> None:
+    """Poll ``cond`` until it holds (``limit`` seconds at most: a deadlock fails, it times nothing)."""
+    import time
+
+    deadline = time.monotonic() + limit
+    while not cond():
+        assert time.monotonic() < deadline, f"never happened: {what}"
+        time.sleep(0.01)
+
+
+def test_server_slots_run_the_gguf_model_batched(model: LlamaCppModel, monkeypatch: pytest.MonkeyPatch) -> None:
     """``serve --parallel 4`` on the GGUF model: four concurrent requests, each answered as the
-    SDK answers it alone, and the model card says the engine batches."""
+    SDK answers it alone, and the model card says the engine batches. That they overlapped is
+    shown, not assumed: the engine's first decoding step waits (a gate around
+    ``LlamaCppBatchDecoder.step``) until ``/health`` counts the four requests in flight, and the
+    wrapper then sees one ``llama_decode`` give a token to all four sequences."""
     import threading
 
     from fastapi.testclient import TestClient
 
     from openllm_hub.server.app import create_app
 
+    gate = threading.Event()
+    per_step: list[int] = []  # sequences that got a token from each llama_decode
+    real_step = LlamaCppBatchDecoder.step
+
+    def gated_step(self: LlamaCppBatchDecoder) -> dict[int, Any]:
+        gate.wait(120)
+        out = real_step(self)
+        per_step.append(sum(isinstance(t, int) for t in out.values()))
+        return out
+
+    monkeypatch.setattr(LlamaCppBatchDecoder, "step", gated_step)
     params = [{"max_tokens": 10 + i, "temperature": 0.0 if i % 2 else 0.8, "seed": 40 + i} for i in range(4)]
     want = [model.generate(PROMPTS[i], max_new_tokens=10 + i, temperature=params[i]["temperature"],
                            seed=40 + i).text for i in range(4)]
@@ -289,11 +313,21 @@ def test_server_slots_run_the_gguf_model_batched(model: LlamaCppModel) -> None:
         threads = [threading.Thread(target=run, args=(i,)) for i in range(4)]
         for t in threads:
             t.start()
+
+        def in_flight() -> bool:
+            h = client.get("/health").json()
+            return bool(h["running"] + h["waiting"] == 4)
+
+        try:
+            _wait_for(in_flight, "four requests in flight at once")
+        finally:
+            gate.set()
         for t in threads:
             t.join(120)
         card = client.get("/v1/models").json()["data"][0]["meta"]
     assert [got.get(i) for i in range(4)] == want
     assert card["batching"] == "batched" and card["parallel"] == 4
+    assert max(per_step) == 4, f"tokens per llama_decode: {per_step}: the four requests never ran in one batch"
 
 
 def test_logprobs_in_a_batch_equal_alone(model: Model) -> None:
