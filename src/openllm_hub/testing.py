@@ -255,6 +255,36 @@ def check_closed_refuses(model: Model, prompt: str) -> None:
         raise AssertionError("a closed model did work")
 
 
+def check_logprobs_match_logits(model: Model, prompt: str, *, bound: float, max_new_tokens: int = 12) -> float:
+    """``logprobs`` / ``top_logprobs`` equal the log-softmax of ``Model.logits`` at each generated
+    token's position, greedy and sampled (with a repeat penalty, which logprobs ignore), whole
+    and streamed: every token's log-probability and its 5 most likely alternatives within
+    ``bound`` (absolute, in nats). The reference is computed here, apart from the SDK's own
+    scoring: float64, ``row - logaddexp.reduce(row)``. Returns the largest difference."""
+    import numpy as np
+
+    ids = model.tokenize(prompt)
+    worst = 0.0
+    for params in ({"temperature": 0.0, "repeat_penalty": 1.0}, {"temperature": 1.2, "top_k": 5, "repeat_penalty": 1.5,
+                                                               "seed": 11}):
+        kw: dict[str, Any] = {**params, "max_new_tokens": max_new_tokens, "logprobs": True, "top_logprobs": 5}
+        done = model.generate(prompt, **kw)
+        assert done.logprobs is not None and len(done.logprobs) == len(done.token_ids) > 0, "one logprob per token"
+        streamed = [lp for chunk in model.stream(prompt, **kw) for lp in chunk.logprobs or ()]
+        assert [lp.token_id for lp in streamed] == list(done.token_ids), "the stream gave other tokens"
+        n = len(done.token_ids)
+        rows = np.asarray(model.logits([*ids, *done.token_ids])[len(ids) - 1 : len(ids) - 1 + n], dtype=np.float64)
+        ref = rows - np.logaddexp.reduce(rows, axis=-1, keepdims=True)
+        for scores in (done.logprobs, tuple(streamed)):
+            for i, lp in enumerate(scores):
+                assert lp.token_id == done.token_ids[i] and len(lp.top) == 5
+                best = np.sort(ref[i])[::-1][:5]
+                worst = max(worst, abs(lp.logprob - float(ref[i, lp.token_id])),
+                            float(np.abs(np.array([t.logprob for t in lp.top]) - best).max()))
+    assert worst <= bound, f"logprobs differ from the log-softmax of Model.logits by {worst:.3g}"
+    return worst
+
+
 class ModelConformance:
     """Subclass and implement :meth:`load_model`; pytest runs the contract checks."""
 
@@ -815,6 +845,7 @@ __all__ = [
     "check_chat_special_tokens_stay_text",
     "check_greedy_batch_matches_single_runs",
     "check_joins_and_cancels_leave_the_others_unchanged",
+    "check_logprobs_match_logits",
     "check_long_prompt_does_not_stall_the_others",
     "check_long_prompt_in_batch",
     "check_sampled_batch_matches_single_runs",
