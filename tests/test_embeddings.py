@@ -7,7 +7,8 @@ without the output layer) run on the tiny HF LLaMA folder, its ``last_hidden_sta
 mean-pooled in numpy. Both engines are compared with it: transformers through the SDK
 (same library, same fp32 weights: within 1e-6) and llama.cpp's embedding mode on the f32
 GGUF converted from that folder (other kernels, same numbers to fp32 rounding: measured
-within 1.1e-6 on values up to 2.7; held to 1e-5).
+within 1.1e-6 on values up to 2.7; held to 1e-5). A 1,024-token text: exactly equal on
+transformers, 6.0e-7 on llama.cpp.
 """
 
 from __future__ import annotations

@@ -37,6 +37,36 @@ def _params(**extra: Any) -> dict[str, Any]:
     return {"max_new_tokens": 12, "temperature": 0.9, "top_k": 40, "top_p": 0.95, **extra}
 
 
+#: The text :func:`long_prompt` repeats: plain words every tokenizer reads, varied enough that a
+#: position bug shows (a repeated piece is not one token over and over).
+LONG_TEXT = ("The little dog ran to the big house, and the old cat slept by the warm fire while the rain "
+             "fell on the green hills. One two three four five six seven eight nine ten.")
+#: How long a long prompt is: rotary and position bugs hide at short positions.
+LONG_PROMPT_TOKENS = 1024
+
+
+def long_prompt(model: Model, min_tokens: int = LONG_PROMPT_TOKENS, text: str = LONG_TEXT) -> str:
+    """The shortest run of whole words of ``text`` repeated (joined by spaces) for which
+    ``model.tokenize`` gives at least ``min_tokens`` ids."""
+    def count(words: list[str]) -> int:
+        return len(model.tokenize(" ".join(words)))
+
+    unit = text.split()
+    words = list(unit)
+    while count(words) < min_tokens:
+        words += unit * max(1, len(words) * (min_tokens - count(words)) // max(1, count(words) * len(unit)))
+    lo, hi = 1, len(words)  # the fewest words that give min_tokens ids
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if count(words[:mid]) >= min_tokens:
+            hi = mid
+        else:
+            lo = mid + 1
+    while count(words[:lo]) < min_tokens:  # tokenizers that merge across words need not be monotonic
+        lo += 1
+    return " ".join(words[:lo])
+
+
 def check_seeded_determinism(model: Model, prompt: str) -> None:
     """Same seed and parameters give the same text and ids; sampling is really seeded."""
     a = model.generate(prompt, **_params(seed=1234))
@@ -372,6 +402,22 @@ class ModelConformance:
     def test_batch_join_and_cancel(self) -> None:
         check_batch_join_and_cancel(self._shared(self), self.batch_prompts)
 
+    #: short prompts for :meth:`test_batch_with_a_long_prompt` (five of different token counts are used)
+    long_batch_prompts: ClassVar[tuple[str, ...]] = (
+        "Once upon a time", "Hello", "The little dog ran to the big", "A", "one two three four five six seven",
+        "x y", "In the beginning", "Q: why?")
+    #: how long its long prompt is: :data:`LONG_PROMPT_TOKENS`, or half the context where that is less
+    long_prompt_tokens: ClassVar[int] = LONG_PROMPT_TOKENS
+
+    def test_batch_with_a_long_prompt(self) -> None:
+        """A long prompt (rotary and position bugs hide at short positions) in a greedy batch of
+        short ones gives exactly the single runs (:func:`check_long_prompt_in_batch`)."""
+        model = self._shared(self)
+        ctx = model.info.context_length
+        tokens = self.long_prompt_tokens if ctx is None else min(self.long_prompt_tokens, ctx // 2)
+        check_long_prompt_in_batch(model, list(self.long_batch_prompts),
+                                   {"temperature": 0.0, "repeat_penalty": 1.0, "seed": 0}, min_tokens=tokens)
+
 
 def run_conformance(model_factory: Any) -> Iterator[tuple[str, OpenLLMHubError | AssertionError | None]]:
     """Run every check outside pytest: yields (check name, failure or None)."""
@@ -664,23 +710,6 @@ def check_batch_logprobs_match_single_runs(model: Model, prompts: list[str], gre
             assert x.token_id == y.token_id and abs(x.logprob - y.logprob) <= atol, f"prompt {i}: {x} vs {y}"
             assert [t.token_id for t in x.top] == [t.token_id for t in y.top] and len(y.top) == top_logprobs
             assert np.allclose([t.logprob for t in x.top], [t.logprob for t in y.top], atol=atol), f"prompt {i}: top"
-
-
-#: The text :func:`long_prompt` repeats: plain words every tokenizer reads, varied enough that a
-#: position bug shows (a repeated piece is not one token over and over).
-LONG_TEXT = ("The little dog ran to the big house, and the old cat slept by the warm fire while the rain "
-             "fell on the green hills. One two three four five six seven eight nine ten.")
-#: How long a long prompt is: rotary and position bugs hide at short positions.
-LONG_PROMPT_TOKENS = 1024
-
-
-def long_prompt(model: Model, min_tokens: int = LONG_PROMPT_TOKENS, text: str = LONG_TEXT) -> str:
-    """``text`` repeated (joined by spaces) until ``model.tokenize`` gives at least ``min_tokens`` ids."""
-    n = max(1, len(model.tokenize(text)))
-    out = " ".join([text] * max(1, min_tokens // n))
-    while len(model.tokenize(out)) < min_tokens:
-        out += " " + text
-    return out
 
 
 def check_long_prompt_in_batch(model: Model, prompts: list[str], greedy: dict[str, Any], *,

@@ -33,10 +33,10 @@ from openllm_hub.testing import (
 #: products over several rows (and a padding-masked attention), which sum in another order than
 #: the one-row step: measured 2.4e-6 on this fp32 model (two rows of equal length, no padding
 #: mask, differ by about as much: 9e-7, so it is the multi-row products, not the mask). With a
-#: 1,054-token prompt joining the batch: 2.4e-6 too.
+#: 1,024-token prompt joining the batch: 2.3e-6 too.
 BOUND = 5e-6
 #: The same against ``Model.logits`` (no cache, all positions): the single path itself differs
-#: from it by ~1.4e-6 on this model, the batch by ~2.3e-6 (2.5e-6 with the 1,054-token prompt).
+#: from it by ~1.4e-6 on this model, the batch by ~2.3e-6 (2.3e-6 with the 1,024-token prompt).
 FULL_BOUND = 1e-5
 
 PROMPTS = ["Once upon a time", "Hello", "The little dog ran to the big house and", "A",
