@@ -11,7 +11,13 @@ a small model of the plugin's own::
 
 pytest then runs every ``test_*`` below against it. Each check is also a plain function
 (``check_*``) for use outside pytest. Class attributes tune prompts for models whose
-tokenizers cannot encode everything.
+tokenizers cannot encode everything. One check puts a prompt of :data:`LONG_PROMPT_TOKENS`
+(1,024) tokens in a batch (rotary and position bugs hide at short positions), or of half the
+model's context where that is smaller; give the tiny model a context of at least 2,048 tokens
+to check the full length. Engines with a batched decoder have stricter checks further down
+(``check_greedy_batch_matches_single_runs``, ``check_batched_logits_match_alone``,
+``check_long_prompt_in_batch``, ``check_long_prompt_does_not_stall_the_others``,
+``check_logprobs_match_logits``, ...) to call from their own tests.
 """
 
 from __future__ import annotations
