@@ -7,7 +7,8 @@ without the output layer) run on the tiny HF LLaMA folder, its ``last_hidden_sta
 mean-pooled in numpy. Both engines are compared with it: transformers through the SDK
 (same library, same fp32 weights: within 1e-6) and llama.cpp's embedding mode on the f32
 GGUF converted from that folder (other kernels, same numbers to fp32 rounding: measured
-within 1.1e-6 on values up to 2.7; held to 1e-5).
+within 1.1e-6 on values up to 2.7; held to 1e-5). A 1,024-token text: exactly equal on
+transformers, 6.0e-7 on llama.cpp.
 """
 
 from __future__ import annotations
@@ -66,6 +67,19 @@ def test_embeddings_equal_transformers_mean_pooled_hidden_states(engine: tuple[M
         ref = transformers_mean(model.tokenize(text))  # type: ignore[operator]
         assert len(vec) == ref.shape[0]
         assert np.abs(np.asarray(vec) - ref).max() <= bound
+
+
+def test_embedding_of_a_long_text_equals_transformers(engine: tuple[Model, float], transformers_mean: object) -> None:
+    """A >= 1,024-token text (positions far out, where rotary and cache bugs show; llama.cpp
+    reads it in several ubatches), within the same bound."""
+    from openllm_hub.testing import long_prompt
+
+    model, bound = engine
+    text = long_prompt(model)
+    ids = model.tokenize(text)
+    assert len(ids) >= 1024
+    (vec,) = model.embed([text])
+    assert np.abs(np.asarray(vec) - transformers_mean(ids)).max() <= bound  # type: ignore[operator]
 
 
 def test_normalize_gives_unit_vectors_in_the_same_direction(engine: tuple[Model, float]) -> None:

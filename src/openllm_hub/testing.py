@@ -11,7 +11,13 @@ a small model of the plugin's own::
 
 pytest then runs every ``test_*`` below against it. Each check is also a plain function
 (``check_*``) for use outside pytest. Class attributes tune prompts for models whose
-tokenizers cannot encode everything.
+tokenizers cannot encode everything. One check puts a prompt of :data:`LONG_PROMPT_TOKENS`
+(1,024) tokens in a batch (rotary and position bugs hide at short positions), or of half the
+model's context where that is smaller; give the tiny model a context of at least 2,048 tokens
+to check the full length. Engines with a batched decoder have stricter checks further down
+(``check_greedy_batch_matches_single_runs``, ``check_batched_logits_match_alone``,
+``check_long_prompt_in_batch``, ``check_long_prompt_does_not_stall_the_others``,
+``check_logprobs_match_logits``, ...) to call from their own tests.
 """
 
 from __future__ import annotations
@@ -29,11 +35,42 @@ if TYPE_CHECKING:
     import numpy as np
     import numpy.typing as npt
 
+    from openllm_hub.core.batch import BatchDecoder
     from openllm_hub.engines.torch_batch import RowBatchDecoder
 
 
 def _params(**extra: Any) -> dict[str, Any]:
     return {"max_new_tokens": 12, "temperature": 0.9, "top_k": 40, "top_p": 0.95, **extra}
+
+
+#: The text :func:`long_prompt` repeats: plain words every tokenizer reads, varied enough that a
+#: position bug shows (a repeated piece is not one token over and over).
+LONG_TEXT = ("The little dog ran to the big house, and the old cat slept by the warm fire while the rain "
+             "fell on the green hills. One two three four five six seven eight nine ten.")
+#: How long a long prompt is: rotary and position bugs hide at short positions.
+LONG_PROMPT_TOKENS = 1024
+
+
+def long_prompt(model: Model, min_tokens: int = LONG_PROMPT_TOKENS, text: str = LONG_TEXT) -> str:
+    """The shortest run of whole words of ``text`` repeated (joined by spaces) for which
+    ``model.tokenize`` gives at least ``min_tokens`` ids."""
+    def count(words: list[str]) -> int:
+        return len(model.tokenize(" ".join(words)))
+
+    unit = text.split()
+    words = list(unit)
+    while count(words) < min_tokens:
+        words += unit * max(1, len(words) * (min_tokens - count(words)) // max(1, count(words) * len(unit)))
+    lo, hi = 1, len(words)  # the fewest words that give min_tokens ids
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if count(words[:mid]) >= min_tokens:
+            hi = mid
+        else:
+            lo = mid + 1
+    while count(words[:lo]) < min_tokens:  # tokenizers that merge across words need not be monotonic
+        lo += 1
+    return " ".join(words[:lo])
 
 
 def check_seeded_determinism(model: Model, prompt: str) -> None:
@@ -254,6 +291,36 @@ def check_closed_refuses(model: Model, prompt: str) -> None:
         raise AssertionError("a closed model did work")
 
 
+def check_logprobs_match_logits(model: Model, prompt: str, *, bound: float, max_new_tokens: int = 12) -> float:
+    """``logprobs`` / ``top_logprobs`` equal the log-softmax of ``Model.logits`` at each generated
+    token's position, greedy and sampled (with a repeat penalty, which logprobs ignore), whole
+    and streamed: every token's log-probability and its 5 most likely alternatives within
+    ``bound`` (absolute, in nats). The reference is computed here, apart from the SDK's own
+    scoring: float64, ``row - logaddexp.reduce(row)``. Returns the largest difference."""
+    import numpy as np
+
+    ids = model.tokenize(prompt)
+    worst = 0.0
+    for params in ({"temperature": 0.0, "repeat_penalty": 1.0}, {"temperature": 1.2, "top_k": 5, "repeat_penalty": 1.5,
+                                                               "seed": 11}):
+        kw: dict[str, Any] = {**params, "max_new_tokens": max_new_tokens, "logprobs": True, "top_logprobs": 5}
+        done = model.generate(prompt, **kw)
+        assert done.logprobs is not None and len(done.logprobs) == len(done.token_ids) > 0, "one logprob per token"
+        streamed = [lp for chunk in model.stream(prompt, **kw) for lp in chunk.logprobs or ()]
+        assert [lp.token_id for lp in streamed] == list(done.token_ids), "the stream gave other tokens"
+        n = len(done.token_ids)
+        rows = np.asarray(model.logits([*ids, *done.token_ids])[len(ids) - 1 : len(ids) - 1 + n], dtype=np.float64)
+        ref = rows - np.logaddexp.reduce(rows, axis=-1, keepdims=True)
+        for scores in (done.logprobs, tuple(streamed)):
+            for i, lp in enumerate(scores):
+                assert lp.token_id == done.token_ids[i] and len(lp.top) == 5
+                best = np.sort(ref[i])[::-1][:5]
+                worst = max(worst, abs(lp.logprob - float(ref[i, lp.token_id])),
+                            float(np.abs(np.array([t.logprob for t in lp.top]) - best).max()))
+    assert worst <= bound, f"logprobs differ from the log-softmax of Model.logits by {worst:.3g}"
+    return worst
+
+
 class ModelConformance:
     """Subclass and implement :meth:`load_model`; pytest runs the contract checks."""
 
@@ -340,6 +407,22 @@ class ModelConformance:
 
     def test_batch_join_and_cancel(self) -> None:
         check_batch_join_and_cancel(self._shared(self), self.batch_prompts)
+
+    #: short prompts for :meth:`test_batch_with_a_long_prompt` (five of different token counts are used)
+    long_batch_prompts: ClassVar[tuple[str, ...]] = (
+        "Once upon a time", "Hello", "The little dog ran to the big", "A", "one two three four five six seven",
+        "x y", "In the beginning", "Q: why?")
+    #: how long its long prompt is: :data:`LONG_PROMPT_TOKENS`, or half the context where that is less
+    long_prompt_tokens: ClassVar[int] = LONG_PROMPT_TOKENS
+
+    def test_batch_with_a_long_prompt(self) -> None:
+        """A long prompt (rotary and position bugs hide at short positions) in a greedy batch of
+        short ones gives exactly the single runs (:func:`check_long_prompt_in_batch`)."""
+        model = self._shared(self)
+        ctx = model.info.context_length
+        tokens = self.long_prompt_tokens if ctx is None else min(self.long_prompt_tokens, ctx // 2)
+        check_long_prompt_in_batch(model, list(self.long_batch_prompts),
+                                   {"temperature": 0.0, "repeat_penalty": 1.0, "seed": 0}, min_tokens=tokens)
 
 
 def run_conformance(model_factory: Any) -> Iterator[tuple[str, OpenLLMHubError | AssertionError | None]]:
@@ -500,7 +583,9 @@ def check_batch_equals_single(model: Model, prompts: tuple[str, ...] | list[str]
 
 def check_batch_join_and_cancel(model: Model, prompts: tuple[str, ...] | list[str]) -> None:
     """A sequence that joins a running batch and one cancelled in the middle leave the others
-    unchanged: each surviving sequence equals its single run (greedy)."""
+    unchanged: each surviving sequence equals its single run (greedy). The cancelled one is
+    cancelled at step 3, or at the first step after it has produced tokens, before it ends:
+    what it gave is a non-empty prefix of its single run."""
     assert len(prompts) >= 3, "give at least three prompts"
     params = [_batch_params(200 + i, True) for i in range(len(prompts))]
     single = [model.generate(p, **kw) for p, kw in zip(prompts, params)]
@@ -512,13 +597,16 @@ def check_batch_join_and_cancel(model: Model, prompts: tuple[str, ...] | list[st
     with model.new_batch() as batch:
         keys = {batch.add(ids[0], configs[0]): 0, batch.add(ids[1], configs[1]): 1}
         steps = 0
+        cancelled_at: int | None = None
         while batch.running:
             if steps == 2:  # joins while the others are generating
                 keys[batch.add(ids[2], configs[2])] = 2
-            if steps == 3:  # leaves in the middle
+            if steps >= 3 and cancelled_at is None and tokens.get(1):  # leaves in the middle
+                assert 1 not in ended, "sequence 1 ended before it could be cancelled: give it a longer answer"
                 victim = next(k for k, i in keys.items() if i == 1)
                 batch.cancel(victim)
                 ended.add(1)
+                cancelled_at = steps
             for key, event in batch.step():
                 assert not isinstance(event, BaseException), f"sequence {keys[key]} failed: {event!r}"
                 texts.setdefault(keys[key], []).append(event.text)
@@ -532,7 +620,9 @@ def check_batch_join_and_cancel(model: Model, prompts: tuple[str, ...] | list[st
         got = "".join(texts.get(i, []))
         assert tuple(tokens.get(i, [])) == single[i].token_ids and got == single[i].text, \
             f"prompt {i}: in a batch with a join and a cancel it gave {got!r}, alone {single[i].text!r}"
+    assert cancelled_at is not None, "sequence 1 produced no token before it ended: nothing was cancelled mid-batch"
     cancelled = tuple(tokens.get(1, []))
+    assert cancelled, "the cancelled sequence produced no token before it left"
     assert cancelled == single[1].token_ids[: len(cancelled)], "the cancelled sequence was corrupted before it left"
 
 
@@ -568,7 +658,8 @@ def check_sampled_batch_matches_single_runs(model: Model, prompts: list[str]) ->
 def check_joins_and_cancels_leave_the_others_unchanged(model: Model, prompts: list[str],
                                                        greedy: dict[str, Any]) -> None:
     """Eight greedy sequences: three start, five join at step 3, two (1 and 4) are cancelled at
-    step 5; the others give exactly their single runs and the cancelled ones a prefix of theirs."""
+    step 5 (or, each, at the first step after it has produced tokens, before it ends); the others
+    give exactly their single runs and the cancelled ones a non-empty prefix of theirs."""
     assert len(prompts) == 8
     kw = {**greedy, "max_new_tokens": 16}
     single = [model.generate(p, **kw) for p in prompts]
@@ -578,22 +669,30 @@ def check_joins_and_cancels_leave_the_others_unchanged(model: Model, prompts: li
     def config() -> GenerationConfig:
         return GenerationConfig.build(model.generation_defaults, **kw).with_seed()
 
+    to_cancel = {1, 4}
+    finished: set[int] = set()
     with model.new_batch(8) as batch:
         keys = {batch.add(ids[i], config()): i for i in range(3)}
-        for step in range(40):
+        for step in range(60):
             if step == 3:
                 keys.update({batch.add(ids[i], config()): i for i in range(3, 8)})
-            if step == 5:
-                batch.cancel(next(k for k, i in keys.items() if i == 1))
-                batch.cancel(next(k for k, i in keys.items() if i == 4))
+            for i in sorted(to_cancel):
+                if step >= 5 and got.get(i):
+                    assert i not in finished, f"sequence {i} ended before it could be cancelled"
+                    batch.cancel(next(k for k, j in keys.items() if j == i))
+                    to_cancel.discard(i)
             for key, event in batch.step():
                 assert not isinstance(event, BaseException)
                 got.setdefault(keys[key], []).extend(event.token_ids)
+                if event.finish_reason is not None:
+                    finished.add(keys[key])
             if not batch.running:
                 break
         assert not batch.running
+    assert not to_cancel, f"sequences {sorted(to_cancel)} produced no token before they ended: none was cancelled"
     for i in range(8):
         if i in (1, 4):
+            assert got.get(i), f"the cancelled sequence {i} produced no token before it left"
             assert tuple(got.get(i, [])) == single[i].token_ids[: len(got.get(i, []))]
         else:
             assert tuple(got[i]) == single[i].token_ids, f"prompt {i}"
@@ -619,13 +718,92 @@ def check_batch_logprobs_match_single_runs(model: Model, prompts: list[str], gre
             assert np.allclose([t.logprob for t in x.top], [t.logprob for t in y.top], atol=atol), f"prompt {i}: top"
 
 
+def check_long_prompt_in_batch(model: Model, prompts: list[str], greedy: dict[str, Any], *,
+                               min_tokens: int = LONG_PROMPT_TOKENS,
+                               decoder: Callable[..., RowBatchDecoder] | None = None, bound: float = 0.0,
+                               full_bound: float = 0.0) -> str:
+    """A prompt of >= ``min_tokens`` tokens (:func:`long_prompt`) in a batch with short ones of
+    different lengths (the first five of ``prompts`` of different token counts), so a row's
+    positions reach far beyond the others' (padding, ragged rows, position ids far out):
+
+    * :func:`check_greedy_batch_matches_single_runs` on the five short prompts with the long one
+      fourth (all at once, and with 3 slots, where it joins while the first ones generate);
+    * with ``decoder`` (a row-batched engine), :func:`check_batched_logits_match_alone` on four
+      short prompts and the long one joining at step 3: every logits row within ``bound`` of the
+      single run and ``full_bound`` of ``Model.logits``, the same greedy tokens.
+
+    The model's context must hold the long prompt and its answer. Returns the long prompt."""
+    by_length: dict[int, str] = {}
+    for p in prompts:
+        by_length.setdefault(len(model.tokenize(p)), p)
+    short = list(by_length.values())[:5]
+    assert len(short) == 5, "give five short prompts of different lengths"
+    text = long_prompt(model, min_tokens)
+    n = len(model.tokenize(text))
+    assert n >= min_tokens
+    ctx = model.info.context_length
+    assert ctx is None or n + 32 <= ctx, f"a context of {ctx} tokens cannot hold a {n}-token prompt and its answer"
+    assert max(by_length) < n // 4, "the other prompts must be short"
+    check_greedy_batch_matches_single_runs(model, [*short[:3], text, *short[3:]], greedy, slots=(None, 3))
+    if decoder is not None:
+        check_batched_logits_match_alone(model, decoder, [*short[:4], text], greedy, bound=bound,
+                                         full_bound=full_bound)
+    return text
+
+
+def check_long_prompt_does_not_stall_the_others(model: Model, decoder: BatchDecoder, prompts: list[str], long: str,
+                                                greedy: dict[str, Any]) -> int:
+    """While a long prompt joins ``decoder`` (an engine's batch decoder, empty) and is read, the
+    sequences already generating get one token at every step, no step skipped (tokens are
+    counted per step, no clock), and their tokens (greedy) are their single runs'; the long
+    one's first token is its single run's. Returns how many steps the long prompt took to
+    reach its first token (an engine that reads prompts in chunks under a per-step budget
+    takes several; the caller checks how many)."""
+    def config() -> GenerationConfig:
+        return GenerationConfig.build(model.generation_defaults, **greedy).with_seed()
+
+    got: dict[int, list[int]] = {k: [] for k in range(len(prompts))}
+    for key, p in enumerate(prompts):
+        decoder.join(key, model.tokenize(p), config())
+    for _ in range(100):  # until every short one generates
+        for key, token in decoder.step().items():
+            assert isinstance(token, int), f"sequence {key} ended: {token!r}"
+            got[key].append(token)
+        if all(got.values()):
+            break
+    assert all(got.values()), "the short prompts never started generating"
+    late = len(prompts)
+    decoder.join(late, model.tokenize(long), config())
+    steps = 0
+    while True:
+        out = decoder.step()
+        steps += 1
+        for key in got:
+            token = out.get(key)
+            assert isinstance(token, int), f"step {steps} of reading the long prompt: sequence {key} got {token!r}"
+            got[key].append(token)
+        if late in out:
+            first = out[late]
+            assert isinstance(first, int), f"the long prompt's sequence ended: {first!r}"
+            break
+        assert steps < 10_000, "the long prompt never produced a token"
+    decoder.leave(late)
+    for key, p in enumerate(prompts):
+        alone = model.generate(p, **{**greedy, "max_new_tokens": len(got[key])}).token_ids
+        assert tuple(got[key][: len(alone)]) == alone, f"prompt {key}: other tokens while the long prompt was read"
+    alone_first = model.generate(long, **{**greedy, "max_new_tokens": 1}).token_ids
+    assert alone_first in ((), (int(first),)), "the long prompt's first token differs from its single run"
+    return steps
+
+
 def _relative_diff(a: npt.NDArray[np.float32], ref: npt.NDArray[np.float32]) -> float:
     """The largest difference of two logits rows, relative to ``ref``'s range."""
     return float(abs(a - ref).max()) / float(ref.max() - ref.min())
 
 
 def check_batched_logits_match_alone(model: Model, decoder: Callable[..., RowBatchDecoder], prompts: list[str],
-                                     greedy: dict[str, Any], *, bound: float, full_bound: float) -> None:
+                                     greedy: dict[str, Any], *, bound: float, full_bound: float
+                                     ) -> tuple[float, float]:
     """Every logits row a sequence samples from in a row-batched decoder (its prompt's last row,
     then one per generated token) against the same sequence decoded alone and against
     ``Model.logits`` (one pass over all ids), relative to the row's range: within ``bound`` and
@@ -634,7 +812,8 @@ def check_batched_logits_match_alone(model: Model, decoder: Callable[..., RowBat
     ``decoder(model, keep_logits=True)`` makes the engine's
     :class:`~openllm_hub.engines.torch_batch.RowBatchDecoder`. Five prompts of different lengths
     (``greedy`` parameters, 12 steps): four join at once, the fifth at step 3, the second leaves
-    at step 6; at the end every row is gone.
+    at step 6; at the end every row is gone. Returns the largest differences measured (against
+    the single run, against ``Model.logits``), for stating bounds.
     """
     import numpy as np
 
@@ -683,6 +862,7 @@ def check_batched_logits_match_alone(model: Model, decoder: Callable[..., RowBat
     finally:
         dec.close()
     assert dec.rows == 0, "rows left in the decoder"
+    return worst, worst_full
 
 
 # ---- prefix cache (engines that keep read prompts for prompts sharing their prefix) -------------
@@ -762,6 +942,8 @@ def check_prefix_cache_hits_equal_cold(model: Model, cold: Model, system: str, q
 
 __all__ = [
     "COMMON_SPECIALS",
+    "LONG_PROMPT_TOKENS",
+    "LONG_TEXT",
     "SAMPLED",
     "Completion",
     "ModelConformance",
@@ -773,8 +955,12 @@ __all__ = [
     "check_chat_special_tokens_stay_text",
     "check_greedy_batch_matches_single_runs",
     "check_joins_and_cancels_leave_the_others_unchanged",
+    "check_logprobs_match_logits",
+    "check_long_prompt_does_not_stall_the_others",
+    "check_long_prompt_in_batch",
     "check_prefix_cache_hits_equal_cold",
     "check_sampled_batch_matches_single_runs",
     "check_verify_catches_broken_conversion",
+    "long_prompt",
     "run_conformance",
 ]

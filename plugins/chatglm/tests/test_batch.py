@@ -8,7 +8,7 @@ mid-batch), logprobs as alone, and the conformance kit's batch checks.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ from openllm_hub.testing import (
     check_batched_logits_match_alone,
     check_greedy_batch_matches_single_runs,
     check_joins_and_cancels_leave_the_others_unchanged,
+    check_long_prompt_in_batch,
     check_sampled_batch_matches_single_runs,
 )
 
@@ -32,7 +33,8 @@ from openllm_hub.testing import (
 #: row's range. Prompt rows are read alone (exactly equal); decoded rows come from matrix
 #: products over several rows and a padding-masked attention over the ragged cache, which sum
 #: in another order. Measured on these fp32 models (v1, v2, v3): 2.6e-7, 2.7e-7, 3.2e-7 against
-#: the single run, at most 3.0e-7 against ``Model.logits`` (f32 rounding is 6e-8).
+#: the single run, at most 3.0e-7 against ``Model.logits`` (f32 rounding is 6e-8); with a
+#: >= 1,024-token prompt in the batch: 2.5e-7, 3.2e-7, 3.1e-7 and at most 3.0e-7.
 BOUND = 1e-6
 
 PROMPTS = ["Once upon a time", "Hello", "The little dog ran to the big house and", "A",
@@ -40,10 +42,18 @@ PROMPTS = ["Once upon a time", "Hello", "The little dog ran to the big house and
            "In the beginning", "x y"]
 
 
-@pytest.fixture(scope="module", params=["v1_dir", "v2_dir", "v3_dir"])
-def model(request: pytest.FixtureRequest) -> Iterator[ChatGLMModel]:
-    with openllm_hub.load(request.getfixturevalue(request.param), device="cpu") as m:
-        assert isinstance(m, ChatGLMModel)
+#: The conftest's ``v1_dir``, ``v2_dir``, ``v3_dir`` checkpoints (same variants and seeds, so the same
+#: weights) with a 2,048-token context instead of 512, so a >= 1,024-token prompt fits.
+CHECKPOINTS = {"v1_dir": ("chatglm", {"seed": 1, "shards": 2, "fmt": "bin"}),
+               "v2_dir": ("chatglm2", {"seed": 2, "shards": 3}),
+               "v3_dir": ("chatglm3", {"seed": 3, "shards": 2, "fmt": "bin"})}
+
+
+@pytest.fixture(scope="module", params=list(CHECKPOINTS))
+def model(request: pytest.FixtureRequest, make_ckpt: Callable[..., Path]) -> Iterator[ChatGLMModel]:
+    variant, kw = CHECKPOINTS[request.param]
+    with openllm_hub.load(make_ckpt(variant, seq_length=2048, **kw), device="cpu") as m:
+        assert isinstance(m, ChatGLMModel) and m.context_length == 2048
         yield m
 
 
@@ -72,6 +82,13 @@ def test_logits_in_a_batch_equal_alone(model: ChatGLMModel) -> None:
     """Every row a sequence samples from in the batch against the same sequence alone and
     against ``Model.logits``; prompts of different lengths, one joining late, one leaving early."""
     check_batched_logits_match_alone(model, ChatGLMBatchDecoder, PROMPTS, _greedy(), bound=BOUND, full_bound=BOUND)
+
+
+def test_a_long_prompt_in_a_batch_of_short_ones(model: ChatGLMModel) -> None:
+    """A >= 1,024-token prompt joining a batch of short ones (rotary positions far out; on
+    ChatGLM-6B its 2D positions: the [gMASK] position ~1,000 for the long row, ~10 for its
+    neighbours): greedy tokens and every logits row as alone, within the same bound."""
+    check_long_prompt_in_batch(model, PROMPTS, _greedy(), decoder=ChatGLMBatchDecoder, bound=BOUND, full_bound=BOUND)
 
 
 def test_greedy_batch_of_8_equals_single_runs(model: Model) -> None:

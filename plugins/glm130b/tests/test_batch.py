@@ -164,15 +164,31 @@ def test_a_batch_left_open_when_the_model_closes(long_ctx: Path) -> None:
     batch.close()  # nothing left to free, and no call reaches the closed ranks
 
 
-def test_server_slots_batch(glm: GLM130BModel) -> None:
+def test_server_slots_batch(glm: GLM130BModel, monkeypatch: pytest.MonkeyPatch) -> None:
     """``/v1/models`` says the engine batches; 4 concurrent completions through 4 slots equal
-    their single runs."""
+    their single runs. That they overlapped is shown, not assumed: the decoder's first step
+    waits (a gate around ``GLM130BBatchDecoder.step``) until ``/health`` counts the four
+    requests in flight, and the wrapper then sees the decoder hold four rows, each given a
+    token by one step."""
+    import threading
+    import time
     from concurrent.futures import ThreadPoolExecutor
 
     from fastapi.testclient import TestClient
 
     from openllm_hub.server import create_app
 
+    gate = threading.Event()
+    seen: list[tuple[int, int]] = []  # (rows in the cache, sequences given a token) after each step
+    real_step = GLM130BBatchDecoder.step
+
+    def gated_step(self: GLM130BBatchDecoder) -> dict[int, Any]:
+        gate.wait(120)
+        out = real_step(self)
+        seen.append((self.rows, sum(isinstance(t, int) for t in out.values())))
+        return out
+
+    monkeypatch.setattr(GLM130BBatchDecoder, "step", gated_step)
     prompts = PROMPTS[:4]
     single = [glm.generate(p, max_new_tokens=8, temperature=0.0, seed=1).text for p in prompts]
     with TestClient(create_app(glm, parallel=4, queue_size=4)) as client:
@@ -186,7 +202,17 @@ def test_server_slots_batch(glm: GLM130BModel) -> None:
             return str(r.json()["choices"][0]["text"])
 
         with ThreadPoolExecutor(4) as pool:
-            assert list(pool.map(ask, prompts)) == single
+            answers = [pool.submit(ask, p) for p in prompts]
+            try:
+                deadline = time.monotonic() + 120  # a deadlock fails; nothing is timed
+                while (h := client.get("/health").json())["running"] + h["waiting"] < 4:
+                    assert time.monotonic() < deadline, "the four requests were never in flight at once"
+                    time.sleep(0.01)
+            finally:
+                gate.set()
+            assert [a.result(120) for a in answers] == single
+    assert max(rows for rows, _ in seen) == 4 and max(n for _, n in seen) == 4, \
+        f"(rows, tokens) per step: {seen}: the four requests never ran in one batch"
 
 
 # ---- TP=2: every rank follows rank 0's batch ----------------------------------------------------

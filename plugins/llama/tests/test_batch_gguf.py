@@ -22,15 +22,21 @@ from openllm_hub.core.model import Model
 from openllm_hub.engines.llama_cpp import LlamaCppModel
 from openllm_hub.engines.llama_cpp_batch import LlamaCppBatchDecoder
 from openllm_hub.testing import (
+    LONG_TEXT,
     check_batch_logprobs_match_single_runs,
     check_greedy_batch_matches_single_runs,
     check_joins_and_cancels_leave_the_others_unchanged,
+    check_long_prompt_does_not_stall_the_others,
+    check_long_prompt_in_batch,
     check_sampled_batch_matches_single_runs,
+    long_prompt,
 )
 
 #: Logits of a row computed in a batch against the same row alone, relative to the row's range.
 #: Measured on this f32 model: 0 to 3e-7 (summation order of llama.cpp's batched kernels and of
 #: the attention over the unified KV cache); f32 rounding is 6e-8, so this allows a few roundings.
+#: A 1,024-token prompt read in 64-token chunks: 6.4e-7 (its attention sums ~1,000 cells in
+#: other groupings), still within it.
 BOUND = 2e-6
 
 PROMPTS = ["Once upon a time", "Hello", "The little dog ran to the big house and", "A",
@@ -70,30 +76,71 @@ def test_model_batches(model: Model) -> None:
         assert batch.slot_tokens == model.info.context_length
 
 
-def test_logits_in_a_batch_equal_alone(model: LlamaCppModel) -> None:
-    """Every row a sequence samples from in the batch (its prompt's last row, then one per
-    generated token) against ``Model.logits`` of the same ids alone."""
-    dec = LlamaCppBatchDecoder(model, 4, keep_logits=True, step_tokens=6)  # long prompts read in chunks
-    prompts = [model.tokenize(p) for p in PROMPTS[:4]]
-    generated: dict[int, list[int]] = {k: [] for k in range(4)}
+def _logits_worst(model: LlamaCppModel, prompts: list[str], step_tokens: int, n: int = 12) -> float:
+    """The prompts decoded together (``n`` greedy tokens each, prompts read in chunks of at most
+    ``step_tokens`` tokens a step): every row a sequence samples from (its prompt's last row,
+    then one per generated token) against ``Model.logits`` of the same ids alone, the same
+    greedy token; returns the largest difference relative to the row's range."""
+    dec = LlamaCppBatchDecoder(model, len(prompts), keep_logits=True, step_tokens=step_tokens)
+    ids_of = [model.tokenize(p) for p in prompts]
+    generated: dict[int, list[int]] = {k: [] for k in range(len(prompts))}
     try:
-        for key, ids in enumerate(prompts):
-            dec.join(key, ids, _config(model, **_greedy()))
-        for _ in range(12):
+        for key, ids in enumerate(ids_of):
+            dec.join(key, ids, _config(model, **_greedy(n)))
+        for _ in range(200):
             for key, token in dec.step().items():
                 assert isinstance(token, int)
                 generated[key].append(token)
+            if all(len(g) >= n for g in generated.values()):
+                break
         worst = 0.0
-        for key, ids in enumerate(prompts):
+        for key, ids in enumerate(ids_of):
             rows = dec.logits[key]
             assert len(rows) == len(generated[key]) >= 6
             alone = model.logits(ids + generated[key][:-1])[len(ids) - 1:]
             for row, ref in zip(rows, alone):
                 worst = max(worst, _relative(row, ref))
                 assert int(np.argmax(row)) == int(np.argmax(ref))
-        assert worst <= BOUND, f"batch logits differ from the single run by {worst:.3g} of the range"
+        return worst
     finally:
         dec.close()
+
+
+def test_logits_in_a_batch_equal_alone(model: LlamaCppModel) -> None:
+    """Every row a sequence samples from in the batch (its prompt's last row, then one per
+    generated token) against ``Model.logits`` of the same ids alone."""
+    worst = _logits_worst(model, PROMPTS[:4], 6)  # long prompts read in chunks
+    assert worst <= BOUND, f"batch logits differ from the single run by {worst:.3g} of the range"
+
+
+def test_a_long_prompt_in_a_batch_of_short_ones(model: LlamaCppModel) -> None:
+    """A >= 1,024-token prompt among short ones (positions far out in the unified KV cache,
+    read in 64-token chunks while the short ones generate): every logits row as alone within
+    the same bound (measured 6.4e-7), greedy tokens as the single runs (kit check: all at once
+    and 3 slots)."""
+    long = check_long_prompt_in_batch(model, PROMPTS, _greedy())
+    assert len(model.tokenize(long)) >= 1024
+    worst = _logits_worst(model, [*PROMPTS[:3], long], 64)
+    assert worst <= BOUND, f"batch logits differ from the single run by {worst:.3g} of the range"
+
+
+def test_a_long_prompt_read_in_chunks_does_not_stall_the_others(model: LlamaCppModel) -> None:
+    """A 64-token step budget, three sequences generating: a >= 1,024-token prompt joins and is
+    read in chunks of the budget's rest (64 - 3 tokens a step, over ceil(n / 61) steps), while
+    each running sequence gets its token at every one of those steps, as alone. (Its text
+    starts unlike every other prompt of the module, so the model's prefix cache has no part
+    of it: the whole prompt is read.)"""
+    import math
+
+    long = long_prompt(model, text="Zebras graze quietly near a river; " + LONG_TEXT)
+    n = len(model.tokenize(long))
+    assert n >= 1024
+    dec = LlamaCppBatchDecoder(model, 4, step_tokens=64)
+    try:
+        steps = check_long_prompt_does_not_stall_the_others(model, dec, PROMPTS[:3], long, _greedy())
+    finally:
+        dec.close()
+    assert steps == math.ceil(n / (64 - 3)), f"{n} prompt tokens read in {steps} steps"
 
 
 def test_greedy_batch_of_8_equals_single_runs(model: Model) -> None:
@@ -221,15 +268,39 @@ def test_lora_adapters_apply_in_the_batch(tiny_hf_factory: Callable[..., Path], 
         assert [plain.generate(p, **_greedy(10)).token_ids for p in PROMPTS[:4]] != [a.token_ids for a in single]
 
 
-def test_server_slots_run_the_gguf_model_batched(model: LlamaCppModel) -> None:
+def _wait_for(cond: Callable[[], bool], what: str, limit: float = 120.0) -> None:
+    """Poll ``cond`` until it holds (``limit`` seconds at most: a deadlock fails, it times nothing)."""
+    import time
+
+    deadline = time.monotonic() + limit
+    while not cond():
+        assert time.monotonic() < deadline, f"never happened: {what}"
+        time.sleep(0.01)
+
+
+def test_server_slots_run_the_gguf_model_batched(model: LlamaCppModel, monkeypatch: pytest.MonkeyPatch) -> None:
     """``serve --parallel 4`` on the GGUF model: four concurrent requests, each answered as the
-    SDK answers it alone, and the model card says the engine batches."""
+    SDK answers it alone, and the model card says the engine batches. That they overlapped is
+    shown, not assumed: the engine's first decoding step waits (a gate around
+    ``LlamaCppBatchDecoder.step``) until ``/health`` counts the four requests in flight, and the
+    wrapper then sees one ``llama_decode`` give a token to all four sequences."""
     import threading
 
     from fastapi.testclient import TestClient
 
     from openllm_hub.server.app import create_app
 
+    gate = threading.Event()
+    per_step: list[int] = []  # sequences that got a token from each llama_decode
+    real_step = LlamaCppBatchDecoder.step
+
+    def gated_step(self: LlamaCppBatchDecoder) -> dict[int, Any]:
+        gate.wait(120)
+        out = real_step(self)
+        per_step.append(sum(isinstance(t, int) for t in out.values()))
+        return out
+
+    monkeypatch.setattr(LlamaCppBatchDecoder, "step", gated_step)
     params = [{"max_tokens": 10 + i, "temperature": 0.0 if i % 2 else 0.8, "seed": 40 + i} for i in range(4)]
     want = [model.generate(PROMPTS[i], max_new_tokens=10 + i, temperature=params[i]["temperature"],
                            seed=40 + i).text for i in range(4)]
@@ -242,11 +313,21 @@ def test_server_slots_run_the_gguf_model_batched(model: LlamaCppModel) -> None:
         threads = [threading.Thread(target=run, args=(i,)) for i in range(4)]
         for t in threads:
             t.start()
+
+        def in_flight() -> bool:
+            h = client.get("/health").json()
+            return bool(h["running"] + h["waiting"] == 4)
+
+        try:
+            _wait_for(in_flight, "four requests in flight at once")
+        finally:
+            gate.set()
         for t in threads:
             t.join(120)
         card = client.get("/v1/models").json()["data"][0]["meta"]
     assert [got.get(i) for i in range(4)] == want
     assert card["batching"] == "batched" and card["parallel"] == 4
+    assert max(per_step) == 4, f"tokens per llama_decode: {per_step}: the four requests never ran in one batch"
 
 
 def test_logprobs_in_a_batch_equal_alone(model: Model) -> None:

@@ -24,6 +24,7 @@ from openllm_hub.testing import (
     check_batched_logits_match_alone,
     check_greedy_batch_matches_single_runs,
     check_joins_and_cancels_leave_the_others_unchanged,
+    check_long_prompt_in_batch,
     check_sampled_batch_matches_single_runs,
 )
 
@@ -31,10 +32,11 @@ from openllm_hub.testing import (
 #: row's range. Prompt rows are read alone (exactly equal); decoded rows come from matrix
 #: products over several rows (and a padding-masked attention), which sum in another order than
 #: the one-row step: measured 2.4e-6 on this fp32 model (two rows of equal length, no padding
-#: mask, differ by about as much: 9e-7, so it is the multi-row products, not the mask).
+#: mask, differ by about as much: 9e-7, so it is the multi-row products, not the mask). With a
+#: 1,024-token prompt joining the batch: 2.3e-6 too.
 BOUND = 5e-6
 #: The same against ``Model.logits`` (no cache, all positions): the single path itself differs
-#: from it by ~1.4e-6 on this model, the batch by ~2.3e-6.
+#: from it by ~1.4e-6 on this model, the batch by ~2.3e-6 (2.3e-6 with the 1,024-token prompt).
 FULL_BOUND = 1e-5
 
 PROMPTS = ["Once upon a time", "Hello", "The little dog ran to the big house and", "A",
@@ -70,6 +72,13 @@ def test_logits_in_a_batch_equal_alone(model: HFModel) -> None:
     rows), one joining late and one leaving early. Also against ``Model.logits`` (one forward
     over all ids, no cache), which differs from the cached single path itself by ~1.4e-6."""
     check_batched_logits_match_alone(model, HFBatchDecoder, PROMPTS, _greedy(), bound=BOUND, full_bound=FULL_BOUND)
+
+
+def test_a_long_prompt_in_a_batch_of_short_ones(model: HFModel) -> None:
+    """A >= 1,024-token prompt (rotary positions far out, a row ~50x longer than its padded
+    neighbours) joining a batch of short ones: greedy tokens and every logits row as alone,
+    within the same bounds."""
+    check_long_prompt_in_batch(model, PROMPTS, _greedy(), decoder=HFBatchDecoder, bound=BOUND, full_bound=FULL_BOUND)
 
 
 def test_greedy_batch_of_8_equals_single_runs(model: Model) -> None:
