@@ -3,21 +3,29 @@ llama.cpp (f16 and q8_0 GGUF), on torch (the same weights as an HF folder, float
 folder of comparable size) and llama-cpp-python's own ``python -m llama_cpp.server`` on the
 same GGUF files.
 
-For every server and N in ``--clients`` (1, 2, 4, 8), N httpx clients send streaming
-``POST /v1/completions`` requests back to back for ``--duration`` seconds (a request started
-before the end runs to completion). Every request uses the same settings on every server:
-one of eight fixed prompts (10-20 tokens; client i's k-th request takes prompt (i + k) mod 8,
-so consecutive requests never share a prompt and no server gets a free prompt-cache hit),
-``max_tokens`` = ``--max-tokens``, greedy (temperature 0, repeat_penalty 1.0). Reported per
-phase:
+For every server and N in ``--clients`` (1, 2, 4, 8), N closed-loop httpx clients send
+streaming ``POST /v1/completions`` requests back to back. Every request uses the same settings
+on every server: one of eight fixed prompts (10-20 tokens; client i's k-th request takes prompt
+(i + k) mod 8, so consecutive requests never share a prompt and no server gets a free
+prompt-cache hit), ``max_tokens`` = ``--max-tokens``, greedy (temperature 0, repeat_penalty 1.0).
 
-* aggregate generated tokens/s: all completion tokens of the phase / the phase's wall time
-  (first request sent to last answer received);
-* p50 / p99 time to first token (TTFT): from sending the request to the first streamed piece
-  of text, as a client sees it (queueing included);
-* tokens per server CPU-second (the server process's user + system time over the phase): with
-  one compute thread this is robust to neighbours on a shared machine, which stretch wall
-  clock but not CPU time;
+Arrivals: with N > 1 the clients start spread over one request's time (client i after
+i x T1 / N, T1 = the median request time of the one-client phase), as independent users
+would, and keep that offset (equal requests on a continuous-batching server finish in the same
+order they started). With N clients that all start at once and make equal requests, every
+round begins with N prompts to read and every request's first token waits for all of them, so
+the worst case is measured too: an extra ``burst`` phase with the most clients (``--no-burst``
+skips it). The measured window starts when the last client has started and lasts
+``--duration`` s; requests still running at its end finish, but only tokens that arrived
+inside the window count (no ramp-up or drain in the rates). Reported per phase:
+
+* aggregate generated tokens/s: completion tokens that arrived in the window / its length
+  (a request's tokens are spread evenly over its streamed pieces);
+* p50 / p99 time to first token (TTFT) of the requests sent in the window: from sending the
+  request to the first streamed piece of text, as a client sees it (queueing included);
+* tokens per server CPU-second (the server process's user + system time over the window):
+  with one compute thread this is robust to neighbours on a shared machine, which stretch
+  wall clock but not CPU time;
 * the load average (``uptime``) before and after each server's phases.
 
 Our server runs as ``python -m openllm_hub.server MODEL --parallel P -t T`` (the ``serve``
@@ -33,7 +41,7 @@ Rounds (``--rounds``) repeat every server, the second in reverse order, so the n
 shared machine shows as the spread between rounds. Models are built in ``--work`` when
 missing: the random 134M LLaMA of bench_llama_overhead.py (HF folder, f16 GGUF, q8_0 GGUF by
 the SDK's quantizer) and a random ChatGLM2 (hidden 768, 12 layers, 12 heads, 2 KV groups,
-FFN 3072: about 110M parameters) from the chatglm plugin's builder. ``--quick`` is a smoke
+FFN 3072: about 102M parameters) from the chatglm plugin's builder. ``--quick`` is a smoke
 run (tiny models in ``--work``/quick, 1 and 2 clients, 2 s phases, 8 tokens, one round:
 about two minutes). No assertion on timings. Usage::
 
@@ -81,31 +89,43 @@ class Server:
 @dataclass
 class Request:
     prompt: int
+    start: float  # perf_counter when sent
     ttft: float | None
     latency: float
     tokens: int
     finish: str | None
     text: str
     exact_count: bool
+    pieces: list[float]  # perf_counter of each streamed piece of text
+
+    def tokens_between(self, t0: float, t1: float) -> float:
+        """The request's tokens that arrived in [t0, t1), spread evenly over its pieces."""
+        if not self.pieces:
+            return 0.0
+        return self.tokens * sum(t0 <= t < t1 for t in self.pieces) / len(self.pieces)
 
 
 @dataclass
 class Phase:
     clients: int
-    seconds: float = 0.0
+    mode: str  # "staggered" or "burst"
+    window: tuple[float, float] = (0.0, 0.0)
     server_cpu_s: float = 0.0
     requests: list[Request] = field(default_factory=list)
     failed: int = 0
     errors: list[str] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
-        tokens = sum(r.tokens for r in self.requests)
-        ttft = sorted(r.ttft for r in self.requests if r.ttft is not None)
-        return {"clients": self.clients, "seconds": round(self.seconds, 2), "requests": len(self.requests),
-                "failed": self.failed, "tokens": tokens, "tok_s": round(tokens / self.seconds, 2),
-                "tok_per_cpu_s": round(tokens / max(self.server_cpu_s, 1e-9), 2),
+        w0, w1 = self.window
+        tokens = sum(r.tokens_between(w0, w1) for r in self.requests)
+        inside = [r for r in self.requests if w0 <= r.start < w1]
+        ttft = sorted(r.ttft for r in inside if r.ttft is not None)
+        return {"clients": self.clients, "mode": self.mode, "seconds": round(w1 - w0, 2),
+                "requests": len(inside), "failed": self.failed, "tokens": round(tokens, 1),
+                "tok_s": round(tokens / (w1 - w0), 2), "tok_per_cpu_s": round(tokens / max(self.server_cpu_s, 1e-9), 2),
                 "ttft_p50_ms": pct(ttft, 0.50), "ttft_p99_ms": pct(ttft, 0.99),
-                "mean_tokens": round(tokens / max(len(self.requests), 1), 1),
+                "latency_p50_ms": pct(sorted(r.latency for r in inside), 0.50),
+                "mean_tokens": round(sum(r.tokens for r in inside) / max(len(inside), 1), 1),
                 "finish_not_length": sum(r.finish != "length" for r in self.requests),
                 "approx_token_counts": sum(not r.exact_count for r in self.requests),
                 "errors": self.errors[:3]}
@@ -163,7 +183,7 @@ def build_models(work: Path, quick: bool) -> dict[str, Path]:
         f16 = build_model(work)
         q8 = work / "overhead-134m-q8_0.gguf"
         glm_dims = {"hidden": 768, "layers": 12, "heads": 12, "kv_groups": 2, "ffn": 3072}
-        glm = work / "chatglm2-110m"
+        glm = work / "chatglm2-102m"
     if not q8.is_file():
         openllm_hub.quantize(f16, q8, "q8_0", progress=False)
     if not (glm / "config.json").is_file():
@@ -249,9 +269,8 @@ async def one_request(client: httpx.AsyncClient, server: Server, prompt: int, ma
     if server.kind == "ours":
         body["stream_options"] = {"include_usage": True}
     t0 = time.perf_counter()
-    ttft: float | None = None
     texts: list[str] = []
-    pieces = 0
+    pieces: list[float] = []
     usage: int | None = None
     finish: str | None = None
     async with client.stream("POST", "/v1/completions", json=body) as r:
@@ -264,6 +283,7 @@ async def one_request(client: httpx.AsyncClient, server: Server, prompt: int, ma
             if line.strip() == "data: [DONE]":
                 done = True
                 break
+            now = time.perf_counter()
             obj = json.loads(line[6:])
             if "error" in obj:
                 raise RuntimeError(f"error in stream: {obj['error']}")
@@ -271,32 +291,35 @@ async def one_request(client: httpx.AsyncClient, server: Server, prompt: int, ma
                 usage = int(obj["usage"]["completion_tokens"])
             for choice in obj.get("choices") or []:
                 if choice.get("text"):
-                    if ttft is None:
-                        ttft = time.perf_counter() - t0
                     texts.append(choice["text"])
-                    pieces += 1
+                    pieces.append(now)
                 finish = choice.get("finish_reason") or finish
         if not done:
             raise RuntimeError("stream ended without [DONE]")
     # llama_cpp.server sends no usage in streams: a "length" finish means max_tokens tokens;
     # otherwise (an end-of-sequence token) count the text pieces, one per token as it streams them
-    tokens = usage if usage is not None else max_tokens if finish == "length" else pieces
-    return Request(prompt, ttft, time.perf_counter() - t0, tokens, finish, "".join(texts),
-                   usage is not None or finish == "length")
+    tokens = usage if usage is not None else max_tokens if finish == "length" else len(pieces)
+    return Request(prompt, t0, pieces[0] - t0 if pieces else None, time.perf_counter() - t0, tokens, finish,
+                   "".join(texts), usage is not None or finish == "length", pieces)
 
 
 async def run_phase(url: str, server: Server, clients: int, duration: float, max_tokens: int,
-                    ps: psutil.Process) -> Phase:
-    phase = Phase(clients)
+                    ps: psutil.Process, spacing: float) -> Phase:
+    """``clients`` closed-loop clients; client i sends its first request ``i * spacing`` s after
+    the first one (0: all at once). The measured window starts when the last client has started
+    and lasts ``duration`` s; requests running at its end finish (their later tokens not counted)."""
+    phase = Phase(clients, "one" if clients == 1 else "burst" if spacing == 0 else "staggered")
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     async with httpx.AsyncClient(base_url=url, timeout=600, limits=limits) as client:
-        cpu0 = cpu_seconds(ps)
         t0 = time.perf_counter()
-        end = t0 + duration
+        w0 = t0 + (clients - 1) * spacing
+        w1 = w0 + duration
+        phase.window = (w0, w1)
 
         async def worker(i: int) -> None:
+            await asyncio.sleep(i * spacing)
             k = 0
-            while time.perf_counter() < end:
+            while time.perf_counter() < w1:
                 try:
                     phase.requests.append(await one_request(client, server, (i + k) % len(PROMPTS), max_tokens))
                 except (httpx.HTTPError, RuntimeError, ValueError) as exc:
@@ -305,9 +328,13 @@ async def run_phase(url: str, server: Server, clients: int, duration: float, max
                     await asyncio.sleep(0.2)
                 k += 1
 
-        await asyncio.gather(*(worker(i) for i in range(clients)))
-        phase.seconds = time.perf_counter() - t0
-        phase.server_cpu_s = cpu_seconds(ps) - cpu0
+        async def cpu_clock() -> None:
+            await asyncio.sleep(max(0.0, w0 - time.perf_counter()))
+            cpu0 = cpu_seconds(ps)
+            await asyncio.sleep(max(0.0, w1 - time.perf_counter()))
+            phase.server_cpu_s = cpu_seconds(ps) - cpu0
+
+        await asyncio.gather(cpu_clock(), *(worker(i) for i in range(clients)))
     return phase
 
 
@@ -328,7 +355,15 @@ def bench_server(server: Server, args: argparse.Namespace, counts: list[int]) ->
     try:
         ps = psutil.Process(proc.pid)
         asyncio.run(warm_up(url, server, max(counts), min(args.max_tokens, 4)))
-        phases = [asyncio.run(run_phase(url, server, n, args.duration, args.max_tokens, ps)) for n in counts]
+        phases: list[Phase] = []
+        request_s = 0.0
+        for n in counts:
+            # arrivals spread over one request's time at the first (one-client) phase
+            phases.append(asyncio.run(run_phase(url, server, n, args.duration, args.max_tokens, ps, request_s / n)))
+            if not request_s:
+                request_s = statistics.median(r.latency for r in phases[0].requests)
+            if n == max(counts) and args.burst:
+                phases.append(asyncio.run(run_phase(url, server, n, args.duration, args.max_tokens, ps, 0.0)))
         models = httpx.get(url + "/v1/models", timeout=10).json()
     finally:
         stop(proc)
@@ -378,39 +413,45 @@ def llama_cpp_server_version(python: str | None) -> tuple[str | None, str]:
 
 
 # ---- report ------------------------------------------------------------------------------------
-def report(results: list[dict[str, Any]], counts: list[int]) -> list[str]:
-    """The markdown table (every round's value, round by round) and the goals per server."""
+def report(results: list[dict[str, Any]]) -> list[str]:
+    """The markdown table (every round's value, round by round; ratios of the medians) and the
+    goals per server (on the staggered phase with the most clients)."""
     by_server: dict[str, list[dict[str, Any]]] = {}
     for res in results:
         by_server.setdefault(res["server"], []).append(res)
     lines = ["| server | N | tok/s (wall), per round | x over N=1 (median) | TTFT p50 ms | TTFT p99 ms | "
-             "TTFT p50 / N=1 | tok per server CPU-s | requests |",
+             "TTFT p50 / N=1 (median) | tok per server CPU-s | requests |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     goals = []
     for name, runs in by_server.items():
-        med: dict[int, dict[str, float]] = {}
-        for n in counts:
-            rows = [next(p for p in run["phases"] if p["clients"] == n) for run in runs]
-            med[n] = {k: statistics.median(r[k] for r in rows if r[k] is not None)
-                      for k in ("tok_s", "ttft_p50_ms", "ttft_p99_ms", "tok_per_cpu_s")
-                      if any(r[k] is not None for r in rows)}
-            base = med[counts[0]]
-            def col(key: str, fmt: str = "{}", rows: list[dict[str, Any]] = rows) -> str:
-                return " / ".join(fmt.format(r[key]) for r in rows)
+        keys = [(p["clients"], p["mode"]) for p in runs[0]["phases"]]
+        med: dict[tuple[int, str], dict[str, float]] = {}
+        for key in keys:
+            rows = [p for run in runs for p in run["phases"] if (p["clients"], p["mode"]) == key]
+            med[key] = {k: statistics.median(r[k] for r in rows if r[k] is not None)
+                        for k in ("tok_s", "ttft_p50_ms", "ttft_p99_ms", "tok_per_cpu_s")
+                        if any(r[k] is not None for r in rows)}
+            base = med[keys[0]]
 
-            ttft_ratio = med[n].get("ttft_p50_ms", 0) / max(base.get("ttft_p50_ms", 1), 1e-9)
-            lines.append(f"| {name} | {n} | {col('tok_s', '{:.1f}')} | {med[n]['tok_s'] / base['tok_s']:.2f}x | "
+            def col(k: str, fmt: str = "{}", rows: list[dict[str, Any]] = rows) -> str:
+                return " / ".join(fmt.format(r[k]) for r in rows)
+
+            ttft_ratio = med[key].get("ttft_p50_ms", 0) / max(base.get("ttft_p50_ms", 1), 1e-9)
+            label = f"{key[0]}" + (" burst" if key[1] == "burst" else "")
+            lines.append(f"| {name} | {label} | {col('tok_s', '{:.1f}')} | {med[key]['tok_s'] / base['tok_s']:.2f}x | "
                          f"{col('ttft_p50_ms')} | {col('ttft_p99_ms')} | {ttft_ratio:.2f}x | "
                          f"{col('tok_per_cpu_s', '{:.1f}')} | {col('requests')} |")
-        hi = counts[-1]
-        speedup = med[hi]["tok_s"] / med[counts[0]]["tok_s"]
-        cpu_speedup = med[hi]["tok_per_cpu_s"] / med[counts[0]]["tok_per_cpu_s"]
-        ttft = med[hi].get("ttft_p50_ms", float("nan")) / med[counts[0]].get("ttft_p50_ms", float("nan"))
+        hi = max((k for k in keys if k[1] != "burst"), key=lambda k: k[0])
+        one = med[keys[0]]
+        speedup = med[hi]["tok_s"] / one["tok_s"]
+        cpu_speedup = med[hi]["tok_per_cpu_s"] / one["tok_per_cpu_s"]
+        ttft = med[hi].get("ttft_p50_ms", float("nan")) / one.get("ttft_p50_ms", float("nan"))
+        burst = med.get((hi[0], "burst"), {}).get("ttft_p50_ms", float("nan")) / one.get("ttft_p50_ms", float("nan"))
         goal = GOAL_SPEEDUP[runs[0]["engine"]]
-        goals.append(f"{name}: {hi} clients = {speedup:.2f}x the tok/s of {counts[0]} (goal >= {goal:.0f}x: "
+        goals.append(f"{name}: {hi[0]} clients = {speedup:.2f}x the tok/s of {keys[0][0]} (goal >= {goal:.0f}x: "
                      f"{'met' if speedup >= goal else 'missed'}; by server CPU time {cpu_speedup:.2f}x), "
                      f"TTFT p50 {ttft:.2f}x (goal <= {GOAL_TTFT_RATIO:.0f}x: "
-                     f"{'met' if ttft <= GOAL_TTFT_RATIO else 'missed'})")
+                     f"{'met' if ttft <= GOAL_TTFT_RATIO else 'missed'}; {burst:.2f}x when all arrive at once)")
     return [*lines, "", *goals]
 
 
@@ -426,6 +467,8 @@ def main() -> int:
     ap.add_argument("--duration", type=float, default=15.0, help="seconds per phase")
     ap.add_argument("--max-tokens", type=int, default=32)
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--no-burst", dest="burst", action="store_false",
+                    help="skip the extra phase where the most clients all start at once")
     ap.add_argument("--servers", help="comma-separated subset of: ours-f16, ours-q8_0, lcpp-f16, lcpp-q8_0, "
                                       "ours-hf-torch, ours-chatglm2-torch")
     ap.add_argument("--json", type=Path)
@@ -480,7 +523,7 @@ def main() -> int:
         if a and b:
             same[f] = all(a[k] == b[k] for k in a.keys() & b.keys())
     info["same_greedy_text_ours_vs_lcpp"] = same
-    lines = report(results, counts) if results else ["no server ran"]
+    lines = report(results) if results else ["no server ran"]
     print("\n".join(lines))
     print(json.dumps({"wall_s": info["wall_s"], "skipped": skipped, "same_greedy_text_ours_vs_lcpp": same}))
     if args.json:
