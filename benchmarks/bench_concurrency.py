@@ -449,12 +449,13 @@ def report(results: list[dict[str, Any]]) -> list[str]:
         burst = med.get((hi[0], "burst"), {}).get("ttft_p50_ms", float("nan")) / one.get("ttft_p50_ms", float("nan"))
         goal = GOAL_SPEEDUP[runs[0]["engine"]]
 
-        def per_round(k: str, run_list: list[dict[str, Any]] = runs, hi: tuple[int, str] = hi) -> str:
+        def per_round(k: str, run_list: list[dict[str, Any]] = runs, hi: tuple[int, str] = hi,
+                      lo: tuple[int, str] = keys[0]) -> str:
             """The ratio N=hi / N=1 within each round (one server's phases run back to back)."""
             out = []
             for run in run_list:
                 got = {(p["clients"], p["mode"]): p[k] for p in run["phases"]}
-                out.append(f"{got[hi] / got[keys[0]]:.2f}" if got[hi] and got[keys[0]] else "-")
+                out.append(f"{got[hi] / got[lo]:.2f}" if got[hi] and got[lo] else "-")
             return " / ".join(out)
 
         goals.append(f"{name}: {hi[0]} clients = {speedup:.2f}x the tok/s of {keys[0][0]} (goal >= {goal:.0f}x: "
