@@ -5,9 +5,10 @@ same GGUF files.
 
 For every server and N in ``--clients`` (1, 2, 4, 8), N closed-loop httpx clients send
 streaming ``POST /v1/completions`` requests back to back. Every request uses the same settings
-on every server: one of eight fixed prompts (10-20 tokens; client i's k-th request takes prompt
-(i + k) mod 8, so consecutive requests never share a prompt and no server gets a free
-prompt-cache hit), ``max_tokens`` = ``--max-tokens``, greedy (temperature 0, repeat_penalty 1.0).
+on every server: one of eight fixed prompts (6-23 tokens with the LLaMA tokenizer; client i's
+k-th request takes prompt (i + k) mod 8, so consecutive requests never share a prompt and no
+server gets a free prompt-cache hit), ``max_tokens`` = ``--max-tokens``, greedy (temperature
+0, repeat_penalty 1.0).
 
 Arrivals: with N > 1 the clients start spread over one request's time (client i after
 i x T1 / N, T1 = the median request time of the one-client phase), as independent users
@@ -43,11 +44,14 @@ missing: the random 134M LLaMA of bench_llama_overhead.py (HF folder, f16 GGUF, 
 the SDK's quantizer) and a random ChatGLM2 (hidden 768, 12 layers, 12 heads, 2 KV groups,
 FFN 3072: about 102M parameters) from the chatglm plugin's builder. ``--quick`` is a smoke
 run (tiny models in ``--work``/quick, 1 and 2 clients, 2 s phases, 8 tokens, one round:
-about two minutes). No assertion on timings. Usage::
+about two minutes). No assertion on timings; the exit status is 1 only when a request failed.
+The full run takes about 20 minutes on 2 cores. Usage::
 
-    python benchmarks/bench_concurrency.py [--quick] [--llama-cpp-python /tmp/venv/bin/python]
+    python -m venv /tmp/lcpp-venv && /tmp/lcpp-venv/bin/pip install 'llama-cpp-python[server]==0.3.36'
+    python benchmarks/bench_concurrency.py [--quick] [--llama-cpp-python /tmp/lcpp-venv/bin/python]
         [--threads 1] [--ctx 512] [--parallel 8] [--clients 1,2,4,8] [--duration 15]
         [--max-tokens 32] [--rounds 2] [--servers ours-f16,lcpp-f16,...] [--json out.json]
+    python benchmarks/bench_concurrency.py --report run1.json run2.json   # one table of both runs
 """
 
 from __future__ import annotations
