@@ -374,7 +374,7 @@ def bench_server(server: Server, args: argparse.Namespace, counts: list[int]) ->
     after = uptime()
     rows = [p.summary() for p in phases]
     # greedy texts of the one-client phase, by prompt: equal across servers on the same file?
-    texts = {}
+    texts: dict[str, str] = {}
     for r in phases[0].requests:
         texts.setdefault(str(r.prompt), r.text)
     meta = (models.get("data") or [{}])[0].get("meta") if isinstance(models, dict) else None
@@ -527,15 +527,16 @@ def main() -> int:
     if args.servers:
         wanted = args.servers.split(",")
         servers = [s for s in servers if s.name in wanted]
-    skipped = {}
+    skipped: dict[str, str] = {}
     if lcpp_version is None:
         skipped = {s.name: why_not for s in servers if s.kind != "ours"}
         servers = [s for s in servers if s.kind == "ours"]
-    info = {"machine": machine(), "llama_cpp_server_version": lcpp_version, "skipped": skipped,
-            "settings": {"threads": args.threads, "ctx_per_sequence": args.ctx, "parallel": args.parallel,
-                         "clients": counts, "duration_s": args.duration, "max_tokens": args.max_tokens,
-                         "rounds": args.rounds, "prompts": len(PROMPTS), "sampling": "greedy, repeat_penalty 1.0"},
-            "models": {k: str(v) for k, v in models.items()}, "parameters": parameters(models)}
+    info: dict[str, Any] = {
+        "machine": machine(), "llama_cpp_server_version": lcpp_version, "skipped": skipped,
+        "settings": {"threads": args.threads, "ctx_per_sequence": args.ctx, "parallel": args.parallel,
+                     "clients": counts, "duration_s": args.duration, "max_tokens": args.max_tokens,
+                     "rounds": args.rounds, "prompts": len(PROMPTS), "sampling": "greedy, repeat_penalty 1.0"},
+        "models": {k: str(v) for k, v in models.items()}, "parameters": parameters(models)}
     print(json.dumps(info, indent=1), flush=True)
     results: list[dict[str, Any]] = []
     t0 = time.monotonic()
