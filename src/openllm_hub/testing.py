@@ -906,6 +906,19 @@ def check_batched_logits_match_alone(model: Model, decoder: Callable[..., RowBat
 
 
 # ---- prefix cache (engines that keep read prompts for prompts sharing their prefix) -------------
+#: Questions to put after a shared system prompt (:func:`system_prompt`) in the prefix-cache checks.
+PREFIX_QUESTIONS = ("What is the capital of France?", "Tell me a story about a dog.", "Why is the sky blue?",
+                    "Count to five.", "Name a colour.")
+
+
+def system_prompt(rules: int) -> str:
+    """A long system prompt for the prefix-cache checks: one sentence, then ``rules`` numbered
+    rules of plain words (some 15 to 20 ids each on common tokenizers; give enough for two
+    blocks of the cache at least, or 1,024 ids where positions far out are to be checked)."""
+    return "You are a careful assistant. " + " ".join(
+        f"Rule {i}: answer questions about the number {i * 7} politely and briefly." for i in range(rules))
+
+
 def check_prefix_cache_hits_equal_cold(model: Model, cold: Model, system: str, questions: list[str], *,
                                        bound: float, single_path_hits: bool = True) -> None:
     """Prompts sharing a long ``system`` prompt reuse what ``model``'s prefix cache stored and
@@ -1139,6 +1152,7 @@ __all__ = [
     "COMMON_SPECIALS",
     "LONG_PROMPT_TOKENS",
     "LONG_TEXT",
+    "PREFIX_QUESTIONS",
     "RUNNING_PROMPTS",
     "SAMPLED",
     "Completion",
@@ -1165,4 +1179,5 @@ __all__ = [
     "check_verify_catches_broken_conversion",
     "long_prompt",
     "run_conformance",
+    "system_prompt",
 ]

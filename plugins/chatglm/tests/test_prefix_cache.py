@@ -20,10 +20,12 @@ from openllm_hub_chatglm.engine_torch import ChatGLMModel
 
 import openllm_hub
 from openllm_hub.testing import (
+    PREFIX_QUESTIONS,
     check_prefix_cache_batched_hits_equal_cold,
     check_prefix_cache_hits_equal_cold,
     check_prefix_cache_join_with_a_hit_equals_cold,
     check_prefix_cache_what_is_stored,
+    system_prompt,
 )
 
 #: A hit's logits against the cold run's, relative to the row's range. The reused keys and values
@@ -36,10 +38,8 @@ BOUND = 1e-6
 #: The same for log-probabilities (absolute), a few times BOUND x the logits' range.
 LOGPROB_BOUND = 1e-4
 
-SYSTEM = "You are a careful assistant. " + " ".join(
-    f"Rule {i}: answer questions about the number {i * 7} politely and briefly." for i in range(25))
-QUESTIONS = ["What is the capital of France?", "Tell me a story about a dog.", "Why is the sky blue?",
-             "Count to five.", "Name a colour."]
+SYSTEM = system_prompt(25)
+QUESTIONS = list(PREFIX_QUESTIONS)
 LONG = {"seq_length": 2048}
 
 

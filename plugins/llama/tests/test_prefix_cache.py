@@ -21,10 +21,12 @@ from openllm_hub.engines.llama_cpp import LlamaCppModel
 from openllm_hub.engines.llama_cpp_batch import LlamaCppBatchDecoder
 from openllm_hub.engines.prefix_cache import PrefixCache
 from openllm_hub.testing import (
+    PREFIX_QUESTIONS,
     check_prefix_cache_hits_equal_cold,
     check_prefix_cache_join_with_a_hit_equals_cold,
     check_prefix_cache_server_answers_equal,
     check_prefix_cache_what_is_stored,
+    system_prompt,
 )
 
 #: A cache hit's logits against the cold run's, relative to the row's range. The reused cells were
@@ -33,10 +35,8 @@ from openllm_hub.testing import (
 #: (test_batch_gguf.py) applies: a few f32 roundings (measured: 5e-7 on the hit, 9e-7 on the cold prompt).
 BOUND = 2e-6
 
-SYSTEM = "You are a careful assistant. " + " ".join(
-    f"Rule {i}: answer questions about the number {i * 7} politely and briefly." for i in range(12))
-QUESTIONS = ["What is the capital of France?", "Tell me a story about a dog.", "Why is the sky blue?",
-             "Count to five."]
+SYSTEM = system_prompt(12)
+QUESTIONS = list(PREFIX_QUESTIONS[:4])
 
 
 @pytest.fixture(scope="module")
