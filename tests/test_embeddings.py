@@ -99,19 +99,9 @@ def test_embedding_leaves_generation_unchanged(engine: tuple[Model, float]) -> N
 
 
 def test_embedding_inside_a_running_batch_changes_no_sequence(engine: tuple[Model, float]) -> None:
-    model, _ = engine
-    from openllm_hub.core.config import GenerationConfig
+    from openllm_hub.testing import check_embedding_between_batch_steps_changes_no_sequence
 
-    alone = model.generate("Once upon a time", max_new_tokens=8, temperature=0.0)
-    ids: list[int] = []
-    with model.new_batch() as batch:
-        batch.add(model.tokenize("Once upon a time"), GenerationConfig.build(max_new_tokens=8, temperature=0.0))
-        while batch.running:
-            for _, event in batch.step():
-                assert not isinstance(event, BaseException)
-                ids.extend(event.token_ids)
-            model.embed(["a text between two steps"])
-    assert tuple(ids) == alone.token_ids
+    check_embedding_between_batch_steps_changes_no_sequence(engine[0])
 
 
 def test_embedding_bad_input(engine: tuple[Model, float]) -> None:

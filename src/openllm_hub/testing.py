@@ -17,12 +17,14 @@ model's context where that is smaller; give the tiny model a context of at least
 to check the full length. Engines with a batched decoder have stricter checks further down
 (``check_greedy_batch_matches_single_runs``, ``check_batched_logits_match_alone``,
 ``check_long_prompt_in_batch``, ``check_long_prompt_does_not_stall_the_others``,
-``check_logprobs_match_logits``, ...) to call from their own tests.
+``check_logprobs_match_logits``, ...) to call from their own tests, as are the checks of an
+engine with a prefix cache (``check_prefix_cache_*``), of its core fallback without a batched
+decoder (``check_fallback_equals_single_runs``) and of ``embed()`` between two batch steps.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -35,7 +37,7 @@ if TYPE_CHECKING:
     import numpy as np
     import numpy.typing as npt
 
-    from openllm_hub.core.batch import BatchDecoder
+    from openllm_hub.core.batch import BatchDecoder, Batching
     from openllm_hub.engines.torch_batch import RowBatchDecoder
 
 
@@ -626,6 +628,44 @@ def check_batch_join_and_cancel(model: Model, prompts: tuple[str, ...] | list[st
     assert cancelled == single[1].token_ids[: len(cancelled)], "the cancelled sequence was corrupted before it left"
 
 
+def check_embedding_between_batch_steps_changes_no_sequence(model: Model, prompt: str = "Once upon a time",
+                                                            **params: Any) -> None:
+    """``embed()`` called between two steps of a running batch (``model.new_batch()``, as the
+    server may) changes no sequence: the batch's greedy ids equal ``generate()``'s. ``params``:
+    generation parameters over the default 8 greedy tokens (e.g. ``repeat_penalty=1.0``)."""
+    kw: dict[str, Any] = {"max_new_tokens": 8, "temperature": 0.0, **params}
+    alone = model.generate(prompt, **kw)
+    ids: list[int] = []
+    with model.new_batch() as batch:
+        batch.add(model.tokenize(prompt), GenerationConfig.build(model.generation_defaults, **kw))
+        while batch.running:
+            for _, event in batch.step():
+                assert not isinstance(event, BaseException), f"the sequence failed: {event!r}"
+                ids.extend(event.token_ids)
+            model.embed(["a text between two steps"])
+    assert tuple(ids) == alone.token_ids, "an embedding between two batch steps changed the sequence"
+
+
+def check_fallback_equals_single_runs(model: Model, prompts: tuple[str, ...] | list[str],
+                                      batching: Batching = "interleaved") -> None:
+    """``model`` without its batched decoder (``Model._batch_decoder`` back to the core's
+    default, for this check only) serves batches through the core's fallback, which says
+    ``batching`` (``"interleaved"``, or ``"serial"`` for an engine that declares
+    ``sequence_interleaving = "serial"``) and uses an :class:`~openllm_hub.core.batch.InterleavedDecoder`;
+    its batches equal the single runs (:func:`check_batch_equals_single`)."""
+    from openllm_hub.core.batch import InterleavedDecoder
+
+    engine_cls = type(model)
+    model.__class__ = type(f"Fallback{engine_cls.__name__}", (engine_cls,), {"_batch_decoder": Model._batch_decoder})
+    try:
+        assert model.batching == batching, f"without its batched decoder the model says {model.batching!r}"
+        with model.new_batch(2) as batch:
+            assert isinstance(batch.decoder, InterleavedDecoder), type(batch.decoder)
+        check_batch_equals_single(model, prompts)
+    finally:
+        model.__class__ = engine_cls
+
+
 
 # ---- stricter batch checks for engines with a batched decoder -------------------------------------
 #: The sampling parameters of :func:`check_sampled_batch_matches_single_runs` (seeds 7, 8, ...).
@@ -866,6 +906,19 @@ def check_batched_logits_match_alone(model: Model, decoder: Callable[..., RowBat
 
 
 # ---- prefix cache (engines that keep read prompts for prompts sharing their prefix) -------------
+#: Questions to put after a shared system prompt (:func:`system_prompt`) in the prefix-cache checks.
+PREFIX_QUESTIONS = ("What is the capital of France?", "Tell me a story about a dog.", "Why is the sky blue?",
+                    "Count to five.", "Name a colour.")
+
+
+def system_prompt(rules: int) -> str:
+    """A long system prompt for the prefix-cache checks: one sentence, then ``rules`` numbered
+    rules of plain words (some 15 to 20 ids each on common tokenizers; give enough for two
+    blocks of the cache at least, or 1,024 ids where positions far out are to be checked)."""
+    return "You are a careful assistant. " + " ".join(
+        f"Rule {i}: answer questions about the number {i * 7} politely and briefly." for i in range(rules))
+
+
 def check_prefix_cache_hits_equal_cold(model: Model, cold: Model, system: str, questions: list[str], *,
                                        bound: float, single_path_hits: bool = True) -> None:
     """Prompts sharing a long ``system`` prompt reuse what ``model``'s prefix cache stored and
@@ -940,10 +993,167 @@ def check_prefix_cache_hits_equal_cold(model: Model, cold: Model, system: str, q
         model.prefix_cache = original
 
 
+def _kept_logits_decoder(model: Model) -> Any:
+    """``model``'s own batched decoder (``Model._batch_decoder``, one slot) keeping every logits
+    row its tokens are sampled from (``keep_logits``, as the core's row and llama.cpp decoders
+    have it)."""
+    decoder = model._batch_decoder(1)
+    assert decoder is not None and hasattr(decoder, "keep_logits"), \
+        "the model has no batched decoder that keeps its logits rows (keep_logits)"
+    kept: Any = decoder
+    kept.keep_logits = True
+    return kept
+
+
+def _each_alone(model: Model, prompts: list[list[int]], n: int
+                ) -> tuple[list[list[int]], list[list[npt.NDArray[np.float32]]]]:
+    """Each prompt alone in turn through one batched decoder of ``model`` (greedy, ``n`` tokens):
+    its tokens and the logits rows they were sampled from (a later prompt may reuse what an
+    earlier one stored in the prefix cache)."""
+    dec = _kept_logits_decoder(model)
+    tokens: list[list[int]] = []
+    try:
+        for key, ids in enumerate(prompts):
+            dec.join(key, ids, GenerationConfig.build(model.generation_defaults, max_new_tokens=n,
+                                                      temperature=0.0).with_seed())
+            got: list[int] = []
+            while len(got) < n:
+                got += [t for t in dec.step().values() if isinstance(t, int)]
+            dec.leave(key)
+            tokens.append(got)
+        return tokens, [dec.logits[k] for k in range(len(prompts))]
+    finally:
+        dec.close()
+
+
+def check_prefix_cache_batched_hits_equal_cold(model: Model, cold: Model, first: str, second: str, *,
+                                               bound: float, full_bound: float, cut: int = 3,
+                                               min_shared: int = 1024, new_tokens: int = 6) -> tuple[float, float]:
+    """In the model's batched decoder (``Model._batch_decoder``, each prompt alone in turn):
+    ``second`` reuses the system prompt it shares with ``first`` (at least ``min_shared`` ids,
+    where rotary and position mistakes show), and ``first`` without its last ``cut`` ids, a
+    prefix of a stored prompt, reuses all of it but its last id; only those two hit, and the
+    prefix is not stored again. Every logits row the hits sample from is within ``bound`` of
+    ``cold``'s decoder (its cache off) and ``full_bound`` of ``cold``'s ``Model.logits``
+    (relative to the row's range), the greedy tokens are cold's, and the first prompt's row (no
+    hit) is exactly cold's. ``model``'s prefix cache must start empty. Returns the largest
+    differences measured (against the cold decoder, against ``Model.logits``)."""
+    import numpy as np
+
+    store = model.prefix_cache
+    assert store is not None and store.enabled, "the model's prefix cache is off"
+    assert len(store) == 0, "the model's prefix cache must start empty"
+    prompts = [model.tokenize(first), model.tokenize(second)]
+    prompts.append(prompts[0][:-cut])
+    shared = next(i for i, (a, b) in enumerate(zip(*prompts[:2])) if a != b)
+    assert shared >= min_shared, f"the prompts share {shared} ids: give a system prompt of {min_shared} ids at least"
+    tokens, rows = _each_alone(model, prompts, new_tokens)
+    stats = store.stats()
+    assert stats["hits"] == 2 and stats["tokens_reused"] == shared + len(prompts[2]) - 1, stats
+    assert stats["entries"] == 2, stats  # the third prompt was held already (a prefix of the first)
+    cold_tokens, cold_rows = _each_alone(cold, prompts, new_tokens)
+    assert tokens == cold_tokens, "a hit gave other greedy tokens than cold"
+    np.testing.assert_array_equal(rows[0][0], cold_rows[0][0])  # no hit: the very computation
+    worst = worst_full = 0.0
+    for key in (1, 2):
+        full = cold.logits(prompts[key] + tokens[key][:-1])[len(prompts[key]) - 1:]
+        for row, ref, ref_full in zip(rows[key], cold_rows[key], full):
+            worst = max(worst, _relative_diff(row, ref))
+            worst_full = max(worst_full, _relative_diff(row, ref_full))
+    assert worst <= bound, f"a hit's logits differ from the cold run by {worst:.3g} of the range"
+    assert worst_full <= full_bound, f"a hit's logits differ from Model.logits by {worst_full:.3g} of the range"
+    return worst, worst_full
+
+
+#: The prompts already generating when :func:`check_prefix_cache_join_with_a_hit_equals_cold` joins its one.
+RUNNING_PROMPTS = ("Once upon a time", "The little dog ran to the big house and")
+
+
+def check_prefix_cache_join_with_a_hit_equals_cold(model: Model, cold: Model, stored: str, joining: str, *,
+                                                   running: tuple[str, ...] = RUNNING_PROMPTS,
+                                                   new_tokens: int = 10) -> None:
+    """A sequence joins a running batch (``model.new_batch()``: the ``running`` prompts decoding,
+    greedy) at step 3 and reuses the system prompt that ``stored``, generated just before, left
+    in the prefix cache: its tokens and its neighbours' equal the same batch on ``cold`` (the
+    same weights, its cache off), and the join is one hit."""
+    def run(m: Model) -> dict[int, list[int]]:
+        m.generate(stored, max_new_tokens=1, temperature=0.0)  # stores the system prompt
+        config = GenerationConfig.build(m.generation_defaults, max_new_tokens=new_tokens, temperature=0.0)
+        got: dict[int, list[int]] = {}
+        with m.new_batch(len(running) + 1) as batch:
+            keys = {batch.add(m.tokenize(p), config): i for i, p in enumerate(running)}
+            step = 0
+            while batch.running:
+                if step == 3:
+                    keys[batch.add(m.tokenize(joining), config)] = len(running)
+                for key, event in batch.step():
+                    assert not isinstance(event, BaseException), f"sequence {keys[key]} failed: {event!r}"
+                    got.setdefault(keys[key], []).extend(event.token_ids)
+                step += 1
+                assert step < 10_000, "the batch never finished"
+        assert set(got) == set(range(len(running) + 1)), f"sequences that gave no token: {got}"
+        return got
+
+    store = model.prefix_cache
+    assert store is not None and store.enabled, "the model's prefix cache is off"
+    hits = store.stats()["hits"]
+    assert run(model) == run(cold), "a join with a prefix-cache hit changed the batch's tokens"
+    assert store.stats()["hits"] == hits + 1, store.stats()
+
+
+def check_prefix_cache_what_is_stored(model: Model, prompt: str, short: str = "Hello there") -> None:
+    """What the prefix cache stores: nothing for a stream closed before its prompt was read,
+    nothing for a prompt shorter than one block (``short``), and a prompt read in full
+    (``prompt``, longer than a block) is. ``model``'s prefix cache must start empty."""
+    store = model.prefix_cache
+    assert store is not None and store.enabled, "the model's prefix cache is off"
+    assert len(store) == 0, "the model's prefix cache must start empty"
+    ids = model.tokenize(prompt)
+    assert len(ids) > store.block_tokens, "give a prompt longer than one block"
+    assert len(model.tokenize(short)) < store.block_tokens, "give a short prompt shorter than one block"
+    config = GenerationConfig.build(model.generation_defaults, max_new_tokens=2, temperature=0.0).with_seed()
+    stream = model._token_stream(ids, config)
+    assert isinstance(stream, Generator), "Model._token_stream must be a generator (closing it ends the stream)"
+    stream.close()  # never started
+    assert len(store) == 0, "a stream closed before it started stored its prompt"
+    model.generate(short, max_new_tokens=2, temperature=0.0)
+    assert len(store) == 0, "a prompt shorter than one block was stored"
+    model.generate(prompt, max_new_tokens=2, temperature=0.0)
+    assert store.covers(ids), "a prompt read in full was not stored"
+
+
+def check_prefix_cache_server_answers_equal(model: Model, cold: Model, system: str, questions: list[str], *,
+                                            max_tokens: int = 6, chat_template: str | None = None) -> None:
+    """Two requests sharing the long ``system`` prompt through ``/v1/chat/completions`` (two
+    slots; needs fastapi and httpx): the same answers with the cache on (``model``) and off
+    (``cold``), and a later request hit the cache."""
+    from fastapi.testclient import TestClient
+
+    from openllm_hub.server.app import create_app
+
+    def answers(m: Model) -> list[str]:
+        out = []
+        extra = {} if chat_template is None else {"chat_template": chat_template}
+        with TestClient(create_app(m, parallel=2)) as client:
+            for q in questions[:2]:
+                r = client.post("/v1/chat/completions", json={
+                    "model": "m", "max_tokens": max_tokens, "temperature": 0, **extra,
+                    "messages": [{"role": "system", "content": system}, {"role": "user", "content": q}]})
+                assert r.status_code == 200, r.text
+                out.append(str(r.json()["choices"][0]["message"]["content"]))
+        return out
+
+    assert answers(model) == answers(cold)
+    store = model.prefix_cache
+    assert store is not None and store.stats()["hits"] >= 1, "no request hit the prefix cache"
+
+
 __all__ = [
     "COMMON_SPECIALS",
     "LONG_PROMPT_TOKENS",
     "LONG_TEXT",
+    "PREFIX_QUESTIONS",
+    "RUNNING_PROMPTS",
     "SAMPLED",
     "Completion",
     "ModelConformance",
@@ -953,14 +1163,21 @@ __all__ = [
     "check_batch_logprobs_match_single_runs",
     "check_batched_logits_match_alone",
     "check_chat_special_tokens_stay_text",
+    "check_embedding_between_batch_steps_changes_no_sequence",
+    "check_fallback_equals_single_runs",
     "check_greedy_batch_matches_single_runs",
     "check_joins_and_cancels_leave_the_others_unchanged",
     "check_logprobs_match_logits",
     "check_long_prompt_does_not_stall_the_others",
     "check_long_prompt_in_batch",
+    "check_prefix_cache_batched_hits_equal_cold",
     "check_prefix_cache_hits_equal_cold",
+    "check_prefix_cache_join_with_a_hit_equals_cold",
+    "check_prefix_cache_server_answers_equal",
+    "check_prefix_cache_what_is_stored",
     "check_sampled_batch_matches_single_runs",
     "check_verify_catches_broken_conversion",
     "long_prompt",
     "run_conformance",
+    "system_prompt",
 ]

@@ -16,13 +16,13 @@ import pytest
 from openllm_hub_chatglm.engine_torch import ChatGLMBatchDecoder, ChatGLMModel
 
 import openllm_hub
-from openllm_hub.core.batch import InterleavedDecoder
 from openllm_hub.core.model import Model
 from openllm_hub.testing import (
     check_batch_equals_single,
     check_batch_join_and_cancel,
     check_batch_logprobs_match_single_runs,
     check_batched_logits_match_alone,
+    check_fallback_equals_single_runs,
     check_greedy_batch_matches_single_runs,
     check_joins_and_cancels_leave_the_others_unchanged,
     check_long_prompt_in_batch,
@@ -71,11 +71,7 @@ def test_model_batches(model: ChatGLMModel) -> None:
 def test_the_interleaving_fallback_still_equals_single_runs(v2_dir: Path) -> None:
     """The same model without its batched decoder: the core's interleaving of generators."""
     with openllm_hub.load(v2_dir, device="cpu") as m:
-        m.__class__ = type("Interleaved", (type(m),), {"_batch_decoder": Model._batch_decoder})
-        assert m.batching == "interleaved"
-        with m.new_batch(2) as batch:
-            assert isinstance(batch.decoder, InterleavedDecoder)
-        check_batch_equals_single(m, PROMPTS[:3])
+        check_fallback_equals_single_runs(m, PROMPTS[:3], "interleaved")
 
 
 def test_logits_in_a_batch_equal_alone(model: ChatGLMModel) -> None:

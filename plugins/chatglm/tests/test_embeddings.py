@@ -25,20 +25,18 @@ tokens included: ChatGLM2/3 put ``[gMASK] sop`` before the text, ChatGLM-6B puts
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
+from official_fixtures import GLM1, GLM2, fp32_models, glm2_fixture_module, load_fp32, read_reference
 from openllm_hub_chatglm.engine_torch import ChatGLMModel
 
 import openllm_hub
 
-DATA = Path(__file__).parent / "data"
-FIX1, FIX2 = DATA / "official_glm1", DATA / "official_glm2"
+FIX1, FIX2 = GLM1, GLM2
 HIDDEN_BOUND = 1e-5  # absolute, per hidden value (see the module docstring)
 LOGIT_BOUND = 1e-6  # of the official logit range, as test_official_parity_glm1
 V2_CASES = [("chatglm2", "short"), ("chatglm2", "long"), ("chatglm2-32k", "short"), ("chatglm3-32k", "short"),
@@ -47,24 +45,15 @@ V2_CASES = [("chatglm2", "short"), ("chatglm2", "long"), ("chatglm2-32k", "short
 LONG_TEXT = "The fox jumped over the fence, 你好世界. Then it ran home and slept until morning. " * 16
 
 
-def _make_fixture_module() -> Any:
-    spec = importlib.util.spec_from_file_location("make_official_glm2_fixture", FIX2 / "make_fixture.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
-def ref2() -> Iterator[dict[str, Any]]:
-    with np.load(FIX2 / "reference_logits.npz") as data:
-        yield {k: data[k] for k in data.files}
+def ref2() -> dict[str, Any]:
+    return read_reference(FIX2)
 
 
 @pytest.fixture(scope="module")
 def transformers_glm() -> Iterator[dict[str, Any]]:
     """name -> transformers' GlmForCausalLM of that fixture checkpoint (fp32, built once)."""
-    module, cache = _make_fixture_module(), {}
+    module, cache = glm2_fixture_module(), {}
 
     def get(name: str) -> Any:
         if name not in cache:
@@ -84,14 +73,8 @@ def last_hidden(tf: Any, ids: list[int]) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def v2_models() -> Iterator[dict[str, ChatGLMModel]]:
-    loaded: dict[str, ChatGLMModel] = {}
-    for name in sorted({c[0] for c in V2_CASES}):
-        model = openllm_hub.load(FIX2 / name, device="cpu", dtype="fp32")
-        assert isinstance(model, ChatGLMModel)
-        loaded[name] = model
-    yield loaded
-    for model in loaded.values():
-        model.close()
+    with fp32_models(FIX2, (c[0] for c in V2_CASES)) as loaded:
+        yield loaded
 
 
 def test_transformers_last_hidden_state_is_what_its_output_layer_reads(transformers_glm: Any,
@@ -160,17 +143,14 @@ def test_gguf_embed_equals_transformers_mean(name: str, ref2: dict[str, Any], tr
 
 # ---- ChatGLM-6B: the official logits through the tied output layer ------------------------------
 @pytest.fixture(scope="module")
-def ref1() -> Iterator[dict[str, Any]]:
-    with np.load(FIX1 / "reference_logits.npz") as data:
-        yield {k: data[k] for k in data.files}
+def ref1() -> dict[str, Any]:
+    return read_reference(FIX1)
 
 
 @pytest.fixture(scope="module")
 def v1_model() -> Iterator[ChatGLMModel]:
-    model = openllm_hub.load(FIX1 / "chatglm", device="cpu", dtype="fp32")
-    assert isinstance(model, ChatGLMModel)
-    yield model
-    model.close()
+    with load_fp32(FIX1 / "chatglm") as model:
+        yield model
 
 
 @pytest.fixture(scope="module")
@@ -230,16 +210,6 @@ def test_a_wrong_final_norm_fails(ref1: dict[str, Any], word_embeddings: np.ndar
 
 @pytest.mark.parametrize("name", ["chatglm2", "chatglm3-32k"])
 def test_embedding_inside_a_running_batch_changes_no_sequence(name: str, v2_models: dict[str, ChatGLMModel]) -> None:
-    from openllm_hub.plugin import GenerationConfig
+    from openllm_hub.testing import check_embedding_between_batch_steps_changes_no_sequence
 
-    model = v2_models[name]
-    alone = model.generate("Once upon a time", max_new_tokens=8, temperature=0.0)
-    ids: list[int] = []
-    with model.new_batch() as batch:
-        batch.add(model.tokenize("Once upon a time"), GenerationConfig.build(max_new_tokens=8, temperature=0.0))
-        while batch.running:
-            for _, event in batch.step():
-                assert not isinstance(event, BaseException)
-                ids.extend(event.token_ids)
-            model.embed(["a text between two steps"])
-    assert tuple(ids) == alone.token_ids
+    check_embedding_between_batch_steps_changes_no_sequence(v2_models[name])

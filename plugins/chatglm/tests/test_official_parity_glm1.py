@@ -31,13 +31,14 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from official_fixtures import GLM1, load_fp32, read_reference
 from openllm_hub_chatglm import engine_torch
 from openllm_hub_chatglm.engine_torch import ChatGLMModel
 from openllm_hub_chatglm.spec import GLMSpec
 
 import openllm_hub
 
-FIXTURE = Path(__file__).parent / "data" / "official_glm1"
+FIXTURE = GLM1
 CHECKPOINT = FIXTURE / "chatglm"
 BOUND = 1e-6  # of the reference's logit range (max - min), see the module docstring
 CASES = ["short", "history", "long", "mask"]
@@ -45,17 +46,14 @@ CHAT_CASES = ["short", "history", "long"]
 
 
 @pytest.fixture(scope="module")
-def reference() -> Iterator[dict[str, Any]]:
-    with np.load(FIXTURE / "reference_logits.npz") as data:
-        yield {k: data[k] for k in data.files}
+def reference() -> dict[str, Any]:
+    return read_reference(FIXTURE)
 
 
 @pytest.fixture(scope="module")
 def model() -> Iterator[ChatGLMModel]:
-    loaded = openllm_hub.load(CHECKPOINT, device="cpu", dtype="fp32")
-    assert isinstance(loaded, ChatGLMModel)
-    yield loaded
-    loaded.close()
+    with load_fp32(CHECKPOINT) as loaded:
+        yield loaded
 
 
 def _compare(ours: np.ndarray, theirs: np.ndarray) -> tuple[float, float]:

@@ -19,41 +19,33 @@ weight: >= 1e-3 of the range, usually O(1); see test_a_wrong_network_fails).
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
+from official_fixtures import GLM2, fp32_models, glm2_fixture_module, read_reference
 from openllm_hub_chatglm.engine_torch import ChatGLMModel
 
 import openllm_hub
 
-FIXTURE = Path(__file__).parent / "data" / "official_glm2"
+FIXTURE = GLM2
 BOUND = 2e-6  # of the reference's logit range (max - min), see the module docstring
 CASES = [("chatglm2", "short"), ("chatglm2", "long"), ("chatglm2-32k", "short"), ("chatglm3-32k", "short"),
          ("chatglm3-32k", "long")]
 
 
 @pytest.fixture(scope="module")
-def reference() -> Iterator[dict[str, Any]]:
-    with np.load(FIXTURE / "reference_logits.npz") as data:
-        yield {k: data[k] for k in data.files}
+def reference() -> dict[str, Any]:
+    return read_reference(FIXTURE)
 
 
 @pytest.fixture(scope="module")
 def models() -> Iterator[dict[str, ChatGLMModel]]:
-    loaded: dict[str, ChatGLMModel] = {}
-    for name in sorted({c[0] for c in CASES}):
-        model = openllm_hub.load(FIXTURE / name, device="cpu", dtype="fp32")
-        assert isinstance(model, ChatGLMModel)
-        loaded[name] = model
-    yield loaded
-    for model in loaded.values():
-        model.close()
+    with fp32_models(FIXTURE, (c[0] for c in CASES)) as loaded:
+        yield loaded
 
 
 def _compare(ours: np.ndarray, theirs: np.ndarray) -> tuple[float, float]:
@@ -104,19 +96,11 @@ def test_greedy_generation_equals_transformers(name: str, case: str, reference: 
     assert list(out.token_ids) == greedy
 
 
-def _make_fixture_module() -> Any:
-    spec = importlib.util.spec_from_file_location("make_official_glm2_fixture", FIXTURE / "make_fixture.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.parametrize("name", ["chatglm2", "chatglm2-32k", "chatglm3-32k"])
 def test_fixture_reproduces_with_installed_transformers(name: str, reference: dict[str, Any]) -> None:
     """The installed transformers, configured from the fixture's transformers config.json by
     AutoConfig, still computes the stored logits (so the fixture is not stale)."""
-    ref_model = _make_fixture_module().load_reference(FIXTURE / name)
+    ref_model = glm2_fixture_module().load_reference(FIXTURE / name)
     for case in ("short", "long"):
         if f"{name}/{case}/ids" not in reference:
             continue

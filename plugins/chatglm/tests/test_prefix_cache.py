@@ -16,11 +16,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from openllm_hub_chatglm.engine_torch import ChatGLMBatchDecoder, ChatGLMModel
+from openllm_hub_chatglm.engine_torch import ChatGLMModel
 
 import openllm_hub
-from openllm_hub.core.config import GenerationConfig
-from openllm_hub.testing import check_prefix_cache_hits_equal_cold
+from openllm_hub.testing import (
+    PREFIX_QUESTIONS,
+    check_prefix_cache_batched_hits_equal_cold,
+    check_prefix_cache_hits_equal_cold,
+    check_prefix_cache_join_with_a_hit_equals_cold,
+    check_prefix_cache_what_is_stored,
+    system_prompt,
+)
 
 #: A hit's logits against the cold run's, relative to the row's range. The reused keys and values
 #: are what the cold run computes for those positions (causal attention, absolute rotary
@@ -32,10 +38,8 @@ BOUND = 1e-6
 #: The same for log-probabilities (absolute), a few times BOUND x the logits' range.
 LOGPROB_BOUND = 1e-4
 
-SYSTEM = "You are a careful assistant. " + " ".join(
-    f"Rule {i}: answer questions about the number {i * 7} politely and briefly." for i in range(25))
-QUESTIONS = ["What is the capital of France?", "Tell me a story about a dog.", "Why is the sky blue?",
-             "Count to five.", "Name a colour."]
+SYSTEM = system_prompt(25)
+QUESTIONS = list(PREFIX_QUESTIONS)
 LONG = {"seq_length": 2048}
 
 
@@ -58,35 +62,12 @@ def cached(folder: Path) -> Iterator[ChatGLMModel]:
         yield m
 
 
-def _prompt(model: ChatGLMModel, i: int) -> list[int]:
-    return model.tokenize(f"{SYSTEM}\n{QUESTIONS[i]}")
-
-
-def _config(model: ChatGLMModel, n: int = 6) -> GenerationConfig:
-    return GenerationConfig.build(model.generation_defaults, max_new_tokens=n, temperature=0.0).with_seed()
+def _text(i: int) -> str:
+    return f"{SYSTEM}\n{QUESTIONS[i]}"
 
 
 def _relative(a: np.ndarray, ref: np.ndarray) -> float:
     return float(np.abs(a - ref).max()) / float(ref.max() - ref.min())
-
-
-def _alone(model: ChatGLMModel, prompts: list[list[int]], n: int = 6
-           ) -> tuple[list[list[int]], list[list[np.ndarray]]]:
-    """Each prompt alone in turn through one batched decoder: greedy tokens and the logits rows
-    they were sampled from (a later prompt may reuse what an earlier one stored)."""
-    dec = ChatGLMBatchDecoder(model, keep_logits=True)
-    tokens: list[list[int]] = []
-    try:
-        for key, ids in enumerate(prompts):
-            dec.join(key, ids, _config(model, n))
-            got: list[int] = []
-            while len(got) < n:
-                got += [t for t in dec.step().values() if isinstance(t, int)]
-            dec.leave(key)
-            tokens.append(got)
-        return tokens, [dec.logits[k] for k in range(len(prompts))]
-    finally:
-        dec.close()
 
 
 def test_info(cached: ChatGLMModel, cold: ChatGLMModel) -> None:
@@ -104,48 +85,17 @@ def test_batched_hit_logits_equal_cold(cached: ChatGLMModel, cold: ChatGLMModel)
     """A second prompt reuses the first one's system prompt (> 1,024 ids), a third is a prefix
     of the first: every logits row they sample from equals the cold decoder's and ``Model.logits``'
     within BOUND, and their greedy tokens are the cold ones."""
-    prompts = [_prompt(cached, 0), _prompt(cached, 1), _prompt(cached, 0)[:-3]]
-    shared = next(i for i, (a, b) in enumerate(zip(*prompts[:2])) if a != b)
-    assert shared >= 1024
-    tokens, rows = _alone(cached, prompts)
-    stats = cached.prefix_cache.stats()
-    assert stats["hits"] == 2 and stats["tokens_reused"] == shared + len(prompts[2]) - 1, stats
-    cold_tokens, cold_rows = _alone(cold, prompts)
-    assert tokens == cold_tokens
-    np.testing.assert_array_equal(rows[0][0], cold_rows[0][0])  # no hit: the very computation
-    worst = worst_full = 0.0
-    for key in (1, 2):
-        full = cold.logits(prompts[key] + tokens[key][:-1])[len(prompts[key]) - 1:]
-        for row, ref, ref_full in zip(rows[key], cold_rows[key], full):
-            worst = max(worst, _relative(row, ref))
-            worst_full = max(worst_full, _relative(row, ref_full))
-    assert worst <= BOUND, f"a hit's logits differ from the cold run by {worst:.3g} of the range"
-    assert worst_full <= BOUND, f"a hit's logits differ from Model.logits by {worst_full:.3g} of the range"
+    check_prefix_cache_batched_hits_equal_cold(cached, cold, _text(0), _text(1), bound=BOUND, full_bound=BOUND)
 
 
 def test_join_with_a_hit_equals_a_cold_join(cached: ChatGLMModel, cold: ChatGLMModel) -> None:
     """A sequence joins a running batch and reuses a stored system prompt: its tokens and its
     neighbours' equal the same batch on the cold model."""
-    def run(model: ChatGLMModel) -> dict[int, list[int]]:
-        model.generate(f"{SYSTEM}\n{QUESTIONS[4]}", max_new_tokens=1, temperature=0.0)  # stores the system prompt
-        dec = ChatGLMBatchDecoder(model)
-        got: dict[int, list[int]] = {0: [], 1: [], 2: []}
-        try:
-            dec.join(0, model.tokenize("Once upon a time"), _config(model, 10))
-            dec.join(1, model.tokenize("The little dog ran to the big house and"), _config(model, 10))
-            for step in range(10):
-                if step == 3:
-                    dec.join(2, _prompt(model, 2), _config(model, 10))
-                for key, token in dec.step().items():
-                    assert isinstance(token, int)
-                    got[key].append(token)
-        finally:
-            dec.close()
-        return got
+    check_prefix_cache_join_with_a_hit_equals_cold(cached, cold, _text(4), _text(2))
 
-    hits = cached.prefix_cache.stats()["hits"]
-    assert run(cached) == run(cold)
-    assert cached.prefix_cache.stats()["hits"] == hits + 1
+
+def test_what_is_stored(cached: ChatGLMModel) -> None:
+    check_prefix_cache_what_is_stored(cached, _text(3))
 
 
 def test_chatglm_6b_keeps_its_prefix_cache_off(make_ckpt: Callable[..., Path]) -> None:
@@ -156,7 +106,7 @@ def test_chatglm_6b_keeps_its_prefix_cache_off(make_ckpt: Callable[..., Path]) -
     with openllm_hub.load(make_ckpt("chatglm", seed=6, **LONG), device="cpu", prefix_cache_mib=64) as m:
         assert isinstance(m, ChatGLMModel)
         assert m.info.extra["prefix_cache_mib"] == 0 and not m.prefix_cache.enabled
-        a, b = m.tokenize(f"{SYSTEM}\n{QUESTIONS[0]}"), m.tokenize(f"{SYSTEM}\n{QUESTIONS[1]}")
+        a, b = m.tokenize(_text(0)), m.tokenize(_text(1))
         shared = next(i for i, (x, y) in enumerate(zip(a, b)) if x != y)
         assert shared > 128
         # the same first ids give other hidden states: position i sees the ids after it in the prompt

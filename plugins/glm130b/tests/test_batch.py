@@ -32,9 +32,7 @@ from openllm_hub_glm130b.launch import RunSpec, spawn_many
 from openllm_hub_glm130b.tiny import build_tiny
 
 import openllm_hub
-from openllm_hub.core.batch import InterleavedDecoder
-from openllm_hub.core.model import Model
-from openllm_hub.testing import check_batch_equals_single
+from openllm_hub.testing import check_fallback_equals_single_runs
 
 #: Logits of a row decoded in a batch against the same row of the single run (``generate``'s
 #: path: the prompt read in one piece, then one token at a time into a one-row cache) and against
@@ -148,11 +146,7 @@ def test_single_calls_and_beam_search_between_steps_leave_the_batch_alone(glm: G
 def test_the_serial_fallback_still_equals_single_runs(long_ctx: Path) -> None:
     """The same model without its batched decoder: the core runs sequences one after the other."""
     with openllm_hub.load(long_ctx, device="cpu") as m:
-        m.__class__ = type("Serial", (type(m),), {"_batch_decoder": Model._batch_decoder})
-        assert m.batching == "serial"
-        with m.new_batch(2) as batch:
-            assert isinstance(batch.decoder, InterleavedDecoder)
-        check_batch_equals_single(m, PROMPTS[:3])
+        check_fallback_equals_single_runs(m, PROMPTS[:3], "serial")
 
 
 def test_a_batch_left_open_when_the_model_closes(long_ctx: Path) -> None:

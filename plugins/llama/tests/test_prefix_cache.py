@@ -20,7 +20,14 @@ from openllm_hub.core.config import GenerationConfig
 from openllm_hub.engines.llama_cpp import LlamaCppModel
 from openllm_hub.engines.llama_cpp_batch import LlamaCppBatchDecoder
 from openllm_hub.engines.prefix_cache import PrefixCache
-from openllm_hub.testing import check_prefix_cache_hits_equal_cold
+from openllm_hub.testing import (
+    PREFIX_QUESTIONS,
+    check_prefix_cache_hits_equal_cold,
+    check_prefix_cache_join_with_a_hit_equals_cold,
+    check_prefix_cache_server_answers_equal,
+    check_prefix_cache_what_is_stored,
+    system_prompt,
+)
 
 #: A cache hit's logits against the cold run's, relative to the row's range. The reused cells were
 #: computed for another prompt, read in other chunk sizes (llama.cpp's kernels may sum a chunk in
@@ -28,10 +35,8 @@ from openllm_hub.testing import check_prefix_cache_hits_equal_cold
 #: (test_batch_gguf.py) applies: a few f32 roundings (measured: 5e-7 on the hit, 9e-7 on the cold prompt).
 BOUND = 2e-6
 
-SYSTEM = "You are a careful assistant. " + " ".join(
-    f"Rule {i}: answer questions about the number {i * 7} politely and briefly." for i in range(12))
-QUESTIONS = ["What is the capital of France?", "Tell me a story about a dog.", "Why is the sky blue?",
-             "Count to five."]
+SYSTEM = system_prompt(12)
+QUESTIONS = list(PREFIX_QUESTIONS[:4])
 
 
 @pytest.fixture(scope="module")
@@ -126,6 +131,18 @@ def test_batched_hit_equals_cold(cached: LlamaCppModel, cold: LlamaCppModel) -> 
         assert worst <= BOUND, worst
 
 
+def test_join_with_a_hit_equals_a_cold_join(cached: LlamaCppModel, cold: LlamaCppModel) -> None:
+    """A sequence joins a running batch and reuses a stored system prompt: its tokens and its
+    neighbours' equal the same batch on the cold model (the conformance kit's check)."""
+    check_prefix_cache_join_with_a_hit_equals_cold(cached, cold, _text(3), _text(2))
+
+
+def test_what_is_stored(cached: LlamaCppModel) -> None:
+    """A stream closed before its prompt is read stores nothing; a prompt shorter than one block
+    is not stored; a prompt read in full is (the conformance kit's check)."""
+    check_prefix_cache_what_is_stored(cached, _text(3))
+
+
 def test_single_path_hit_equals_cold(cached: LlamaCppModel, cold: LlamaCppModel) -> None:
     """On the single path, llama-cpp-python keeps only the last prompt's cells: after an unrelated
     prompt, the store gives the system prompt back. Logprobs (raw logits) and tokens as cold."""
@@ -185,20 +202,4 @@ def test_cancelled_sequence_never_poisons(cached: LlamaCppModel, cold: LlamaCppM
 def test_server_answers_equal_with_cache_on_and_off(cached: LlamaCppModel, cold: LlamaCppModel) -> None:
     """Two requests sharing a long system prompt through /v1/chat/completions (two slots): the
     same answers with the cache on and off, and the second request hit the cache."""
-    from fastapi.testclient import TestClient
-
-    from openllm_hub.server.app import create_app
-
-    def answers(model: LlamaCppModel) -> list[str]:
-        out = []
-        with TestClient(create_app(model, parallel=2)) as client:
-            for q in QUESTIONS[:2]:
-                r = client.post("/v1/chat/completions", json={
-                    "model": "m", "max_tokens": 12, "temperature": 0, "chat_template": "llama-2",
-                    "messages": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": q}]})
-                assert r.status_code == 200, r.text
-                out.append(r.json()["choices"][0]["message"]["content"])
-        return out
-
-    assert answers(cached) == answers(cold)
-    assert cached.prefix_cache.stats()["hits"] >= 1
+    check_prefix_cache_server_answers_equal(cached, cold, SYSTEM, QUESTIONS, max_tokens=12, chat_template="llama-2")

@@ -126,17 +126,6 @@ def test_an_empty_text_embeds_end_of_text(shared_model: Callable[..., Any]) -> N
 @pytest.mark.parametrize(("version", "options"), [("7", {}), ("4", {"engine": "transformers"})])
 def test_embedding_inside_a_running_batch_changes_no_sequence(version: str, options: dict[str, Any],
                                                               shared_model: Callable[..., Any]) -> None:
-    from openllm_hub.plugin import GenerationConfig
+    from openllm_hub.testing import check_embedding_between_batch_steps_changes_no_sequence
 
-    model = shared_model(version, **options)
-    alone = model.generate("Once upon a time", max_new_tokens=8, temperature=0.0, repeat_penalty=1.0)
-    ids: list[int] = []
-    with model.new_batch() as batch:
-        batch.add(model.tokenize("Once upon a time"),
-                  GenerationConfig.build(max_new_tokens=8, temperature=0.0, repeat_penalty=1.0))
-        while batch.running:
-            for _, event in batch.step():
-                assert not isinstance(event, BaseException)
-                ids.extend(event.token_ids)
-            model.embed(["a text between two steps"])
-    assert tuple(ids) == alone.token_ids
+    check_embedding_between_batch_steps_changes_no_sequence(shared_model(version, **options), repeat_penalty=1.0)

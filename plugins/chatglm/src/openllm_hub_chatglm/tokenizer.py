@@ -57,6 +57,8 @@ class ChatGLMTokenizer:
     sop_id: int
     eos_ids: tuple[int, ...]
     vocab_size: int
+    #: the special tokens, spelling -> id (set by each version's constructor)
+    _ids: dict[str, int]
 
     def encode(self, text: str, add_special: bool = True) -> list[int]:
         raise NotImplementedError
@@ -65,7 +67,7 @@ class ChatGLMTokenizer:
         raise NotImplementedError
 
     def special_id(self, token: str) -> int:
-        raise NotImplementedError
+        return self._ids[token]
 
     def encode_plain(self, text: str) -> list[int]:
         """Ids of ``text`` without the prompt's specials, no special token parsed out of it."""
@@ -74,7 +76,7 @@ class ChatGLMTokenizer:
     @property
     def specials(self) -> dict[str, int]:
         """The special tokens, spelling -> id."""
-        raise NotImplementedError
+        return dict(self._ids)
 
 
 class V1Tokenizer(ChatGLMTokenizer):
@@ -99,13 +101,6 @@ class V1Tokenizer(ChatGLMTokenizer):
         self.vocab_size = sp.get_piece_size() + self.offset
         controls = {sp.unk_id(), sp.bos_id(), sp.eos_id(), sp.pad_id()}
         self._skip = set(self._ids.values()) | {c + self.offset for c in controls if c >= 0}
-
-    def special_id(self, token: str) -> int:
-        return self._ids[token]
-
-    @property
-    def specials(self) -> dict[str, int]:
-        return dict(self._ids)
 
     def encode_plain(self, text: str) -> list[int]:
         """Like ``encode(text, False)``, but a special token's spelling in the text (which
@@ -165,13 +160,6 @@ class V2Tokenizer(ChatGLMTokenizer):
         self.vocab_size = n + len(names)
         controls = {sp.unk_id(), sp.bos_id(), sp.eos_id()}
         self._skip = set(self._ids.values()) | {c for c in controls if c >= 0}
-
-    def special_id(self, token: str) -> int:
-        return self._ids[token]
-
-    @property
-    def specials(self) -> dict[str, int]:
-        return dict(self._ids)
 
     def encode_plain(self, text: str) -> list[int]:
         return self._sp(text)

@@ -68,29 +68,18 @@ class TinySpec:
             raise ValueError("num_heads must be a multiple of num_kv_heads")
 
     def hf_config(self, dtype: str) -> dict[str, Any]:
-        """config.json in the classic layout real Llama-2 repositories use."""
-        return {
-            "architectures": ["LlamaForCausalLM"],
-            "bos_token_id": 1,
-            "eos_token_id": 2,
-            "hidden_act": "silu",
-            "hidden_size": self.hidden_size,
-            "initializer_range": 0.02,
-            "intermediate_size": self.intermediate_size,
-            "max_position_embeddings": self.max_position_embeddings,
-            "model_type": "llama",
-            "num_attention_heads": self.num_heads,
-            "num_hidden_layers": self.num_layers,
-            "num_key_value_heads": self.kv_heads,
-            "pretraining_tp": 1,
-            "rms_norm_eps": self.rms_norm_eps,
-            "rope_scaling": None,
-            "rope_theta": self.rope_theta,
-            "tie_word_embeddings": self.tie_word_embeddings,
-            "torch_dtype": dtype,
-            "use_cache": True,
-            "vocab_size": self.vocab_size,
-        }
+        """config.json in the classic layout real Llama-2 repositories use (the converters' own
+        :meth:`~openllm_hub_llama.checkpoint.LlamaHParams.hf_config`, without a pad token id)."""
+        from openllm_hub_llama.checkpoint import LlamaHParams
+
+        config = LlamaHParams(vocab_size=self.vocab_size, hidden_size=self.hidden_size,
+                              intermediate_size=self.intermediate_size, num_layers=self.num_layers,
+                              num_heads=self.num_heads, num_kv_heads=self.kv_heads, rms_norm_eps=self.rms_norm_eps,
+                              rope_theta=self.rope_theta, max_position_embeddings=self.max_position_embeddings,
+                              tie_word_embeddings=self.tie_word_embeddings, bos_token_id=1,
+                              eos_token_id=2).hf_config(dtype)
+        del config["pad_token_id"]
+        return config
 
 
 def _torch_dtype(name: str) -> torch.dtype:

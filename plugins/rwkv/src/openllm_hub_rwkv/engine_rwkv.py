@@ -114,7 +114,9 @@ class RwkvModel(RwkvTextModel):
         assert out is not None and state is not None
         return out.reshape(-1).float().cpu(), state
 
-    def _logits(self, ids: list[int]) -> npt.NDArray[np.float32]:
+    def _all_rows(self, ids: list[int]) -> npt.NDArray[np.float32]:
+        """The package's output at every position of ``ids``, read from the start (zero state)
+        in chunks of ``chunk_len``."""
         import torch
 
         rows = []
@@ -126,10 +128,13 @@ class RwkvModel(RwkvTextModel):
             rows.append(out.reshape(len(part), -1).float().cpu())
         return torch.cat(rows).numpy()
 
+    def _logits(self, ids: list[int]) -> npt.NDArray[np.float32]:
+        return self._all_rows(ids)
+
     def _hidden_states(self, ids: list[int]) -> npt.NDArray[np.float32]:
         """The output of the final layer norm ``ln_out`` at every position of ``ids``, read
-        from the start (zero state) in chunks of ``chunk_len`` as :meth:`_logits` reads: the
-        vectors the ``head`` reads. The package computes ``ln_out(x) @ head`` in one step, so
+        from the start (zero state) in chunks of ``chunk_len`` as :meth:`_logits` reads (both are
+        :meth:`_all_rows`): the vectors the ``head`` reads. The package computes ``ln_out(x) @ head`` in one step, so
         for this one pass its head is an identity matrix (in the activation dtype, on
         ``ln_out``'s device): ``x @ I`` is ``x`` exactly. The package's weight dict is replaced
         as a whole (a TorchScript model hands Python a copy of it) and restored afterwards,
@@ -146,17 +151,10 @@ class RwkvModel(RwkvTextModel):
         swapped["head.weight"] = torch.eye(ln.shape[0], dtype=ln.dtype, device=ln.device)
         setattr(pkg, attr, swapped)
         try:
-            rows = []
-            state = None
-            chunk = self.options.chunk_len
-            for start in range(0, len(ids), chunk):
-                part = ids[start : start + chunk]
-                out, state = self._forward(part, state, full=True)
-                rows.append(out.reshape(len(part), -1).float().cpu())
+            return self._all_rows(ids)
         finally:
             swapped["head.weight"] = head
             setattr(pkg, attr, swapped)
-        return torch.cat(rows).numpy()
 
     def _token_stream(self, prompt_ids: list[int], config: GenerationConfig) -> Iterator[int]:
         plan = self._plans.pop(tuple(prompt_ids), None)
