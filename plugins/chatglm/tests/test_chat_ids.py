@@ -148,3 +148,34 @@ def test_server_reads_role_token_spellings_as_text(v3_dir: Path) -> None:
                 usage = r.json()["usage"]
             assert usage["prompt_tokens"] == len(want) == len(m.chat_prompt_ids(msgs))
         assert m.chat_prompt_ids(msgs) == want
+
+
+def test_the_folders_own_template_is_there_by_name_and_the_official_one_stays_default(
+        v3_dir: Path, tmp_path: Path) -> None:
+    """A ChatGLM3 folder shipping the published Jinja ``chat_template`` (tests/fixtures/chat_templates,
+    provenance there): ``chat()`` keeps the official ``build_chat_input`` ids by default, and
+    ``template="model"`` renders the shipped text (``"\\n " + content`` after each role token, as one
+    plain text); on plain conversations that tokenizes to the official ids too."""
+    import json
+    import shutil
+
+    folder = tmp_path / "chatglm3-with-template"
+    shutil.copytree(v3_dir, folder)
+    jinja = Path(__file__).parents[3] / "tests" / "fixtures" / "chat_templates" / "chatglm3-6b.jinja"
+    cfg_path = folder / "tokenizer_config.json"
+    cfg = json.loads(cfg_path.read_text()) if cfg_path.is_file() else {}
+    cfg["chat_template"] = jinja.read_text(encoding="utf-8")
+    cfg_path.write_text(json.dumps(cfg), encoding="utf-8")
+    sp = spm.SentencePieceProcessor(model_file=str(folder / "tokenizer.model"))
+    ids = v2_ids(sp)
+    msgs = [{"role": "system", "content": "You are ChatGLM3."}, *HISTORY]
+    with openllm_hub.load(folder, device="cpu") as m:
+        assert m.default_chat_template == "chatglm3"
+        assert m.chat_prompt_ids(msgs) == v3_official(sp, msgs)
+        shipped = m.chat_prompt_ids(msgs, template="model")
+    want = [ids["[gMASK]"], ids["sop"]]
+    for msg in msgs:
+        want += [ids[f"<|{msg['role']}|>"], *sp.encode("\n " + msg["content"])]
+    assert shipped == [*want, ids["<|assistant|>"]] == v3_official(sp, msgs)
+    with openllm_hub.load(folder, device="cpu", chat_template="model") as m:
+        assert m.default_chat_template == "model" and m.chat_prompt_ids(msgs) == shipped

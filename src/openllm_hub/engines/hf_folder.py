@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import TYPE_CHECKING, Any, Literal
 
-from openllm_hub.core.io import load_torch_checkpoint, read_json, read_safetensors_header, write_json
+from openllm_hub.core.io import load_torch_checkpoint, read_json, read_safetensors_header, read_text_file, write_json
 from openllm_hub.errors import ConversionError, CorruptFileError, NotFoundError, OpenLLMHubError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -142,6 +142,34 @@ def safetensors_names(shard: Path) -> list[str]:
     """The tensor names in a safetensors file's header, in header order (checks that their
     data lies inside the file)."""
     return [k for k in read_safetensors_header(shard) if k != "__metadata__"]
+
+
+def read_chat_template(folder: str | Path, token_pieces: Mapping[str, str] | None = None) -> tuple[str | None,
+                                                                                                  dict[str, str]]:
+    """The folder's own Jinja chat template, as transformers finds it (``chat_template.jinja``,
+    else ``chat_template`` in ``tokenizer_config.json``: a string, or a list of named ones, taking
+    ``default``), and the special-token strings it sees: ``bos_token``, ``eos_token``,
+    ``unk_token``, ``pad_token`` from ``tokenizer_config.json`` (a string or an added-token
+    object), else from ``token_pieces`` (e.g. the sentencepiece model's BOS/EOS pieces, keyed
+    ``"bos"``, ``"eos"``, ...). None for the template when the folder has none."""
+    root = Path(folder)
+    cfg_path = root / "tokenizer_config.json"
+    loaded = read_json(cfg_path) if cfg_path.is_file() else None
+    cfg: dict[str, Any] = loaded if isinstance(loaded, dict) else {}
+    source: Any = cfg.get("chat_template")
+    if isinstance(source, list):
+        source = next((t.get("template") for t in source if isinstance(t, dict) and t.get("name") == "default"), None)
+    if (root / "chat_template.jinja").is_file():
+        source = read_text_file(root / "chat_template.jinja", what="chat_template.jinja")
+    variables: dict[str, str] = {}
+    for kind in ("bos", "eos", "unk", "pad"):
+        value = cfg.get(f"{kind}_token")
+        value = value.get("content") if isinstance(value, dict) else value
+        if isinstance(value, str):
+            variables[f"{kind}_token"] = value
+        elif token_pieces and kind in token_pieces:
+            variables[f"{kind}_token"] = token_pieces[kind]
+    return (source if isinstance(source, str) else None), variables
 
 
 class HFFolder:

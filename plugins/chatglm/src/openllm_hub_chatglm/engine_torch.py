@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, cast
 import torch
 
 from openllm_hub.engines.finite import finite_tensors
+from openllm_hub.engines.hf_folder import read_chat_template
 from openllm_hub.engines.prefix_cache import PrefixCache, default_prefix_cache_mib
 from openllm_hub.engines.torch_batch import RowBatchDecoder, kv_budget_bytes
 from openllm_hub.engines.torch_prefix import KVLayers, Step, lookup_kv, read_prompt, remembering
@@ -320,6 +321,12 @@ def load_chatglm(req: LoadRequest[ChatGLMOptions]) -> ChatGLMModel:
     )
     template = opts.chat_template or spec.variant
     model = ChatGLMModel(info, net, tokenizer, spec, ctx, template)
+    # the folder's own Jinja template is there by name ("model"); the default stays the named one:
+    # it is the official code's chat() construction (build_chat_input / build_prompt), which also
+    # renders tools and observations, which ChatGLM3's shipped Jinja text does not (on plain
+    # conversations both give the same ids: plugins/chatglm/tests/test_chat_ids.py)
+    model._set_model_chat_template(*read_chat_template(folder))
+    model.default_chat_template = template
     model.prefix_cache = PrefixCache(cache_mib * 2**20)
     if opts.batch_kv_mib is not None:
         model.batch_kv_bytes = opts.batch_kv_mib * 2**20

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from openllm_hub.engines.finite import check_finite
+from openllm_hub.engines.hf_folder import read_chat_template
 from openllm_hub.engines.hf_quiet import hf_quiet
 from openllm_hub.engines.prefix_cache import PrefixCache, default_prefix_cache_mib
 from openllm_hub.engines.torch_batch import RowBatchDecoder, kv_budget_bytes
@@ -43,7 +44,6 @@ from openllm_hub.plugin import (
     generate_tokens,
     join_pieces,
     read_json,
-    read_text_file,
 )
 from openllm_hub_llama.checkpoint import check_hf_folder, window_context
 
@@ -120,25 +120,12 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 
 
 def _own_chat_template(folder: Path, tok: SentencePieceTokenizer) -> tuple[str | None, dict[str, str]]:
-    """The folder's Jinja chat template (``chat_template.jinja``, else ``chat_template`` in
-    ``tokenizer_config.json``: a string, or transformers' list of named ones, taking ``default``)
-    and the special-token strings it sees (the config's, else sentencepiece's BOS/EOS pieces)."""
-    cfg = _read_json(folder / "tokenizer_config.json") or {}
-    source: Any = cfg.get("chat_template")
-    if isinstance(source, list):
-        source = next((t.get("template") for t in source if isinstance(t, dict) and t.get("name") == "default"), None)
-    if (folder / "chat_template.jinja").is_file():
-        source = read_text_file(folder / "chat_template.jinja", what="chat_template.jinja")
-    variables: dict[str, str] = {}
-    for kind, sp_id in (("bos", tok.sp.bos_id()), ("eos", tok.sp.eos_id()), ("unk", tok.sp.unk_id()),
-                        ("pad", tok.sp.pad_id())):
-        value = cfg.get(f"{kind}_token")
-        value = value.get("content") if isinstance(value, dict) else value
-        if isinstance(value, str):
-            variables[f"{kind}_token"] = value
-        elif 0 <= sp_id < tok.size:
-            variables[f"{kind}_token"] = tok.sp.id_to_piece(sp_id)
-    return (source if isinstance(source, str) else None), variables
+    """The folder's Jinja chat template and the special-token strings it sees (the config's,
+    else sentencepiece's BOS/EOS/UNK/PAD pieces): :func:`openllm_hub.engines.hf_folder.read_chat_template`."""
+    pieces = {kind: tok.sp.id_to_piece(sp_id)
+              for kind, sp_id in (("bos", tok.sp.bos_id()), ("eos", tok.sp.eos_id()), ("unk", tok.sp.unk_id()),
+                                  ("pad", tok.sp.pad_id())) if 0 <= sp_id < tok.size}
+    return read_chat_template(folder, pieces)
 
 
 def _eos_ids(folder: Path, tok: SentencePieceTokenizer, config: Any) -> set[int]:
