@@ -129,6 +129,26 @@ def test_published_templates_render_as_transformers(name: str) -> None:
         assert refused == 4  # no system role: both refuse the conversations that have one
 
 
+def test_strftime_now_gives_todays_date_as_transformers_does() -> None:
+    """Llama 3.x asks ``strftime_now("%d %b %Y")`` when no ``date_string`` is given: the same
+    text as transformers', with the date of the day it renders (both rendered within a second;
+    tried twice should midnight pass between them)."""
+    from datetime import datetime
+
+    name = "llama-3.2-instruct.jinja"
+    source = (FIXTURES / name).read_text(encoding="utf-8")
+    tok = hf_tokenizer_with_template(source, TEMPLATES[name])
+    ours = JinjaTemplate(source, dict(tok.special_tokens_map))
+    for _ in range(2):
+        today = datetime.now().strftime("%d %b %Y")
+        want = _reference(tok, [SYSTEM, *TURNS], add_generation_prompt=True)
+        got = _ours(ours, [SYSTEM, *TURNS], add_generation_prompt=True)
+        if datetime.now().strftime("%d %b %Y") == today:
+            break
+    assert isinstance(want, str) and f"Today Date: {today}" in want
+    assert got == want
+
+
 def test_published_templates_use_the_documented_special_tokens() -> None:
     """Sanity check of the fixtures: each renders its model's own turn tokens."""
     conv = [*TURNS]
