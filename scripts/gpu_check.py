@@ -5,8 +5,8 @@
     scripts/gpu_check.sh --cpu          # the same comparisons with the "GPU" side on the CPU (CI)
     scripts/gpu_check.sh --cpu --perturb --only llama-hf   # negative control: must report FAIL
 
-What it does (at most 8 minutes on one H200; ``--cpu`` about 40 s on two idle cores, up to 100 s
-when other jobs share them):
+What it does (at most 8 minutes on one H200; ``--cpu`` about 16 s on two idle cores, of which the
+paths for several sequences take 5 s; up to 100 s when other jobs share the cores):
 
 * builds its own models with the plugins' tiny builders (a HF LLaMA, ChatGLM2 and -6B, RWKV-4/6/7 .pth
   files, a GLM-130B-shaped SAT checkpoint, a GGUF converted from the LLaMA);
@@ -432,7 +432,8 @@ class Check:
                     if len(generated[key]) >= n:
                         dec.leave(key)
                         running.discard(key)
-                most_rows = max(most_rows, int(getattr(dec, "rows", 0)))
+                rows_now = getattr(dec, "rows", None)  # llama.cpp's decoder: its running sequences
+                most_rows = max(most_rows, len(getattr(dec, "_seqs", {})) if rows_now is None else int(rows_now))
                 if not running:
                     break
             if running:
