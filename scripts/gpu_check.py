@@ -144,7 +144,7 @@ BOUNDS: dict[str, float] = {
     # ``torch.cuda.memory_allocated`` grew by after each step, the cache's blocks rounded to 512 B;
     # cpu: the bytes of the tensors the decoder holds). plan_rows promises rows x slot tokens x bytes
     # per token <= budget, so any ratio above 1 is a broken promise; the rounding is < 1e-3 of the
-    # 1-2 MiB budgets used here.
+    # budgets used here (two 512-token slots: 0.25 MiB for the CPU's models, 2 MiB for the GPU's).
     "kv-budget": 1.0,
 }
 # The batched decoders' rows, a prefix-cache hit's rows and Model.embed take the bound of the
