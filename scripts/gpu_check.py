@@ -5,7 +5,8 @@
     scripts/gpu_check.sh --cpu          # the same comparisons with the "GPU" side on the CPU (CI)
     scripts/gpu_check.sh --cpu --perturb --only llama-hf   # negative control: must report FAIL
 
-What it does (at most 8 minutes on one H200; --cpu about a minute on two cores):
+What it does (at most 8 minutes on one H200; ``--cpu`` about 16 s on two idle cores, of which the
+paths for several sequences take 5 s; up to 100 s when other jobs share the cores):
 
 * builds its own models with the plugins' tiny builders (a HF LLaMA, ChatGLM2 and -6B, RWKV-4/6/7 .pth
   files, a GLM-130B-shaped SAT checkpoint, a GGUF converted from the LLaMA);
@@ -26,8 +27,39 @@ RWKV strategies (``cuda fp16``, ``cuda fp32``, ``cuda fp16i8``, a GPU/CPU split,
 whether NCCL accepts two ranks on one GPU; ``load()`` in-process), LoRA training steps, and the decode
 speed of the largest LLaMA of the run against the H200's memory bandwidth (4.3 TB/s measured copy
 rate). Torch paths also record ``torch.cuda.max_memory_allocated`` against the planner's estimate.
-Paths that need two GPUs print SKIP with the reason on a one-GPU machine; in ``--cpu`` mode every
-path runs (the GLM-130B ranks over gloo, TP=1 and TP=2).
+
+Several sequences at once (what ``generate_batch`` and the server's slots run), each family's paths
+after its single-sequence ones:
+
+* ``<family>/batch <dtype>``: the batched decoders of HF LLaMA (``HFBatchDecoder``), ChatGLM2
+  (``ChatGLMBatchDecoder``), GLM-130B (``GLM130BBatchDecoder``, one rank in this process) and
+  llama.cpp (``LlamaCppBatchDecoder``, every layer offloaded: ``llama.cpp/batch f16 -ngl all``)
+  decode, greedily, four short prompts and one of >= 1,024 tokens that joins the running batch at
+  step 2, while another leaves half way; every logits row each sequence sampled from is compared
+  with CPU fp32 ``Model.logits`` over the same sequence alone (llama.cpp: its CPU run of the same
+  GGUF). The torch decoders run in fp32 (whose bound sees a batching bug) and the 16-bit dtype.
+  Tokens/s is the aggregate rate of 8 sequences in one ``generate_batch`` (wall time, prompts
+  included); the detail has 1 sequence's rate and the ratio (``speedup_8_vs_1``; no bound on speed).
+* ``<family>/prefix-cache hit`` (HF LLaMA, ChatGLM2): a prompt is read, then one sharing its first
+  ~160 tokens: its rows (the prefix's keys and values copied back from host RAM to the device)
+  against CPU fp32 and against the device's own cold ``Model.logits``; a hit must be counted on the
+  batched decoder's path and on the single path (``generate``).
+* ``<family>/batch memory budget`` (HF LLaMA, ChatGLM2): the default KV budget is half of
+  ``torch.cuda.mem_get_info``'s free memory of the model's device (``plan_rows``); with a budget of
+  two 512-token slots, eight sequences run two rows at a time, all finish, and the cache stays
+  within the budget (``kv-budget``).
+* ``<family>/embed`` (HF LLaMA, ChatGLM2, GLM-130B): ``Model.embed`` on the device against CPU fp32.
+* ``glm130b/load(nproc=2)`` and ``glm130b/batch nproc=2``: rank 0 in this process and one follower
+  process (logits, decode speed, the batched decoder over both ranks).
+
+Paths that need two GPUs (``device_map="auto"``, GLM-130B TP=2 over NCCL, ``load(..., nproc=2)``,
+whose rank r takes cuda:r) print SKIP with the reason on a one-GPU machine; in ``--cpu`` mode every
+path runs (the GLM-130B ranks over gloo, TP=1 and TP=2, and ``load(..., nproc=2)``).
+
+Time on the H200 (estimated, not yet measured): the paths for several sequences add about a minute:
+about 21 loads of tiny models (1-2 s each with transformers), ~1,000 decode steps of them (10-15 ms
+each, kernel launches and Python, not bandwidth), and CPU fp32 references of ~1,100-token sequences
+on 8 threads (under 0.5 s each). ``--budget-s`` still bounds the whole run.
 
 On the GPU machine, with the device tool's ``run`` (prepare here once with
 ``scripts/gpu_prepare.sh``, which fills the git-ignored ``.gpu/``, 7 MiB; carry it), one call,
@@ -108,11 +140,35 @@ BOUNDS: dict[str, float] = {
     # (LoRA weights fp32); bf16 logits carry ~4e-3 relative error, the loss (a mean of log-softmaxes) a
     # few times less, and three AdamW steps at lr 1e-2 let it grow a little: 3e-2.
     "lora-bf16": 3e-2,
+    # The batched decoders' KV cache against its budget: measured bytes / budget (cuda: what
+    # ``torch.cuda.memory_allocated`` grew by after each step, the cache's blocks rounded to 512 B;
+    # cpu: the bytes of the tensors the decoder holds). plan_rows promises rows x slot tokens x bytes
+    # per token <= budget, so any ratio above 1 is a broken promise; the rounding is < 1e-3 of the
+    # budgets used here (two 512-token slots: 0.25 MiB for the CPU's models, 2 MiB for the GPU's).
+    "kv-budget": 1.0,
 }
+# The batched decoders' rows, a prefix-cache hit's rows and Model.embed take the bound of the
+# dtype they compute in: each is compared with CPU fp32 on the same weights and the same ids (the
+# tokens the device side chose), so only arithmetic differs, as for a single run. A batch adds
+# matrix products over several rows and attention over a padded, masked cache (another summation
+# order: ~1e-7 relative in fp32, the dtype's rounding in fp16/bf16); a hit adds keys and values
+# computed in another prompt's chunks (the same); an embedding is the mean of the final-norm hidden
+# states the logits are one matrix product of, so its rounding is that of the logits or less.
+# A batching bug (a row at another position, attending to padding or to another row) moves a row
+# by a sizeable part of its range: --perturb decodes every row one position off, which the fp32
+# batch paths report as FAIL by 400x (ChatGLM2, GLM-130B: 4e-2 of the range) to 6,000x (LLaMA)
+# their bound; the 16-bit bounds are too loose to see the smaller of these, hence the fp32 paths.
 
 #: H200 device-to-device copy rate measured on the device machines (bytes read + written per second).
 H200_COPY_BYTES_PER_S = 4.3e12
 PROMPTS = ("The quick brown fox jumps over the lazy dog", "Once upon a time there lived a small robot")
+#: Eight prompts of different lengths for the batched decoders (PROMPTS first); the logits check
+#: uses four of them and a long one (:func:`long_text`), the speed check all eight.
+BATCH_PROMPTS = (*PROMPTS, "Hello", "List three colours of the rainbow:", "def fib(n):",
+                 "In the summer of 1969 the first people walked on the moon, and the world watched as",
+                 "Dear Sir or Madam, I am writing to", "2 + 2 =")
+#: Tokens of the long prompt in a batch (the brief of the batched paths: one row >= 1,024 tokens).
+LONG_TOKENS = 1024
 
 
 @dataclass
@@ -318,24 +374,250 @@ class Check:
 
         baseline = self.mem_reset()
         with load(src, **load_kw) as m:
-            load_peak = self.mem_peak(baseline)
-            self.mem_reset()  # the peak of use: resident weights plus the largest step
-            logits = [np.asarray(m.logits(list(s)), dtype=np.float32) for s in ids]
-            tps, generated = None, 0
-            if speed:
-                if not self.cpu:  # first decode steps pay for kernel selection and caches
-                    m.generate(PROMPTS[1], max_new_tokens=2, temperature=0.0, seed=0)
-                out = m.generate(PROMPTS[0], max_new_tokens=self.new_tokens, temperature=0.0, seed=0)
-                tps, generated = round(out.timings.generation_tokens_per_second, 1), len(out.token_ids)
-            peak = self.mem_peak(baseline)
-            return {"logits": logits, "tokens_per_s": tps, "generated": generated, "load_peak": load_peak, "peak": peak,
-                    "info": {k: v for k, v in m.info.as_dict().items() if k in ("device", "dtype", "engine", "extra")}}
+            return self.measure(m, ids, speed=speed, baseline=baseline)
+
+    def measure(self, m: Any, ids: Sequence[Sequence[int]], *, speed: bool = True, baseline: int = 0) -> dict[str, Any]:
+        """:meth:`probe` on a loaded model (``baseline``: the bytes allocated before it was loaded)."""
+        load_peak = self.mem_peak(baseline)
+        self.mem_reset()  # the peak of use: resident weights plus the largest step
+        logits = [np.asarray(m.logits(list(s)), dtype=np.float32) for s in ids]
+        tps, generated = None, 0
+        if speed:
+            if not self.cpu:  # first decode steps pay for kernel selection and caches
+                m.generate(PROMPTS[1], max_new_tokens=2, temperature=0.0, seed=0)
+            out = m.generate(PROMPTS[0], max_new_tokens=self.new_tokens, temperature=0.0, seed=0)
+            tps, generated = round(out.timings.generation_tokens_per_second, 1), len(out.token_ids)
+        peak = self.mem_peak(baseline)
+        return {"logits": logits, "tokens_per_s": tps, "generated": generated, "load_peak": load_peak, "peak": peak,
+                "info": {k: v for k, v in m.info.as_dict().items() if k in ("device", "dtype", "engine", "extra")}}
 
     def tokenize(self, src: Path, **load_kw: Any) -> list[list[int]]:
         from openllm_hub import load
 
         with load(src, device="cpu", **load_kw) as m:
             return [list(m.tokenize(p)) for p in PROMPTS]
+
+    # -- several sequences at once: batched decoders, the prefix cache, the KV budget --
+    def greedy(self, model: Any, n: int) -> Any:
+        """A greedy :class:`GenerationConfig` of ``n`` new tokens for ``model``'s decoders."""
+        from openllm_hub.plugin import GenerationConfig
+
+        return GenerationConfig.build(model.generation_defaults, temperature=0.0, repeat_penalty=1.0, seed=0,
+                                      max_new_tokens=n).with_seed()
+
+    def decode(self, dec: Any, prompts: Sequence[Sequence[int]], config: Any, n: int, *,
+               late: int | None = None, cancel: int | None = None) -> tuple[dict[int, list[np.ndarray]],
+                                                                           dict[int, list[int]], int]:
+        """Run a batched decoder made with ``keep_logits=True`` over ``prompts`` (key = index) until
+        each has ``n`` tokens: prompt ``late`` joins at step 2 (into a running batch), prompt
+        ``cancel`` leaves at step ``n // 2`` (its row is dropped while the others run on). Returns
+        the logits rows each sequence sampled from, its tokens and the most rows at once."""
+        generated: dict[int, list[int]] = {k: [] for k in range(len(prompts))}
+        running = set(generated)
+        most_rows = 0
+        try:
+            for key, ids in enumerate(prompts):
+                if key != late:
+                    dec.join(key, list(ids), config)
+            for step in range(n + 16):  # llama.cpp reads a long prompt over several steps
+                if step == 2 and late is not None:
+                    dec.join(late, list(prompts[late]), config)
+                if step == n // 2 and cancel is not None and cancel in running:
+                    dec.leave(cancel)
+                    running.discard(cancel)
+                for key, token in dec.step().items():
+                    if not isinstance(token, int):
+                        raise RuntimeError(f"sequence {key} ended early in the batch: {token!r}")
+                    generated[key].append(int(token))
+                    if len(generated[key]) >= n:
+                        dec.leave(key)
+                        running.discard(key)
+                rows_now = getattr(dec, "rows", None)  # llama.cpp's decoder: its running sequences
+                most_rows = max(most_rows, len(getattr(dec, "_seqs", {})) if rows_now is None else int(rows_now))
+                if not running:
+                    break
+            if running:
+                raise RuntimeError(f"sequences {sorted(running)} did not finish in {n + 16} steps")
+            rows = {k: [np.asarray(r, dtype=np.float32) for r in v] for k, v in dec.logits.items()}
+        finally:
+            dec.close()
+        return rows, generated, most_rows
+
+    @staticmethod
+    def rows_alone(ref_model: Any, prompts: Sequence[Sequence[int]], generated: dict[int, list[int]]
+                   ) -> dict[int, list[np.ndarray]]:
+        """The logits rows ``ref_model`` gives each sequence alone (``Model.logits`` over its prompt
+        and tokens, one pass), by key as :meth:`decode` returns them."""
+        out = {}
+        for key, ids in enumerate(prompts):
+            gen = generated[key]
+            full = np.asarray(ref_model.logits([*ids, *gen[:-1]]), dtype=np.float32)
+            out[key] = [row.copy() for row in full[len(ids) - 1:]]
+        return out
+
+    def batch_speed(self, m: Any) -> dict[str, Any]:
+        """Aggregate decode tokens/s of 8 sequences in one batch against 1 (``generate_batch``,
+        greedy, ``self.new_tokens`` each; wall time, prompt reading included; no bound)."""
+        kw: dict[str, Any] = {"max_new_tokens": self.new_tokens, "temperature": 0.0, "repeat_penalty": 1.0, "seed": 0}
+        if not self.cpu:  # first steps pay for kernel selection
+            m.generate_batch(list(BATCH_PROMPTS), slots=8, **{**kw, "max_new_tokens": 2})
+        rate = {}
+        for k in (1, 8):
+            t0 = time.perf_counter()
+            done = m.generate_batch(list(BATCH_PROMPTS[:k]), slots=k, **kw)
+            rate[k] = sum(len(c.token_ids) for c in done) / (time.perf_counter() - t0)
+        return {"tokens_per_s_1": round(rate[1], 1), "tokens_per_s_8": round(rate[8], 1),
+                "speedup_8_vs_1": round(rate[8] / rate[1], 2)}
+
+    def batch_check(self, m: Any, ref_model: Any, make: Callable[[Any, int], Any], kind: str,
+                    speed: bool = True) -> Result:
+        """Four short prompts and one of >= LONG_TOKENS tokens (joining late) in one decoder of ``m``
+        (one more leaves early): every row it sampled from against ``ref_model`` (CPU fp32, same
+        weights) on the same sequence alone. With ``--perturb`` each row is decoded one position
+        further on (the negative control of a batching bug)."""
+        n = self.new_tokens
+        prompts = [list(m.tokenize(p)) for p in BATCH_PROMPTS[2:6]]
+        prompts.append(list(m.tokenize(long_text(m))))
+        dec = make(m, len(prompts))
+        if self.args.perturb and hasattr(dec, "_decode"):  # the torch decoders (RowBatchDecoder)
+            shift_positions(dec)
+        rows, generated, most = self.decode(dec, prompts, self.greedy(m, n), n, late=len(prompts) - 1, cancel=1)
+        alone = self.rows_alone(ref_model, prompts, generated)
+        keys = range(len(prompts))
+        got = [r for k in keys for r in rows[k]]
+        ref = [r for k in keys for r in alone[k]]
+        agree = float(np.mean([int(np.argmax(a)) == int(np.argmax(b)) for a, b in zip(got, ref, strict=True)]))
+        detail: dict[str, Any] = {"prompt_tokens": [len(p) for p in prompts], "rows_checked": len(got),
+                                  "most_rows_at_once": most, "greedy_agreement_with_cpu": round(agree, 4),
+                                  "worst_per_sequence": [rel_diff(rows[k], alone[k]) for k in keys]}
+        if self.args.perturb and hasattr(dec, "_decode"):
+            detail["perturbed"] = "each row decoded one position further on (negative control)"
+        tps = None
+        if speed:
+            detail.update(self.batch_speed(m))
+            tps = detail["tokens_per_s_8"]
+        return self.compare(got, ref, kind, tokens_per_s=tps, **detail)
+
+    def prefix_check(self, m: Any, ref_model: Any, make: Callable[[Any, int], Any], kind: str) -> Result:
+        """A prompt that shares a long prefix (>= 2 of the store's 64-id blocks) with one read before
+        reuses its stored keys and values (host RAM, copied back to the device): the rows it samples
+        from against ``ref_model`` (CPU fp32, cold) and ``m``'s own cold ``Model.logits``; the hit
+        counted on the batched decoder's path and on the single path (``generate``)."""
+        n = self.new_tokens
+        system = long_text(m, 160)
+        asks = ("Question: what colour is the sky?", "Question: name a prime number.", "Question: who are you?")
+        a, b = (list(m.tokenize(f"{system} {q}")) for q in asks[:2])
+
+        def stats() -> dict[str, int]:
+            st = m.prefix_cache_stats()
+            if st is None:
+                raise RuntimeError("this engine keeps no prefix cache")
+            return dict(st)
+
+        self.decode(make(m, 1), [a], self.greedy(m, 2), 2)  # read and stored
+        stored = stats()
+        rows, generated, _ = self.decode(make(m, 1), [b], self.greedy(m, n), n)
+        hit = stats()
+        m.generate(f"{system} {asks[2]}", max_new_tokens=2, temperature=0.0, seed=0)  # the single path
+        single = stats()
+        ref = self.rows_alone(ref_model, [b], generated)[0]
+        cold = self.rows_alone(m, [b], generated)[0]
+        r = self.compare(rows[0], ref, kind, prompt_tokens=len(b), stored_entries=stored["entries"],
+                         hits_batch=hit["hits"] - stored["hits"], hits_single=single["hits"] - hit["hits"],
+                         tokens_reused=hit["tokens_reused"] - stored["tokens_reused"],
+                         vs_device_cold=rel_diff(rows[0], cold))
+        if r.status == "PASS" and (r.detail["hits_batch"] < 1 or r.detail["hits_single"] < 1):
+            r.status, r.detail["reason"] = "FAIL", "no prefix-cache hit (see hits_batch, hits_single)"
+        return r
+
+    def kv_in_use(self, dec: Any, baseline: int) -> int:
+        """Bytes the decoder's cache holds now: on CUDA what ``memory_allocated`` grew by since
+        ``baseline``; on the CPU the bytes of the tensors reachable from the decoder (not its model)."""
+        if not self.cpu:
+            self.torch.cuda.synchronize()
+            return int(self.torch.cuda.memory_allocated()) - baseline
+        return tensor_bytes(dec, skip=(getattr(dec, "model", None),))
+
+    def memory_check(self, m: Any, make: Callable[[Any, int], Any]) -> Result:
+        """The torch batched decoders' KV budget on the device: by default half the free memory of
+        the model's device (``torch.cuda.mem_get_info`` on CUDA), which must be found for the
+        model's device name; then a budget of two 512-token slots for eight sequences
+        (``batch_kv_bytes``, what the ``batch_kv_mib`` load option sets): at most
+        ``plan_rows``' rows run at once, the others wait and all finish, and the cache stays
+        within the budget (:data:`BOUNDS` ``kv-budget``)."""
+        from openllm_hub.engines.torch_batch import MIN_SLOT_TOKENS, kv_budget_bytes, plan_rows
+        from openllm_hub.plugin import available_ram
+
+        n = self.new_tokens
+        per_token = int(m.info.extra["kv_bytes_per_token"])
+        context = int(m.info.context_length)
+        saved = m.batch_kv_bytes
+        try:
+            m.batch_kv_bytes = None  # the default: half the free memory, read when a decoder is made
+            free = int(self.torch.cuda.mem_get_info(0)[0]) if not self.cpu else available_ram()
+            default = kv_budget_bytes(m.info.device)
+            dec = make(m, 8)
+            default_plan = (dec.max_rows, dec.slot_tokens)
+            dec.close()
+            budget = 2 * MIN_SLOT_TOKENS * per_token  # in bytes (batch_kv_mib's MiB may hold more rows of a tiny model)
+            m.batch_kv_bytes = budget
+            want_rows, want_slot = plan_rows(budget, per_token, context, 8)
+            self.mem_reset()
+            baseline = 0 if self.cpu else int(self.torch.cuda.memory_allocated())
+            dec = make(m, 8)
+            plan = (dec.max_rows, dec.slot_tokens)
+            prompts = [list(m.tokenize(p)) for p in BATCH_PROMPTS]
+            config = self.greedy(m, n)
+            for key, ids in enumerate(prompts):
+                dec.join(key, ids, config)
+            counts = dict.fromkeys(range(len(prompts)), 0)
+            most_rows = used = 0
+            for _ in range(len(prompts) * (n + 2)):
+                for key, token in dec.step().items():
+                    if not isinstance(token, int):
+                        raise RuntimeError(f"sequence {key} ended early: {token!r}")
+                    counts[key] += 1
+                    if counts[key] >= n:
+                        dec.leave(key)
+                most_rows = max(most_rows, dec.rows)
+                used = max(used, self.kv_in_use(dec, baseline))
+                if all(c >= n for c in counts.values()):
+                    break
+            dec.close()
+            peak = self.mem_peak(baseline)
+        finally:
+            m.batch_kv_bytes = saved
+        half_free = None if free is None else free // 2
+        problems = []
+        if default is None:
+            problems.append(f"no default budget for device {m.info.device!r}")
+        elif not self.cpu and half_free and abs(default - half_free) > 0.05 * half_free:
+            problems.append(f"default budget {default} is not half the free memory ({half_free})")
+        if plan != (want_rows, want_slot) or most_rows != want_rows or not want_rows or want_rows >= len(prompts):
+            problems.append(f"rows {most_rows} at most, plan {plan}, plan_rows {(want_rows, want_slot)}")
+        if not all(c >= n for c in counts.values()):
+            problems.append(f"not every sequence finished: {counts}")
+        ratio, bound = used / budget, BOUNDS["kv-budget"]
+        detail = {"device": m.info.device, "kv_bytes_per_token": per_token, "default_budget": default,
+                  "half_free": half_free, "default_plan": default_plan, "budget": budget, "plan": plan,
+                  "most_rows": most_rows, "kv_bytes_used": used, "peak_above_weights": peak}
+        if problems:
+            detail["reason"] = "; ".join(problems)
+        return Result("", "PASS" if ratio <= bound and not problems else "FAIL", ratio, bound, "kv-budget",
+                      detail=detail)
+
+    def embed_check(self, src: Path, dtype: str, *, dev_src: Path | None = None, **load_kw: Any) -> Result:
+        """``Model.embed`` (mean-pooled final-norm hidden states) of PROMPTS on the device in
+        ``dtype`` against CPU fp32 on the same weights (``dev_src``: the device side's, --perturb)."""
+        from openllm_hub import load
+
+        with load(src, device="cpu", dtype="fp32", **load_kw) as m:
+            ref = [np.asarray(v) for v in m.embed(list(PROMPTS))]
+        with load(dev_src or src, device=self.dev, dtype=dtype, **load_kw) as m:
+            got = [np.asarray(v) for v in m.embed(list(PROMPTS))]
+        kind = dtype
+        cos = min(float(g @ r / (np.linalg.norm(g) * np.linalg.norm(r))) for g, r in zip(got, ref, strict=True))
+        return self.compare(got, ref, kind, dims=len(ref[0]), min_cosine=round(cos, 6))
 
     # ====================================================================================== paths
     def llama(self) -> None:
@@ -368,7 +650,40 @@ class Check:
             self.run(name, split)
         else:
             self.skip(name, f"needs 2 GPUs, {self.gpus} visible")
+        self.llama_hf_batch(src, dev_src)
         self.llama_cpp(src, ids)
+
+    def llama_hf_batch(self, src: Path, dev_src: Path) -> None:
+        """HF LLaMA's batched decoder (HFBatchDecoder) in fp32 and the 16-bit dtype, its prefix
+        cache, its KV budget, and ``Model.embed`` on the device."""
+        from openllm_hub_llama.engine_hf import HFBatchDecoder
+
+        from openllm_hub import load
+
+        def make(m: Any, slots: int) -> Any:
+            return HFBatchDecoder(m, slots=slots, keep_logits=True)
+
+        hf: dict[str, Any] = {"engine": "transformers"}
+        batched = [f"llama-hf/batch {dt}" for dt in ("fp32", self.half)]
+        prefix, memory = f"llama-hf/prefix-cache hit {self.half}", f"llama-hf/batch memory budget {self.half}"
+        if any(self.wanted(n) for n in (*batched, prefix, memory)):
+            with load(src, device="cpu", dtype="fp32", **hf) as ref_model:
+                for name, dt in zip(batched, ("fp32", self.half), strict=True):
+                    def batch(dt: str = dt) -> Result:
+                        with load(src, device=self.dev, dtype=dt, **hf) as m:
+                            return self.batch_check(m, ref_model, make, dt)
+                    self.run(name, batch)
+
+                def hit() -> Result:
+                    with load(dev_src, device=self.dev, dtype=self.half, **hf) as m:
+                        return self.prefix_check(m, ref_model, make, self.half)
+                self.run(prefix, hit)
+
+            def budget() -> Result:
+                with load(src, device=self.dev, dtype=self.half, **hf) as m:
+                    return self.memory_check(m, make)
+            self.run(memory, budget)
+        self.run(f"llama-hf/embed {self.half}", lambda: self.embed_check(src, self.half, dev_src=dev_src, **hf))
 
     def llama_cpp(self, hf: Path, ids: list[list[int]]) -> None:
         from openllm_hub import convert
@@ -380,11 +695,13 @@ class Check:
 
             caps = capabilities()
         except ImportError as exc:
-            self.skip("llama.cpp/-ngl 0,half,all", f"llama-cpp-python cannot be imported: {exc}")
+            for name in ("llama.cpp/-ngl 0,half,all", "llama.cpp/batch f16 -ngl all"):
+                self.skip(name, f"llama-cpp-python cannot be imported: {exc}")
             return
         if not self.cpu and not caps.get("gpu_offload"):
-            self.skip("llama.cpp/-ngl 0,half,all", "llama-cpp-python here was built without CUDA "
-                      "(run scripts/gpu_build_llama_cpp.sh first)")
+            for name in ("llama.cpp/-ngl 0,half,all", "llama.cpp/batch f16 -ngl all"):
+                self.skip(name, "llama-cpp-python here was built without CUDA "
+                          "(run scripts/gpu_build_llama_cpp.sh first)")
             return
         n_layers = self.layers
         for outtype in ("f16", "q8_0"):
@@ -402,6 +719,20 @@ class Check:
                     p = self.probe(gguf, ids, **kw)
                     return self.compare_probe(p, ref, f"gguf-{outtype}")
                 self.run(f"llama.cpp/{outtype} -ngl {label}", one)
+        self.run("llama.cpp/batch f16 -ngl all", lambda: self.llama_cpp_batch(self.work / "llama-f16.gguf"))
+
+    def llama_cpp_batch(self, gguf: Path) -> Result:
+        """llama.cpp's batched decoder (its own context over the model, every layer offloaded) against
+        the CPU run of the same GGUF, sequence by sequence."""
+        from openllm_hub import load
+        from openllm_hub.engines.llama_cpp_batch import LlamaCppBatchDecoder
+
+        def make(m: Any, slots: int) -> Any:
+            return LlamaCppBatchDecoder(m, slots, keep_logits=True)
+
+        kw: dict[str, Any] = {"device": "cpu"} if self.cpu else {"device": "cuda", "gpu_layers": -1}
+        with load(gguf, device="cpu") as ref_model, load(gguf, **kw) as m:
+            return self.batch_check(m, ref_model, make, "gguf-f16")
 
     def chatglm(self) -> None:
         """ChatGLM2 in every dtype and INT8/INT4; ChatGLM-6B (v1: other blocks, 2D rotary) in fp16 and
@@ -413,8 +744,9 @@ class Check:
         for variant, (dtypes, quants) in variants.items():
             if not self.wants_phase(f"{variant}/"):
                 continue
+            # ChatGLM2's batched paths read a prompt of >= 1,024 tokens
             src = build_checkpoint(self.work / variant, variant, hidden=self.h, layers=self.layers, heads=4,
-                                   kv_groups=2, seq_length=256)
+                                   kv_groups=2, seq_length=2048 if variant == "chatglm2" else 256)
             ids = self.tokenize(src)
             seq = max(map(len, ids)) + self.new_tokens
             ref = self.probe(src, ids, device="cpu", dtype="fp32", speed=False)["logits"]
@@ -437,6 +769,39 @@ class Check:
                     return self.compare_probe(p, qref, kind, memory=self.memory_detail(
                         src, p["peak"], bits=int(q[3:]), seq=seq, dtype="fp16"))
                 self.run(f"{variant}/{q} {self.half}", quant)
+            if variant == "chatglm2":
+                self.chatglm2_batch(src)
+
+    def chatglm2_batch(self, src: Path) -> None:
+        """ChatGLM2's batched decoder (ChatGLMBatchDecoder) in fp32 and the 16-bit dtype, its prefix
+        cache, its KV budget, and ``Model.embed`` on the device."""
+        from openllm_hub_chatglm.engine_torch import ChatGLMBatchDecoder
+
+        from openllm_hub import load
+
+        def make(m: Any, slots: int) -> Any:
+            return ChatGLMBatchDecoder(m, slots=slots, keep_logits=True)
+
+        batched = [f"chatglm2/batch {dt}" for dt in ("fp32", self.half)]
+        prefix, memory = f"chatglm2/prefix-cache hit {self.half}", f"chatglm2/batch memory budget {self.half}"
+        if any(self.wanted(n) for n in (*batched, prefix, memory)):
+            with load(src, device="cpu", dtype="fp32") as ref_model:
+                for name, dt in zip(batched, ("fp32", self.half), strict=True):
+                    def batch(dt: str = dt) -> Result:
+                        with load(src, device=self.dev, dtype=dt) as m:
+                            return self.batch_check(m, ref_model, make, dt)
+                    self.run(name, batch)
+
+                def hit() -> Result:
+                    with load(src, device=self.dev, dtype=self.half) as m:
+                        return self.prefix_check(m, ref_model, make, self.half)
+                self.run(prefix, hit)
+
+            def budget() -> Result:
+                with load(src, device=self.dev, dtype=self.half) as m:
+                    return self.memory_check(m, make)
+            self.run(memory, budget)
+        self.run(f"chatglm2/embed {self.half}", lambda: self.embed_check(src, self.half))
 
     def rwkv(self) -> None:
         from openllm_hub_rwkv.tiny import Version, build_checkpoint
@@ -480,7 +845,7 @@ class Check:
 
         hidden = 128 if self.cpu else 512
         src, _full = build_tiny(self.work / "glm130b", tp=2, gain=1.0, hidden=hidden, heads=8,
-                                inner=hidden * 8 // 3 // 16 * 16, layers=self.layers, max_seq=256)
+                                inner=hidden * 8 // 3 // 16 * 16, layers=self.layers, max_seq=2048)
         with load(src, device="cpu") as m:
             ids = tuple(tuple(m.tokenize(p)) for p in PROMPTS)
             ref = [np.asarray(m.logits(list(s)), dtype=np.float32) for s in ids]
@@ -550,6 +915,70 @@ class Check:
             return self.compare_probe(p, ref, self.half,
                                       memory=self.memory_detail(src, p["peak"], bits=None, seq=seq, dtype=self.half))
         self.run(f"glm130b/load() {self.dev} {self.half}", in_process)
+        self.glm130b_batch(src, ref, ids)
+
+    def glm130b_batch(self, src: Path, ref: list[np.ndarray], ids: Sequence[Sequence[int]]) -> None:
+        """GLM-130B's batched decoder (GLM130BBatchDecoder) with one rank in this process, in fp32
+        and the 16-bit dtype; ``Model.embed``; and ``load(..., nproc=2)`` (rank 0 in this process,
+        one follower process): its logits and its batched decoder over the two ranks."""
+        from openllm_hub_glm130b.engine_tp import GLM130BBatchDecoder
+
+        from openllm_hub import load
+
+        def make(m: Any, slots: int) -> Any:
+            return GLM130BBatchDecoder(m, keep_logits=True)
+
+        batched = [f"glm130b/batch load() {self.dev} {dt}" for dt in ("fp32", self.half)]
+        # two ranks: fp32 over gloo in CPU mode (the tight bound), the serving dtype over NCCL
+        dt2 = "fp32" if self.cpu else self.half
+        group = f"{'gloo' if self.cpu else 'nccl'} {dt2}"
+        tp_load, tp_batch = f"glm130b/load(nproc=2) {group}", f"glm130b/batch nproc=2 {group}"
+        if any(self.wanted(n) for n in (*batched, tp_load, tp_batch)):
+            with load(src, device="cpu", dtype="fp32") as ref_model:
+                for name, dt in zip(batched, ("fp32", self.half), strict=True):
+                    def batch(dt: str = dt) -> Result:
+                        with load(src, device=self.dev, dtype=dt) as m:
+                            return self.batch_check(m, ref_model, make, dt)
+                    self.run(name, batch)
+                if not self.cpu and self.gpus < 2:
+                    for name in (tp_load, tp_batch):
+                        self.skip(name, f"needs 2 GPUs, {self.gpus} visible (load(nproc=2) gives rank r the GPU "
+                                        "cuda:r)")
+                else:
+                    self.glm130b_two_ranks(src, ref, ids, ref_model, make, dt2, tp_load, tp_batch)
+        self.run(f"glm130b/embed load() {self.dev} {self.half}", lambda: self.embed_check(src, self.half))
+
+    def glm130b_two_ranks(self, src: Path, ref: list[np.ndarray], ids: Sequence[Sequence[int]], ref_model: Any,
+                          make: Callable[[Any, int], Any], dt: str, tp_load: str, tp_batch: str) -> None:
+        """One ``load(..., nproc=2)`` shared by its two paths (starting the follower is most of
+        their time)."""
+        from openllm_hub import load
+
+        if not (self.wanted(tp_load) or self.wanted(tp_batch)):
+            return
+        if self.out_of_time():
+            for name in (tp_load, tp_batch):
+                self.skip(name, f"time budget of {self.args.budget_s} s spent (--budget-s)")
+            return
+        threads = self.torch.get_num_threads()  # on the CPU, load(nproc=N) divides this process's threads
+        t0 = time.perf_counter()
+        try:
+            with load(src, device="cpu" if self.cpu else "cuda:0,1", dtype=dt, nproc=2) as m:
+                started = round(time.perf_counter() - t0, 2)
+
+                def logits() -> Result:
+                    p = self.measure(m, [list(s) for s in ids])
+                    return self.compare_probe(p, ref, dt, ranks=m.info.extra.get("tensor_parallel"),
+                                              load_seconds=started)
+                self.run(tp_load, logits)
+                self.run(tp_batch, lambda: self.batch_check(m, ref_model, make, dt))
+        except Exception as exc:  # noqa: BLE001 - the ranks could not start: both paths say why
+            for name in (tp_load, tp_batch):
+                if self.wanted(name) and not any(r.name == name for r in self.results):
+                    self.record(Result(name, "ERROR", detail={"error": f"{type(exc).__name__}: {exc}"[:300],
+                                                              "traceback": traceback.format_exc(limit=-4)}))
+        finally:
+            self.torch.set_num_threads(threads)
 
     def lora(self) -> None:
         if not self.wants_phase("lora"):
@@ -635,6 +1064,56 @@ class Check:
                 r.detail["fraction_of_bound"] = round(r.tokens_per_s / bound, 4)
             return r
         self.run(f"bandwidth/llama.cpp f16 {params / 1e6:.0f}M", gguf)
+
+
+def long_text(model: Any, tokens: int = LONG_TOKENS) -> str:
+    """A text that ``model`` reads as at least ``tokens`` ids (its own tokenizer decides how many
+    words that takes), within its context with room for the decoded tokens."""
+    unit = "the quick brown fox jumps over the lazy dog while a small robot counts the stars. "
+    per = max(1, len(model.tokenize(unit, add_special=False)))
+    text = unit * (tokens // per + 2)
+    while len(model.tokenize(text)) < tokens:
+        text += unit * 4
+    return text
+
+
+def shift_positions(dec: Any) -> None:
+    """The negative control of a batching bug: ``dec`` (a :class:`RowBatchDecoder`) decodes each
+    row one position further on than the row holds, as a wrong padding offset would."""
+    decode = dec._decode
+
+    def shifted(tokens: list[int], positions: list[int]) -> Any:
+        return decode(tokens, [p + 1 for p in positions])
+
+    dec._decode = shifted
+
+
+def tensor_bytes(obj: Any, skip: Sequence[Any] = ()) -> int:
+    """Bytes of the torch tensors reachable from ``obj`` through attributes, lists, tuples and
+    dicts (each storage counted once; ``skip`` and torch modules not entered)."""
+    import torch
+
+    seen: set[int] = {id(x) for x in skip if x is not None}
+    storages: dict[tuple[str, int], int] = {}
+    todo = [obj]
+    while todo:
+        x = todo.pop()
+        if id(x) in seen or x is None or isinstance(x, (str, bytes, int, float, np.ndarray, torch.nn.Module)):
+            continue
+        seen.add(id(x))
+        if isinstance(x, torch.Tensor):
+            st = x.untyped_storage()
+            storages[(str(x.device), st.data_ptr())] = st.nbytes()
+        elif isinstance(x, dict):
+            todo += list(x.values())
+        elif isinstance(x, (list, tuple, set)):
+            todo += list(x)
+        else:
+            todo += list(getattr(x, "__dict__", {}).values())
+            for cls in type(x).__mro__:
+                slots = getattr(cls, "__slots__", ())
+                todo += [getattr(x, a) for a in ((slots,) if isinstance(slots, str) else slots) if hasattr(x, a)]
+    return sum(storages.values())
 
 
 def float64_reference(src: Path, full: dict[str, Any], ids: Sequence[Sequence[int]]) -> list[np.ndarray]:
@@ -788,6 +1267,25 @@ def markdown_table(report: dict[str, Any]) -> str:
         for p in bw:
             lines.append(f"| {p['name']} | {p['tokens_per_s']} | {p['detail']['bandwidth_bound_tokens_per_s']:.0f} | "
                          f"{p['detail'].get('fraction_of_bound', '-')} |")
+    batch = [p for p in report["paths"] if p["detail"].get("speedup_8_vs_1")]
+    if batch:
+        lines += ["", "| batched path | 1 sequence tok/s | 8 sequences tok/s (aggregate) | 8 vs 1 |",
+                  "| --- | --- | --- | --- |"]
+        for p in batch:
+            d = p["detail"]
+            lines.append(f"| {p['name']} | {d['tokens_per_s_1']} | {d['tokens_per_s_8']} | {d['speedup_8_vs_1']} |")
+    kv = [p for p in report["paths"] if p["bound_kind"] == "kv-budget"]
+    if kv:
+        lines += ["", "| KV budget path | default budget (MiB) | half the free memory (MiB) | most rows at once "
+                  "(plan: rows x slot tokens) | KV used / budget |", "| --- | --- | --- | --- | --- |"]
+
+        def mib(v: Any) -> str:
+            return "-" if v is None else f"{v / 2**20:.0f}"
+        for p in kv:
+            d = p["detail"]
+            plan = d.get("plan") or ["-", "-"]
+            lines.append(f"| {p['name']} | {mib(d.get('default_budget'))} | {mib(d.get('half_free'))} | "
+                         f"{d.get('most_rows')} ({plan[0]} x {plan[1]}) | {p['diff']:.3f} |")
     return "\n".join(lines)
 
 
@@ -797,7 +1295,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--out", default=None, help="JSON report (default $OUT/gpu_check.json or ./gpu_check.json)")
     ap.add_argument("--only", default=None, help="comma-separated path-name prefixes, e.g. llama-hf,rwkv4")
     ap.add_argument("--perturb", action="store_true",
-                    help="negative control: the device side of the llama-hf paths reads a changed weight")
+                    help="negative control: the device side of the llama-hf paths reads a changed weight; the "
+                         "torch batched decoders decode each row one position off (a batching bug)")
     ap.add_argument("--big-hidden", type=int, default=2048, help="hidden size of the bandwidth model (GPU)")
     ap.add_argument("--big-layers", type=int, default=16, help="layers of the bandwidth model (GPU)")
     ap.add_argument("--budget-s", type=float, default=450.0,

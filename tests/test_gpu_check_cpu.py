@@ -1,6 +1,7 @@
 """The GPU check (scripts/gpu_check.py) in its CPU mode, so the script never rots between the rare
 runs on a GPU machine: every path runs with the "GPU" side on the CPU and passes its stated bound,
-and the negative control (one weight changed on the device side) is reported as a FAIL."""
+and the negative controls (one weight changed on the device side; a batched decoder's rows decoded
+one position off) are reported as FAIL."""
 
 from __future__ import annotations
 
@@ -24,7 +25,15 @@ EXPECTED_PREFIXES = (
     "glm130b/tp1 gloo fp32", "glm130b/tp1 gloo int4", "glm130b/tp2 gloo fp32", "glm130b/tp2 gloo bf16",
     "glm130b/tp2 gloo offload", "glm130b/tp2 gloo int8", "glm130b/tp2 gloo int4", "glm130b/load()",
     "lora/train", "bandwidth/transformers", "bandwidth/llama.cpp",
+    # several sequences at once: batched decoders, prefix-cache hits, the KV budget, embeddings
+    "llama-hf/batch fp32", "llama-hf/batch bf16", "llama-hf/prefix-cache hit", "llama-hf/batch memory budget",
+    "llama-hf/embed", "llama.cpp/batch f16 -ngl all",
+    "chatglm2/batch fp32", "chatglm2/batch bf16", "chatglm2/prefix-cache hit", "chatglm2/batch memory budget",
+    "chatglm2/embed", "glm130b/batch load() cpu fp32", "glm130b/batch load() cpu bf16", "glm130b/embed",
+    "glm130b/load(nproc=2) gloo", "glm130b/batch nproc=2 gloo",
 )
+#: Paths that decode nothing, so have no tokens/s (LoRA reports steps/s instead).
+NO_SPEED = ("lora/", "/embed", "/prefix-cache hit", "/batch memory budget")
 
 
 def _run(tmp_path: Path, *args: str) -> tuple[int, dict[str, Any], str]:
@@ -50,8 +59,17 @@ def test_every_path_passes_on_the_cpu_with_its_bound(tmp_path: Path) -> None:
         assert p["bound"] is not None and p["bound"] > 0 and p["bound_kind"] in report["bounds"], name
         assert p["diff"] is not None and 0 <= p["diff"] <= p["bound"], name
         assert f"PASS  {name}" in stdout  # one printed line per path
-    # decode speed is measured for every inference path (LoRA reports steps/s instead)
-    assert all(p["tokens_per_s"] for n, p in paths.items() if not n.startswith("lora")), stdout
+    # decode speed is measured for every decoding path (LoRA reports steps/s instead)
+    assert all(p["tokens_per_s"] for n, p in paths.items() if not any(k in n for k in NO_SPEED)), stdout
+    # the batched paths: a >= 1,024-token prompt among rows of other lengths, 8 sequences against 1
+    for name, p in paths.items():
+        if "/batch " in name and "memory" not in name:
+            assert max(p["detail"]["prompt_tokens"]) >= 1024 and len(set(p["detail"]["prompt_tokens"])) >= 4, p
+            assert p["detail"]["speedup_8_vs_1"] > 0 and p["detail"]["tokens_per_s_1"] > 0, p
+    hits = [p for n, p in paths.items() if "/prefix-cache hit" in n]
+    assert hits and all(p["detail"]["hits_batch"] >= 1 and p["detail"]["hits_single"] >= 1 for p in hits), hits
+    budgets = [p for n, p in paths.items() if "/batch memory budget" in n]
+    assert budgets and all(p["detail"]["most_rows"] == 2 and p["detail"]["default_budget"] for p in budgets), budgets
     assert report["machine"]["mode"] == "cpu"
     # the planner's prediction is found (core planner or the GLM-130B plugin's) for the torch paths
     llama_fp32 = next(p for n, p in paths.items() if n.startswith("llama-hf/fp32"))
@@ -70,3 +88,13 @@ def test_negative_control_is_reported_as_fail(tmp_path: Path) -> None:
     assert path["diff"] > 100 * path["bound"]
     assert report["ok"] is False and report["counts"]["FAIL"] == 1
     assert "FAIL  llama-hf/fp32" in stdout
+
+
+def test_batching_bug_is_reported_as_fail(tmp_path: Path) -> None:
+    """The negative control of the batched paths: every row decoded one position off."""
+    rc, report, stdout = _run(tmp_path, "--perturb", "--only", "llama-hf/batch fp32")
+    assert rc == 1, stdout
+    [path] = report["paths"]
+    assert path["name"] == "llama-hf/batch fp32" and path["status"] == "FAIL", path
+    assert path["diff"] > 100 * path["bound"] and "perturbed" in path["detail"], path
+    assert "FAIL  llama-hf/batch fp32" in stdout
