@@ -469,6 +469,18 @@ class Check:
         return {"tokens_per_s_1": round(rate[1], 1), "tokens_per_s_8": round(rate[8], 1),
                 "speedup_8_vs_1": round(rate[8] / rate[1], 2)}
 
+    def batch_per_dtype(self, src: Path, ref_model: Any, make: Callable[[Any, int], Any], names: Sequence[str],
+                        **load_kw: Any) -> None:
+        """:meth:`batch_check` of ``src`` loaded on the device in fp32, then in the 16-bit dtype
+        (``names``: the two paths' names), against ``ref_model`` (CPU fp32)."""
+        from openllm_hub import load
+
+        for name, dt in zip(names, ("fp32", self.half), strict=True):
+            def batch(dt: str = dt) -> Result:
+                with load(src, device=self.dev, dtype=dt, **load_kw) as m:
+                    return self.batch_check(m, ref_model, make, dt)
+            self.run(name, batch)
+
     def batch_check(self, m: Any, ref_model: Any, make: Callable[[Any, int], Any], kind: str,
                     speed: bool = True) -> Result:
         """Four short prompts and one of >= LONG_TOKENS tokens (joining late) in one decoder of ``m``
@@ -668,11 +680,7 @@ class Check:
         prefix, memory = f"llama-hf/prefix-cache hit {self.half}", f"llama-hf/batch memory budget {self.half}"
         if any(self.wanted(n) for n in (*batched, prefix, memory)):
             with load(src, device="cpu", dtype="fp32", **hf) as ref_model:
-                for name, dt in zip(batched, ("fp32", self.half), strict=True):
-                    def batch(dt: str = dt) -> Result:
-                        with load(src, device=self.dev, dtype=dt, **hf) as m:
-                            return self.batch_check(m, ref_model, make, dt)
-                    self.run(name, batch)
+                self.batch_per_dtype(src, ref_model, make, batched, **hf)
 
                 def hit() -> Result:
                     with load(dev_src, device=self.dev, dtype=self.half, **hf) as m:
@@ -786,11 +794,7 @@ class Check:
         prefix, memory = f"chatglm2/prefix-cache hit {self.half}", f"chatglm2/batch memory budget {self.half}"
         if any(self.wanted(n) for n in (*batched, prefix, memory)):
             with load(src, device="cpu", dtype="fp32") as ref_model:
-                for name, dt in zip(batched, ("fp32", self.half), strict=True):
-                    def batch(dt: str = dt) -> Result:
-                        with load(src, device=self.dev, dtype=dt) as m:
-                            return self.batch_check(m, ref_model, make, dt)
-                    self.run(name, batch)
+                self.batch_per_dtype(src, ref_model, make, batched)
 
                 def hit() -> Result:
                     with load(src, device=self.dev, dtype=self.half) as m:
@@ -935,11 +939,7 @@ class Check:
         tp_load, tp_batch = f"glm130b/load(nproc=2) {group}", f"glm130b/batch nproc=2 {group}"
         if any(self.wanted(n) for n in (*batched, tp_load, tp_batch)):
             with load(src, device="cpu", dtype="fp32") as ref_model:
-                for name, dt in zip(batched, ("fp32", self.half), strict=True):
-                    def batch(dt: str = dt) -> Result:
-                        with load(src, device=self.dev, dtype=dt) as m:
-                            return self.batch_check(m, ref_model, make, dt)
-                    self.run(name, batch)
+                self.batch_per_dtype(src, ref_model, make, batched)
                 if not self.cpu and self.gpus < 2:
                     for name in (tp_load, tp_batch):
                         self.skip(name, f"needs 2 GPUs, {self.gpus} visible (load(nproc=2) gives rank r the GPU "
