@@ -62,6 +62,12 @@ def _edit_config(folder: Path, **changes: object) -> None:
     path.write_text(json.dumps(cfg), encoding="utf-8")
 
 
+def _stored(folder: Path) -> list[tuple[str, tuple[int, ...], Path]]:
+    stored = stored_tensors(folder)
+    assert stored is not None
+    return stored
+
+
 def _layer_weight(variant: str) -> str:
     return ("transformer.layers.1.mlp.dense_4h_to_h.weight" if variant == "chatglm"
             else "transformer.encoder.layers.1.mlp.dense_4h_to_h.weight")
@@ -101,7 +107,7 @@ def test_missing_unexpected_misshapen_fail_before_the_network_is_built(
 def test_sharded_checkpoints_name_the_shard(v1_dir: Path, v2_dir: Path, tmp_path: Path, no_build: None) -> None:
     for src, shard in ((v1_dir, "pytorch_model-00002-of-00002.bin"), (v2_dir, "model-00003-of-00003.safetensors")):
         folder = _copy(src, tmp_path / src.name)
-        name = next(n for n, _, file in stored_tensors(folder) if file.name == shard)
+        name = next(n for n, _, file in _stored(folder) if file.name == shard)
 
         def reshape(sd: dict[str, torch.Tensor], name: str = name) -> None:
             sd[name] = torch.zeros(7)
@@ -192,9 +198,26 @@ def test_layout_is_the_networks_and_matches_real_checkpoints(make_ckpt: Callable
     layout = checkpoint_layout(spec, torch.float32, plan)
     built = build_network(spec, torch.float32, plan, torch.device("cpu"))
     assert layout == built.checkpoint_layout()  # the meta-device network's layout is the real one's
-    stored = {n: s for n, s, _ in stored_tensors(folder) if not layout.ignores(n)}
+    stored = {n: s for n, s, _ in _stored(folder) if not layout.ignores(n)}
     # every tensor of a complete checkpoint, in its stored shape (ChatGLM-6B's output layer is its embeddings)
     assert stored == {n: s for n, s in layout.shapes.items() if n not in layout.skipped}
-    assert all(n.endswith(IGNORED_SUFFIXES) or n in layout.skipped for n, _, _ in stored_tensors(folder)
+    assert all(n.endswith(IGNORED_SUFFIXES) or n in layout.skipped for n, _, _ in _stored(folder)
                if n not in stored)
     built.load_tensors(iter_tensors(folder))  # load_tensors agrees
+
+
+def test_legacy_bin_pickles_are_checked_while_loading(make_ckpt: Callable[..., Path], tmp_path: Path) -> None:
+    """A pre-zip torch pickle holds its data inline (its names cannot be read alone): it is
+    checked by ``load_tensors``, with the same message."""
+    folder = _copy(make_ckpt("chatglm2", seed=36, fmt="bin"), tmp_path / "legacy")
+    path = folder / "pytorch_model.bin"
+    sd = torch.load(path, weights_only=True)
+    torch.save(sd, path, _use_new_zipfile_serialization=False)
+    assert stored_tensors(folder) is None
+    with openllm_hub.load(folder, device="cpu"):
+        pass
+    sd.pop(_layer_weight("chatglm2"))
+    torch.save(sd, path, _use_new_zipfile_serialization=False)
+    with pytest.raises(CorruptFileError, match="lacks 1 tensor") as err:
+        openllm_hub.load(folder, device="cpu")
+    assert _layer_weight("chatglm2") in err.value.what and err.value.where == str(folder)

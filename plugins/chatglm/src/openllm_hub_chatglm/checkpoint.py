@@ -37,11 +37,18 @@ def tensor_shapes(folder: Path) -> list[tuple[str, tuple[int, ...]]]:
     return HFFolder(folder).tensor_shapes()
 
 
-def stored_tensors(folder: Path) -> list[tuple[str, tuple[int, ...], Path]]:
+def stored_tensors(folder: Path) -> list[tuple[str, tuple[int, ...], Path]] | None:
     """(name, shape, file) of every stored tensor, for checking a checkpoint before loading it:
     only the safetensors headers are read (``.bin`` shards are memory-mapped, their pickled
-    index unpickled, no tensor data read), after the checks of every shard against the index."""
+    index unpickled, no tensor data read), after the checks of every shard against the index.
+
+    None for ``.bin`` shards in torch's legacy (pre-zip) format: their names cannot be read
+    without reading all their data, so such a checkpoint is checked while it loads."""
+    import zipfile
+
     weights = HFFolder(folder)
+    if weights.kind == "bin" and not all(zipfile.is_zipfile(file) for file in weights.files):
+        return None
     files = weights.tensor_files()
     shapes = weights.tensor_shapes()
     weights.release()

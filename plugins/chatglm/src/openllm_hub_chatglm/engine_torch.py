@@ -295,8 +295,10 @@ def load_chatglm(req: LoadRequest[ChatGLMOptions]) -> ChatGLMModel:
         torch.set_num_threads(placement.threads)
     plan = quant_plan(spec, opts.quantize, opts.quantize_embeddings, dtype)
     # names and shapes from the files' headers first: a broken or mismatched checkpoint fails here,
-    # before the network is allocated and any weight is read
-    checkpoint_layout(spec, dtype, plan).check_stored(stored_tensors(folder), folder)
+    # before the network is allocated and any weight is read (legacy .bin pickles: while loading)
+    stored = stored_tensors(folder)
+    if stored is not None:
+        checkpoint_layout(spec, dtype, plan).check_stored(stored, folder)
     net = build_network(spec, dtype, plan, device)
     try:
         net.load_tensors(finite_tensors(iter_tensors(folder), folder))  # NaN/Inf weights refused by name
