@@ -17,7 +17,8 @@ from openllm_hub.engines.hf_folder import BIN_INDEX, SAFE_INDEX, HFFolder, Weigh
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-__all__ = ["BIN_INDEX", "SAFE_INDEX", "WeightFiles", "find_layout", "iter_tensors", "tensor_shapes"]
+__all__ = ["BIN_INDEX", "SAFE_INDEX", "WeightFiles", "find_layout", "iter_tensors", "stored_tensors",
+           "tensor_shapes"]
 
 
 def find_layout(folder: Path) -> WeightFiles:
@@ -34,3 +35,21 @@ def tensor_shapes(folder: Path) -> list[tuple[str, tuple[int, ...]]]:
     """(name, shape) of every tensor, in the order :func:`iter_tensors` yields them, without
     reading safetensors data (``.bin`` shards are memory-mapped)."""
     return HFFolder(folder).tensor_shapes()
+
+
+def stored_tensors(folder: Path) -> list[tuple[str, tuple[int, ...], Path]] | None:
+    """(name, shape, file) of every stored tensor, for checking a checkpoint before loading it:
+    only the safetensors headers are read (``.bin`` shards are memory-mapped, their pickled
+    index unpickled, no tensor data read), after the checks of every shard against the index.
+
+    None for ``.bin`` shards in torch's legacy (pre-zip) format: their names cannot be read
+    without reading all their data, so such a checkpoint is checked while it loads."""
+    import zipfile
+
+    weights = HFFolder(folder)
+    if weights.kind == "bin" and not all(zipfile.is_zipfile(file) for file in weights.files):
+        return None
+    files = weights.tensor_files()
+    shapes = weights.tensor_shapes()
+    weights.release()
+    return [(name, shape, files[name]) for name, shape in shapes]

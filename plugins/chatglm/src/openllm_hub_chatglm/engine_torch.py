@@ -1,7 +1,9 @@
 """The ChatGLM engine: a :class:`Model` over this package's torch networks.
 
-Loading reads config.json (variant and shapes), the tokenizer, and the weights shard by
-shard into the network, converting to the placement's dtype or quantizing on the way.
+Loading reads config.json (variant and shapes) and the tokenizer, checks the names and shapes in
+the weight files' headers against the network's layout (before the network is built), then reads
+the weights shard by shard into the network, converting to the placement's dtype or quantizing on
+the way.
 Generation runs the core KV-cache loop; ChatGLM-6B feeds its prompt in one piece because
 its prompt attends bidirectionally, and builds its 2D position ids as the reference does.
 Several sequences decode in one forward pass per step (:class:`ChatGLMBatchDecoder`, rows of
@@ -41,8 +43,8 @@ from openllm_hub.plugin import (
     generate_tokens,
     read_json,
 )
-from openllm_hub_chatglm.checkpoint import iter_tensors
-from openllm_hub_chatglm.network import GLMNetwork, QuantPlan, build_network
+from openllm_hub_chatglm.checkpoint import iter_tensors, stored_tensors
+from openllm_hub_chatglm.network import GLMNetwork, QuantPlan, build_network, checkpoint_layout
 from openllm_hub_chatglm.network.glm1 import GLM1Network, position_ids
 from openllm_hub_chatglm.network.glm2 import GLM2Network
 from openllm_hub_chatglm.spec import GLMSpec, read_spec
@@ -292,6 +294,11 @@ def load_chatglm(req: LoadRequest[ChatGLMOptions]) -> ChatGLMModel:
     if placement.threads and placement.kind == "cpu":
         torch.set_num_threads(placement.threads)
     plan = quant_plan(spec, opts.quantize, opts.quantize_embeddings, dtype)
+    # names and shapes from the files' headers first: a broken or mismatched checkpoint fails here,
+    # before the network is allocated and any weight is read (legacy .bin pickles: while loading)
+    stored = stored_tensors(folder)
+    if stored is not None:
+        checkpoint_layout(spec, dtype, plan).check_stored(stored, folder)
     net = build_network(spec, dtype, plan, device)
     try:
         net.load_tensors(finite_tensors(iter_tensors(folder), folder))  # NaN/Inf weights refused by name

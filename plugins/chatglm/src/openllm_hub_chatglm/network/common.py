@@ -11,8 +11,9 @@ sequences, ``(rows, hidden)``, over the rows of a ragged cache. The INT8/INT4 la
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -100,12 +101,81 @@ def embed(module: nn.Module, ids: torch.Tensor, dtype: torch.dtype) -> torch.Ten
     return out
 
 
+#: checkpoint keys that hold no weights (recomputed buffers)
+IGNORED_SUFFIXES: tuple[str, ...] = ("rotary_emb.inv_freq", "rotary_pos_emb.inv_freq")
+
+
+@dataclass(frozen=True)
+class CheckpointLayout:
+    """The tensors a checkpoint for one network must hold, by official name, and their stored
+    shapes (:meth:`GLMNetwork.checkpoint_layout` computes it from the network's modules).
+
+    The same checks run twice: on the names and shapes in the weight files' headers before the
+    network is built (:meth:`check_stored`: a broken or mismatched checkpoint fails before any
+    memory is allocated or any data read) and on every tensor while it is installed
+    (:meth:`GLMNetwork.load_tensors`).
+    """
+
+    #: every tensor the network is filled with -> the shape the checkpoint stores it in
+    shapes: Mapping[str, tuple[int, ...]]
+    #: the model, for messages ("a chatglm2 model of 28 layers")
+    model: str
+    embedding_key: str
+    #: the output tensor the word embeddings stand in for when the checkpoint lacks it (tied)
+    output_key: str | None = None
+    #: stored tensors that are never read (ChatGLM-6B's copy of the embedding matrix as ``lm_head``)
+    skipped: frozenset[str] = frozenset()
+    #: the weights stored quantized (int8 values; INT4: two per byte) and their bit width
+    quantized: frozenset[str] = frozenset()
+    bits: int = 0
+
+    def ignores(self, name: str) -> bool:
+        """A stored tensor that is never read: a recomputed buffer or a skipped copy."""
+        return name.endswith(IGNORED_SUFFIXES) or name in self.skipped
+
+    def check(self, name: str, shape: tuple[int, ...], where: str | Path) -> None:
+        """A stored tensor (not :meth:`ignores`) must be one of the network's, in its shape."""
+        want = self.shapes.get(name)
+        if want is None:
+            raise CorruptFileError(f"unexpected tensor {name!r} for {self.model}", where=where,
+                                   fix="the checkpoint does not match its config.json")
+        if tuple(shape) == want:
+            return
+        if name in self.quantized:
+            per_byte = ", two values per byte" if self.bits == 4 else ""
+            raise CorruptFileError(f"tensor {name!r} has shape {tuple(shape)}, expected {want} (INT{self.bits}: "
+                                   f"int8 values{per_byte}, from quantization_bit in config.json)", where=where,
+                                   fix="the checkpoint's quantization_bit or shapes do not match its config")
+        raise CorruptFileError(f"tensor {name!r} has shape {tuple(shape)}, expected {want}", where=where,
+                               fix="the checkpoint does not match its config.json")
+
+    def check_complete(self, seen: Iterable[str], where: str | Path) -> None:
+        """Every tensor of the network was stored (the tied output may stand in for the embeddings)."""
+        have = set(seen)
+        if self.output_key is not None and self.embedding_key in have:
+            have.add(self.output_key)
+        missing = sorted(set(self.shapes) - have)
+        if missing:
+            raise CorruptFileError(f"the checkpoint lacks {len(missing)} tensor(s), e.g. {missing[:3]}",
+                                   where=where, fix="download the missing shards again (or use the config.json "
+                                                    "that came with these weights)")
+
+    def check_stored(self, stored: Iterable[tuple[str, tuple[int, ...], Path]], folder: Path) -> None:
+        """Check the (name, shape, file) of every stored tensor, read from the files' headers:
+        no unknown tensor, none of the wrong shape (both named with their file), none missing."""
+        seen: set[str] = set()
+        for name, shape, file in stored:
+            if self.ignores(name):
+                continue
+            self.check(name, shape, file)
+            seen.add(name)
+        self.check_complete(seen, folder)
+
+
 class GLMNetwork(nn.Module):
     """Base of the two networks: module names equal the official checkpoint keys, so
     :meth:`load_tensors` installs a checkpoint by name and ``state_dict()`` saves one."""
 
-    #: checkpoint keys that hold no weights (recomputed buffers)
-    IGNORED_SUFFIXES: tuple[str, ...] = ("rotary_emb.inv_freq", "rotary_pos_emb.inv_freq")
     embedding_key: str = ""
     output_key: str = ""
 
@@ -164,25 +234,59 @@ class GLMNetwork(nn.Module):
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.output_module()(hidden)  # type: ignore[no-any-return]
 
+    def output_from_embedding(self) -> tuple[bool, bool]:
+        """How the output layer may take the word embeddings: (tied, stored output read).
+
+        Tied: when the checkpoint has no output tensor, the output layer shares the embedding
+        matrix (config.json ``tie_word_embeddings: true``, both plain float modules); a stored
+        output tensor is read. ChatGLM-6B overrides this (its stored copy is never read)."""
+        tied = (self.spec.tie_word_embeddings and isinstance(self.output_module(), nn.Linear)
+                and isinstance(self.embedding_module(), nn.Embedding))
+        return tied, True
+
+    def checkpoint_layout(self) -> CheckpointLayout:
+        """What a checkpoint for this network holds, from the network's own modules (their
+        official names and shapes): float ``weight``/``bias``/norm tensors, and for the layers
+        a quantized checkpoint stores as INT8/INT4 an int8 ``weight`` (INT4: two values per
+        byte) plus its ``weight_scale``. :meth:`load_tensors` checks every tensor against it and
+        the engine checks the stored headers against it before building the real network
+        (:func:`~openllm_hub_chatglm.network.checkpoint_layout`: this network on the meta device)."""
+        shapes: dict[str, tuple[int, ...]] = {}
+        for mod_name, module in self.named_modules():
+            if isinstance(module, QuantEmbedding):
+                continue
+            prefix = mod_name[: -len(".inner")] if mod_name.endswith(".inner") else mod_name
+            if isinstance(module, QuantLinear):
+                if prefix in self.ckpt_quantized:
+                    shapes[f"{prefix}.weight"] = tuple(module.weight.shape)
+                    shapes[f"{prefix}.weight_scale"] = (module.out_features,)
+                else:  # a float weight, quantized while loading
+                    shapes[f"{prefix}.weight"] = (module.out_features, module.in_features)
+                if module.bias is not None:
+                    shapes[f"{prefix}.bias"] = tuple(module.bias.shape)
+                continue
+            for pname, param in module.named_parameters(recurse=False):
+                shapes[f"{prefix}.{pname}"] = tuple(param.shape)
+        tied, read_output = self.output_from_embedding()
+        return CheckpointLayout(
+            shapes=shapes, model=f"a {self.spec.variant} model of {self.spec.num_layers} layers",
+            embedding_key=self.embedding_key, output_key=self.output_key if tied else None,
+            skipped=frozenset() if read_output else frozenset({self.output_key}),
+            quantized=frozenset(f"{m}.weight" for m in self.ckpt_quantized), bits=self.spec.quantization_bit)
+
     def load_tensors(self, tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
         """Install checkpoint tensors by their official names; convert, quantize, place.
 
-        Raises :class:`CorruptFileError` for unknown names, wrong shapes and missing tensors.
+        Raises :class:`CorruptFileError` for unknown names, wrong shapes and missing tensors
+        (the checks of :class:`CheckpointLayout`, which the engine also runs on the stored
+        headers before building the network).
         """
         modules = dict(self.named_modules())
-        expected = set(self._expected_keys())
+        layout = self.checkpoint_layout()
         seen: set[str] = set()
         pending_q: dict[str, dict[str, torch.Tensor]] = {}
-        for name, tensor in tensors:
-            if name.endswith(self.IGNORED_SUFFIXES):
-                continue
-            if name not in expected:
-                raise CorruptFileError(f"unexpected tensor {name!r} for a {self.spec.variant} model of "
-                                       f"{self.spec.num_layers} layers", where="checkpoint",
-                                       fix="the checkpoint does not match its config.json")
-            if name in seen:
-                raise CorruptFileError(f"tensor {name!r} appears twice", where="checkpoint")
-            seen.add(name)
+
+        def install(name: str, tensor: torch.Tensor) -> None:
             mod_name, _, attr = name.rpartition(".")
             module = modules[mod_name]
             if isinstance(module, QuantEmbedding):
@@ -198,36 +302,30 @@ class GLMNetwork(nn.Module):
                         del pending_q[mod_name]
                 else:
                     module.set_float(tensor.to(self.target))
-                continue
+                return
             self._set_param(module, attr, tensor, name)
-        if self.spec.tie_word_embeddings and self.output_key not in seen and self.embedding_key in seen:
-            out, emb = self.output_module(), self.embedding_module()
-            if isinstance(out, nn.Linear) and isinstance(emb, nn.Embedding):
-                out.weight = emb.weight
+
+        for name, tensor in tensors:
+            if layout.ignores(name):
+                continue
+            layout.check(name, tuple(tensor.shape), "checkpoint")
+            if name in seen:
+                raise CorruptFileError(f"tensor {name!r} appears twice", where="checkpoint")
+            seen.add(name)
+            install(name, tensor)
+            if name == self.embedding_key and self.output_key in layout.skipped:
+                install(self.output_key, tensor)  # ChatGLM-6B: the embedding matrix is the output layer
                 seen.add(self.output_key)
-        missing = sorted(expected - seen)
-        if missing or pending_q:
-            listed = missing or [f"{k}.weight_scale" for k in pending_q]
+        if layout.output_key is not None and layout.output_key not in seen and self.embedding_key in seen:
+            out, emb = self.output_module(), self.embedding_module()
+            assert isinstance(out, nn.Linear) and isinstance(emb, nn.Embedding)  # output_from_embedding's condition
+            out.weight = emb.weight
+        layout.check_complete(seen, "checkpoint")
+        if pending_q:
+            listed = [f"{k}.weight_scale" for k in pending_q]
             raise CorruptFileError(f"the checkpoint lacks {len(listed)} tensor(s), e.g. {listed[:3]}",
                                    where="checkpoint", fix="download the missing shards again")
         self.to(self.target)
-
-    def _expected_keys(self) -> list[str]:
-        keys = []
-        for mod_name, module in self.named_modules():
-            if isinstance(module, QuantEmbedding):
-                continue
-            prefix = mod_name[: -len(".inner")] if mod_name.endswith(".inner") else mod_name
-            if isinstance(module, QuantLinear):
-                keys.append(f"{prefix}.weight")
-                if prefix in self.ckpt_quantized:
-                    keys.append(f"{prefix}.weight_scale")
-                if module.bias is not None:
-                    keys.append(f"{prefix}.bias")
-                continue
-            for pname, _ in module.named_parameters(recurse=False):
-                keys.append(f"{prefix}.{pname}")
-        return keys
 
     def _set_param(self, module: nn.Module, attr: str, tensor: torch.Tensor, name: str) -> None:
         current = getattr(module, attr, None)

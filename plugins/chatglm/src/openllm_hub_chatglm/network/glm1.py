@@ -23,8 +23,6 @@ once (continuous batching), the rows of a ragged KV cache, each at its own 2D po
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -173,29 +171,19 @@ class GLM1Network(GLMNetwork):
     def output_module(self) -> nn.Module:
         return self.lm_head
 
-    def load_tensors(self, tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
-        """Install the checkpoint with the word embeddings as the output layer's weight.
+    def output_from_embedding(self) -> tuple[bool, bool]:
+        """The word embeddings are the output layer's weight; a stored ``lm_head.weight`` is not read.
 
         The official ChatGLMConfig leaves ``tie_word_embeddings`` at transformers' default
         (true), so ``ChatGLMForConditionalGeneration`` computes logits with the word embedding
         matrix and never uses a stored ``lm_head.weight`` (the checkpoints it saves hold the
         same matrix twice). So, unless config.json says ``tie_word_embeddings: false``, the
-        stored ``lm_head.weight`` is skipped (it may be absent) and the embedding tensor is
-        installed as the output layer too (converted or quantized like a stored one).
+        stored ``lm_head.weight`` is skipped (it may be absent) and
+        :meth:`~openllm_hub_chatglm.network.common.GLMNetwork.load_tensors` installs the
+        embedding tensor as the output layer too (converted or quantized like a stored one).
         """
-        if self.spec.raw.get("tie_word_embeddings", True) is False:
-            super().load_tensors(tensors)
-            return
-
-        def tied() -> Iterator[tuple[str, torch.Tensor]]:
-            for name, tensor in tensors:
-                if name == self.output_key:
-                    continue
-                yield name, tensor
-                if name == self.embedding_key:
-                    yield self.output_key, tensor
-
-        super().load_tensors(tied())
+        tied = self.spec.raw.get("tie_word_embeddings", True) is not False
+        return tied, not tied
 
     def embedding_module(self) -> nn.Module:
         return self.transformer.word_embeddings
