@@ -25,6 +25,7 @@ from fastapi.testclient import TestClient
 from live_server import health, post_in_thread, serve_command, sigterm
 from prometheus_client.parser import text_string_to_metric_families
 
+import openllm_hub
 from openllm_hub.core.config import GenerationConfig
 from openllm_hub.core.model import Model
 from openllm_hub.server import create_app
@@ -328,3 +329,55 @@ def test_a_closed_model_fails_the_running_requests_and_the_server_keeps_answerin
     r = httpx.post(srv.url + "/v1/completions", json={"model": "m", "prompt": "x", **GREEDY}, timeout=60)
     assert r.status_code == 503 and r.json()["error"]["code"] == "model_closed"
     assert health(srv.url)["running"] == 0
+
+
+def test_eight_openai_clients_on_a_batching_engine(tiny_llama: tuple[Path, Path], serve: Callable[..., Any],
+                                                   eventually: Callable[..., None],
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same eight official clients (completions and chat, streamed and not, greedy and sampled)
+    on a GGUF served with eight slots by llama.cpp's batched decoder: each gets its single-run
+    answer (float32 weights and KV cache: batch rows equal single runs), and they ran as one
+    batch: the first decoding step waits until all eight are in flight, and one step then gives
+    a token to all eight sequences."""
+    from openllm_hub.engines.llama_cpp_batch import LlamaCppBatchDecoder
+
+    gate = threading.Event()
+    per_step: list[int] = []
+    real_step = LlamaCppBatchDecoder.step
+
+    def gated_step(self: LlamaCppBatchDecoder) -> dict[int, Any]:
+        gate.wait(120)
+        out = real_step(self)
+        per_step.append(sum(isinstance(t, int) for t in out.values()))
+        return out
+
+    _, gguf = tiny_llama
+    with openllm_hub.load(gguf, device="cpu", threads=1, kv_cache_type="f32") as model:
+        requests = [_request(i) for i in range(8)]
+        want = [_expected(model, req) for req in requests]
+        monkeypatch.setattr(LlamaCppBatchDecoder, "step", gated_step)
+        srv = serve(create_app(model, parallel=8, queue_size=8, api_key=KEY))
+        results: dict[int, Any] = {}
+
+        def run(i: int) -> None:
+            with openai.OpenAI(base_url=srv.url + "/v1", api_key=KEY, max_retries=0, timeout=120) as client:
+                try:
+                    results[i] = _call(client, requests[i])
+                except Exception as exc:  # noqa: BLE001 - reported by the assertion below
+                    results[i] = exc
+
+        threads = [threading.Thread(target=run, args=(i,)) for i in range(8)]
+        for t in threads:
+            t.start()
+        try:
+            eventually(lambda: health(srv.url)["running"] + health(srv.url)["waiting"] == 8,
+                       "all 8 requests admitted")
+        finally:
+            gate.set()
+        for t in threads:
+            t.join(120)
+        card = httpx.get(srv.url + "/v1/models", headers={"Authorization": f"Bearer {KEY}"}).json()["data"][0]
+    for i in range(8):
+        assert results[i] == want[i], f"request {i}: {requests[i]}"
+    assert max(per_step) == 8, f"tokens per decoding step: {per_step}: the eight requests never ran in one batch"
+    assert card["meta"]["batching"] == "batched" and card["meta"]["parallel"] == 8
