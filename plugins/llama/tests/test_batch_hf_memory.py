@@ -135,3 +135,12 @@ def test_the_load_option(tiny_hf_factory: Callable[..., Path]) -> None:
         assert dec.slot_tokens == min(m.info.context_length, 2**20 // per // 4)
     with pytest.raises(openllm_hub.errors.OpenLLMHubError):
         openllm_hub.load(tiny_hf_factory(num_kv_heads=2), device="cpu", threads=1, batch_kv_mib=0)
+
+
+def test_llama_cpp_refuses_the_torch_option(tiny_hf_factory: Callable[..., Path]) -> None:
+    """The same folder on llama.cpp (converted to GGUF in the cache) refuses ``batch_kv_mib`` by
+    name instead of ignoring it: llama.cpp's slots share its one context (``n_ctx``)."""
+    with pytest.raises(openllm_hub.errors.InvalidParameterError) as err:
+        openllm_hub.load(tiny_hf_factory(num_kv_heads=2), engine="llama.cpp", device="cpu", threads=1,
+                         batch_kv_mib=1)
+    assert err.value.where == "batch_kv_mib" and "n_ctx" in (err.value.fix or "")

@@ -769,6 +769,11 @@ def load_gguf(req: LoadRequest[Any], *, family: str, options: LlamaCppOptions | 
     opts = req.options if options is None else options
     if not isinstance(opts, LlamaCppOptions):
         raise TypeError(f"load_gguf needs LlamaCppOptions (or a subclass), got {type(opts).__name__}")
+    if getattr(opts, "batch_kv_mib", None) is not None:  # a family's options shared with its torch engine
+        raise InvalidParameterError("batch_kv_mib bounds the torch engines' batched decoder; llama.cpp's slots "
+                                    "share its one context", where="batch_kv_mib",
+                                    fix="size llama.cpp's KV cache with n_ctx (and kv_cache_type), or load the "
+                                        "checkpoint folder on its torch engine")
     path = Path(req.path)
     if not path.is_file():
         raise NotFoundError("GGUF file not found", where=path)

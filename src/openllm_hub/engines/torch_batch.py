@@ -89,7 +89,8 @@ class TorchBatchOptions(BaseModel):
     batch_kv_mib: int | None = Field(
         None, ge=1, description="torch engines: memory for the batched decoder's KV cache, all slots together "
                                 "(slots get shorter than the context when that many full ones do not fit); "
-                                "None: half the free memory of the model's device")
+                                "None: half the free memory of the model's device; llama.cpp refuses it (its "
+                                "slots share n_ctx)")
 
 
 def kv_budget_bytes(device: str) -> int | None:
