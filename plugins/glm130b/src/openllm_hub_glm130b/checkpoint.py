@@ -5,7 +5,7 @@ Layout (as GLM-130B's release and ``tools/convert_tp.py`` write it)::
     CKPT/latest                                   # text: the iteration folder's name, e.g. 49300
     CKPT/49300/mp_rank_00_model_states.pt         # torch.save({"module": state_dict}), one per TP rank
     CKPT/49300/mp_rank_01_model_states.pt
-    CKPT/glm130b_config.json                      # this plugin's config (see config.py)
+    CKPT/glm130b_config.json                      # this plugin's config (see spec.py)
 
 Everything a rank needs is checked before any rank computes: the shard set (no missing or
 extra rank), every key and shape against the config and the declared TP degree, the same
