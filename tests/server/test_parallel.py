@@ -122,27 +122,39 @@ def _expected(model: Model, req: dict[str, Any]) -> tuple[str, str, int, int]:
     return done.text, done.finish_reason, done.usage.prompt_tokens, done.usage.completion_tokens
 
 
+def _eight_clients_at_once(url: str, requests: list[dict[str, Any]], eventually: Callable[..., None],
+                           release: Callable[[], None]) -> dict[int, Any]:
+    """Send ``requests`` from eight official clients at once; once the server counts all eight
+    in flight (running or waiting), ``release`` the engine's gate; each request's
+    :func:`_call` result (or its exception), by index."""
+    results: dict[int, Any] = {}
+
+    def run(i: int) -> None:
+        with openai.OpenAI(base_url=url + "/v1", api_key=KEY, max_retries=0, timeout=120) as client:
+            try:
+                results[i] = _call(client, requests[i])
+            except Exception as exc:  # noqa: BLE001 - reported by the caller's assertions
+                results[i] = exc
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(requests))]
+    for t in threads:
+        t.start()
+    try:
+        eventually(lambda: health(url)["running"] + health(url)["waiting"] == len(requests),
+                   f"all {len(requests)} requests admitted")
+    finally:
+        release()
+    for t in threads:
+        t.join(120)
+    return results
+
+
 def test_eight_openai_clients_at_once_get_their_single_run_answers(
         model: Model, paced: Any, serve: Callable[..., Any], eventually: Callable[..., None]) -> None:
     slow = _recording(paced)(model, gated=True)
     srv = serve(create_app(slow, parallel=4, queue_size=8, api_key=KEY))
     requests = [_request(i) for i in range(8)]
-    results: dict[int, Any] = {}
-
-    def run(i: int) -> None:
-        with openai.OpenAI(base_url=srv.url + "/v1", api_key=KEY, max_retries=0, timeout=120) as client:
-            try:
-                results[i] = _call(client, requests[i])
-            except Exception as exc:  # noqa: BLE001 - reported by the assertion below
-                results[i] = exc
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(8)]
-    for t in threads:
-        t.start()
-    eventually(lambda: health(srv.url)["running"] + health(srv.url)["waiting"] == 8, "all 8 requests admitted")
-    slow.gate.set()
-    for t in threads:
-        t.join(120)
+    results = _eight_clients_at_once(srv.url, requests, eventually, slow.gate.set)
     for i in range(8):
         assert results[i] == _expected(model, requests[i]), f"request {i}: {requests[i]}"
     assert max(slow.live) == 4, "four requests must have run at once"
@@ -357,25 +369,7 @@ def test_eight_openai_clients_on_a_batching_engine(tiny_llama: tuple[Path, Path]
         want = [_expected(model, req) for req in requests]
         monkeypatch.setattr(LlamaCppBatchDecoder, "step", gated_step)
         srv = serve(create_app(model, parallel=8, queue_size=8, api_key=KEY))
-        results: dict[int, Any] = {}
-
-        def run(i: int) -> None:
-            with openai.OpenAI(base_url=srv.url + "/v1", api_key=KEY, max_retries=0, timeout=120) as client:
-                try:
-                    results[i] = _call(client, requests[i])
-                except Exception as exc:  # noqa: BLE001 - reported by the assertion below
-                    results[i] = exc
-
-        threads = [threading.Thread(target=run, args=(i,)) for i in range(8)]
-        for t in threads:
-            t.start()
-        try:
-            eventually(lambda: health(srv.url)["running"] + health(srv.url)["waiting"] == 8,
-                       "all 8 requests admitted")
-        finally:
-            gate.set()
-        for t in threads:
-            t.join(120)
+        results = _eight_clients_at_once(srv.url, requests, eventually, gate.set)
         card = httpx.get(srv.url + "/v1/models", headers={"Authorization": f"Bearer {KEY}"}).json()["data"][0]
     for i in range(8):
         assert results[i] == want[i], f"request {i}: {requests[i]}"
