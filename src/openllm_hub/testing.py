@@ -669,6 +669,10 @@ def check_fallback_equals_single_runs(model: Model, prompts: tuple[str, ...] | l
 
 # ---- stricter batch checks for engines with a batched decoder -------------------------------------
 #: The sampling parameters of :func:`check_sampled_batch_matches_single_runs` (seeds 7, 8, ...).
+#: Eight prompts of different lengths (1 to 15 words) for an engine's batch tests.
+BATCH_PROMPTS = ["Once upon a time", "Hello", "The little dog ran to the big house and", "A",
+                 "one two three four five six seven eight nine ten eleven twelve thirteen fourteen", "Q: why?",
+                 "In the beginning", "x y"]
 SAMPLED = {"max_new_tokens": 12, "temperature": 0.9, "top_k": 40, "top_p": 0.95, "repeat_penalty": 1.1}
 
 
@@ -1149,6 +1153,7 @@ def check_prefix_cache_server_answers_equal(model: Model, cold: Model, system: s
 
 
 __all__ = [
+    "BATCH_PROMPTS",
     "COMMON_SPECIALS",
     "LONG_PROMPT_TOKENS",
     "LONG_TEXT",

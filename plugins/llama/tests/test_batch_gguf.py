@@ -22,6 +22,7 @@ from openllm_hub.core.model import Model
 from openllm_hub.engines.llama_cpp import LlamaCppModel
 from openllm_hub.engines.llama_cpp_batch import LlamaCppBatchDecoder
 from openllm_hub.testing import (
+    BATCH_PROMPTS,
     LONG_TEXT,
     check_batch_logprobs_match_single_runs,
     check_greedy_batch_matches_single_runs,
@@ -39,9 +40,6 @@ from openllm_hub.testing import (
 #: other groupings), still within it.
 BOUND = 2e-6
 
-PROMPTS = ["Once upon a time", "Hello", "The little dog ran to the big house and", "A",
-           "one two three four five six seven eight nine ten eleven twelve thirteen fourteen", "Q: why?",
-           "In the beginning", "x y"]
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +107,7 @@ def _logits_worst(model: LlamaCppModel, prompts: list[str], step_tokens: int, n:
 def test_logits_in_a_batch_equal_alone(model: LlamaCppModel) -> None:
     """Every row a sequence samples from in the batch (its prompt's last row, then one per
     generated token) against ``Model.logits`` of the same ids alone."""
-    worst = _logits_worst(model, PROMPTS[:4], 6)  # long prompts read in chunks
+    worst = _logits_worst(model, BATCH_PROMPTS[:4], 6)  # long prompts read in chunks
     assert worst <= BOUND, f"batch logits differ from the single run by {worst:.3g} of the range"
 
 
@@ -118,9 +116,9 @@ def test_a_long_prompt_in_a_batch_of_short_ones(model: LlamaCppModel) -> None:
     read in 64-token chunks while the short ones generate): every logits row as alone within
     the same bound (measured 6.4e-7), greedy tokens as the single runs (kit check: all at once
     and 3 slots)."""
-    long = check_long_prompt_in_batch(model, PROMPTS, _greedy())
+    long = check_long_prompt_in_batch(model, BATCH_PROMPTS, _greedy())
     assert len(model.tokenize(long)) >= 1024
-    worst = _logits_worst(model, [*PROMPTS[:3], long], 64)
+    worst = _logits_worst(model, [*BATCH_PROMPTS[:3], long], 64)
     assert worst <= BOUND, f"batch logits differ from the single run by {worst:.3g} of the range"
 
 
@@ -137,30 +135,30 @@ def test_a_long_prompt_read_in_chunks_does_not_stall_the_others(model: LlamaCppM
     assert n >= 1024
     dec = LlamaCppBatchDecoder(model, 4, step_tokens=64)
     try:
-        steps = check_long_prompt_does_not_stall_the_others(model, dec, PROMPTS[:3], long, _greedy())
+        steps = check_long_prompt_does_not_stall_the_others(model, dec, BATCH_PROMPTS[:3], long, _greedy())
     finally:
         dec.close()
     assert steps == math.ceil(n / (64 - 3)), f"{n} prompt tokens read in {steps} steps"
 
 
 def test_greedy_batch_of_8_equals_single_runs(model: Model) -> None:
-    check_greedy_batch_matches_single_runs(model, PROMPTS, _greedy(), slots=(None, 8, 3))
+    check_greedy_batch_matches_single_runs(model, BATCH_PROMPTS, _greedy(), slots=(None, 8, 3))
 
 
 def test_sampled_batch_equals_single_runs(model: Model) -> None:
     """Same seed, same sampler chain: on this model the batch's last-bit differences move no draw."""
-    check_sampled_batch_matches_single_runs(model, PROMPTS)
+    check_sampled_batch_matches_single_runs(model, BATCH_PROMPTS)
 
 
 def test_join_and_cancel_mid_batch_leave_the_others_unchanged(model: Model) -> None:
-    check_joins_and_cancels_leave_the_others_unchanged(model, PROMPTS, _greedy())
+    check_joins_and_cancels_leave_the_others_unchanged(model, BATCH_PROMPTS, _greedy())
 
 
 def test_context_grows_when_more_sequences_join(model: Model) -> None:
     """A batch without a slot limit starts with a context for one sequence; joining ones remake
     it larger and the running sequences' KV cells move over unchanged."""
-    single = [model.generate(p, **_greedy(10)) for p in PROMPTS[:5]]
-    ids = [model.tokenize(p) for p in PROMPTS[:5]]
+    single = [model.generate(p, **_greedy(10)) for p in BATCH_PROMPTS[:5]]
+    ids = [model.tokenize(p) for p in BATCH_PROMPTS[:5]]
     got: dict[int, list[int]] = {}
     with model.new_batch() as batch:
         dec = batch.decoder
@@ -181,12 +179,12 @@ def test_context_grows_when_more_sequences_join(model: Model) -> None:
 def test_sequences_wait_when_the_context_cannot_grow(model: LlamaCppModel) -> None:
     """At its limit (here ``max_seqs=2``; by default llama.cpp's and half the RAM's) a joining
     sequence waits for a free sequence id, then runs as alone; a waiting one may be cancelled."""
-    single = [model.generate(p, **_greedy(8)) for p in PROMPTS[:5]]
+    single = [model.generate(p, **_greedy(8)) for p in BATCH_PROMPTS[:5]]
     dec = LlamaCppBatchDecoder(model, 1, max_seqs=2)
     got: dict[int, list[int]] = {k: [] for k in range(5)}
     try:
         for key in range(5):
-            dec.join(key, model.tokenize(PROMPTS[key]), _config(model, **_greedy(8)))
+            dec.join(key, model.tokenize(BATCH_PROMPTS[key]), _config(model, **_greedy(8)))
         assert dec.n_seq_max == 2
         dec.leave(3)  # cancelled while waiting
         live = {0, 1, 2, 4}
@@ -226,8 +224,8 @@ def test_finished_sequences_leave_the_kv_cache(model: LlamaCppModel) -> None:
 
     dec = LlamaCppBatchDecoder(model, 2)
     try:
-        dec.join(0, model.tokenize(PROMPTS[0]), _config(model, **_greedy()))
-        dec.join(1, model.tokenize(PROMPTS[1]), _config(model, **_greedy()))
+        dec.join(0, model.tokenize(BATCH_PROMPTS[0]), _config(model, **_greedy()))
+        dec.join(1, model.tokenize(BATCH_PROMPTS[1]), _config(model, **_greedy()))
         dec.step()
         dec.step()
         mem = dec._ctx.memory
@@ -235,7 +233,7 @@ def test_finished_sequences_leave_the_kv_cache(model: LlamaCppModel) -> None:
         dec.leave(0)
         assert llama_cpp.llama_memory_seq_pos_max(mem, 0) == -1
         assert llama_cpp.llama_memory_seq_pos_max(mem, 1) >= 0
-        dec.join(2, model.tokenize(PROMPTS[2]), _config(model, **_greedy()))  # takes the freed sequence id
+        dec.join(2, model.tokenize(BATCH_PROMPTS[2]), _config(model, **_greedy()))  # takes the freed sequence id
         assert dec.n_seq_max == 2
     finally:
         dec.close()
@@ -246,7 +244,7 @@ def test_slot_full_ends_a_sequence_as_alone(gguf: Path) -> None:
     with openllm_hub.load(gguf, device="cpu", threads=1, kv_cache_type="f32", n_ctx=32) as m:
         n_ctx = m.info.context_length  # llama.cpp rounds the context up (to 256)
         assert n_ctx is not None
-        prompts = [PROMPTS[4], PROMPTS[0]]
+        prompts = [BATCH_PROMPTS[4], BATCH_PROMPTS[0]]
         single = [m.generate(p, max_new_tokens=n_ctx, temperature=0.0) for p in prompts]
         assert all(len(m.tokenize(p)) + len(a.token_ids) == n_ctx for p, a in zip(prompts, single))
         batch = m.generate_batch(prompts, max_new_tokens=n_ctx, temperature=0.0)
@@ -261,11 +259,11 @@ def test_lora_adapters_apply_in_the_batch(tiny_hf_factory: Callable[..., Path], 
                                 seed=5)
     lora = convert_adapter_to_gguf(adapter, gguf, tmp_path / "a.gguf")
     with openllm_hub.load(gguf, device="cpu", threads=1, lora=[(str(lora), 1.0)]) as m:
-        single = [m.generate(p, **_greedy(10)) for p in PROMPTS[:4]]
-        batch = m.generate_batch(PROMPTS[:4], **_greedy(10))
+        single = [m.generate(p, **_greedy(10)) for p in BATCH_PROMPTS[:4]]
+        batch = m.generate_batch(BATCH_PROMPTS[:4], **_greedy(10))
         assert [b.token_ids for b in batch] == [a.token_ids for a in single]
     with openllm_hub.load(gguf, device="cpu", threads=1) as plain:  # control: the adapter matters
-        assert [plain.generate(p, **_greedy(10)).token_ids for p in PROMPTS[:4]] != [a.token_ids for a in single]
+        assert [plain.generate(p, **_greedy(10)).token_ids for p in BATCH_PROMPTS[:4]] != [a.token_ids for a in single]
 
 
 def _wait_for(cond: Callable[[], bool], what: str, limit: float = 120.0) -> None:
@@ -302,12 +300,12 @@ def test_server_slots_run_the_gguf_model_batched(model: LlamaCppModel, monkeypat
 
     monkeypatch.setattr(LlamaCppBatchDecoder, "step", gated_step)
     params = [{"max_tokens": 10 + i, "temperature": 0.0 if i % 2 else 0.8, "seed": 40 + i} for i in range(4)]
-    want = [model.generate(PROMPTS[i], max_new_tokens=10 + i, temperature=params[i]["temperature"],
+    want = [model.generate(BATCH_PROMPTS[i], max_new_tokens=10 + i, temperature=params[i]["temperature"],
                            seed=40 + i).text for i in range(4)]
     got: dict[int, object] = {}
     with TestClient(create_app(model, parallel=4)) as client:
         def run(i: int) -> None:
-            r = client.post("/v1/completions", json={"model": "m", "prompt": PROMPTS[i], **params[i]})
+            r = client.post("/v1/completions", json={"model": "m", "prompt": BATCH_PROMPTS[i], **params[i]})
             got[i] = r.json()["choices"][0]["text"] if r.status_code == 200 else r.text
 
         threads = [threading.Thread(target=run, args=(i,)) for i in range(4)]

@@ -18,6 +18,7 @@ import openllm_hub
 from openllm_hub.core.config import GenerationConfig
 from openllm_hub.core.model import Model
 from openllm_hub.testing import (
+    BATCH_PROMPTS,
     check_batch_equals_single,
     check_batch_join_and_cancel,
     check_batch_logprobs_match_single_runs,
@@ -39,9 +40,6 @@ BOUND = 5e-6
 #: from it by ~1.4e-6 on this model, the batch by ~2.3e-6 (2.3e-6 with the 1,024-token prompt).
 FULL_BOUND = 1e-5
 
-PROMPTS = ["Once upon a time", "Hello", "The little dog ran to the big house and", "A",
-           "one two three four five six seven eight nine ten eleven twelve thirteen fourteen", "Q: why?",
-           "In the beginning", "x y"]
 
 
 @pytest.fixture(scope="module")
@@ -71,45 +69,47 @@ def test_logits_in_a_batch_equal_alone(model: HFModel) -> None:
     generated token) against the same sequence alone; prompts of different lengths (padded
     rows), one joining late and one leaving early. Also against ``Model.logits`` (one forward
     over all ids, no cache), which differs from the cached single path itself by ~1.4e-6."""
-    check_batched_logits_match_alone(model, HFBatchDecoder, PROMPTS, _greedy(), bound=BOUND, full_bound=FULL_BOUND)
+    check_batched_logits_match_alone(model, HFBatchDecoder, BATCH_PROMPTS, _greedy(), bound=BOUND,
+                                     full_bound=FULL_BOUND)
 
 
 def test_a_long_prompt_in_a_batch_of_short_ones(model: HFModel) -> None:
     """A >= 1,024-token prompt (rotary positions far out, a row ~50x longer than its padded
     neighbours) joining a batch of short ones: greedy tokens and every logits row as alone,
     within the same bounds."""
-    check_long_prompt_in_batch(model, PROMPTS, _greedy(), decoder=HFBatchDecoder, bound=BOUND, full_bound=FULL_BOUND)
+    check_long_prompt_in_batch(model, BATCH_PROMPTS, _greedy(), decoder=HFBatchDecoder, bound=BOUND,
+                               full_bound=FULL_BOUND)
 
 
 def test_greedy_batch_of_8_equals_single_runs(model: Model) -> None:
-    check_greedy_batch_matches_single_runs(model, PROMPTS, _greedy(), slots=(None, 3))
+    check_greedy_batch_matches_single_runs(model, BATCH_PROMPTS, _greedy(), slots=(None, 3))
 
 
 def test_sampled_batch_equals_single_runs(model: Model) -> None:
     """Same seed, same core Sampler: on this fp32 model the batch's last-bit differences move no draw."""
-    check_sampled_batch_matches_single_runs(model, PROMPTS)
+    check_sampled_batch_matches_single_runs(model, BATCH_PROMPTS)
 
 
 def test_join_and_cancel_mid_batch_leave_the_others_unchanged(model: Model) -> None:
-    check_joins_and_cancels_leave_the_others_unchanged(model, PROMPTS, _greedy())
+    check_joins_and_cancels_leave_the_others_unchanged(model, BATCH_PROMPTS, _greedy())
 
 
 def test_logprobs_in_a_batch_equal_alone(model: Model) -> None:
     """Same tokens and alternatives; log-probabilities within the logits' bound (BOUND times
     a range of ~20: 1e-4 absolute; measured 1.7e-5)."""
-    check_batch_logprobs_match_single_runs(model, PROMPTS[:4], _greedy(), atol=1e-4)
+    check_batch_logprobs_match_single_runs(model, BATCH_PROMPTS[:4], _greedy(), atol=1e-4)
 
 
 def test_conformance_batch_checks(model: Model) -> None:
-    check_batch_equals_single(model, PROMPTS[:4])
-    check_batch_join_and_cancel(model, PROMPTS[:4])
+    check_batch_equals_single(model, BATCH_PROMPTS[:4])
+    check_batch_join_and_cancel(model, BATCH_PROMPTS[:4])
 
 
 def test_slot_full_ends_a_sequence_as_alone(tiny_hf_factory: Callable[..., Path]) -> None:
     """A sequence whose history fills the context ends where the single run ends."""
     with openllm_hub.load(tiny_hf_factory(num_kv_heads=2, max_position_embeddings=40), device="cpu",
                           threads=1) as m:
-        prompts = [PROMPTS[4], PROMPTS[0]]
+        prompts = [BATCH_PROMPTS[4], BATCH_PROMPTS[0]]
         single = [m.generate(p, max_new_tokens=64, temperature=0.0) for p in prompts]
         assert all(len(m.tokenize(p)) + len(a.token_ids) == 40 for p, a in zip(prompts, single))
         batch = m.generate_batch(prompts, max_new_tokens=64, temperature=0.0)
